@@ -1,0 +1,1 @@
+//! Services, configuration, wiring and lifecycle.

@@ -1,0 +1,275 @@
+//! The six event streams: validation of a record value, then the room emits and the snapshot
+//! write it causes. A rejected value causes nothing at all.
+
+use serde_json::{Map, Value, json};
+
+use super::topics::*;
+use crate::ports::Payload;
+
+/// One emit to a room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emit {
+    pub room: String,
+    pub event: String,
+    pub payload: Payload,
+}
+
+/// A snapshot to store (JSON text) under a key with its TTL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotWrite {
+    pub key: SnapshotKey,
+    pub value: String,
+}
+
+/// What an accepted record causes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub emits: Vec<Emit>,
+    pub snapshot: Option<SnapshotWrite>,
+    /// For tickers: the product id, so that a lagging socket can be sent the latest price
+    /// per product instead of every tick.
+    pub conflation_key: Option<String>,
+}
+
+/// Why a record was refused. `reason` is a short, stable label used in metrics.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{stream} event rejected: {reason}")]
+pub struct Rejection {
+    pub stream: &'static str,
+    pub reason: &'static str,
+}
+
+/// Validates the value of a record read from `topic` and says what it causes.
+///
+/// # Errors
+/// A [`Rejection`] naming the stream and the reason when the value must be skipped.
+pub fn route(topic: &str, value: Option<&[u8]>) -> Result<Delivery, Rejection> {
+    let stream = stream_name(topic);
+    let reject = |reason| Rejection { stream, reason };
+    if stream == "unknown" {
+        return Err(reject("unknown_topic"));
+    }
+    let bytes = match value {
+        Some(b) if !b.iter().all(u8::is_ascii_whitespace) => b,
+        _ => return Err(reject("tombstone")),
+    };
+    let parsed: Value = serde_json::from_slice(bytes).map_err(|_| reject("invalid_json"))?;
+    let Value::Object(obj) = parsed else {
+        return Err(reject("not_an_object"));
+    };
+    match topic {
+        WEATHER_EVENTS => weather(obj),
+        MOVERS_EVENTS => movers(obj),
+        TOPCOINS_EVENTS => topcoins(obj),
+        TICKER_EVENTS => ticker(obj),
+        NEWS_EVENTS => news(obj),
+        STOCK_EVENTS => stocks(obj),
+        _ => unreachable!("stream_name covers every event topic"),
+    }
+    .map_err(reject)
+}
+
+/// Longest city accepted in a room name (D10).
+pub const MAX_CITY_LEN: usize = 100;
+
+fn city_in(data: &Map<String, Value>) -> Result<&str, &'static str> {
+    match data.get("city") {
+        Some(Value::String(c)) if c.trim().is_empty() => Err("empty_city"),
+        Some(Value::String(c)) if c.chars().count() > MAX_CITY_LEN => Err("city_too_long"),
+        Some(Value::String(c)) => Ok(c),
+        Some(_) => Err("city_not_a_string"),
+        None => Err("missing_city"),
+    }
+}
+
+fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
+    let status = obj.get("status").and_then(Value::as_str).map(str::to_owned);
+    if status.as_deref() == Some("unavailable") {
+        // The real weather-service sends no city with an outage result, so such a record
+        // cannot be routed; one that names its city is forwarded (D8).
+        let city = obj
+            .get("data")
+            .and_then(Value::as_object)
+            .and_then(|d| city_in(d).ok())
+            .ok_or("unavailable_without_city")?;
+        let reason = obj.get("reason").cloned().unwrap_or(Value::Null);
+        let payload = json!({"status": "unavailable", "reason": reason});
+        return Ok(one(weather_room(city), weather_event(city), &payload, None));
+    }
+    let mut data = match obj.remove("data") {
+        Some(Value::Object(d)) => d,
+        Some(_) => return Err("data_not_an_object"),
+        None => return Err("missing_data"),
+    };
+    let city = city_in(&data)?.to_owned();
+    if let Some(Value::Object(aq)) = data.get_mut("airQuality") {
+        if let Some(v) = aq.get("pm2_5").cloned() {
+            aq.entry("pm25").or_insert(v);
+        }
+        if let Some(v) = aq.get("us-epa-index").cloned() {
+            aq.entry("usEpaIndex").or_insert(v);
+        }
+    }
+    let mut payload = Map::new();
+    payload.insert("data".into(), Value::Object(data));
+    if status.as_deref() == Some("success") {
+        payload.insert("status".into(), Value::from("success"));
+    }
+    Ok(one(
+        weather_room(&city),
+        weather_event(&city),
+        &Value::Object(payload),
+        None,
+    ))
+}
+
+fn has_array_data(side: Option<&Value>) -> bool {
+    matches!(side.and_then(|s| s.get("data")), Some(Value::Array(_)))
+}
+
+fn movers(obj: Map<String, Value>) -> Result<Delivery, &'static str> {
+    if obj.get("topGainers").is_none_or(Value::is_null) {
+        return Err("missing_top_gainers");
+    }
+    if obj.get("topLosers").is_none_or(Value::is_null) {
+        return Err("missing_top_losers");
+    }
+    if !has_array_data(obj.get("topGainers")) || !has_array_data(obj.get("topLosers")) {
+        return Err("side_without_data");
+    }
+    let snapshot = serde_json::to_string(&obj).expect("JSON value");
+    let payload = json!({
+        "status": "success",
+        "data": {"topGainers": obj["topGainers"], "topLosers": obj["topLosers"]},
+        "error": null,
+    });
+    Ok(one(
+        ROOM_CRYPTO.into(),
+        EV_MOVERS.into(),
+        &payload,
+        Some(SnapshotWrite {
+            key: SNAP_MOVERS,
+            value: snapshot,
+        }),
+    ))
+}
+
+fn topcoins(obj: Map<String, Value>) -> Result<Delivery, &'static str> {
+    match obj.get("topCoins") {
+        None | Some(Value::Null) => return Err("missing_top_coins"),
+        Some(Value::Array(a)) if a.is_empty() => return Err("empty_top_coins"),
+        Some(Value::Array(_)) => {}
+        Some(_) => return Err("top_coins_not_an_array"),
+    }
+    let payload =
+        json!({"status": "success", "data": {"topCoins": obj["topCoins"]}, "error": null});
+    let snapshot = serde_json::to_string(&obj).expect("JSON value");
+    Ok(one(
+        ROOM_CRYPTO.into(),
+        EV_TOPCOINS.into(),
+        &payload,
+        Some(SnapshotWrite {
+            key: SNAP_TOPCOINS,
+            value: snapshot,
+        }),
+    ))
+}
+
+fn ticker(obj: Map<String, Value>) -> Result<Delivery, &'static str> {
+    let Some(Value::Object(data)) = obj.get("data") else {
+        return Err("missing_ticker");
+    };
+    if data.get("type").and_then(Value::as_str) != Some("ticker") {
+        return Err("not_a_ticker");
+    }
+    let product = match data.get("product_id") {
+        Some(Value::String(p)) if !p.is_empty() => p.clone(),
+        _ => return Err("missing_product_id"),
+    };
+    let payload = json!({"status": "success", "data": obj, "error": null});
+    let mut delivery = one(ROOM_CRYPTO.into(), EV_TICKER.into(), &payload, None);
+    delivery.conflation_key = Some(product);
+    Ok(delivery)
+}
+
+fn news(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
+    let articles = match obj.get_mut("payload") {
+        Some(Value::Object(p)) => match p.remove("data") {
+            Some(Value::Array(a)) if a.is_empty() => return Err("empty_articles"),
+            Some(Value::Array(a)) => a,
+            Some(Value::Null) | None => return Err("missing_articles"),
+            Some(_) => return Err("articles_not_an_array"),
+        },
+        Some(Value::Null) | None => return Err("missing_payload"),
+        Some(_) => return Err("payload_not_an_object"),
+    };
+    let articles = Value::Array(articles);
+    let payload = json!({"status": "success", "scope": "global", "data": articles});
+    Ok(one(
+        ROOM_NEWS.into(),
+        EV_NEWS.into(),
+        &payload,
+        Some(SnapshotWrite {
+            key: SNAP_NEWS,
+            value: serde_json::to_string(&articles).expect("JSON value"),
+        }),
+    ))
+}
+
+const STOCK_NUMBERS: [&str; 6] = [
+    "currentPrice",
+    "previousClose",
+    "changePercent",
+    "open",
+    "high",
+    "low",
+];
+
+fn valid_performers(list: Option<&Value>) -> bool {
+    let Some(Value::Array(items)) = list else {
+        return false;
+    };
+    items.iter().all(|item| {
+        item.get("symbol").is_some_and(Value::is_string)
+            && STOCK_NUMBERS
+                .iter()
+                .all(|f| item.get(*f).is_some_and(Value::is_number))
+    })
+}
+
+fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
+    let data = match obj.remove("data") {
+        Some(Value::Object(d)) => d,
+        Some(Value::Null) | None => return Err("missing_data"),
+        Some(_) => return Err("data_not_an_object"),
+    };
+    if !valid_performers(data.get("topGainers")) || !valid_performers(data.get("topLosers")) {
+        return Err("invalid_performers");
+    }
+    if !data.get("meta").is_some_and(Value::is_object) {
+        return Err("missing_meta");
+    }
+    let data = Value::Object(data);
+    let payload = json!({"status": "success", "data": data, "error": null});
+    Ok(one(
+        ROOM_STOCK.into(),
+        EV_STOCKS.into(),
+        &payload,
+        Some(SnapshotWrite {
+            key: SNAP_STOCKS,
+            value: serde_json::to_string(&data).expect("JSON value"),
+        }),
+    ))
+}
+
+fn one(room: String, event: String, payload: &Value, snapshot: Option<SnapshotWrite>) -> Delivery {
+    Delivery {
+        emits: vec![Emit {
+            room,
+            event,
+            payload: Payload::new(payload),
+        }],
+        snapshot,
+        conflation_key: None,
+    }
+}

@@ -1,0 +1,62 @@
+//! `CommandSink`: keyed messages sent to a topic (the BFF's commands to domain services).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// A message to append to `topic`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub topic: String,
+    pub key: Option<String>,
+    pub value: Bytes,
+    /// Unique per logical command; a retried send MUST reuse it. Carried in the
+    /// `idempotency-key` record header so that consumers can drop duplicates.
+    pub idempotency_key: Uuid,
+}
+
+impl Command {
+    pub fn new(topic: impl Into<String>, key: Option<String>, value: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            key,
+            value: value.into(),
+            idempotency_key: Uuid::new_v4(),
+        }
+    }
+
+    /// The value as UTF-8 text (commands are JSON).
+    pub fn value_str(&self) -> &str {
+        std::str::from_utf8(&self.value).unwrap_or("")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandSinkError {
+    /// The broker cannot be reached; nothing was written.
+    #[error("command sink unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (too large, unknown topic, …).
+    #[error("command rejected: {0}")]
+    Rejected(String),
+}
+
+/// Sends commands.
+#[async_trait]
+pub trait CommandSink: Send + Sync {
+    /// Appends `command` to its topic and returns once the broker acknowledged it (acks = all).
+    ///
+    /// - A keyed command MUST land in the partition the Kafka default partitioner picks for
+    ///   its key (murmur2), so that it is ordered with other commands of the same key.
+    /// - A send that returned `Ok` MUST NOT be lost.
+    ///
+    /// # Errors
+    /// - [`CommandSinkError::Unavailable`] when the broker cannot be reached (retryable).
+    /// - [`CommandSinkError::Rejected`] when the broker refused the message.
+    async fn send(&self, command: Command) -> Result<(), CommandSinkError>;
+
+    /// Waits until every accepted command was acknowledged. Called on shutdown.
+    async fn flush(&self) -> Result<(), CommandSinkError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! `EventSource`: a stream of records read from event topics, resumable from known offsets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// One record of a topic partition, as read from the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    /// `None` for a tombstone (null value).
+    pub value: Option<Bytes>,
+}
+
+/// The next offset to read, per topic partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Positions(BTreeMap<(String, i32), i64>);
+
+impl Positions {
+    /// Records that `record` was handled: the next offset to read is the one after it.
+    pub fn advance(&mut self, record: &Record) {
+        let next = record.offset + 1;
+        let entry = self
+            .0
+            .entry((record.topic.to_string(), record.partition))
+            .or_insert(next);
+        if *entry < next {
+            *entry = next;
+        }
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    pub fn set(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        self.0.insert((topic.to_owned(), partition), next_offset);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0.iter().map(|((t, p), o)| (t.as_str(), *p, *o))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A live subscription. It ends with an `Err` (and then `None`) when the source is lost.
+pub type RecordStream = BoxStream<'static, Result<Record, EventSourceError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventSourceError {
+    /// The broker cannot be reached or the connection was lost; re-subscribing later may work.
+    #[error("event source unavailable: {0}")]
+    Unavailable(String),
+    /// A topic does not exist (and could not be created).
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    /// Anything else the adapter could not recover from.
+    #[error("event source failed: {0}")]
+    Other(String),
+}
+
+/// Reads records from the event topics.
+///
+/// Broadcast semantics: every subscriber sees every record of every partition; there is no
+/// consumer group and no committed offset. Resuming is the caller's job, through `from`.
+#[async_trait]
+pub trait EventSource: Send + Sync {
+    /// Opens a stream over every partition of `topics`.
+    ///
+    /// - For a partition listed in `from`, reading MUST start at that offset (the next one to
+    ///   read), so that nothing produced while the caller was disconnected is skipped and
+    ///   nothing already handled is delivered again.
+    /// - Any other partition that exists when subscribing MUST start at its latest offset (only
+    ///   records produced after the call are delivered).
+    /// - A partition that appears later MUST be read from its beginning.
+    /// - Records of one partition MUST be delivered in offset order.
+    ///
+    /// # Errors
+    /// - MUST return [`EventSourceError::Unavailable`] when no broker answers.
+    /// - The returned stream MUST yield `Err(EventSourceError::Unavailable)` and then end when the
+    ///   connection is lost; it MUST NOT end silently while the source is healthy.
+    async fn subscribe(
+        &self,
+        topics: &[&str],
+        from: &Positions,
+    ) -> Result<RecordStream, EventSourceError>;
+
+    /// The lag (records not yet read) per topic partition for the given positions, when the
+    /// adapter can tell. Used for metrics only; the default knows nothing.
+    async fn lag(&self, _positions: &Positions) -> Vec<(String, i32, i64)> {
+        Vec::new()
+    }
+}
