@@ -1,0 +1,129 @@
+//! `flux-loadgen`: the load generator and measuring instrument for flux-bff (issue 5).
+//! Speaks just enough Engine.IO 4 / Socket.IO 5 over a lean WebSocket client to drive many
+//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`. See BENCHMARKS.md.
+
+mod client;
+mod eio;
+mod gateway;
+mod procfs;
+mod scenario;
+mod stats;
+mod ws;
+
+use clap::{Parser, Subcommand};
+
+use scenario::Common;
+use scenario::connect::ConnectArgs;
+use scenario::fanout::{FanoutArgs, SlowArgs};
+use scenario::idle::IdleArgs;
+
+/// Load generator for flux-bff: Socket.IO clients on loopback, events injected through the
+/// embedded bus's admin hook, latency/throughput/CPU/RSS printed as a table and a JSON line.
+#[derive(Debug, Parser)]
+#[command(name = "flux-loadgen", version)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N clients in crypto.global, M ticker events/s: deliveries/s, latency, loss.
+    Fanout(FanoutArgs),
+    /// Connection storm: time to session:init and to hydration.
+    Connect(ConnectArgs),
+    /// Idle clients added in steps: gateway RSS per connected client.
+    Idle(IdleArgs),
+    /// Like fanout, but a share of the clients stop reading their socket.
+    Slow(SlowArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match procfs::raise_nofile_limit() {
+        Ok((before, after)) if after > before => {
+            eprintln!("flux-loadgen: raised RLIMIT_NOFILE from {before} to {after}");
+        }
+        Ok((_, after)) => eprintln!("flux-loadgen: RLIMIT_NOFILE is {after}"),
+        Err(e) => eprintln!("flux-loadgen: cannot read/raise RLIMIT_NOFILE: {e}"),
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = cli.common.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flux-loadgen: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flux-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = &cli.common;
+    match &cli.scenario {
+        Scenario::Fanout(a) => {
+            let r = scenario::fanout::run(common, a, 0.0, "fanout").await?;
+            scenario::fanout::print(&r);
+            scenario::write_json(common, &r)?;
+        }
+        Scenario::Slow(a) => {
+            let r = scenario::fanout::run(common, &a.fanout, a.slow_share, "slow").await?;
+            scenario::fanout::print(&r);
+            scenario::write_json(common, &r)?;
+        }
+        Scenario::Connect(a) => {
+            let r = scenario::connect::run(common, a).await?;
+            scenario::connect::print(&r);
+            scenario::write_json(common, &r)?;
+        }
+        Scenario::Idle(a) => {
+            let r = scenario::idle::run(common, a).await?;
+            scenario::idle::print(&r);
+            scenario::write_json(common, &r)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "flux-loadgen",
+            "fanout",
+            "--clients",
+            "200",
+            "--rate",
+            "2000",
+            "--duration",
+            "5",
+            "--spawn",
+            "target/release/flux-bff",
+            "--json",
+            "/tmp/x.json",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.scenario, Scenario::Fanout(ref a) if a.clients == 200 && a.rate == 2000.0)
+        );
+        assert!(cli.common.spawn.is_some());
+        let cli = Cli::try_parse_from(["flux-loadgen", "slow", "--slow-share", "0.2"]).unwrap();
+        assert!(matches!(cli.scenario, Scenario::Slow(ref a) if a.slow_share == 0.2));
+    }
+}

@@ -1,0 +1,333 @@
+//! What every scenario shares: the gateway target, payload templates, connecting many
+//! clients with bounded concurrency, the once-a-second /proc sampler and the JSON line.
+
+pub mod connect;
+pub mod fanout;
+pub mod idle;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, ClientError, SioClient};
+use crate::gateway::{Gateway, Publisher};
+use crate::procfs::{CpuMeter, ProcSample};
+
+pub const TICKER_TOPIC: &str = "crypto.ticker.event.updated";
+pub const TOPCOINS_TOPIC: &str = "crypto.topcoins.event.updated";
+pub const NEWS_TOPIC: &str = "news.service.event.updated";
+
+/// A valid location: passes D7, joins `weather.Pune` and the three global rooms.
+pub const LOCATION: &str = r#"{"city":"Pune","region":"Maharashtra","country":"IN","lat":18.52,"lon":73.85,"ip":"127.0.0.1"}"#;
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct Common {
+    /// Gateway address (ignored with --spawn, which picks a free port).
+    #[arg(long, global = true, default_value = "127.0.0.1:3000")]
+    pub addr: SocketAddr,
+    /// Pid of the gateway, to sample its CPU and RSS from /proc.
+    #[arg(long, global = true)]
+    pub pid: Option<u32>,
+    /// Spawn this flux-bff binary in embedded benchmark mode (admin publish on, simulator
+    /// off, free loopback port) and stop it at the end.
+    #[arg(long, global = true)]
+    pub spawn: Option<PathBuf>,
+    /// Extra KEY=VALUE environment for the spawned gateway (repeatable).
+    #[arg(long = "gateway-env", global = true)]
+    pub gateway_env: Vec<String>,
+    /// Write the spawned gateway's stdout/stderr here.
+    #[arg(long = "gateway-log", global = true)]
+    pub gateway_log: Option<PathBuf>,
+    /// Spread client sockets over 127.0.0.1 ..= 127.0.0.N (bind before connect).
+    #[arg(long, global = true, default_value_t = 8)]
+    pub sources: usize,
+    /// Tokio worker threads of the load generator (default: number of CPUs).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Initial read buffer per client socket, bytes.
+    #[arg(long = "buf-size", global = true, default_value_t = 16 * 1024)]
+    pub buf_size: usize,
+    /// How many connection attempts run at once.
+    #[arg(long = "connect-concurrency", global = true, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Append the result as one JSON line to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+}
+
+/// The gateway resolved from the options.
+pub async fn target(common: &Common) -> anyhow::Result<Gateway> {
+    match &common.spawn {
+        Some(bin) => {
+            let gw =
+                Gateway::spawn(bin, &common.gateway_env, common.gateway_log.as_deref()).await?;
+            eprintln!(
+                "flux-loadgen: spawned {} (pid {}) on {}",
+                bin.display(),
+                gw.pid.unwrap_or(0),
+                gw.addr
+            );
+            Ok(gw)
+        }
+        None => Ok(Gateway::attach(common.addr, common.pid)),
+    }
+}
+
+fn fixture(text: &str) -> Value {
+    serde_json::from_str(text).expect("fixtures are valid JSON (checked by a unit test)")
+}
+
+/// A compact fixture value, ready to publish.
+pub fn topcoins_value() -> String {
+    fixture(include_str!(
+        "../../../fixtures/crypto.topcoins.event.updated.json"
+    ))
+    .to_string()
+}
+
+pub fn news_value() -> String {
+    fixture(include_str!(
+        "../../../fixtures/news.service.event.updated.json"
+    ))
+    .to_string()
+}
+
+/// Product ids used for tickers.
+pub fn products(n: usize) -> Vec<String> {
+    const KNOWN: [&str; 10] = [
+        "BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD", "AVAX-USD", "DOT-USD",
+        "LINK-USD", "LTC-USD",
+    ];
+    (0..n.max(1))
+        .map(|i| match KNOWN.get(i) {
+            Some(p) => (*p).to_owned(),
+            None => format!("COIN{i}-USD"),
+        })
+        .collect()
+}
+
+/// Ticker record values shaped like the fixture with `lg_ts` (µs) as the first field, so
+/// the receive-side scan finds it early. Split around the timestamp to build lines cheaply.
+pub struct TickerTemplate {
+    /// Per product: the text after `{"lg_ts":<us>`.
+    tails: Vec<String>,
+}
+
+impl TickerTemplate {
+    pub fn new(products: &[String]) -> Self {
+        let base = fixture(include_str!(
+            "../../../fixtures/crypto.ticker.event.updated.json"
+        ));
+        let tails = products
+            .iter()
+            .map(|p| {
+                let mut v = base.clone();
+                v["data"]["product_id"] = Value::String(p.clone());
+                let obj = v.to_string();
+                // obj starts with `{"source":…`; the line is `{"lg_ts":N,` + obj[1..].
+                format!(",{}", &obj[1..])
+            })
+            .collect();
+        Self { tails }
+    }
+
+    /// Appends one record line (with a trailing newline) for product `index`.
+    pub fn push_line(&self, out: &mut Vec<u8>, index: usize, lg_ts_us: u64) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{{\"lg_ts\":{lg_ts_us}");
+        out.extend_from_slice(self.tails[index % self.tails.len()].as_bytes());
+        out.push(b'\n');
+    }
+
+    pub fn products(&self) -> usize {
+        self.tails.len()
+    }
+}
+
+/// Publishes the cached snapshots hydration sends back (news, top coins).
+pub async fn seed_snapshots(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut p = Publisher::connect(addr).await?;
+    p.publish_one(TOPCOINS_TOPIC, None, topcoins_value().as_bytes())
+        .await
+        .context("seeding the top-coins snapshot")?;
+    p.publish_one(NEWS_TOPIC, Some("globalnews"), news_value().as_bytes())
+        .await
+        .context("seeding the news snapshot")?;
+    // Let the consumers write the cache before clients ask for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// Connects client `index` and sends `userLocationUpdate`; with `await_join` it also waits
+/// (up to `join_timeout_s`) for the hydration reply that follows the room joins.
+/// Returns the client and whether the join was confirmed.
+pub async fn connect_and_join(
+    addr: SocketAddr,
+    common: &Common,
+    index: usize,
+    limit: &Semaphore,
+    join_timeout_s: f64,
+) -> Result<(SioClient, bool), ClientError> {
+    let mut c = {
+        let _permit = limit.acquire().await;
+        let src = client::source_addr(index, common.sources);
+        SioClient::connect(
+            src,
+            addr,
+            &format!("lg-{index}"),
+            common.buf_size,
+            client::deadline_in(30.0),
+        )
+        .await?
+    };
+    c.emit("userLocationUpdate", LOCATION).await?;
+    let confirmed = c
+        .wait_until(client::deadline_in(join_timeout_s), "hydration", |p| {
+            matches!(p, crate::eio::Packet::Event { name, .. }
+                if name == b"cryptoTopCoinsResponse" || name == b"newsUpdate")
+        })
+        .await;
+    match confirmed {
+        Ok(()) => Ok((c, true)),
+        Err(ClientError::Timeout(_)) => Ok((c, false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// One second of the timeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimelineRow {
+    pub t_s: u64,
+    pub deliveries: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub gw_cpu_pct: f64,
+    pub gw_rss_mb: f64,
+    pub lg_cpu_pct: f64,
+}
+
+/// Samples the gateway and this process once a second until cancelled.
+pub struct Sampler {
+    rows: Arc<Mutex<Vec<(ProcSample, ProcSample)>>>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    pub fn start(gw_pid: Option<u32>, max_secs: usize) -> Self {
+        let rows = Arc::new(Mutex::new(Vec::new()));
+        let cancel = CancellationToken::new();
+        let (r, c) = (rows.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            let mut gw = gw_pid.map(|p| CpuMeter::new(Some(p)));
+            let mut me = CpuMeter::new(None);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            for _ in 0..max_secs {
+                tokio::select! {
+                    () = c.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let g = gw.as_mut().and_then(CpuMeter::sample).unwrap_or_default();
+                let m = me.sample().unwrap_or_default();
+                if let Ok(mut rows) = r.lock() {
+                    rows.push((g, m));
+                }
+            }
+        });
+        Self { rows, cancel, task }
+    }
+
+    /// Stops sampling; returns (gateway, load generator) samples, one per second.
+    pub async fn stop(self) -> Vec<(ProcSample, ProcSample)> {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self.rows.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// The RSS of `pid` in MB, if readable.
+pub fn rss_mb(pid: Option<u32>) -> Option<f64> {
+    crate::procfs::read(Some(pid?)).map(|r| r.rss_kb as f64 / 1024.0)
+}
+
+/// Writes `value` as one JSON line to `--json`, if given.
+pub fn write_json(common: &Common, value: &impl Serialize) -> anyhow::Result<()> {
+    let line = serde_json::to_string(value)?;
+    if let Some(path) = &common.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    println!("JSON {line}");
+    Ok(())
+}
+
+/// Counts errors by kind for the report.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ErrorCounts(pub std::collections::BTreeMap<String, u64>);
+
+impl ErrorCounts {
+    pub fn add(&mut self, kind: &str) {
+        *self.0.entry(kind.to_owned()).or_default() += 1;
+    }
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+impl std::fmt::Display for ErrorCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "none");
+        }
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_parse_and_ticker_lines_are_valid_json() {
+        assert!(topcoins_value().starts_with("{\"topCoins\""));
+        assert!(news_value().contains("\"payload\""));
+        let products = products(12);
+        assert_eq!(products[0], "BTC-USD");
+        assert_eq!(products[11], "COIN11-USD");
+        let t = TickerTemplate::new(&products);
+        let mut out = Vec::new();
+        t.push_line(&mut out, 1, 1_764_201_600_123_456);
+        t.push_line(&mut out, 13, 7);
+        let lines: Vec<&[u8]> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let v: Value = serde_json::from_slice(lines[0]).unwrap();
+        assert_eq!(v["lg_ts"], 1_764_201_600_123_456u64);
+        assert_eq!(v["data"]["product_id"], "ETH-USD");
+        assert_eq!(v["data"]["type"], "ticker");
+        assert_eq!(v["source"], "coinbase");
+        let v: Value = serde_json::from_slice(lines[1]).unwrap();
+        assert_eq!(v["data"]["product_id"], "ETH-USD");
+        let scanner = crate::eio::TimestampScanner::default();
+        assert_eq!(scanner.scan(lines[1]), Some(7));
+    }
+}

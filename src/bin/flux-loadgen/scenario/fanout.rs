@@ -1,0 +1,526 @@
+//! `fanout` and `slow`: N clients in `crypto.global`, M ticker events/s injected through the
+//! admin publish hook, latency = receive time − `lg_ts`. In `slow`, a share of the clients
+//! stop reading after joining (their TCP connections stay open).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Common, ErrorCounts, Sampler, TICKER_TOPIC, TickerTemplate, TimelineRow};
+use crate::eio::{Packet, TimestampScanner};
+use crate::gateway::Publisher;
+use crate::stats::{DeliveryStats, LatencySummary, unix_micros};
+
+/// Parameters of `fanout` / `slow`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct FanoutArgs {
+    /// Connected clients, all in `crypto.global`.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Ticker events injected per second (deliveries/s = rate × clients).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Injection time, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// After injection, wait at most this long (s) for the remaining deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Injection tick, ms: one ndjson POST per tick carries every event due.
+    #[arg(long = "tick-ms", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Distinct ticker products (product_id rotates per event).
+    #[arg(long, default_value_t = 10)]
+    pub products: usize,
+    /// A delivery slower than this (ms) counts as late.
+    #[arg(long = "late-ms", default_value_t = 1000.0)]
+    pub late_ms: f64,
+    /// Wait at most this long (s) for each client's join confirmation (hydration reply).
+    #[arg(long = "join-timeout", default_value_t = 5.0)]
+    pub join_timeout: f64,
+}
+
+/// Extra parameter of `slow`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct SlowArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Share of clients (0..1) that stop reading from their socket after joining.
+    #[arg(long = "slow-share", default_value_t = 0.1)]
+    pub slow_share: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ClientOutcome {
+    received: u64,
+    ready: bool,
+    confirmed: bool,
+    slow: bool,
+    error: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct InjectOutcome {
+    events: u64,
+    requests: u64,
+    elapsed_s: f64,
+}
+
+/// The result line of a fanout / slow run.
+#[derive(Debug, Serialize)]
+pub struct FanoutReport {
+    pub scenario: &'static str,
+    pub params: FanoutArgs,
+    pub slow_share: f64,
+    pub clients_ready: u64,
+    pub clients_slow: u64,
+    pub joins_unconfirmed: u64,
+    pub connect_errors: ErrorCounts,
+    pub receive_errors: ErrorCounts,
+    pub events_injected: u64,
+    pub inject_elapsed_s: f64,
+    pub offered_deliveries_per_s: f64,
+    pub expected_deliveries: u64,
+    pub received_deliveries: u64,
+    pub missing_deliveries: u64,
+    pub missing_pct: f64,
+    pub late_deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub steady_deliveries_per_s: f64,
+    pub per_client_min: u64,
+    pub per_client_max: u64,
+    pub latency: LatencySummary,
+    pub gw_cpu_pct_avg: f64,
+    pub gw_cpu_us_per_delivery: f64,
+    pub gw_rss_mb_max: f64,
+    pub lg_cpu_pct_avg: f64,
+    pub timeline: Vec<TimelineRow>,
+}
+
+pub async fn run(
+    common: &Common,
+    args: &FanoutArgs,
+    slow_share: f64,
+    name: &'static str,
+) -> anyhow::Result<FanoutReport> {
+    if args.rate <= 0.0 || args.duration <= 0.0 || args.clients == 0 {
+        bail!("--clients, --rate and --duration must be positive");
+    }
+    let gw = super::target(common).await?;
+    let result = run_against(common, args, slow_share, name, gw.addr, gw.pid).await;
+    gw.stop().await;
+    result
+}
+
+async fn run_against(
+    common: &Common,
+    args: &FanoutArgs,
+    slow_share: f64,
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    pid: Option<u32>,
+) -> anyhow::Result<FanoutReport> {
+    // Seed a snapshot so every join is confirmed by its hydration reply.
+    super::seed_snapshots(addr).await?;
+    let slow_every = if slow_share > 0.0 {
+        (1.0 / slow_share.min(1.0)).round().max(1.0) as usize
+    } else {
+        0
+    };
+    let is_slow = |i: usize| slow_every > 0 && i % slow_every == slow_every - 1;
+
+    let cancel = CancellationToken::new();
+    let limit = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
+    let scanner = Arc::new(TimestampScanner::default());
+    let total_received = Arc::new(AtomicU64::new(0));
+    let settled = Arc::new(AtomicU64::new(0));
+    let max_secs = (args.duration + args.drain).ceil() as usize + 2;
+    // The recorder (and second 0 of the timeline) is created when injection starts.
+    let (stats_tx, stats_rx) = tokio::sync::watch::channel::<Option<Arc<DeliveryStats>>>(None);
+
+    eprintln!(
+        "flux-loadgen: connecting {} clients to {addr}",
+        args.clients
+    );
+    let connect_started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let (common, limit, cancel, scanner) = (
+            common.clone(),
+            limit.clone(),
+            cancel.clone(),
+            scanner.clone(),
+        );
+        let (total_received, settled, mut stats_rx) =
+            (total_received.clone(), settled.clone(), stats_rx.clone());
+        let join_timeout = args.join_timeout;
+        let slow = is_slow(i);
+        tasks.push(tokio::spawn(async move {
+            let mut out = ClientOutcome { slow, ..ClientOutcome::default() };
+            let joined = super::connect_and_join(addr, &common, i, &limit, join_timeout).await;
+            settled.fetch_add(1, Ordering::Relaxed);
+            let mut c = match joined {
+                Ok((c, confirmed)) => {
+                    out.ready = true;
+                    out.confirmed = confirmed;
+                    c
+                }
+                Err(e) => {
+                    out.error = Some(e.kind());
+                    return out;
+                }
+            };
+            if slow {
+                // Keep the connection open without reading a byte.
+                cancel.cancelled().await;
+                drop(c);
+                return out;
+            }
+            // Wait for the recorder to exist (it is created when injection starts), reading
+            // meanwhile so pings are answered.
+            let stats = loop {
+                if let Some(s) = stats_rx.borrow_and_update().clone() {
+                    break s;
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return out,
+                    r = stats_rx.changed() => if r.is_err() { return out },
+                    r = c.next_batch(|_| {}) => if let Err(e) = r { out.error = Some(e.kind()); return out; },
+                }
+            };
+            let mut batch: Vec<(u64, u64)> = Vec::with_capacity(64);
+            loop {
+                let mut now = 0u64;
+                let r = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    r = c.next_batch(|p| {
+                        if let Packet::Event { name, raw } = p
+                            && name == b"cryptoTickerResponse"
+                            && let Some(ts) = scanner.scan(raw)
+                        {
+                            if now == 0 {
+                                now = unix_micros();
+                            }
+                            batch.push((now, now.saturating_sub(ts)));
+                        }
+                    }) => r,
+                };
+                if !batch.is_empty() {
+                    stats.record_batch(i, &batch);
+                    out.received += batch.len() as u64;
+                    total_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                }
+                if let Err(e) = r {
+                    out.error = Some(e.kind());
+                    break;
+                }
+            }
+            out
+        }));
+    }
+    // Wait (bounded) until every client has connected or failed.
+    let connect_deadline = Instant::now() + Duration::from_secs(60 + args.clients as u64 / 50);
+    while settled.load(Ordering::Relaxed) < args.clients as u64 && Instant::now() < connect_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "flux-loadgen: {} clients settled in {:.1} s; injecting {} events/s for {} s",
+        settled.load(Ordering::Relaxed),
+        connect_started.elapsed().as_secs_f64(),
+        args.rate,
+        args.duration
+    );
+
+    let stats = Arc::new(DeliveryStats::new(
+        64,
+        unix_micros(),
+        max_secs,
+        (args.late_ms * 1000.0) as u64,
+    ));
+    let _ = stats_tx.send(Some(stats.clone()));
+    let sampler = Sampler::start(pid, max_secs + 2);
+    let inject = inject(addr, args).await;
+    let inject = match inject {
+        Ok(o) => o,
+        Err(e) => {
+            cancel.cancel();
+            let _ = sampler.stop().await;
+            return Err(e);
+        }
+    };
+
+    // Drain: wait for the deliveries still in flight (bounded by --drain).
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
+    let mut last = total_received.load(Ordering::Relaxed);
+    let mut still = 0;
+    while Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = total_received.load(Ordering::Relaxed);
+        // Stop early once nothing has arrived for a full second.
+        if now == last {
+            still += 1;
+            if still >= 5 {
+                break;
+            }
+        } else {
+            still = 0;
+        }
+        last = now;
+    }
+    cancel.cancel();
+    let procs = sampler.stop().await;
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(t.await.unwrap_or_default());
+    }
+    Ok(build_report(
+        name, args, slow_share, &outcomes, &inject, &stats, &procs,
+    ))
+}
+
+/// Injects `rate` events/s for `duration` s, one ndjson POST per tick.
+async fn inject(addr: std::net::SocketAddr, args: &FanoutArgs) -> anyhow::Result<InjectOutcome> {
+    let products = super::products(args.products);
+    let template = TickerTemplate::new(&products);
+    let mut publisher = Publisher::connect(addr).await?;
+    let total = (args.rate * args.duration).round() as u64;
+    let started = Instant::now();
+    let hard_stop = started + Duration::from_secs_f64(args.duration * 3.0 + 10.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut out = InjectOutcome::default();
+    let mut body = Vec::with_capacity(64 * 1024);
+    while out.events < total {
+        tick.tick().await;
+        if Instant::now() > hard_stop {
+            eprintln!(
+                "flux-loadgen: injection could not keep up; stopped at {} of {total} events",
+                out.events
+            );
+            break;
+        }
+        let due = ((started.elapsed().as_secs_f64() * args.rate) as u64).min(total);
+        if due <= out.events {
+            continue;
+        }
+        body.clear();
+        let ts = unix_micros();
+        let first = out.events as usize;
+        for k in out.events..due {
+            template.push_line(&mut body, k as usize, ts);
+        }
+        let key = &products[first % template.products()];
+        publisher.publish_ndjson(TICKER_TOPIC, key, &body).await?;
+        out.requests += 1;
+        out.events = due;
+    }
+    out.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+fn build_report(
+    name: &'static str,
+    args: &FanoutArgs,
+    slow_share: f64,
+    outcomes: &[ClientOutcome],
+    inject: &InjectOutcome,
+    stats: &DeliveryStats,
+    procs: &[(crate::procfs::ProcSample, crate::procfs::ProcSample)],
+) -> FanoutReport {
+    let mut connect_errors = ErrorCounts::default();
+    let mut receive_errors = ErrorCounts::default();
+    let (mut ready, mut slow, mut unconfirmed, mut received) = (0u64, 0u64, 0u64, 0u64);
+    let (mut min_c, mut max_c) = (u64::MAX, 0u64);
+    for o in outcomes {
+        match (o.ready, o.error) {
+            (false, Some(e)) => connect_errors.add(e),
+            (true, Some(e)) => receive_errors.add(e),
+            _ => {}
+        }
+        if !o.ready {
+            continue;
+        }
+        ready += 1;
+        if !o.confirmed {
+            unconfirmed += 1;
+        }
+        if o.slow {
+            slow += 1;
+            continue;
+        }
+        received += o.received;
+        min_c = min_c.min(o.received);
+        max_c = max_c.max(o.received);
+    }
+    let normal = ready - slow;
+    let expected = inject.events * normal;
+    let missing = expected.saturating_sub(received);
+    let (total, per_sec, late) = stats.merge();
+    let mut timeline: Vec<TimelineRow> = Vec::new();
+    let secs = per_sec.len().max(procs.len());
+    for s in 0..secs {
+        let l = per_sec.get(s).copied().unwrap_or_default();
+        let (g, m) = procs.get(s).copied().unwrap_or_default();
+        timeline.push(TimelineRow {
+            t_s: s as u64,
+            deliveries: l.count,
+            p50_ms: l.p50_ms,
+            p99_ms: l.p99_ms,
+            max_ms: l.max_ms,
+            gw_cpu_pct: g.cpu_pct,
+            gw_rss_mb: g.rss_mb,
+            lg_cpu_pct: m.cpu_pct,
+        });
+    }
+    // Steady state: the full injection seconds after the first.
+    let inj_secs = args.duration.floor() as usize;
+    let steady: Vec<&TimelineRow> = timeline
+        .iter()
+        .skip(1)
+        .take(inj_secs.saturating_sub(1))
+        .collect();
+    let steady_rate = if steady.is_empty() {
+        0.0
+    } else {
+        steady.iter().map(|r| r.deliveries as f64).sum::<f64>() / steady.len() as f64
+    };
+    let active: Vec<&(crate::procfs::ProcSample, crate::procfs::ProcSample)> =
+        procs.iter().take(inj_secs.max(1)).collect();
+    let avg = |f: &dyn Fn(&(crate::procfs::ProcSample, crate::procfs::ProcSample)) -> f64| {
+        if active.is_empty() {
+            0.0
+        } else {
+            active.iter().map(|p| f(p)).sum::<f64>() / active.len() as f64
+        }
+    };
+    let gw_cpu_s: f64 = procs.iter().map(|p| p.0.cpu_s).sum();
+    FanoutReport {
+        scenario: name,
+        params: args.clone(),
+        slow_share,
+        clients_ready: ready,
+        clients_slow: slow,
+        joins_unconfirmed: unconfirmed,
+        connect_errors,
+        receive_errors,
+        events_injected: inject.events,
+        inject_elapsed_s: inject.elapsed_s,
+        offered_deliveries_per_s: args.rate * normal as f64,
+        expected_deliveries: expected,
+        received_deliveries: received,
+        missing_deliveries: missing,
+        missing_pct: if expected > 0 {
+            100.0 * missing as f64 / expected as f64
+        } else {
+            0.0
+        },
+        late_deliveries: late,
+        deliveries_per_s: if inject.elapsed_s > 0.0 {
+            received as f64 / inject.elapsed_s
+        } else {
+            0.0
+        },
+        steady_deliveries_per_s: steady_rate,
+        per_client_min: if min_c == u64::MAX { 0 } else { min_c },
+        per_client_max: max_c,
+        latency: LatencySummary::of(&total),
+        gw_cpu_pct_avg: avg(&|p| p.0.cpu_pct),
+        gw_cpu_us_per_delivery: if received > 0 {
+            gw_cpu_s * 1e6 / received as f64
+        } else {
+            0.0
+        },
+        gw_rss_mb_max: procs.iter().map(|p| p.0.rss_mb).fold(0.0, f64::max),
+        lg_cpu_pct_avg: avg(&|p| p.1.cpu_pct),
+        timeline,
+    }
+}
+
+/// Prints the human table of a fanout / slow run.
+pub fn print(r: &FanoutReport) {
+    let p = &r.params;
+    println!();
+    println!(
+        "== {} : {} clients ({} slow), {} events/s for {} s ==",
+        r.scenario, p.clients, r.clients_slow, p.rate, p.duration
+    );
+    println!(
+        "clients ready            {:>12}   (join unconfirmed: {})",
+        r.clients_ready, r.joins_unconfirmed
+    );
+    println!(
+        "connect errors           {:>12}   ({})",
+        r.connect_errors.total(),
+        r.connect_errors
+    );
+    println!(
+        "receive errors           {:>12}   ({})",
+        r.receive_errors.total(),
+        r.receive_errors
+    );
+    println!(
+        "events injected          {:>12}   in {:.2} s",
+        r.events_injected, r.inject_elapsed_s
+    );
+    println!(
+        "offered deliveries/s     {:>12.0}",
+        r.offered_deliveries_per_s
+    );
+    println!("delivered/s (whole run)  {:>12.0}", r.deliveries_per_s);
+    println!(
+        "delivered/s (steady)     {:>12.0}",
+        r.steady_deliveries_per_s
+    );
+    println!(
+        "expected / received      {:>12} / {}",
+        r.expected_deliveries, r.received_deliveries
+    );
+    println!(
+        "missing (lost/conflated) {:>12}   ({:.3} %)",
+        r.missing_deliveries, r.missing_pct
+    );
+    println!(
+        "late (> {} ms)         {:>12}",
+        p.late_ms, r.late_deliveries
+    );
+    println!(
+        "per-client received      {:>12} .. {}",
+        r.per_client_min, r.per_client_max
+    );
+    let l = &r.latency;
+    println!(
+        "latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
+    );
+    println!(
+        "gateway CPU avg {:.0} %   {:.2} µs CPU/delivery   RSS max {:.1} MB   load generator CPU avg {:.0} %",
+        r.gw_cpu_pct_avg, r.gw_cpu_us_per_delivery, r.gw_rss_mb_max, r.lg_cpu_pct_avg
+    );
+    println!();
+    println!(
+        "{:>4} {:>10} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}",
+        "s", "deliv/s", "p50 ms", "p99 ms", "max ms", "gw CPU%", "gw RSS", "lg CPU%"
+    );
+    for t in &r.timeline {
+        println!(
+            "{:>4} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>7.0} {:>8.1} {:>7.0}",
+            t.t_s,
+            t.deliveries,
+            t.p50_ms,
+            t.p99_ms,
+            t.max_ms,
+            t.gw_cpu_pct,
+            t.gw_rss_mb,
+            t.lg_cpu_pct
+        );
+    }
+}
