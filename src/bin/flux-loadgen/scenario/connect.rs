@@ -10,9 +10,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Common, ErrorCounts, LOCATION, Sampler};
+use super::{Common, ErrorCounts, LOCATION};
 use crate::client::{self, SioClient};
 use crate::eio::Packet;
+use crate::procfs::CpuMeter;
 use crate::stats::{DurationHistogram, LatencySummary};
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -40,6 +41,7 @@ pub struct ConnectReport {
     pub session_init: LatencySummary,
     pub hydration: LatencySummary,
     pub gw_cpu_pct_avg: f64,
+    pub gw_cpu_ms_per_connect: f64,
     pub gw_rss_mb_end: f64,
 }
 
@@ -60,7 +62,7 @@ async fn run_against(
     let init_h = Arc::new(DurationHistogram::default());
     let hyd_h = Arc::new(DurationHistogram::default());
     let limit = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let sampler = Sampler::start(pid, (args.timeout as usize + 10) * 4);
+    let mut gw_cpu = pid.map(|p| CpuMeter::new(Some(p)));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
@@ -109,15 +111,14 @@ async fn run_against(
         }
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let procs = sampler.stop().await;
+    // CPU over the whole storm (one interval: storms are often shorter than a second).
+    let gw = gw_cpu
+        .as_mut()
+        .and_then(CpuMeter::sample)
+        .unwrap_or_default();
     let gw_rss_mb_end = super::rss_mb(pid).unwrap_or(0.0);
     drop(held);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let gw_cpu_pct_avg = if procs.is_empty() {
-        0.0
-    } else {
-        procs.iter().map(|p| p.0.cpu_pct).sum::<f64>() / procs.len() as f64
-    };
     Ok(ConnectReport {
         scenario: "connect",
         params: args.clone(),
@@ -132,7 +133,12 @@ async fn run_against(
         },
         session_init: init_h.summary(),
         hydration: hyd_h.summary(),
-        gw_cpu_pct_avg,
+        gw_cpu_pct_avg: gw.cpu_pct,
+        gw_cpu_ms_per_connect: if connected > 0 {
+            gw.cpu_s * 1000.0 / connected as f64
+        } else {
+            0.0
+        },
         gw_rss_mb_end,
     })
 }
@@ -151,8 +157,8 @@ pub fn print(r: &ConnectReport) {
         r.errors
     );
     println!(
-        "wall {:.2} s   {:.0} connections/s   gateway CPU avg {:.0} %   RSS at end {:.1} MB",
-        r.wall_s, r.connects_per_s, r.gw_cpu_pct_avg, r.gw_rss_mb_end
+        "wall {:.2} s   {:.0} connections/s   gateway CPU avg {:.0} % ({:.3} ms CPU/connection)   RSS at end {:.1} MB",
+        r.wall_s, r.connects_per_s, r.gw_cpu_pct_avg, r.gw_cpu_ms_per_connect, r.gw_rss_mb_end
     );
     println!(
         "{:<28} {:>9} {:>9} {:>9} {:>9}",

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Short benchmark smoke run so flux-loadgen cannot rot: builds the release binaries, runs
+# fanout (200 clients, 2000 events/s, 5 s), connect (500 clients) and idle (1000 clients)
+# against a spawned gateway in embedded mode, and prints the figures. It asserts nothing
+# about the figures; it fails only if the tool fails or if the fanout delivered nothing.
+#
+# Environment: CARGO_TARGET_DIR (default: target), BENCH_SMOKE_JSON (result file, default
+# a temporary file), BENCH_SMOKE_SKIP_BUILD=1 to reuse already built release binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/release"
+json="${BENCH_SMOKE_JSON:-$(mktemp -t flux-bench-smoke.XXXXXX.jsonl)}"
+: > "$json"
+
+if [[ "${BENCH_SMOKE_SKIP_BUILD:-0}" != 1 ]]; then
+  cargo build --release --locked --bin flux-bff --bin flux-loadgen
+fi
+
+lg=("$bin/flux-loadgen" --spawn "$bin/flux-bff" --json "$json")
+
+echo "== bench-smoke: fanout =="
+timeout 120 "${lg[@]}" fanout --clients 200 --rate 2000 --duration 5 --drain 3
+echo "== bench-smoke: connect =="
+timeout 120 "${lg[@]}" connect --clients 500 --concurrency 100
+echo "== bench-smoke: idle =="
+timeout 120 "${lg[@]}" idle --clients 1000 --step 500 --settle 1
+
+# The one check: the fanout must have delivered something.
+received=$(grep -m1 '"scenario":"fanout"' "$json" | grep -o '"received_deliveries":[0-9]*' | cut -d: -f2)
+if [[ -z "$received" || "$received" -eq 0 ]]; then
+  echo "bench-smoke: FAILED: the fanout scenario delivered nothing (see the output above)" >&2
+  exit 1
+fi
+echo "bench-smoke: ok (fanout delivered $received frames; results in $json)"
