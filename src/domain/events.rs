@@ -290,12 +290,12 @@ mod tests {
         serde_json::to_vec(v).unwrap()
     }
 
+    type Emits = Vec<(String, String, Value)>;
+    type Writes = Vec<(String, u64, Value)>;
+
     /// What the original emitted, adjusted by DECISIONS: movers under the frontend's event
     /// name (D2), no ticker cache (D3), air-quality aliases on weather (D8).
-    fn adjusted_expectation(
-        topic: &str,
-        expected: &Value,
-    ) -> (Vec<(String, String, Value)>, Vec<(String, u64, Value)>) {
+    fn adjusted_expectation(topic: &str, expected: &Value) -> (Emits, Writes) {
         let emits = expected["emits"]
             .as_array()
             .unwrap()
