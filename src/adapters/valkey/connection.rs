@@ -124,11 +124,13 @@ pub(crate) enum Failure {
 
 impl Failure {
     pub(crate) fn from_redis(error: &RedisError) -> Self {
+        if error.is_timeout() {
+            return Self::Timeout; // redis' own connection or response timeout
+        }
         let auth = is_auth_failure(error);
         let transport = error.is_io_error()
             || error.is_connection_dropped()
             || error.is_connection_refusal()
-            || error.is_timeout()
             || error.is_unrecoverable_error();
         if auth || transport {
             Self::Down {
@@ -158,20 +160,13 @@ pub(crate) fn describe(error: &RedisError) -> String {
         return "requires a password (NOAUTH, authentication required): set VALKEY_PASSWORD / FLUX_VALKEY__PASSWORD (or the password file)".into();
     }
     if is_auth_failure(error) {
-        return format!(
-            "refused the password (WRONGPASS, authentication failed: {error}): check VALKEY_PASSWORD / FLUX_VALKEY__PASSWORD (or the password file) and FLUX_VALKEY__USERNAME"
-        );
+        return "refused the password (WRONGPASS, authentication failed): check VALKEY_PASSWORD / FLUX_VALKEY__PASSWORD (or the password file) and FLUX_VALKEY__USERNAME".into();
     }
     if error.is_connection_refusal() {
-        return format!(
-            "refused the connection ({error}): is Valkey running there? check FLUX_VALKEY__URL (or VALKEY_HOST / VALKEY_PORT)"
-        );
+        return "refused the connection: is Valkey running there? check FLUX_VALKEY__URL (or VALKEY_HOST / VALKEY_PORT)".into();
     }
     if error.is_connection_dropped() {
         return format!("closed the connection ({error})");
-    }
-    if error.is_timeout() {
-        return format!("did not answer in time ({error})");
     }
     format!("failed: {error}")
 }
@@ -208,6 +203,15 @@ mod tests {
     fn a_broken_pipe_is_retried_once() {
         let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
         assert!(Failure::from_redis(&RedisError::from(io)).is_dropped_connection());
+    }
+
+    #[test]
+    fn a_redis_timeout_is_a_timeout() {
+        let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(matches!(
+            Failure::from_redis(&RedisError::from(io)),
+            Failure::Timeout
+        ));
     }
 
     #[test]
