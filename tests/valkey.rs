@@ -306,6 +306,39 @@ async fn a_frozen_server_times_out_within_the_timeout_and_recovers_when_resumed(
 }
 
 #[tokio::test]
+async fn rediss_urls_speak_tls() {
+    let server = RedisServer::start_tls();
+    let settings = ValkeySettings {
+        url: format!("rediss://127.0.0.1:{}/#insecure", server.port()), // self-signed
+        ..settings_for(&server)
+    };
+    let cache = connected(&settings).await;
+    let key = unique_key("tls");
+    cache
+        .set(&key, "over tls", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("over tls"));
+}
+
+#[tokio::test]
+async fn an_untrusted_tls_certificate_degrades_instead_of_crashing() {
+    let server = RedisServer::start_tls();
+    let settings = ValkeySettings {
+        url: format!("rediss://127.0.0.1:{}", server.port()), // verified: self-signed fails
+        ..settings_for(&server)
+    };
+    let cache = ValkeySnapshotCache::connect(&settings).await.unwrap();
+    let error = fails_fast("get with an untrusted certificate", cache.get("k")).await;
+    assert!(matches!(error, CacheError::Unavailable(_)), "{error:?}");
+    assert!(
+        error.to_string().to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    assert!(!cache.is_available());
+}
+
+#[tokio::test]
 async fn an_unreachable_server_does_not_fail_start_up() {
     let port = redis_server::free_port(); // nobody listens there
     let settings = ValkeySettings {

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ pub const BINARY_ENV: &str = "FLUX_TEST_REDIS_SERVER";
 pub struct RedisServer {
     port: u16,
     password: Option<String>,
+    /// Certificate and key (self-signed, for 127.0.0.1) when the server speaks TLS only.
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -31,10 +34,45 @@ impl RedisServer {
         Self::spawn(Some(password.to_owned()))
     }
 
+    /// Starts a TLS-only server with a fresh self-signed certificate for 127.0.0.1 (made with
+    /// the `openssl` command). Connect with `rediss://127.0.0.1:PORT/#insecure`.
+    pub fn start_tls() -> Self {
+        let dir = std::env::temp_dir().join(format!("flux-redis-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl to make a test certificate: {e}. Install it with `sudo apt-get install -y openssl`")
+            });
+        assert!(
+            status.success(),
+            "openssl could not make a test certificate"
+        );
+        let mut server = Self {
+            port: free_port(),
+            password: None,
+            tls: Some((cert, key)),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
     fn spawn(password: Option<String>) -> Self {
         let mut server = Self {
             port: free_port(),
             password,
+            tls: None,
             child: None,
         };
         server.restart();
@@ -78,8 +116,27 @@ impl RedisServer {
         self.kill();
         let binary = std::env::var(BINARY_ENV).unwrap_or_else(|_| "redis-server".into());
         let mut command = Command::new(&binary);
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, key)) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(cert),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(std::env::temp_dir())
@@ -131,7 +188,11 @@ impl RedisServer {
                     self.port
                 );
             }
-            if answers_ping(self.port) {
+            let ready = match self.tls {
+                None => answers_ping(self.port),
+                Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if ready {
                 return;
             }
             assert!(
@@ -147,6 +208,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill(); // SIGKILL ends a paused (SIGSTOPped) server too
+        if let Some(dir) = self.tls.as_ref().and_then(|(cert, _)| cert.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -142,6 +142,17 @@ impl Failure {
         }
     }
 
+    /// A failed connection attempt: whatever the error, the server cannot be used.
+    pub(crate) fn from_connect_error(error: &RedisError) -> Self {
+        match Self::from_redis(error) {
+            Self::Command(message) => Self::Down {
+                cause: format!("failed: {message}"),
+                dropped: false,
+            },
+            other => other,
+        }
+    }
+
     /// Worth one immediate retry on another connection: the pooled connection was dead (the
     /// server restarted or closed an idle connection) before the command could run.
     pub(crate) fn is_dropped_connection(&self) -> bool {
@@ -211,6 +222,15 @@ mod tests {
         assert!(matches!(
             Failure::from_redis(&RedisError::from(io)),
             Failure::Timeout
+        ));
+    }
+
+    #[test]
+    fn any_failed_connection_attempt_puts_the_cache_down() {
+        let error = RedisError::from((ErrorKind::InvalidClientConfig, "no tls"));
+        assert!(matches!(
+            Failure::from_connect_error(&error),
+            Failure::Down { .. }
         ));
     }
 

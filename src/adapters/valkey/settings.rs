@@ -18,7 +18,8 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 #[serde(default)]
 pub struct ValkeySettings {
     /// Server URL, `redis://host:port[/db]` or `rediss://host:port[/db]` (TLS, verified
-    /// against the system's root certificates). Credentials may be given in the URL
+    /// against the system's root certificates; `rediss://host:port/#insecure` skips the check,
+    /// for self-signed test servers only). Credentials may be given in the URL
     /// (`redis://user:secret@host:6379`), but `username` / `password` below win.
     /// Default `redis://127.0.0.1:6379`. Env: `FLUX_VALKEY__URL` (the original `VALKEY_HOST`
     /// and `VALKEY_PORT` build `redis://HOST:PORT`).

@@ -231,7 +231,7 @@ impl Shared {
             let failed = self.connect_errors.failed();
             tokio::select! {
                 conn = pool.get() => conn.map_err(|e| match e {
-                    RunError::User(e) => Failure::from_redis(&e),
+                    RunError::User(e) => Failure::from_connect_error(&e),
                     RunError::TimedOut => self.connect_failure(),
                 }),
                 () = failed => Err(self.connect_failure()),
@@ -244,7 +244,7 @@ impl Shared {
                 return Err(self
                     .connect_errors
                     .take()
-                    .map_or(Failure::Timeout, |e| Failure::from_redis(&e)));
+                    .map_or(Failure::Timeout, |e| Failure::from_connect_error(&e)));
             }
         };
         match timeout_at(deadline, cmd.query_async::<T>(&mut conn.inner)).await {
@@ -263,7 +263,7 @@ impl Shared {
 
     fn connect_failure(&self) -> Failure {
         match self.connect_errors.take() {
-            Some(error) => Failure::from_redis(&error),
+            Some(error) => Failure::from_connect_error(&error),
             None => Failure::Timeout,
         }
     }
@@ -346,7 +346,7 @@ impl Shared {
     async fn probe(&self) -> Result<(), Failure> {
         let conn = match timeout(self.timeout, self.connector.connect_and_ping()).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => return Err(Failure::from_redis(&error)),
+            Ok(Err(error)) => return Err(Failure::from_connect_error(&error)),
             Err(_) => return Err(Failure::Timeout),
         };
         let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -376,8 +376,7 @@ async fn probe_loop(weak: Weak<Shared>) {
                 shared.mark_down(format!("did not answer within {:?}", shared.timeout));
             }
             Err(Failure::Down { cause, .. }) => shared.mark_down(cause),
-            // PING itself failed with a server error: the server answers, so it is up.
-            Err(Failure::Command(_)) => shared.mark_up(),
+            Err(Failure::Command(message)) => shared.mark_down(format!("failed: {message}")),
         }
         if shared.state.load(Ordering::SeqCst) == UP {
             continue;
