@@ -12,7 +12,7 @@ mod redis_server;
 mod snapshot_cache_contract;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use flux_bff::adapters::memory::MemoryCache;
@@ -195,6 +195,12 @@ async fn a_killed_server_degrades_fast_and_a_restart_restores_normal_mode() {
 
     // Act: the server dies under open pooled connections.
     server.kill();
+
+    // Assert: a burst of concurrent calls at the onset of the outage all fail fast.
+    let burst = (0..50).map(|_| fails_fast("concurrent get at the onset", cache.get(&key)));
+    for error in futures::future::join_all(burst).await {
+        assert!(matches!(error, CacheError::Unavailable(_)), "{error:?}");
+    }
 
     // Assert: every call fails within the timeout, and the cache reports itself down.
     for round in 0..3 {
@@ -435,30 +441,51 @@ impl Write for CapturedLogs {
     }
 }
 
+/// Every log line of this test binary. One global subscriber: per-thread ones
+/// (`with_default`) lose events when tests run in parallel (tracing's callsite cache).
+fn all_logs() -> &'static CapturedLogs {
+    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other subscriber in this test binary");
+        logs
+    })
+}
+
+/// The log lines about one server (tests run in parallel, each with its own port).
+fn logs_about(addr: &str) -> String {
+    all_logs()
+        .text()
+        .lines()
+        .filter(|line| line.contains(addr))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// Runs `test` on a current-thread runtime (so that the adapter's background tasks run on
-/// this thread too) with logs captured and a private Prometheus recorder.
+/// this thread too) with a private Prometheus recorder; returns the logs about `addr`.
 fn with_logs_and_metrics<F: std::future::Future<Output = ()>>(
+    addr: &str,
     test: impl FnOnce(PrometheusHandle) -> F,
 ) -> (String, PrometheusHandle) {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
+    all_logs();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    tracing::subscriber::with_default(subscriber, || {
-        metrics::with_local_recorder(&recorder, || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(test(handle.clone()));
-        });
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test(handle.clone()));
     });
-    (logs.text(), handle)
+    (logs_about(addr), handle)
 }
 
 #[test]
@@ -468,7 +495,7 @@ fn a_wrong_password_starts_degraded_with_one_clear_warning() {
         password: Some("wrong-password".into()),
         ..settings_for(&server)
     };
-    let (logs, metrics) = with_logs_and_metrics(|_| async {
+    let (logs, metrics) = with_logs_and_metrics(&server.addr(), |_| async {
         let cache = ValkeySnapshotCache::connect(&settings)
             .await
             .expect("a wrong password is not a start-up failure");
@@ -498,7 +525,7 @@ fn a_wrong_password_starts_degraded_with_one_clear_warning() {
         );
     }
     assert!(
-        !logs.contains("wrong-password"),
+        !all_logs().text().contains("wrong-password"),
         "the password never reaches the logs:\n{logs}"
     );
     let rendered = metrics.render();
@@ -509,7 +536,8 @@ fn a_wrong_password_starts_degraded_with_one_clear_warning() {
 fn metrics_count_hits_misses_errors_and_track_availability() {
     let mut server = RedisServer::start();
     let settings = settings_for(&server);
-    let (logs, metrics) = with_logs_and_metrics(|metrics| async move {
+    let addr = server.addr();
+    let (logs, metrics) = with_logs_and_metrics(&addr, |metrics| async move {
         let cache = connected(&settings).await;
         let key = unique_key("metrics");
         cache.get(&key).await.unwrap(); // miss

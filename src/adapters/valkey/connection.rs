@@ -89,8 +89,15 @@ pub(crate) struct ConnectErrors {
 }
 
 impl ConnectErrors {
-    pub(crate) fn take(&self) -> Option<RedisError> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// The latest failure, shared by every call that was waiting for a connection.
+    pub(crate) fn last(&self) -> Option<RedisError> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Forgets the latest failure once the server is reachable again, so that it cannot
+    /// explain a later one.
+    pub(crate) fn clear(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Completes at the next failed connection attempt. Registered as soon as it is created.

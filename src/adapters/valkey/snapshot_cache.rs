@@ -241,10 +241,7 @@ impl Shared {
             Ok(conn) => conn?,
             // A connection attempt that failed just before the deadline is the better cause.
             Err(_) => {
-                return Err(self
-                    .connect_errors
-                    .take()
-                    .map_or(Failure::Timeout, |e| Failure::from_connect_error(&e)));
+                return Err(self.connect_failure());
             }
         };
         match timeout_at(deadline, cmd.query_async::<T>(&mut conn.inner)).await {
@@ -262,7 +259,7 @@ impl Shared {
     }
 
     fn connect_failure(&self) -> Failure {
-        match self.connect_errors.take() {
+        match self.connect_errors.last() {
             Some(error) => Failure::from_connect_error(&error),
             None => Failure::Timeout,
         }
@@ -300,7 +297,7 @@ impl Shared {
             return;
         }
         metrics::gauge!("flux_cache_up").set(1.0);
-        self.connect_errors.take(); // stale: must not explain a later failure
+        self.connect_errors.clear();
         if previous == DOWN {
             tracing::info!(host = %self.host, "valkey reachable again, leaving degraded mode");
         } else {
