@@ -3,4 +3,5 @@
 
 pub mod memory;
 pub mod partitioner;
+pub mod socketio;
 pub mod valkey;
