@@ -122,6 +122,7 @@ impl ValkeySettings {
         if self.username.is_some()
             && non_empty(self.password.as_deref()).is_none()
             && self.password_file.is_none()
+            && info.redis_settings().password().is_none()
         {
             return Err(
                 "valkey.username: is set but no password is; set valkey.password or valkey.password_file"
@@ -382,6 +383,12 @@ mod tests {
             ..valid()
         };
         assert_eq!(s.validate(), Ok(()));
+        let s = ValkeySettings {
+            username: Some("bff".into()),
+            url: "redis://:pw@h:6379".into(),
+            ..valid()
+        };
+        assert_eq!(s.validate(), Ok(()), "a password in the URL counts");
     }
 
     #[test]
@@ -472,6 +479,42 @@ mod tests {
         assert_eq!(s.pool_size, 16, "missing fields take their defaults");
         let json = serde_json::to_value(ValkeySettings::default()).unwrap();
         assert_eq!(json["timeout"], "250ms");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns figment::Error
+    fn every_field_can_be_set_from_the_environment() {
+        use figment::providers::{Env, Serialized};
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_VALKEY__URL", "rediss://cache:6380/1");
+            jail.set_env("FLUX_VALKEY__USERNAME", "bff");
+            jail.set_env("FLUX_VALKEY__PASSWORD", "pw");
+            jail.set_env("FLUX_VALKEY__PASSWORD_FILE", "/run/secrets/valkey");
+            jail.set_env("FLUX_VALKEY__DATABASE", "2");
+            jail.set_env("FLUX_VALKEY__KEY_PREFIX", "bff2:");
+            jail.set_env("FLUX_VALKEY__POOL_SIZE", "32");
+            jail.set_env("FLUX_VALKEY__TIMEOUT", "500ms");
+            jail.set_env("FLUX_VALKEY__ENABLED", "false");
+            let s: ValkeySettings =
+                figment::Figment::from(Serialized::defaults(ValkeySettings::default()))
+                    .merge(Env::prefixed("FLUX_VALKEY__"))
+                    .extract()?;
+            assert_eq!(
+                s,
+                ValkeySettings {
+                    url: "rediss://cache:6380/1".into(),
+                    username: Some("bff".into()),
+                    password: Some("pw".into()),
+                    password_file: Some("/run/secrets/valkey".into()),
+                    database: 2,
+                    key_prefix: "bff2:".into(),
+                    pool_size: 32,
+                    timeout: Duration::from_millis(500),
+                    enabled: false,
+                }
+            );
+            Ok(())
+        });
     }
 
     #[test]
