@@ -258,12 +258,20 @@ async fn a_restart_between_calls_costs_no_failed_call() {
     let mut server = RedisServer::start();
     let cache = connected(&settings_for(&server)).await;
     let key = unique_key("blip");
-    cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();
+    // Several calls at once leave several connections in the pool.
+    let burst = (0..20).map(|_| cache.set(&key, "v", Duration::from_secs(60)));
+    for result in futures::future::join_all(burst).await {
+        result.unwrap();
+    }
     server.restart();
     cache
         .set(&key, "v2", Duration::from_secs(60))
         .await
-        .expect("a dead pooled connection is replaced transparently");
+        .expect("dead pooled connections are replaced transparently");
+    let burst = (0..20).map(|_| cache.get(&key));
+    for result in futures::future::join_all(burst).await {
+        assert_eq!(result.unwrap().as_deref(), Some("v2"));
+    }
     assert!(cache.is_available());
 }
 

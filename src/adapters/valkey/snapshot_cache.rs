@@ -48,8 +48,9 @@ struct Shared {
     pool_size: u32,
     connector: Connector,
     connect_errors: ConnectErrors,
-    /// Replaced by a fresh pool when the cache goes down, dropping every connection of the
-    /// old server at once instead of discovering them dead one call at a time.
+    /// Replaced by a fresh pool when the cache goes down or a pooled connection turns out
+    /// dead, dropping every connection of the old server at once instead of discovering them
+    /// dead one call at a time.
     pool: RwLock<Pool<Connector>>,
     state: AtomicU8,
     /// Why the cache is down, for the errors returned while degraded.
@@ -218,7 +219,10 @@ impl Shared {
                     return Ok(value);
                 }
                 Err(failure) if failure.is_dropped_connection() && retries_left > 0 => {
+                    // The server probably restarted: its other pooled connections are dead
+                    // too, so retry on a fresh pool.
                     retries_left -= 1;
+                    self.replace_pool();
                 }
                 Err(failure) => return Err(self.fail(failure)),
             }
@@ -320,14 +324,18 @@ impl Shared {
                 error = %cause,
                 "valkey unavailable: running degraded (cache reads miss, writes are skipped), reconnecting in the background"
             );
-            let fresh = self
-                .connector
-                .pool(self.pool_size, self.timeout, &self.connect_errors);
-            *self.pool.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            self.replace_pool();
         } else if changed {
             tracing::warn!(host = %self.host, error = %cause, "valkey still unavailable, for another reason");
         }
         self.spawn_probe();
+    }
+
+    fn replace_pool(&self) {
+        let fresh = self
+            .connector
+            .pool(self.pool_size, self.timeout, &self.connect_errors);
+        *self.pool.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     /// Starts the background probe unless one runs. It holds only a weak reference, so it
