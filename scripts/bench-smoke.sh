@@ -5,17 +5,24 @@
 # about the figures; it fails only if the tool fails or if the fanout delivered nothing.
 #
 # Environment: CARGO_TARGET_DIR (default: target), BENCH_SMOKE_JSON (result file, default
-# a temporary file), BENCH_SMOKE_SKIP_BUILD=1 to reuse already built release binaries.
+# a temporary file), BENCH_SMOKE_PROFILE (release, the default, or dev to reuse a debug
+# build, e.g. in CI right after the tests), BENCH_SMOKE_SKIP_BUILD=1 to reuse already built
+# binaries as they are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target="${CARGO_TARGET_DIR:-target}"
-bin="$target/release"
+profile="${BENCH_SMOKE_PROFILE:-release}"
+case "$profile" in
+  release) bin="$target/release" ;;
+  dev) bin="$target/debug" ;;
+  *) echo "bench-smoke: BENCH_SMOKE_PROFILE must be release or dev, got $profile" >&2; exit 2 ;;
+esac
 json="${BENCH_SMOKE_JSON:-$(mktemp -t flux-bench-smoke.XXXXXX.jsonl)}"
 : > "$json"
 
 if [[ "${BENCH_SMOKE_SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --release --locked --bin flux-bff --bin flux-loadgen
+  cargo build --profile "$profile" --locked --bin flux-bff --bin flux-loadgen
 fi
 
 lg=("$bin/flux-loadgen" --spawn "$bin/flux-bff" --json "$json")

@@ -122,7 +122,8 @@ pub struct TickerTemplate {
 }
 
 impl TickerTemplate {
-    pub fn new(products: &[String]) -> Self {
+    /// `pad` bytes of filler go into a trailing `lg_pad` field (to match a frame size).
+    pub fn new(products: &[String], pad: usize) -> Self {
         let base = fixture(include_str!(
             "../../../fixtures/crypto.ticker.event.updated.json"
         ));
@@ -131,6 +132,9 @@ impl TickerTemplate {
             .map(|p| {
                 let mut v = base.clone();
                 v["data"]["product_id"] = Value::String(p.clone());
+                if pad > 0 {
+                    v["lg_pad"] = Value::String("x".repeat(pad));
+                }
                 let obj = v.to_string();
                 // obj starts with `{"source":…`; the line is `{"lg_ts":N,` + obj[1..].
                 format!(",{}", &obj[1..])
@@ -150,6 +154,15 @@ impl TickerTemplate {
 
     pub fn products(&self) -> usize {
         self.tails.len()
+    }
+
+    /// The size of the Socket.IO text message the gateway sends for one record
+    /// (`42["cryptoTickerResponse",{"status":"success","data":<value>,"error":null}]`).
+    pub fn frame_bytes(&self) -> usize {
+        let mut line = Vec::new();
+        self.push_line(&mut line, 0, 1_764_201_600_000_000);
+        let wrapper = r#"42["cryptoTickerResponse",{"status":"success","data":,"error":null}]"#;
+        wrapper.len() + line.len() - 1
     }
 }
 
@@ -311,7 +324,15 @@ mod tests {
         let products = products(12);
         assert_eq!(products[0], "BTC-USD");
         assert_eq!(products[11], "COIN11-USD");
-        let t = TickerTemplate::new(&products);
+        let t = TickerTemplate::new(&products, 0);
+        assert!(
+            t.frame_bytes() > 400 && t.frame_bytes() < 520,
+            "{}",
+            t.frame_bytes()
+        );
+        let padded = TickerTemplate::new(&products, 44);
+        let pad_field = r#","lg_pad":"""#.len() + 44;
+        assert_eq!(padded.frame_bytes(), t.frame_bytes() + pad_field);
         let mut out = Vec::new();
         t.push_line(&mut out, 1, 1_764_201_600_123_456);
         t.push_line(&mut out, 13, 7);

@@ -38,6 +38,10 @@ pub struct FanoutArgs {
     /// Distinct ticker products (product_id rotates per event).
     #[arg(long, default_value_t = 10)]
     pub products: usize,
+    /// Filler bytes per ticker (field `lg_pad`); the default gives the ~520-byte frame
+    /// of the issue 5 anchors.
+    #[arg(long, default_value_t = 33)]
+    pub pad: usize,
     /// A delivery slower than this (ms) counts as late.
     #[arg(long = "late-ms", default_value_t = 1000.0)]
     pub late_ms: f64,
@@ -83,6 +87,7 @@ pub struct FanoutReport {
     pub joins_unconfirmed: u64,
     pub connect_errors: ErrorCounts,
     pub receive_errors: ErrorCounts,
+    pub frame_bytes: usize,
     pub events_injected: u64,
     pub inject_elapsed_s: f64,
     pub offered_deliveries_per_s: f64,
@@ -290,7 +295,7 @@ async fn run_against(
 /// Injects `rate` events/s for `duration` s, one ndjson POST per tick.
 async fn inject(addr: std::net::SocketAddr, args: &FanoutArgs) -> anyhow::Result<InjectOutcome> {
     let products = super::products(args.products);
-    let template = TickerTemplate::new(&products);
+    let template = TickerTemplate::new(&products, args.pad);
     let mut publisher = Publisher::connect(addr).await?;
     let total = (args.rate * args.duration).round() as u64;
     let started = Instant::now();
@@ -412,6 +417,7 @@ fn build_report(
         joins_unconfirmed: unconfirmed,
         connect_errors,
         receive_errors,
+        frame_bytes: TickerTemplate::new(&super::products(1), args.pad).frame_bytes(),
         events_injected: inject.events,
         inject_elapsed_s: inject.elapsed_s,
         offered_deliveries_per_s: args.rate * normal as f64,
@@ -468,8 +474,8 @@ pub fn print(r: &FanoutReport) {
         r.receive_errors
     );
     println!(
-        "events injected          {:>12}   in {:.2} s",
-        r.events_injected, r.inject_elapsed_s
+        "events injected          {:>12}   in {:.2} s   ({} B frames)",
+        r.events_injected, r.inject_elapsed_s, r.frame_bytes
     );
     println!(
         "offered deliveries/s     {:>12.0}",
