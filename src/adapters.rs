@@ -3,3 +3,4 @@
 
 pub mod memory;
 pub mod partitioner;
+pub mod socketio;
