@@ -25,9 +25,18 @@ pub async fn wire(config: &Config) -> anyhow::Result<Wired> {
             "Kafka mode is not available in this build yet (kafka.brokers = {brokers:?}); unset FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS for embedded mode"
         );
     }
+    let ports = Ports::in_memory();
+    let background = CancellationToken::new();
+    let sim: crate::sim::SimSettings = config.section("sim")?;
+    crate::sim::spawn(
+        sim,
+        ports.sink.clone(),
+        ports.source.clone(),
+        background.clone(),
+    );
     Ok(Wired {
-        ports: Ports::in_memory(),
+        ports,
         mode: "embedded",
-        background: CancellationToken::new(),
+        background,
     })
 }
