@@ -7,13 +7,14 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use async_trait::async_trait;
 use axum::extract::ConnectInfo;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 use socketioxide::extract::{Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Sid};
 use socketioxide::{SocketIo, TransportType};
@@ -109,6 +110,7 @@ impl ClientFanout for SocketIoFanout {
 struct Session {
     who: Arc<ClientIdentity>,
     limiter: Arc<DefaultDirectRateLimiter>,
+    init: Arc<Once>,
 }
 
 /// Registers the default namespace: identity, `session:init`, and every client event.
@@ -116,13 +118,36 @@ pub fn register(io: &SocketIo, service: Arc<ClientService>, settings: &SocketIoS
     let rate = NonZeroU32::new(settings.rate_per_second.max(1)).expect("at least one");
     let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least one");
     let quota = Quota::per_second(rate).allow_burst(burst);
-    io.ns("/", move |s: SocketRef, TryData(auth): TryData<Value>| {
+    // The middleware runs before the connect packet is sent, so the event handlers exist when
+    // the client's first event arrives; it never rejects a handshake (D1).
+    let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let service = service.clone();
-        async move { on_connect(s, auth.ok(), service, quota) }
+        async move {
+            prepare(s, auth.ok(), service, quota);
+            Ok::<(), std::convert::Infallible>(())
+        }
+    };
+    io.ns("/", on_connected.with(middleware));
+}
+
+/// Runs once the client has the connect packet: `session:init` goes first.
+async fn on_connected(s: SocketRef) {
+    if let Some(session) = s.extensions.get::<Session>() {
+        session_init(&s, &session);
+    }
+}
+
+/// Emits `session:init` exactly once, before anything else reaches the socket.
+fn session_init(s: &SocketRef, session: &Session) {
+    session.init.call_once(|| {
+        let (event, payload) = ClientService::session_init(&session.who);
+        if let Err(e) = s.emit(event, &payload) {
+            tracing::debug!(socket = %s.id, error = %e, "session:init not sent");
+        }
     });
 }
 
-fn on_connect(s: SocketRef, auth: Option<Value>, service: Arc<ClientService>, quota: Quota) {
+fn prepare(s: SocketRef, auth: Option<Value>, service: Arc<ClientService>, quota: Quota) {
     let parts = s.req_parts();
     let forwarded = parts
         .headers
@@ -142,13 +167,10 @@ fn on_connect(s: SocketRef, auth: Option<Value>, service: Arc<ClientService>, qu
     tracing::debug!(socket = %who.socket_id, user = %who.user_id, ip = ?who.ip, "client connected");
     metrics::gauge!(SOCKETS_CONNECTED).increment(1.0);
 
-    let (event, payload) = ClientService::session_init(&who);
-    if let Err(e) = s.emit(event, &payload) {
-        tracing::debug!(socket = %who.socket_id, error = %e, "session:init not sent");
-    }
     s.extensions.insert(Session {
         who,
         limiter: Arc::new(RateLimiter::direct(quota)),
+        init: Arc::new(Once::new()),
     });
 
     s.on_fallback(
@@ -168,6 +190,7 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
     let Some(session) = s.extensions.get::<Session>() else {
         return;
     };
+    session_init(&s, &session);
     if session.limiter.check().is_err() {
         metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "rate_limited").increment(1);
         return;

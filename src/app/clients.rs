@@ -244,3 +244,122 @@ impl ClientService {
 
 /// How long start-up refreshes wait between attempts at most.
 pub const STARTUP_RETRY_CAP: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::{MemoryCache, RecordingFanout, Target};
+    use crate::app::config::LimitSettings;
+    use crate::ports::CacheError;
+    use crate::ports::command_sink::MockCommandSink;
+    use crate::ports::snapshot_cache::MockSnapshotCache;
+
+    fn who() -> ClientIdentity {
+        ClientIdentity {
+            socket_id: "s1".into(),
+            user_id: "u1".into(),
+            ip: None,
+        }
+    }
+
+    fn pune() -> Value {
+        json!({"city":"Pune","region":"Maharashtra","country":"IN","lat":18.52,"lon":73.85,"ip":"49.36.112.10"})
+    }
+
+    fn service(
+        cache: Arc<dyn SnapshotCache>,
+        sink: MockCommandSink,
+    ) -> (ClientService, Arc<RecordingFanout>) {
+        let fanout = Arc::new(RecordingFanout::default());
+        fanout.connect("s1");
+        let health = Arc::new(Health::new());
+        health.set_consuming(true);
+        let svc = ClientService::new(
+            cache,
+            Arc::new(sink),
+            fanout.clone(),
+            health,
+            &LimitSettings::default(),
+        );
+        (svc, fanout)
+    }
+
+    #[tokio::test]
+    async fn a_cache_error_skips_hydration_but_rooms_and_the_command_still_happen() {
+        let mut cache = MockSnapshotCache::new();
+        cache
+            .expect_get()
+            .returning(|_| Err(CacheError::Timeout(Duration::from_millis(250))));
+        cache.expect_set_if_absent().returning(|_, _, _| Ok(true));
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .withf(|c| c.topic == topics::WEATHER_FETCH && c.key.as_deref() == Some("s1"))
+            .times(1)
+            .returning(|_| Ok(()));
+        let (svc, fanout) = service(Arc::new(cache), sink);
+        svc.location_update(&who(), Some(&pune())).await;
+        assert!(
+            fanout.delivered().is_empty(),
+            "no hydration on a cache error"
+        );
+        let rooms = fanout.rooms_of("s1").await.unwrap();
+        assert_eq!(
+            rooms,
+            [
+                "crypto.global",
+                "news.global",
+                "stock.global",
+                "weather.Pune"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sink_error_on_a_cold_news_request_gives_the_contract_error_reply() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .times(1)
+            .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        svc.snapshot_request(&who(), SnapshotRequest::News).await;
+        let got = fanout.delivered();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].target, Target::Socket("s1".into()));
+        assert_eq!(got[0].event, "newsUpdate");
+        let payload = got[0].payload.to_value();
+        assert_eq!(payload["status"], "error");
+        assert_eq!(payload["message"], "Failed to fetch news");
+        assert_eq!(payload["error"], "command sink unavailable: broker down");
+    }
+
+    #[tokio::test]
+    async fn a_failed_weather_send_releases_the_dedup_window() {
+        let mut sink = MockCommandSink::new();
+        let mut calls = 0;
+        sink.expect_send().times(2).returning(move |_| {
+            calls += 1;
+            if calls == 1 {
+                Err(CommandSinkError::Unavailable("x".into()))
+            } else {
+                Ok(())
+            }
+        });
+        let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
+        svc.location_update(&who(), Some(&pune())).await;
+        svc.location_update(&who(), Some(&pune())).await;
+    }
+
+    #[tokio::test]
+    async fn commands_are_refused_while_kafka_is_down() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send().never();
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        svc.health.set_consuming(false);
+        svc.location_update(&who(), Some(&pune())).await;
+        svc.snapshot_request(&who(), SnapshotRequest::TopMovers)
+            .await;
+        let got = fanout.delivered();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload.to_value()["status"], "loading");
+    }
+}

@@ -323,27 +323,34 @@ mod tests {
 
     #[test]
     fn defaults_apply_with_an_empty_environment() {
-        let c = Config::from_parts(None, &[]).unwrap();
-        assert_eq!(c.settings, Settings::default());
-        assert!(!c.is_set("kafka.brokers"));
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(None, &[]).unwrap();
+            assert_eq!(c.settings, Settings::default());
+            assert!(!c.is_set("kafka.brokers"));
+            Ok(())
+        });
     }
 
     #[test]
     fn original_variables_are_accepted() {
-        let c = Config::from_parts(
-            None,
-            &env(&[
-                ("KAFKA_BROKER_ADDRESS", "kafka:9092"),
-                ("SERVER_PORT", "4000"),
-                ("VALKEY_HOST", "valkey"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.settings.http.port, 4000);
-        let brokers: Vec<String> = c.figment.extract_inner("kafka.brokers").unwrap();
-        assert_eq!(brokers, ["kafka:9092"]);
-        let url: String = c.figment.extract_inner("valkey.url").unwrap();
-        assert_eq!(url, "redis://valkey:6379");
+        // Jail serialises the tests that read the process environment.
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(
+                None,
+                &env(&[
+                    ("KAFKA_BROKER_ADDRESS", "kafka:9092"),
+                    ("SERVER_PORT", "4000"),
+                    ("VALKEY_HOST", "valkey"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(c.settings.http.port, 4000);
+            let brokers: Vec<String> = c.figment.extract_inner("kafka.brokers").unwrap();
+            assert_eq!(brokers, ["kafka:9092"]);
+            let url: String = c.figment.extract_inner("valkey.url").unwrap();
+            assert_eq!(url, "redis://valkey:6379");
+            Ok(())
+        });
     }
 
     #[test]
@@ -369,10 +376,13 @@ mod tests {
             assert!(err.contains("FLUX_"), "{err}");
             Ok(())
         });
-        let err = Config::from_parts(None, &env(&[("SERVER_PORT", "x")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("SERVER_PORT"), "{err}");
+        figment::Jail::expect_with(|_| {
+            let err = Config::from_parts(None, &env(&[("SERVER_PORT", "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SERVER_PORT"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

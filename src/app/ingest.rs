@@ -168,3 +168,101 @@ impl Ingestor {
             .build()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::client_fanout::MockClientFanout;
+    use crate::ports::snapshot_cache::MockSnapshotCache;
+    use crate::ports::{CacheError, Payload};
+
+    fn record(topic: &str, value: &str) -> Record {
+        Record {
+            topic: Arc::from(topic),
+            partition: 0,
+            offset: 7,
+            key: None,
+            value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
+        }
+    }
+
+    fn ingestor(
+        fanout: MockClientFanout,
+        cache: MockSnapshotCache,
+    ) -> (Ingestor, CancellationToken) {
+        let stop = CancellationToken::new();
+        let (writer, _) = SnapshotWriter::spawn(Arc::new(cache), stop.clone());
+        let ingestor = Ingestor::new(
+            Arc::new(crate::adapters::memory::MemoryBus::new()),
+            Arc::new(fanout),
+            writer,
+            Arc::new(Health::new()),
+            Duration::from_secs(1),
+        );
+        (ingestor, stop)
+    }
+
+    #[tokio::test]
+    async fn a_failing_cache_write_does_not_stop_the_live_emit() {
+        let mut fanout = MockClientFanout::new();
+        fanout
+            .expect_to_room()
+            .withf(|room, event, _| room == "crypto.global" && event == "cryptoTopCoinsResponse")
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let mut cache = MockSnapshotCache::new();
+        cache
+            .expect_set()
+            .returning(|_, _, _| Err(CacheError::Unavailable("down".into())));
+        let (ingestor, stop) = ingestor(fanout, cache);
+        ingestor
+            .handle(&record(
+                topics::TOPCOINS_EVENTS,
+                r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
+            ))
+            .await;
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_rejected_record_emits_nothing_and_writes_nothing() {
+        let mut fanout = MockClientFanout::new();
+        fanout.expect_to_room().never();
+        let mut cache = MockSnapshotCache::new();
+        cache.expect_set().never();
+        let (ingestor, stop) = ingestor(fanout, cache);
+        ingestor
+            .handle(&record(topics::TOPCOINS_EVENTS, r#"{"topCoins":[]}"#))
+            .await;
+        ingestor
+            .handle(&record(topics::NEWS_EVENTS, "not json"))
+            .await;
+        tokio::task::yield_now().await;
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_failing_room_emit_is_logged_and_the_snapshot_is_still_written() {
+        let mut fanout = MockClientFanout::new();
+        fanout
+            .expect_to_room()
+            .times(1)
+            .returning(|_, _, _| Err(crate::ports::FanoutError::Transport("boom".into())));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut cache = MockSnapshotCache::new();
+        cache.expect_set().times(1).returning(move |k, _, _| {
+            tx.send(k.to_owned()).unwrap();
+            Ok(())
+        });
+        let (ingestor, stop) = ingestor(fanout, cache);
+        ingestor
+            .handle(&record(
+                topics::TOPCOINS_EVENTS,
+                r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
+            ))
+            .await;
+        assert_eq!(rx.recv().await.as_deref(), Some("crypto:top-coins"));
+        stop.cancel();
+        let _ = Payload::new(&1);
+    }
+}

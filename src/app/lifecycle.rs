@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::serve::ListenerExt;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -143,6 +144,10 @@ impl Application {
         let server = {
             let http_stop = http_stop.clone();
             let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            // Small frames go out at once: Nagle would add up to 40 ms to every push.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(http_stop.cancelled_owned())
