@@ -4,3 +4,4 @@
 pub mod memory;
 pub mod partitioner;
 pub mod socketio;
+pub mod valkey;
