@@ -171,7 +171,7 @@ async fn consume_commands(
     let mut positions = Positions::default();
     let mut backoff = RETRY_MIN;
     loop {
-        match source.subscribe(&COMMAND_TOPICS, &positions).await {
+        match open(&*source, &mut positions).await {
             Ok(mut stream) => loop {
                 let item = tokio::select! {
                     item = stream.next() => item,
@@ -206,6 +206,18 @@ async fn consume_commands(
         }
         backoff = (backoff * 2).min(RETRY_MAX);
     }
+}
+
+/// Subscribes to the command topics from `positions`. The first time, every partition's start
+/// is pinned, so that a later resume is exact even for a topic that delivered nothing yet.
+async fn open(
+    source: &dyn EventSource,
+    positions: &mut Positions,
+) -> Result<crate::ports::RecordStream, crate::ports::EventSourceError> {
+    if positions.is_empty() {
+        *positions = source.latest_positions(&COMMAND_TOPICS).await?;
+    }
+    source.subscribe(&COMMAND_TOPICS, positions).await
 }
 
 /// The state of the four simulated services.

@@ -433,6 +433,26 @@ async fn after_a_lost_subscription_it_resubscribes_and_answers_each_command_once
 }
 
 #[tokio::test]
+async fn a_command_sent_during_an_outage_to_a_topic_never_read_before_is_answered() {
+    let bus = MemoryBus::new();
+    let (handle, shutdown) = start(&bus, quiet());
+    eventually("start-up", || bus.records(NEWS_EVENTS).len() == 1).await;
+    bus.set_available(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.publish(
+        NEWS_REFRESH,
+        Some("topglobalnews"),
+        Some(refresh().to_string().as_bytes()),
+    );
+    bus.set_available(true);
+    eventually("the answer to the news refresh", || {
+        bus.records(NEWS_EVENTS).len() == 2
+    })
+    .await;
+    stop(handle, shutdown).await;
+}
+
+#[tokio::test]
 async fn when_disabled_it_does_nothing() {
     let bus = MemoryBus::new();
     let (handle, shutdown) = start(
