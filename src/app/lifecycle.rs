@@ -278,9 +278,16 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let adapters = match super::wiring::AdapterSettings::from_config(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("flux-bff: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     super::telemetry::init(&config.settings.log);
     let _ = super::metrics::handle();
-    match run(config).await {
+    match run(config, adapters).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "flux-bff stopped");
@@ -290,8 +297,8 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let wired = super::wiring::wire(&config).await?;
+async fn run(config: Config, adapters: super::wiring::AdapterSettings) -> anyhow::Result<()> {
+    let wired = super::wiring::wire(&config, &adapters).await?;
     let app = Application::build(config.settings.clone(), wired.ports).await?;
     let addr = app.local_addr();
     tracing::info!(%addr, mode = wired.mode, "flux-bff listening");
