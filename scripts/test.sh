@@ -30,4 +30,7 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test (unit, fixtures, gateway over TCP, lifecycle, integration)"
 cargo test --all-targets --locked 2>&1
 
+step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
+bash scripts/node-tests.sh
+
 step "all checks passed in ${SECONDS}s"
