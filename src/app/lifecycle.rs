@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::memory::{MemoryBus, MemoryCache};
 use crate::adapters::socketio::{self, SocketIoFanout};
 use crate::domain::commands;
+use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
 use crate::ports::{ClientFanout, CommandSink, EventSource, SnapshotCache};
 
 use super::clients::ClientService;
@@ -173,6 +174,7 @@ impl Application {
                 settings.lifecycle.startup_deadline
             );
         }
+        tokio::spawn(export_room_sizes(io.clone(), background.clone()));
         let refreshes = tokio::spawn(send_startup_refreshes(
             service.clone(),
             background.clone(),
@@ -202,6 +204,31 @@ impl Application {
             );
         }
         Ok(())
+    }
+}
+
+/// Exports room membership every few seconds (`flux_room_members{room}`; weather rooms are
+/// summed, their names are client-chosen and unbounded).
+async fn export_room_sizes(io: SocketIo, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for room in [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK] {
+            let members = io.to(room).sockets().len();
+            metrics::gauge!(super::metrics::ROOM_MEMBERS, "room" => room).set(members as f64);
+        }
+        let weather: usize = match io.rooms().await {
+            Ok(rooms) => rooms
+                .iter()
+                .filter(|r| r.starts_with("weather."))
+                .map(|r| io.to(r.to_string()).sockets().len())
+                .sum(),
+            Err(_) => 0,
+        };
+        metrics::gauge!(super::metrics::ROOM_MEMBERS, "room" => "weather.*").set(weather as f64);
     }
 }
 
