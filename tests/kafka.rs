@@ -277,6 +277,25 @@ async fn resuming_from_positions_delivers_each_record_from_there_exactly_once() 
         positions.advance(r);
     }
     assert_eq!(source.lag(&positions).await, vec![(topic.clone(), 0, 0)]);
+    positions.set(&topic, 0, 5);
+    assert_eq!(source.lag(&positions).await, vec![(topic.clone(), 0, 3)]);
+}
+
+#[tokio::test]
+async fn resuming_inside_the_last_batch_delivers_the_rest_of_it() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("resume-last");
+    tansu.create_topic(&direct, &topic, 1).await;
+    produce(&direct, &topic, 0, &["x0", "x1", "x2", "x3"]).await;
+
+    let source = KafkaEventSource::new(connect(&tansu).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 1);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let got = take(&mut stream, 3, Duration::from_secs(5)).await;
+    assert_eq!(values(&got), ["x1", "x2", "x3"]);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
 
 #[tokio::test]

@@ -123,10 +123,12 @@ impl EventSource for KafkaEventSource {
 
 /// The next offset that will be written to the partition (Kafka's "log end offset").
 ///
-/// Not `ListOffsets(latest)` alone: Kafka answers the NEXT offset there, but tansu 0.6 answers
-/// the LAST one (one less; `-1` for an empty partition). The high watermark of a fetch is the
-/// next offset on both, so we list the latest offset only to have a valid place to fetch from
-/// and take the high watermark of that fetch. `min_bytes = 0` makes Kafka answer at once.
+/// Not `ListOffsets(latest)` alone: Kafka answers the log end offset there, but tansu 0.6
+/// answers the base offset of the last record batch plus one (checked: after a batch holding
+/// offsets 3..=5 it answers 4, Kafka 6), which would replay the end of that batch. The high
+/// watermark of a fetch is the log end offset on both, so we list the latest offset only to
+/// have a valid place to fetch from, and take the high watermark of that fetch
+/// (`min_bytes = 0`, `max_wait = 0`: both brokers answer at once).
 async fn latest(client: &PartitionClient, limit: Duration) -> Result<i64, RsError> {
     let listed = bounded(limit, client.get_offset(OffsetAt::Latest)).await?;
     let (_, high_watermark) = bounded(limit, client.fetch_records(listed.max(0), 0..1, 0)).await?;
@@ -244,7 +246,11 @@ async fn fetch_loop(
                 return;
             }
         };
-        if offset > 0 && records.first().is_some_and(|r| r.offset > offset) {
+        let skipped_ahead = match records.first() {
+            Some(first) => first.offset > offset,
+            None => high_watermark > offset,
+        };
+        if offset > 0 && skipped_ahead {
             let limit = settings.fetch_timeout();
             let bytes = 1..settings.fetch_max_bytes;
             if let Some(refetched) =
@@ -293,9 +299,9 @@ async fn fetch_loop(
 /// Fetches again from before `offset` when a fetch skipped ahead of it.
 ///
 /// Kafka answers a fetch from the middle of a record batch with that whole batch (rskafka then
-/// drops the records before `offset`). tansu 0.6 answers with the NEXT batch instead, which
-/// would silently skip the rest of the batch, e.g. when resuming from a position in the middle
-/// of one. So we step back (1, 2, 4, … offsets) until the answer starts below `offset`: Kafka
+/// drops the records before `offset`). tansu 0.6 answers with the NEXT batch instead (or with
+/// nothing when it was the last one), which would silently skip the rest of the batch, e.g.
+/// when resuming from a position in the middle of one. So we step back (1, 2, 4, … offsets) until the answer starts below `offset`: Kafka
 /// needs one step and then shows the gap is real (compaction, transaction markers).
 async fn refetch_from_before(
     client: &PartitionClient,
