@@ -466,14 +466,13 @@ async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_o
     let client = connect(&tansu).await;
     let source = KafkaEventSource::new(client.clone());
     let sink = KafkaCommandSink::new(client);
-    let mut stream = source
-        .subscribe(&[&topic], &Positions::default())
-        .await
-        .unwrap();
+    // Seeded with the log ends, so that partition 1, which delivers nothing before the cut,
+    // is resumed exactly too.
+    let mut positions = source.latest_positions(&[&topic]).await.unwrap();
+    assert_eq!(positions.get(&topic, 1), Some(0));
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
     produce(&direct, &topic, 0, &["a0", "a1"]).await;
-    produce(&direct, &topic, 1, &["b0"]).await;
-    let mut positions = Positions::default();
-    for r in take(&mut stream, 3, Duration::from_secs(5)).await {
+    for r in take(&mut stream, 2, Duration::from_secs(5)).await {
         positions.advance(&r);
     }
 
@@ -492,10 +491,15 @@ async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_o
         ),
         "the stream ends after its error"
     );
-    match sink
-        .send(Command::new(&topic, Some("k".into()), "{}"))
-        .await
-    {
+    let pending = tokio::spawn({
+        let sink = sink.clone();
+        let command = Command::new(&topic, Some("k".into()), "{}");
+        async move { sink.send(command).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sink.flush().await.unwrap();
+    assert!(pending.is_finished(), "flush waits for the send in flight");
+    match pending.await.unwrap() {
         Err(CommandSinkError::Unavailable(_)) => {}
         other => panic!("a send during the cut is Unavailable, got {other:?}"),
     }
@@ -505,7 +509,7 @@ async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_o
         Ok(_) => panic!("subscribing during the cut is Unavailable, got a stream"),
     }
     produce(&direct, &topic, 0, &["a2", "a3"]).await;
-    produce(&direct, &topic, 1, &["b1"]).await;
+    produce(&direct, &topic, 1, &["b0", "b1"]).await;
 
     proxy.restore();
     let started = Instant::now();
@@ -519,14 +523,65 @@ async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_o
             Err(e) => panic!("no recovery after restore: {e}"),
         }
     };
-    let got = take(&mut stream, 3, Duration::from_secs(10)).await;
+    let got = take(&mut stream, 4, Duration::from_secs(10)).await;
     let mut got_values = values(&got);
     got_values.sort();
-    assert_eq!(got_values, ["a2", "a3", "b1"]);
+    assert_eq!(got_values, ["a2", "a3", "b0", "b1"]);
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
     sink.send(Command::new(&topic, Some("k".into()), "{}"))
         .await
         .expect("sends work again after the restore");
+}
+
+#[tokio::test]
+async fn a_send_during_a_short_outage_is_retried_under_the_same_idempotency_key() {
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let proxy = TcpProxy::start(listen).await;
+    proxy.spare(DIRECT);
+    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("retry");
+    tansu.create_topic(&direct, &topic, 1).await;
+    let sink = KafkaCommandSink::new(
+        kafka::connect(&KafkaSettings {
+            send_timeout: Duration::from_secs(10),
+            ..settings(tansu.bootstrap())
+        })
+        .await
+        .unwrap(),
+    );
+    sink.send(Command::new(&topic, Some("warm-up".into()), "{}"))
+        .await
+        .unwrap();
+
+    proxy.cut();
+    let command = Command::new(&topic, Some("key".into()), r#"{"n":1}"#);
+    let pending = tokio::spawn({
+        let sink = sink.clone();
+        let command = command.clone();
+        async move { sink.send(command).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!pending.is_finished(), "still retrying within send_timeout");
+    proxy.restore();
+    pending
+        .await
+        .unwrap()
+        .expect("acknowledged once the broker is back");
+
+    let all = read_all(&direct, &topic, 1).await;
+    let landed: Vec<_> = all
+        .iter()
+        .filter(|(_, r)| r.key.as_deref() == Some(b"key".as_slice()))
+        .collect();
+    assert!(!landed.is_empty());
+    for (_, r) in landed {
+        assert_eq!(
+            r.headers.get("idempotency-key").map(Vec::as_slice),
+            Some(command.idempotency_key.to_string().as_bytes()),
+            "every copy carries the command's idempotency key"
+        );
+    }
 }
 
 #[tokio::test]

@@ -58,16 +58,13 @@ impl KafkaEventSource {
         .map(Arc::new)
         .map_err(|e| to_source_error(topic, partition, &e))
     }
-}
 
-#[async_trait]
-impl EventSource for KafkaEventSource {
-    #[tracing::instrument(skip_all, fields(topics = ?topics), err(Display))]
-    async fn subscribe(
+    /// Opens every partition of `topics`, each at its position in `from`, else at its log end.
+    async fn open_all(
         &self,
         topics: &[&str],
         from: &Positions,
-    ) -> Result<RecordStream, EventSourceError> {
+    ) -> Result<(HashMap<String, i32>, Vec<(Arc<PartitionClient>, i64)>), EventSourceError> {
         let counts =
             self.client.partition_counts().await.map_err(|e| {
                 EventSourceError::Unavailable(format!("reading topic metadata: {e}"))
@@ -96,7 +93,34 @@ impl EventSource for KafkaEventSource {
             },
         ))
         .await?;
+        Ok((known, opened))
+    }
 
+    /// The log end offset of every partition of `topics`: what `subscribe` with empty `from`
+    /// would start at.
+    ///
+    /// Passing this as `from` to the first `subscribe` makes every later resume exact: a
+    /// partition that delivered nothing before an outage is otherwise absent from the caller's
+    /// positions, and a re-subscription would start it at the (then later) log end.
+    pub async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError> {
+        let (_, opened) = self.open_all(topics, &Positions::default()).await?;
+        let mut positions = Positions::default();
+        for (client, offset) in opened {
+            positions.set(client.topic(), client.partition(), offset);
+        }
+        Ok(positions)
+    }
+}
+
+#[async_trait]
+impl EventSource for KafkaEventSource {
+    #[tracing::instrument(skip_all, fields(topics = ?topics), err(Display))]
+    async fn subscribe(
+        &self,
+        topics: &[&str],
+        from: &Positions,
+    ) -> Result<RecordStream, EventSourceError> {
+        let (known, opened) = self.open_all(topics, from).await?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let supervisor = tokio::spawn(supervise(self.clone(), known, opened, tx));
         Ok(Box::pin(Subscription {
