@@ -24,6 +24,8 @@ pub use event_source::KafkaEventSource;
 #[serde(default)]
 pub struct KafkaSettings {
     /// Bootstrap brokers as `host:port`. Empty means embedded mode (no Kafka at all).
+    /// Accepts a list or one comma-separated string (`"k1:9092,k2:9092"`).
+    #[serde(deserialize_with = "list_or_comma_separated")]
     pub brokers: Vec<String>,
     pub client_id: String,
     /// Create missing topics at start-up.
@@ -66,6 +68,27 @@ impl Default for KafkaSettings {
             sasl: None,
         }
     }
+}
+
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(str::to_owned).collect(),
+        OneOrMany::Many(items) => items,
+    };
+    Ok(items
+        .iter()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// TLS towards the brokers (rustls). Without `ca_file` the system bundle
@@ -456,6 +479,48 @@ mod tests {
         );
         assert!(!format!("{s:?}").contains("\"p\""), "password is redacted");
         assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn environment_variables_override_the_defaults() {
+        use figment::providers::{Env, Serialized};
+        figment::Jail::expect_with(|jail| {
+            let extract = || {
+                figment::Figment::from(Serialized::defaults(KafkaSettings::default()))
+                    .merge(Env::prefixed("FLUX_KAFKA__").split("__"))
+                    .extract::<KafkaSettings>()
+            };
+            jail.set_env("FLUX_KAFKA__BROKERS", r#"["k1:9092","k2:9092"]"#);
+            jail.set_env("FLUX_KAFKA__TOPIC_PARTITIONS", "3");
+            jail.set_env("FLUX_KAFKA__FETCH_MAX_WAIT", "150ms");
+            jail.set_env("FLUX_KAFKA__SASL__MECHANISM", "SCRAM-SHA-256");
+            jail.set_env("FLUX_KAFKA__SASL__USERNAME", "bff");
+            jail.set_env("FLUX_KAFKA__TLS__CA_FILE", "/etc/kafka/ca.pem");
+            let s = extract()?;
+            assert_eq!(s.brokers, ["k1:9092", "k2:9092"]);
+            assert_eq!(s.topic_partitions, 3);
+            assert_eq!(s.fetch_max_wait, Duration::from_millis(150));
+            assert_eq!(s.sasl.unwrap().mechanism, SaslMechanism::ScramSha256);
+            assert_eq!(
+                s.tls.unwrap().ca_file,
+                Some(PathBuf::from("/etc/kafka/ca.pem"))
+            );
+            assert_eq!(
+                s.client_id, "flux-bff",
+                "untouched fields keep their default"
+            );
+
+            for plain in ["kafka:9092", "k1:9092, k2:9092", "[kafka:9092]"] {
+                jail.set_env("FLUX_KAFKA__BROKERS", plain);
+                let brokers = extract()?.brokers;
+                assert!(
+                    !brokers.is_empty() && brokers[0].ends_with(":9092"),
+                    "{plain}: {brokers:?}"
+                );
+            }
+            Ok(())
+        });
     }
 
     #[tokio::test]
