@@ -4,3 +4,4 @@
 pub mod kafka;
 pub mod memory;
 pub mod partitioner;
+pub mod socketio;

@@ -1,1 +1,16 @@
-//! Services, configuration, wiring and lifecycle.
+//! Services, configuration, wiring and lifecycle: everything between the ports and `main`.
+
+pub mod clients;
+pub mod config;
+pub mod dedup;
+pub mod health;
+pub mod http;
+pub mod ingest;
+pub mod lifecycle;
+pub mod metrics;
+pub mod snapshots;
+pub mod telemetry;
+pub mod wiring;
+
+pub use config::Settings;
+pub use lifecycle::{Application, Ports};

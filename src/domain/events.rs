@@ -273,3 +273,186 @@ fn one(room: String, event: String, payload: &Value, snapshot: Option<SnapshotWr
         conflation_key: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+
+    fn fixture(name: &str) -> Value {
+        let text = fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn compact(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
+
+    type Emits = Vec<(String, String, Value)>;
+    type Writes = Vec<(String, u64, Value)>;
+
+    /// What the original emitted, adjusted by DECISIONS: movers under the frontend's event
+    /// name (D2), no ticker cache (D3), air-quality aliases on weather (D8).
+    fn adjusted_expectation(topic: &str, expected: &Value) -> (Emits, Writes) {
+        let emits = expected["emits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let mut event = e["event"].as_str().unwrap().to_owned();
+                if event == "topMoversResponse" {
+                    event = EV_MOVERS.to_owned();
+                }
+                let mut payload = e["payload"].clone();
+                if topic == WEATHER_EVENTS
+                    && let Some(aq) = payload["data"]
+                        .get_mut("airQuality")
+                        .and_then(Value::as_object_mut)
+                {
+                    let pm = aq["pm2_5"].clone();
+                    let epa = aq["us-epa-index"].clone();
+                    aq.insert("pm25".into(), pm);
+                    aq.insert("usEpaIndex".into(), epa);
+                }
+                (e["room"].as_str().unwrap().to_owned(), event, payload)
+            })
+            .collect();
+        let writes = if topic == TICKER_EVENTS {
+            Vec::new()
+        } else {
+            expected["cacheWrites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| {
+                    (
+                        w["key"].as_str().unwrap().to_owned(),
+                        w["ttlSeconds"].as_u64().unwrap(),
+                        w["value"].clone(),
+                    )
+                })
+                .collect()
+        };
+        (emits, writes)
+    }
+
+    #[test]
+    fn every_valid_fixture_yields_the_expected_emits_and_cache_writes() {
+        for topic in EVENT_TOPICS {
+            let expected = fixture(&format!("expected/{topic}.expected.json"));
+            let mut inputs = vec![fixture(&format!("{topic}.json"))];
+            if let Some(next) = expected["input"].get("followedBy") {
+                inputs.push(next["value"].clone());
+            }
+            let mut emits = Vec::new();
+            let mut writes = Vec::new();
+            for input in &inputs {
+                let d =
+                    route(topic, Some(&compact(input))).unwrap_or_else(|r| panic!("{topic}: {r}"));
+                for e in d.emits {
+                    emits.push((e.room, e.event, e.payload.to_value()));
+                }
+                if let Some(w) = d.snapshot {
+                    let value: Value = serde_json::from_str(&w.value).unwrap();
+                    writes.push((format!("bff:{}", w.key.key), w.key.ttl.as_secs(), value));
+                }
+            }
+            let (want_emits, want_writes) = adjusted_expectation(topic, &expected);
+            assert_eq!(emits, want_emits, "{topic}: emits");
+            assert_eq!(writes, want_writes, "{topic}: cache writes");
+        }
+    }
+
+    #[test]
+    fn emitted_payloads_keep_the_contract_key_order() {
+        let d = route(
+            WEATHER_EVENTS,
+            Some(&compact(&fixture("weather.service.event.updated.json"))),
+        )
+        .unwrap();
+        assert!(
+            d.emits[0]
+                .payload
+                .as_str()
+                .starts_with(r#"{"data":{"city":"Pune""#)
+        );
+        assert!(
+            d.emits[0]
+                .payload
+                .as_str()
+                .ends_with(r#","status":"success"}"#)
+        );
+        let d = route(
+            TICKER_EVENTS,
+            Some(&compact(&fixture("crypto.ticker.event.updated.json"))),
+        )
+        .unwrap();
+        assert!(
+            d.emits[0]
+                .payload
+                .as_str()
+                .starts_with(r#"{"status":"success","data":{"source":"coinbase""#)
+        );
+        assert_eq!(d.conflation_key.as_deref(), Some("BTC-USD"));
+    }
+
+    #[test]
+    fn every_invalid_variant_is_rejected_with_a_reason() {
+        for topic in EVENT_TOPICS {
+            let variants = fixture(&format!("{topic}.invalid.json"));
+            for v in variants.as_array().unwrap() {
+                let bytes: Option<Vec<u8>> = if v.get("tombstone").is_some() {
+                    None
+                } else if let Some(raw) = v.get("raw") {
+                    Some(raw.as_str().unwrap().as_bytes().to_vec())
+                } else {
+                    Some(compact(&v["value"]))
+                };
+                let result = route(topic, bytes.as_deref());
+                let rejection = result.expect_err(&format!("{topic}: must reject {}", v["why"]));
+                assert_eq!(rejection.stream, stream_name(topic));
+                assert!(!rejection.reason.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_value_is_a_tombstone() {
+        assert_eq!(
+            route(NEWS_EVENTS, Some(b"")).unwrap_err().reason,
+            "tombstone"
+        );
+        assert_eq!(route(NEWS_EVENTS, None).unwrap_err().reason, "tombstone");
+        assert_eq!(
+            route("other.topic", Some(b"{}")).unwrap_err().reason,
+            "unknown_topic"
+        );
+    }
+
+    #[test]
+    fn an_unavailable_weather_result_that_names_its_city_is_forwarded() {
+        let v = serde_json::json!({"status":"unavailable","reason":"timeout","data":{"city":"Pune"},"timestamp":1});
+        let d = route(WEATHER_EVENTS, Some(&compact(&v))).unwrap();
+        assert_eq!(d.emits[0].room, "weather.Pune");
+        assert_eq!(
+            d.emits[0].payload.to_value(),
+            serde_json::json!({"status":"unavailable","reason":"timeout"})
+        );
+        assert!(d.snapshot.is_none());
+    }
+
+    #[test]
+    fn stocks_with_partial_performers_are_rejected() {
+        let mut v = fixture("stock.service.event.updated.json");
+        v["data"]["topGainers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("open");
+        assert_eq!(
+            route(STOCK_EVENTS, Some(&compact(&v))).unwrap_err().reason,
+            "invalid_performers"
+        );
+    }
+}

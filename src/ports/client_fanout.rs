@@ -61,6 +61,7 @@ pub enum FanoutError {
 }
 
 /// Delivers events to connected clients. Socket ids are the transport's ids.
+#[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait ClientFanout: Send + Sync {
     /// Emits `event` with `payload` to every socket in `room` (none is fine).

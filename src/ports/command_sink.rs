@@ -42,6 +42,7 @@ pub enum CommandSinkError {
 }
 
 /// Sends commands.
+#[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait CommandSink: Send + Sync {
     /// Appends `command` to its topic and returns once the broker acknowledged it (acks = all).

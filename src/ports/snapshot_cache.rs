@@ -16,6 +16,7 @@ pub enum CacheError {
 
 /// Keys are relative (`crypto:top-movers`); the adapter adds its configured prefix.
 /// Values are JSON text.
+#[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait SnapshotCache: Send + Sync {
     /// The value stored under `key`, or `None` when it is absent or expired.

@@ -1,0 +1,365 @@
+//! What clients ask for: their location (rooms, hydration, weather command), the four
+//! snapshot requests, and the legacy `getUserId`. Replies go to the asking socket only.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::domain::commands::{self, Reason, Refresh, RefreshThrottle};
+use crate::domain::location::{self, canonical_hash};
+use crate::domain::replies::SnapshotRequest;
+use crate::domain::topics::{self, EV_SESSION_INIT, EV_USER_UNIQUE_ID};
+use crate::ports::{ClientFanout, CommandSink, CommandSinkError, Payload, SnapshotCache};
+
+use super::dedup::Deduplicator;
+use super::health::Health;
+use super::metrics::{
+    COMMANDS_FAILED, COMMANDS_PRODUCED, COMMANDS_REFUSED, DEDUP_HITS, LOCATIONS_INVALID, REPLIES,
+    ROOM_JOINS, SNAPSHOT_LOOKUPS,
+};
+
+/// Who is asking: the transport's socket id and the resolved guest identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub socket_id: String,
+    pub user_id: String,
+    /// Only logged at debug level; never sent anywhere.
+    pub ip: Option<String>,
+}
+
+pub struct ClientService {
+    cache: Arc<dyn SnapshotCache>,
+    sink: Arc<dyn CommandSink>,
+    fanout: Arc<dyn ClientFanout>,
+    health: Arc<Health>,
+    dedup: Deduplicator,
+    throttle: Mutex<RefreshThrottle>, // std Mutex: never held across an .await
+}
+
+impl ClientService {
+    pub fn new(
+        cache: Arc<dyn SnapshotCache>,
+        sink: Arc<dyn CommandSink>,
+        fanout: Arc<dyn ClientFanout>,
+        health: Arc<Health>,
+        limits: &super::config::LimitSettings,
+    ) -> Self {
+        Self {
+            dedup: Deduplicator::new(
+                cache.clone(),
+                limits.dedup_window,
+                limits.local_dedup_entries,
+            ),
+            throttle: Mutex::new(RefreshThrottle::new(limits.refresh_interval)),
+            cache,
+            sink,
+            fanout,
+            health,
+        }
+    }
+
+    /// The first event of every connection (D1).
+    pub fn session_init(who: &ClientIdentity) -> (&'static str, Payload) {
+        (
+            EV_SESSION_INIT,
+            Payload::new(&json!({"userId": who.user_id, "userType": "guest"})),
+        )
+    }
+
+    /// `getUserId` (legacy): answered with `userUniqueId` carrying the same id.
+    pub async fn user_id(&self, who: &ClientIdentity) {
+        let payload = Payload::new(&who.user_id);
+        self.reply(who, EV_USER_UNIQUE_ID, &payload, "userId", "ok")
+            .await;
+    }
+
+    /// `userLocationUpdate`: switch the weather room, join the global rooms, hydrate every
+    /// cached snapshot (D4), then send the weather command unless it is invalid, a duplicate
+    /// within the window, or Kafka is down.
+    pub async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
+        let intent = location::interpret(arg);
+        self.switch_rooms(who, &intent.room).await;
+        self.hydrate(who).await;
+        match intent.forward {
+            Err(reason) => {
+                metrics::counter!(LOCATIONS_INVALID, "reason" => reason).increment(1);
+                tracing::debug!(socket = %who.socket_id, reason, "location not forwarded");
+            }
+            Ok(location) => self.send_weather_command(who, &location).await,
+        }
+    }
+
+    /// One of the four snapshot requests: the cached snapshot, or `loading` and (for movers
+    /// and news) one throttled refresh command, or `error` when that command failed.
+    pub async fn snapshot_request(&self, who: &ClientIdentity, request: SnapshotRequest) {
+        let name = request.reply_event();
+        if let Some(hit) = self.lookup(request).await {
+            self.reply(who, name, &hit, name, "hit").await;
+            return;
+        }
+        let refresh = match request {
+            SnapshotRequest::TopMovers => Some((Refresh::TopMovers, Reason::Startup)),
+            SnapshotRequest::News => Some((Refresh::News, Reason::RefreshCache)),
+            SnapshotRequest::TopCoins | SnapshotRequest::Stocks => None,
+        };
+        if let Some((what, reason)) = refresh
+            && let Err(e) = self.refresh(what, reason).await
+        {
+            let payload = request.error(&e.to_string());
+            self.reply(who, name, &payload, name, "error").await;
+            return;
+        }
+        self.reply(who, name, &request.miss(), name, "loading")
+            .await;
+    }
+
+    async fn switch_rooms(&self, who: &ClientIdentity, weather_room: &str) {
+        let stale: Vec<String> = match self.fanout.rooms_of(&who.socket_id).await {
+            Ok(rooms) => rooms
+                .into_iter()
+                .filter(|r| r.starts_with("weather.") && r != weather_room)
+                .collect(),
+            Err(_) => return, // the socket is gone
+        };
+        if !stale.is_empty() {
+            let _ = self.fanout.leave(&who.socket_id, &stale).await;
+        }
+        let rooms = [
+            weather_room.to_owned(),
+            topics::ROOM_CRYPTO.to_owned(),
+            topics::ROOM_NEWS.to_owned(),
+            topics::ROOM_STOCK.to_owned(),
+        ];
+        if self.fanout.join(&who.socket_id, &rooms).await.is_ok() {
+            metrics::counter!(ROOM_JOINS).increment(1);
+        }
+    }
+
+    async fn hydrate(&self, who: &ClientIdentity) {
+        let lookups = SnapshotRequest::ALL.map(|r| self.lookup(r));
+        let found = futures::future::join_all(lookups).await;
+        for (request, hit) in SnapshotRequest::ALL.into_iter().zip(found) {
+            if let Some(payload) = hit {
+                let name = request.reply_event();
+                self.reply(who, name, &payload, "hydration", "hit").await;
+            }
+        }
+    }
+
+    /// The cached snapshot as a success reply; a cache error or timeout counts as a miss.
+    async fn lookup(&self, request: SnapshotRequest) -> Option<Payload> {
+        let key = request.snapshot().key;
+        let (result, hit) = match self.cache.get(key).await {
+            Ok(Some(text)) => match request.hit(&text) {
+                Some(p) => ("hit", Some(p)),
+                None => ("corrupt", None),
+            },
+            Ok(None) => ("miss", None),
+            Err(e) => {
+                tracing::debug!(key, error = %e, "snapshot lookup failed; treated as a miss");
+                ("error", None)
+            }
+        };
+        metrics::counter!(SNAPSHOT_LOOKUPS, "key" => key, "result" => result).increment(1);
+        hit
+    }
+
+    async fn send_weather_command(&self, who: &ClientIdentity, location: &Value) {
+        if !self.health.consuming() {
+            metrics::counter!(COMMANDS_REFUSED, "topic" => topics::WEATHER_FETCH).increment(1);
+            return;
+        }
+        let key = Deduplicator::key(&who.user_id, &canonical_hash(location));
+        if !self.dedup.claim(&key).await {
+            metrics::counter!(DEDUP_HITS).increment(1);
+            return;
+        }
+        let command =
+            commands::weather_fetch(&who.socket_id, &who.user_id, location, SystemTime::now());
+        if self.send(command).await.is_err() {
+            self.dedup.release(&key).await;
+        }
+    }
+
+    async fn refresh(&self, what: Refresh, reason: Reason) -> Result<(), CommandSinkError> {
+        if !self.health.consuming() {
+            metrics::counter!(COMMANDS_REFUSED, "topic" => what.topic()).increment(1);
+            return Ok(());
+        }
+        if !self.lock_throttle().try_acquire(what, Instant::now()) {
+            return Ok(());
+        }
+        let result = self
+            .send(commands::refresh(what, reason, SystemTime::now()))
+            .await;
+        if result.is_err() {
+            self.lock_throttle().release(what);
+        }
+        result
+    }
+
+    /// Sends a command and records the outcome in the metrics and the producer's health.
+    pub async fn send(&self, command: crate::ports::Command) -> Result<(), CommandSinkError> {
+        let topic = command.topic.clone();
+        match self.sink.send(command).await {
+            Ok(()) => {
+                self.health.set_producing(true);
+                metrics::counter!(COMMANDS_PRODUCED, "topic" => topic).increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, CommandSinkError::Unavailable(_)) {
+                    self.health.set_producing(false);
+                }
+                tracing::warn!(topic = %topic, error = %e, "command not sent");
+                metrics::counter!(COMMANDS_FAILED, "topic" => topic).increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn reply(
+        &self,
+        who: &ClientIdentity,
+        event: &str,
+        payload: &Payload,
+        kind: &'static str,
+        outcome: &'static str,
+    ) {
+        if self
+            .fanout
+            .to_socket(&who.socket_id, event, payload)
+            .await
+            .is_ok()
+        {
+            metrics::counter!(REPLIES, "kind" => kind, "outcome" => outcome).increment(1);
+        }
+    }
+
+    fn lock_throttle(&self) -> std::sync::MutexGuard<'_, RefreshThrottle> {
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long start-up refreshes wait between attempts at most.
+pub const STARTUP_RETRY_CAP: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::{MemoryCache, RecordingFanout, Target};
+    use crate::app::config::LimitSettings;
+    use crate::ports::CacheError;
+    use crate::ports::command_sink::MockCommandSink;
+    use crate::ports::snapshot_cache::MockSnapshotCache;
+
+    fn who() -> ClientIdentity {
+        ClientIdentity {
+            socket_id: "s1".into(),
+            user_id: "u1".into(),
+            ip: None,
+        }
+    }
+
+    fn pune() -> Value {
+        json!({"city":"Pune","region":"Maharashtra","country":"IN","lat":18.52,"lon":73.85,"ip":"49.36.112.10"})
+    }
+
+    fn service(
+        cache: Arc<dyn SnapshotCache>,
+        sink: MockCommandSink,
+    ) -> (ClientService, Arc<RecordingFanout>) {
+        let fanout = Arc::new(RecordingFanout::default());
+        fanout.connect("s1");
+        let health = Arc::new(Health::new());
+        health.set_consuming(true);
+        let svc = ClientService::new(
+            cache,
+            Arc::new(sink),
+            fanout.clone(),
+            health,
+            &LimitSettings::default(),
+        );
+        (svc, fanout)
+    }
+
+    #[tokio::test]
+    async fn a_cache_error_skips_hydration_but_rooms_and_the_command_still_happen() {
+        let mut cache = MockSnapshotCache::new();
+        cache
+            .expect_get()
+            .returning(|_| Err(CacheError::Timeout(Duration::from_millis(250))));
+        cache.expect_set_if_absent().returning(|_, _, _| Ok(true));
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .withf(|c| c.topic == topics::WEATHER_FETCH && c.key.as_deref() == Some("s1"))
+            .times(1)
+            .returning(|_| Ok(()));
+        let (svc, fanout) = service(Arc::new(cache), sink);
+        svc.location_update(&who(), Some(&pune())).await;
+        assert!(
+            fanout.delivered().is_empty(),
+            "no hydration on a cache error"
+        );
+        let rooms = fanout.rooms_of("s1").await.unwrap();
+        assert_eq!(
+            rooms,
+            [
+                "crypto.global",
+                "news.global",
+                "stock.global",
+                "weather.Pune"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sink_error_on_a_cold_news_request_gives_the_contract_error_reply() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .times(1)
+            .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        svc.snapshot_request(&who(), SnapshotRequest::News).await;
+        let got = fanout.delivered();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].target, Target::Socket("s1".into()));
+        assert_eq!(got[0].event, "newsUpdate");
+        let payload = got[0].payload.to_value();
+        assert_eq!(payload["status"], "error");
+        assert_eq!(payload["message"], "Failed to fetch news");
+        assert_eq!(payload["error"], "command sink unavailable: broker down");
+    }
+
+    #[tokio::test]
+    async fn a_failed_weather_send_releases_the_dedup_window() {
+        let mut sink = MockCommandSink::new();
+        let mut calls = 0;
+        sink.expect_send().times(2).returning(move |_| {
+            calls += 1;
+            if calls == 1 {
+                Err(CommandSinkError::Unavailable("x".into()))
+            } else {
+                Ok(())
+            }
+        });
+        let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
+        svc.location_update(&who(), Some(&pune())).await;
+        svc.location_update(&who(), Some(&pune())).await;
+    }
+
+    #[tokio::test]
+    async fn commands_are_refused_while_kafka_is_down() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send().never();
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        svc.health.set_consuming(false);
+        svc.location_update(&who(), Some(&pune())).await;
+        svc.snapshot_request(&who(), SnapshotRequest::TopMovers)
+            .await;
+        let got = fanout.delivered();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload.to_value()["status"], "loading");
+    }
+}

@@ -1,0 +1,406 @@
+//! Configuration: defaults, then an optional `flux.toml`, then the original service's
+//! variables (`KAFKA_BROKER_ADDRESS`, `SERVER_PORT`, `VALKEY_*`), then `FLUX_*` variables
+//! nested with `__` (D21). Invalid values are reported with the field that holds them.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The gateway's own settings. Adapter sections (`kafka`, `valkey`, `sim`) are read by
+/// [`Config::section`] with the adapter's own type.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub socketio: SocketIoSettings,
+    pub log: LogSettings,
+    pub lifecycle: LifecycleSettings,
+    pub limits: LimitSettings,
+    pub admin: AdminSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// Port for HTTP and Socket.IO (`SERVER_PORT` in the original). 0 picks a free port.
+    pub port: u16,
+    /// Origin allowed for Socket.IO polling requests (`FRONTEND_URL`); none means same origin.
+    pub cors_origin: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct SocketIoSettings {
+    /// Largest packet a client may send, in bytes (D10).
+    pub max_payload: u64,
+    /// Client events allowed per second and socket, sustained (D10).
+    pub rate_per_second: u32,
+    /// Client events a socket may send in a burst above the rate (D10).
+    pub burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Packets buffered per socket before emits to it are dropped (a client that stops
+    /// reading cannot grow the process's memory).
+    pub max_buffer: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LogSettings {
+    /// A tracing filter such as `info` or `flux_bff=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON lines otherwise).
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LifecycleSettings {
+    /// How long start-up may wait for Kafka before exiting with code 1 (D17).
+    #[serde(with = "humantime_serde")]
+    pub startup_deadline: Duration,
+    /// How long a graceful shutdown may take before the process exits anyway (D19).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+    /// Longest pause between two reconnection attempts (D18).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// Window in which an identical location from the same user sends no second command (D15).
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Smallest interval between two refreshes of one topic caused by cold requests (D12).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Entries of the in-process dedup window used while the cache is down (D15).
+    pub local_dedup_entries: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default)]
+pub struct AdminSettings {
+    /// Enables `POST /admin/publish` (embedded mode only): appends a record to the in-process
+    /// bus. For tests and benchmarks; never enable it on a reachable port in production.
+    pub publish: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 3000,
+            cors_origin: None,
+        }
+    }
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> Self {
+        Self {
+            max_payload: 64 * 1024,
+            rate_per_second: 10,
+            burst: 20,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_buffer: 1024,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            startup_deadline: Duration::from_secs(30),
+            shutdown_deadline: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            dedup_window: Duration::from_secs(2),
+            refresh_interval: Duration::from_secs(5),
+            local_dedup_entries: 10_000,
+        }
+    }
+}
+
+/// The loaded configuration: the gateway's settings plus the merged sources, from which each
+/// adapter reads its own section.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    figment: Figment,
+}
+
+impl Config {
+    /// Loads defaults, `file` when it exists, the original's variables, then `FLUX_*`.
+    ///
+    /// # Errors
+    /// Names the field, the value and the source when a value does not fit.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_parts(file, &vars)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    ///
+    /// # Errors
+    /// As for [`Config::load`].
+    pub fn from_parts(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Serialized::defaults(legacy_env(env)?));
+        figment = figment.merge(Env::prefixed("FLUX_").split("__"));
+        let settings: Settings = figment.extract().map_err(describe)?;
+        let config = Self { settings, figment };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads an adapter's section (`kafka`, `valkey`, `sim`), with its defaults where absent.
+    ///
+    /// # Errors
+    /// Names the field, the value and the source when a value does not fit.
+    pub fn section<T: serde::de::DeserializeOwned + Default + Serialize>(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<T> {
+        let merged = Figment::from(Serialized::defaults(T::default()))
+            .merge(self.figment.clone().focus(name));
+        merged.extract().map_err(|e| describe(e.with_path(name)))
+    }
+
+    /// The value at a dotted key (`kafka.brokers`), if any source gives one.
+    ///
+    /// # Errors
+    /// Names the key and the source when the value does not fit `T`.
+    pub fn value<T: serde::de::DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        if self.figment.find_value(key).is_err() {
+            return Ok(None);
+        }
+        self.figment.extract_inner(key).map(Some).map_err(describe)
+    }
+
+    /// Whether a key was given by any source (not just defaulted), e.g. `valkey.url`.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.figment.find_value(key).is_ok()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let mut problems = Vec::new();
+        if s.socketio.max_payload < 1024 {
+            problems.push("socketio.max_payload: must be at least 1024 bytes".to_owned());
+        }
+        if s.socketio.rate_per_second == 0 || s.socketio.burst == 0 {
+            problems
+                .push("socketio.rate_per_second and socketio.burst: must be at least 1".to_owned());
+        }
+        if s.limits.local_dedup_entries == 0 {
+            problems.push("limits.local_dedup_entries: must be at least 1".to_owned());
+        }
+        if let Some(origin) = &s.http.cors_origin
+            && !(origin.starts_with("http://") || origin.starts_with("https://"))
+        {
+            problems.push(format!(
+                "http.cors_origin (FRONTEND_URL): expected an http:// or https:// URL, got {origin:?}"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration: {}", problems.join("; "))
+        }
+    }
+}
+
+fn describe(e: figment::Error) -> anyhow::Error {
+    let mut lines = Vec::new();
+    for err in e {
+        lines.push(err.to_string());
+    }
+    anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
+}
+
+/// Maps the original Node service's variables onto our keys (D21).
+fn legacy_env(env: &[(String, String)]) -> anyhow::Result<Value> {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let mut root = Map::new();
+    let mut put = |section: &str, key: &str, value: Value| {
+        root.entry(section.to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("sections are objects")
+            .insert(key.to_owned(), value);
+    };
+    if let Some(brokers) = get("KAFKA_BROKER_ADDRESS") {
+        let list: Vec<String> = brokers.split(',').map(|b| b.trim().to_owned()).collect();
+        put("kafka", "brokers", json!(list));
+    }
+    if let Some(port) = get("SERVER_PORT") {
+        let port: u16 = port.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: SERVER_PORT: expected a port number (0-65535), got {port:?}"
+            )
+        })?;
+        put("http", "port", json!(port));
+    }
+    if let Some(url) = get("FRONTEND_URL") {
+        put("http", "cors_origin", json!(url));
+    }
+    let host = get("VALKEY_HOST");
+    let port = get("VALKEY_PORT");
+    if host.is_some() || port.is_some() {
+        let host = host.unwrap_or_else(|| "127.0.0.1".into());
+        let port = port.unwrap_or_else(|| "6379".into());
+        if port.parse::<u16>().is_err() {
+            anyhow::bail!(
+                "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
+            );
+        }
+        put("valkey", "url", json!(format!("redis://{host}:{port}")));
+    }
+    if let Some(pw) = get("VALKEY_PASSWORD") {
+        put("valkey", "password", json!(pw));
+    }
+    if let Some(file) = get("VALKEY_PASSWORD_FILE") {
+        put("valkey", "password_file", json!(file));
+    }
+    Ok(Value::Object(root))
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_with_an_empty_environment() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(None, &[]).unwrap();
+            assert_eq!(c.settings, Settings::default());
+            assert!(!c.is_set("kafka.brokers"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn original_variables_are_accepted() {
+        // Jail serialises the tests that read the process environment.
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(
+                None,
+                &env(&[
+                    ("KAFKA_BROKER_ADDRESS", "kafka:9092"),
+                    ("SERVER_PORT", "4000"),
+                    ("VALKEY_HOST", "valkey"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(c.settings.http.port, 4000);
+            let brokers: Vec<String> = c.figment.extract_inner("kafka.brokers").unwrap();
+            assert_eq!(brokers, ["kafka:9092"]);
+            let url: String = c.figment.extract_inner("valkey.url").unwrap();
+            assert_eq!(url, "redis://valkey:6379");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn flux_variables_win_over_the_original_ones() {
+        // Env::prefixed reads the process environment; figment::Jail isolates it.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_HTTP__PORT", "5001");
+            jail.set_env("FLUX_LIMITS__DEDUP_WINDOW", "3s");
+            let c = Config::from_parts(None, &env(&[("SERVER_PORT", "4000")]))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.http.port, 5001);
+            assert_eq!(c.settings.limits.dedup_window, Duration::from_secs(3));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_HTTP__PORT", "eighty");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("http.port"), "{err}");
+            assert!(err.contains("FLUX_"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|_| {
+            let err = Config::from_parts(None, &env(&[("SERVER_PORT", "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SERVER_PORT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_toml_file_is_read_and_sections_fill_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("flux.toml", "[http]\nport = 4100\n[demo]\nname = \"x\"\n")?;
+            let c =
+                Config::from_parts(Some(Path::new("flux.toml")), &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.http.port, 4100);
+            #[derive(Default, Deserialize, Serialize)]
+            #[serde(default)]
+            struct Demo {
+                name: String,
+                size: u32,
+            }
+            let d: Demo = c.section("demo").map_err(|e| e.to_string())?;
+            assert_eq!((d.name.as_str(), d.size), ("x", 0));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,51 @@
+//! What `/readyz` and the degraded-mode flags report: whether the event consumers run and
+//! whether the command producer works.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Shared health flags. Embedded mode starts ready; Kafka mode becomes ready once the
+/// consumers run and the producer answered.
+#[derive(Debug, Default)]
+pub struct Health {
+    consuming: AtomicBool,
+    producing: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_consuming(&self, up: bool) {
+        if self.consuming.swap(up, Ordering::SeqCst) != up {
+            metrics::gauge!(super::metrics::DEGRADED, "dependency" => "kafka_consumer")
+                .set(if up { 0.0 } else { 1.0 });
+        }
+    }
+
+    pub fn set_producing(&self, up: bool) {
+        if self.producing.swap(up, Ordering::SeqCst) != up {
+            metrics::gauge!(super::metrics::DEGRADED, "dependency" => "kafka_producer")
+                .set(if up { 0.0 } else { 1.0 });
+        }
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
+    }
+
+    /// Whether commands can be sent now (D18: refused and counted while Kafka is down).
+    pub fn producing(&self) -> bool {
+        self.producing.load(Ordering::SeqCst)
+    }
+
+    /// Ready: consumers and producer run, and no shutdown is under way.
+    pub fn ready(&self) -> bool {
+        self.consuming() && self.producing() && !self.shutting_down.load(Ordering::SeqCst)
+    }
+}

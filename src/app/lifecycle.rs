@@ -1,0 +1,313 @@
+//! Start-up, run and shutdown (D17–D19): the HTTP server listens at once; the consumers
+//! start, then the four refresh commands go out once; on SIGTERM readiness goes off, clients
+//! are disconnected, consumers stop, the producer is flushed and the process exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::memory::{MemoryBus, MemoryCache};
+use crate::adapters::socketio::{self, SocketIoFanout};
+use crate::domain::commands;
+use crate::ports::{ClientFanout, CommandSink, EventSource, SnapshotCache};
+
+use super::clients::ClientService;
+use super::config::{Config, Settings};
+use super::health::Health;
+use super::ingest::Ingestor;
+use super::snapshots::SnapshotWriter;
+
+/// The adapters the application runs on.
+#[derive(Clone)]
+pub struct Ports {
+    pub source: Arc<dyn EventSource>,
+    pub sink: Arc<dyn CommandSink>,
+    pub cache: Arc<dyn SnapshotCache>,
+    /// The in-process bus in embedded mode (for the admin publish hook).
+    pub bus: Option<MemoryBus>,
+}
+
+impl Ports {
+    /// Everything in memory: one bus for events and commands, one cache.
+    pub fn in_memory() -> Self {
+        let bus = MemoryBus::new();
+        Self {
+            source: Arc::new(bus.clone()),
+            sink: Arc::new(bus.clone()),
+            cache: Arc::new(MemoryCache::default()),
+            bus: Some(bus),
+        }
+    }
+}
+
+/// A built gateway: bound to its port, not yet running.
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    ports: Ports,
+    health: Arc<Health>,
+    io: SocketIo,
+    router: axum::Router,
+    service: Arc<ClientService>,
+}
+
+impl Application {
+    /// Binds the listener and wires the services on `ports`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound (names it).
+    pub async fn build(settings: Settings, ports: Ports) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(settings.http.host, settings.http.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr}: {e} (set FLUX_HTTP__PORT or SERVER_PORT to a free port)"
+            )
+        })?;
+        let health = Arc::new(Health::new());
+        let (layer, io) = socketio::layer(&settings.socketio);
+        let fanout: Arc<dyn ClientFanout> = Arc::new(SocketIoFanout::new(io.clone()));
+        let service = Arc::new(ClientService::new(
+            ports.cache.clone(),
+            ports.sink.clone(),
+            fanout,
+            health.clone(),
+            &settings.limits,
+        ));
+        socketio::register(&io, service.clone(), &settings.socketio);
+        let router = super::http::router(
+            &settings,
+            health.clone(),
+            ports.cache.clone(),
+            ports.bus.clone(),
+            layer,
+        );
+        Ok(Self {
+            settings,
+            listener,
+            ports,
+            health,
+            io,
+            router,
+            service,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Runs until `stop` resolves, then shuts down gracefully within the deadline.
+    ///
+    /// # Errors
+    /// When the event consumers could not start within the start-up deadline (D17).
+    pub async fn run_until_stopped(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            listener,
+            ports,
+            health,
+            io,
+            router,
+            service,
+        } = self;
+        let background = CancellationToken::new();
+        let (snapshots, writer) = SnapshotWriter::spawn(ports.cache.clone(), background.clone());
+        let fanout: Arc<dyn ClientFanout> = Arc::new(SocketIoFanout::new(io.clone()));
+        let ingestor = Ingestor::new(
+            ports.source.clone(),
+            fanout,
+            snapshots,
+            health.clone(),
+            settings.lifecycle.max_backoff,
+        );
+        let mut subscribed = ingestor.subscribed();
+        let consumers = tokio::spawn(ingestor.run(background.clone()));
+
+        let http_stop = CancellationToken::new();
+        let server = {
+            let http_stop = http_stop.clone();
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(http_stop.cancelled_owned())
+                    .await
+            })
+        };
+
+        // Consumers first, then the start-up refreshes, once per process (D12).
+        let startup = tokio::time::timeout(
+            settings.lifecycle.startup_deadline,
+            subscribed.wait_for(|s| *s),
+        );
+        tokio::pin!(stop);
+        let started = tokio::select! {
+            r = startup => r.is_ok(),
+            () = &mut stop => true,
+        };
+        if !started {
+            background.cancel();
+            http_stop.cancel();
+            anyhow::bail!(
+                "the event consumers could not start within {:?}: Kafka unreachable (check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up)",
+                settings.lifecycle.startup_deadline
+            );
+        }
+        let refreshes = tokio::spawn(send_startup_refreshes(
+            service.clone(),
+            background.clone(),
+            settings.lifecycle.max_backoff,
+        ));
+
+        stop.await;
+        tracing::info!("shutting down");
+        let deadline = settings.lifecycle.shutdown_deadline;
+        let graceful = async {
+            health.set_shutting_down();
+            http_stop.cancel(); // stop accepting connections
+            io.close().await; // disconnect every client
+            background.cancel(); // stop consumers, refreshes and the snapshot writer
+            let _ = consumers.await;
+            let _ = refreshes.await;
+            if let Err(e) = ports.sink.flush().await {
+                tracing::warn!(error = %e, "commands may be lost: producer flush failed");
+            }
+            let _ = writer.await;
+            let _ = server.await;
+        };
+        if tokio::time::timeout(deadline, graceful).await.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "graceful shutdown exceeded its deadline; exiting anyway"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sends the four start-up refreshes in order, retrying each with back-off (reusing its
+/// idempotency key) until it is accepted or the process stops.
+async fn send_startup_refreshes(
+    service: Arc<ClientService>,
+    stop: CancellationToken,
+    max_backoff: Duration,
+) {
+    for command in commands::startup_refreshes(SystemTime::now()) {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        while service.send(command.clone()).await.is_err() {
+            let delay = delays.next().unwrap_or(max_backoff);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+    tracing::info!("start-up refresh commands sent");
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Command-line options.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "flux-bff",
+    version,
+    about = "Real-time Backend-for-Frontend of the Flux platform: Kafka events to Socket.IO rooms.",
+    after_help = "Configuration: defaults, then the TOML file, then KAFKA_BROKER_ADDRESS, SERVER_PORT, \
+VALKEY_HOST, VALKEY_PORT, VALKEY_PASSWORD(_FILE), FRONTEND_URL, then FLUX_* variables nested with \
+__ (e.g. FLUX_HTTP__PORT=3000, FLUX_KAFKA__BROKERS='[\"kafka:9092\"]'). With no Kafka brokers \
+configured, flux-bff runs in embedded mode: in-process bus and cache plus a simulator of the \
+domain services. See README.md for every setting."
+)]
+pub struct Cli {
+    /// Configuration file (TOML); read only if it exists unless given explicitly.
+    #[arg(long, short, env = "FLUX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The whole program: exit code 2 for bad configuration, 1 when start-up fails, 0 after a
+/// graceful shutdown.
+pub async fn main_entry(cli: Cli) -> ExitCode {
+    let file = cli.config.clone().or_else(|| {
+        let default = PathBuf::from("flux.toml");
+        default.exists().then_some(default)
+    });
+    let config = match Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flux-bff: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    super::telemetry::init(&config.settings.log);
+    let _ = super::metrics::handle();
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "flux-bff stopped");
+            eprintln!("flux-bff: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let wired = super::wiring::wire(&config).await?;
+    let app = Application::build(config.settings.clone(), wired.ports).await?;
+    let addr = app.local_addr();
+    tracing::info!(%addr, mode = wired.mode, "flux-bff listening");
+    if wired.mode == "embedded" {
+        let shown = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        tracing::info!("dashboard: http://{shown}/");
+    }
+    let result = app.run_until_stopped(shutdown_signal()).await;
+    wired.background.cancel();
+    result
+}
+
+/// Convenience for tests: an application on in-memory ports with a random port.
+pub async fn spawn_in_memory(mut settings: Settings) -> anyhow::Result<(Application, Ports)> {
+    settings.http.port = 0;
+    settings.http.host = [127, 0, 0, 1].into();
+    let ports = Ports::in_memory();
+    let app = Application::build(settings, ports.clone()).await?;
+    Ok((app, ports))
+}

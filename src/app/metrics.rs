@@ -1,0 +1,92 @@
+//! Prometheus metrics (D20): the recorder, installed once per process, and the names used.
+//!
+//! Counters and gauges are recorded with the `metrics` macros where things happen; this
+//! module only owns the exporter and documents the names.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
+pub const SOCKET_DISCONNECTS: &str = "flux_socket_disconnects_total";
+pub const ROOM_JOINS: &str = "flux_room_joins_total";
+pub const EVENTS_CONSUMED: &str = "flux_events_consumed_total";
+pub const EVENTS_REJECTED: &str = "flux_events_rejected_total";
+pub const DELIVERIES: &str = "flux_room_emits_total";
+pub const REPLIES: &str = "flux_replies_total";
+pub const COMMANDS_PRODUCED: &str = "flux_commands_produced_total";
+pub const COMMANDS_FAILED: &str = "flux_commands_failed_total";
+pub const COMMANDS_REFUSED: &str = "flux_commands_refused_total";
+pub const LOCATIONS_INVALID: &str = "flux_locations_invalid_total";
+pub const DEDUP_HITS: &str = "flux_dedup_hits_total";
+pub const DEDUP_FALLBACK: &str = "flux_dedup_local_fallback_total";
+pub const CLIENT_EVENTS: &str = "flux_client_events_total";
+pub const CLIENT_EVENTS_DROPPED: &str = "flux_client_events_dropped_total";
+pub const SNAPSHOT_LOOKUPS: &str = "flux_snapshot_lookups_total";
+pub const SNAPSHOT_WRITES: &str = "flux_snapshot_writes_total";
+pub const KAFKA_LAG: &str = "flux_kafka_lag";
+pub const DEGRADED: &str = "flux_degraded";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide exporter handle; installs the recorder on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests in one process): then this handle
+        // renders nothing useful, which only matters for those tests.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+/// The current metrics in the Prometheus text format.
+pub fn render() -> String {
+    handle().render()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(SOCKETS_CONNECTED, "Socket.IO clients connected now.");
+    describe_counter!(SOCKET_DISCONNECTS, "Socket disconnections, by reason.");
+    describe_counter!(ROOM_JOINS, "Room joins, by room kind.");
+    describe_counter!(EVENTS_CONSUMED, "Event records accepted, by stream.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Event records rejected, by stream and reason."
+    );
+    describe_counter!(DELIVERIES, "Room emits made, by event stream.");
+    describe_counter!(
+        REPLIES,
+        "Replies to client requests, by request and outcome."
+    );
+    describe_counter!(COMMANDS_PRODUCED, "Commands sent, by topic.");
+    describe_counter!(
+        COMMANDS_FAILED,
+        "Commands that could not be sent, by topic."
+    );
+    describe_counter!(
+        COMMANDS_REFUSED,
+        "Commands not sent because Kafka is down, by topic."
+    );
+    describe_counter!(LOCATIONS_INVALID, "Locations not forwarded, by reason.");
+    describe_counter!(
+        DEDUP_HITS,
+        "Location updates suppressed by the dedup window."
+    );
+    describe_counter!(
+        DEDUP_FALLBACK,
+        "Dedup decisions taken by the in-process window."
+    );
+    describe_counter!(CLIENT_EVENTS, "Client events received, by event.");
+    describe_counter!(CLIENT_EVENTS_DROPPED, "Client events dropped, by reason.");
+    describe_counter!(
+        SNAPSHOT_LOOKUPS,
+        "Snapshot cache lookups, by key and result."
+    );
+    describe_counter!(SNAPSHOT_WRITES, "Snapshot cache writes, by key and result.");
+    describe_gauge!(KAFKA_LAG, "Records not yet read, by topic and partition.");
+    describe_gauge!(DEGRADED, "1 while a dependency is down, by dependency.");
+}

@@ -1,0 +1,396 @@
+//! The gateway over real TCP on in-memory adapters, played with a real Socket.IO client
+//! library (rust_socketio, websocket transport): the whole client-facing contract.
+
+mod support {
+    pub mod app;
+}
+
+use std::time::Duration;
+
+use flux_bff::app::Settings;
+use flux_bff::domain::topics::*;
+use serde_json::{Value, json};
+use support::app::*;
+
+#[tokio::test]
+async fn session_init_is_the_first_event_and_carries_the_guest_id() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("  alice  ")).await;
+    let init = c.wait_for("session:init").await;
+    assert_eq!(init, json!({"userId": "alice", "userType": "guest"}));
+    assert_eq!(c.events()[0], "session:init");
+
+    let bad = TestClient::connect_with_auth(&app, json!({"guestId": 42})).await;
+    let init = bad.wait_for("session:init").await;
+    let id = init["userId"].as_str().unwrap();
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4),
+        "{id}"
+    );
+}
+
+#[tokio::test]
+async fn get_user_id_is_answered_with_user_unique_id() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("bob")).await;
+    c.wait_for("session:init").await;
+    c.emit_empty("getUserId").await;
+    assert_eq!(c.wait_for("userUniqueId").await, json!("bob"));
+}
+
+#[tokio::test]
+async fn a_location_update_joins_rooms_hydrates_every_snapshot_and_sends_one_command() {
+    // Arrange: every snapshot cached.
+    let app = TestApp::spawn().await;
+    for topic in [MOVERS_EVENTS, TOPCOINS_EVENTS, NEWS_EVENTS, STOCK_EVENTS] {
+        app.publish_fixture(topic).await;
+    }
+    for key in [
+        "crypto:top-movers",
+        "crypto:top-coins",
+        "news:global",
+        "stocks:top:performers",
+    ] {
+        app.wait_cached(key).await;
+    }
+    let c = TestClient::connect(&app, Some("carol")).await;
+    c.wait_for("session:init").await;
+
+    // Act
+    c.emit("userLocationUpdate", pune()).await;
+
+    // Assert: hydration, shaped like the success replies (D4).
+    let movers = c.wait_for(EV_MOVERS).await;
+    assert_eq!(movers["status"], "success");
+    assert_eq!(movers["source"], "cache");
+    assert_eq!(movers["data"], fixture("crypto.movers.event.updated.json"));
+    let coins = c.wait_for(EV_TOPCOINS).await;
+    assert_eq!(coins["data"], fixture("crypto.topcoins.event.updated.json"));
+    let news = c.wait_for(EV_NEWS).await;
+    assert_eq!(news["scope"], "global");
+    assert_eq!(
+        news["data"],
+        fixture("news.service.event.updated.json")["payload"]["data"]
+    );
+    let stocks = c.wait_for(EV_STOCKS).await;
+    assert_eq!(
+        stocks,
+        json!({"status": "success", "data": fixture("stock.service.event.updated.json")["data"]})
+    );
+    assert_eq!(c.count(EV_TICKER), 0, "tickers are never hydrated (D3)");
+
+    // One weather command, keyed by the socket, carrying the guest id and the location.
+    let commands = app.wait_records(WEATHER_FETCH, 1).await;
+    assert_eq!(commands[0]["event"], "locationUpdate");
+    assert_eq!(commands[0]["userId"], "carol");
+    assert_eq!(commands[0]["data"], pune());
+    let key = app.bus.records(WEATHER_FETCH)[0].key.clone().unwrap();
+    assert!(!key.is_empty());
+
+    // The rooms: live pushes of every global stream and the city arrive.
+    c.wait_in_room(&app, "Pune").await;
+    c.clear();
+    app.publish(
+        TICKER_EVENTS,
+        Some("BTC-USD"),
+        &fixture("crypto.ticker.event.updated.json"),
+    );
+    let tick = c.wait_for(EV_TICKER).await;
+    assert_eq!(
+        tick,
+        json!({"status": "success", "data": fixture("crypto.ticker.event.updated.json"), "error": null})
+    );
+    app.publish_fixture(STOCK_EVENTS).await;
+    assert_eq!(c.wait_for(EV_STOCKS).await["error"], Value::Null);
+}
+
+#[tokio::test]
+async fn identical_locations_within_the_window_send_one_command_per_user() {
+    let app = TestApp::spawn().await;
+    let a = TestClient::connect(&app, Some("dave")).await;
+    let b = TestClient::connect(&app, Some("dave")).await; // same guest, another tab
+    a.locate(&app, pune(), "Pune").await;
+    app.wait_records(WEATHER_FETCH, 1).await;
+
+    // Same location, other key order, other socket of the same user: a duplicate.
+    let reordered = json!({"ip":"49.36.112.10","lon":73.8553,"lat":18.5196,"country":"IN","region":"Maharashtra","city":"Pune"});
+    b.locate(&app, reordered, "Pune").await;
+    a.locate(&app, pune(), "Pune").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.records(WEATHER_FETCH).len(), 1);
+
+    // A different location is not a duplicate; another user is not either.
+    a.locate(&app, location("Mumbai"), "Mumbai").await;
+    app.wait_records(WEATHER_FETCH, 2).await;
+    let other = TestClient::connect(&app, Some("erin")).await;
+    other.locate(&app, pune(), "Pune").await;
+    app.wait_records(WEATHER_FETCH, 3).await;
+
+    // After the window, the same location is sent again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    a.locate(&app, pune(), "Pune").await;
+    app.wait_records(WEATHER_FETCH, 4).await;
+}
+
+#[tokio::test]
+async fn a_city_switch_leaves_the_old_weather_room() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("frank")).await;
+    c.locate(&app, pune(), "Pune").await;
+    c.locate(&app, location("Chennai"), "Chennai").await;
+    c.clear();
+    app.publish(support::app::WEATHER, None, &weather("Pune"));
+    app.publish(support::app::WEATHER, None, &weather("Chennai"));
+    let chennai = c.wait_for("weather.Chennai.update").await;
+    assert_eq!(chennai["status"], "success");
+    assert_eq!(chennai["data"]["city"], "Chennai");
+    assert_eq!(
+        chennai["data"]["airQuality"]["pm25"],
+        chennai["data"]["airQuality"]["pm2_5"]
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.count("weather.Pune.update"), 0, "left weather.Pune");
+}
+
+#[tokio::test]
+async fn snapshot_requests_get_the_exact_hit_and_miss_payloads() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("gina")).await;
+    c.wait_for("session:init").await;
+
+    let cases = [
+        (
+            REQ_MOVERS,
+            EV_MOVERS,
+            json!({"status":"loading","message":"Data will refresh when backend reconnects"}),
+        ),
+        (
+            REQ_TOPCOINS,
+            EV_TOPCOINS,
+            json!({"status":"loading","message":"Fetching latest crypto top coins"}),
+        ),
+        (
+            REQ_STOCKS,
+            EV_STOCKS,
+            json!({"status":"loading","message":"Data will refresh when backend reconnects"}),
+        ),
+        (
+            REQ_NEWS,
+            EV_NEWS,
+            json!({"status":"loading","message":"Fetching latest news"}),
+        ),
+    ];
+    for (request, reply, miss) in &cases {
+        c.emit_empty(request).await;
+        assert_eq!(&c.wait_for(reply).await, miss, "{request} miss");
+    }
+
+    for topic in [MOVERS_EVENTS, TOPCOINS_EVENTS, NEWS_EVENTS, STOCK_EVENTS] {
+        app.publish_fixture(topic).await;
+    }
+    for key in [
+        "crypto:top-movers",
+        "crypto:top-coins",
+        "news:global",
+        "stocks:top:performers",
+    ] {
+        app.wait_cached(key).await;
+    }
+    let hits = [
+        json!({"status":"success","source":"cache","data": fixture("crypto.movers.event.updated.json")}),
+        json!({"status":"success","source":"cache","data": fixture("crypto.topcoins.event.updated.json")}),
+        json!({"status":"success","data": fixture("stock.service.event.updated.json")["data"]}),
+        json!({"status":"success","scope":"global","data": fixture("news.service.event.updated.json")["payload"]["data"]}),
+    ];
+    for ((request, reply, _), hit) in cases.iter().zip(hits) {
+        c.emit_empty(request).await;
+        assert_eq!(
+            c.wait_nth(reply, 2, WAIT).await.unwrap(),
+            hit,
+            "{request} hit"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cold_movers_and_news_requests_send_at_most_one_refresh_per_window() {
+    let app = TestApp::spawn().await;
+    let base_movers = app.records(TOPMOVERS_REFRESH).len();
+    let base_news = app.records(NEWS_REFRESH).len();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let c = TestClient::connect(&app, Some(&format!("h{i}"))).await;
+        c.wait_for("session:init").await;
+        clients.push(c);
+    }
+    for c in &clients {
+        for _ in 0..3 {
+            c.emit_empty(REQ_MOVERS).await;
+            c.emit_empty(REQ_NEWS).await;
+        }
+    }
+    for c in &clients {
+        assert!(c.wait_nth(EV_MOVERS, 3, WAIT).await.is_some());
+        assert!(c.wait_nth(EV_NEWS, 3, WAIT).await.is_some());
+    }
+    assert_eq!(app.records(TOPMOVERS_REFRESH).len(), base_movers + 1);
+    assert_eq!(app.records(NEWS_REFRESH).len(), base_news + 1);
+    let refresh = app.records(NEWS_REFRESH).pop().unwrap();
+    assert_eq!(refresh["reason"], "refresh_cache");
+    assert_eq!(refresh["requestedBy"], "bff");
+}
+
+#[tokio::test]
+async fn missing_null_and_garbage_arguments_crash_nothing() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("ivan")).await;
+    c.wait_for("session:init").await;
+    c.emit_empty("userLocationUpdate").await;
+    c.emit("userLocationUpdate", Value::Null).await;
+    c.emit("userLocationUpdate", json!("garbage")).await;
+    c.emit("userLocationUpdate", json!([1, {"city": 5}])).await;
+    c.emit(
+        "userLocationUpdate",
+        json!({"city": {"nested": true}, "lat": "NaN"}),
+    )
+    .await;
+    c.emit("cryptoTopCoinsRequest", json!({"unexpected": "argument"}))
+        .await;
+    c.emit("noSuchEvent", json!(1)).await;
+    // The default room is joined, nothing is forwarded, and the socket still works.
+    c.wait_in_room(&app, "Delhi").await;
+    assert!(c.wait_nth(EV_TOPCOINS, 1, WAIT).await.is_some());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(app.records(WEATHER_FETCH).is_empty());
+    let healthz = reqwest::get(format!("{}healthz", app.url())).await.unwrap();
+    assert!(healthz.status().is_success());
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited_and_counted() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("judy")).await;
+    c.wait_for("session:init").await;
+    let before = counter(
+        &app.metrics().await,
+        "flux_client_events_dropped_total",
+        &["rate_limited"],
+    );
+    for _ in 0..60 {
+        c.emit_empty(REQ_TOPCOINS).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let replies = c.count(EV_TOPCOINS);
+    // Burst 20 plus at most a few refills at 10/s while the flood was sent.
+    assert!((20..=35).contains(&replies), "{replies} replies");
+    let after = counter(
+        &app.metrics().await,
+        "flux_client_events_dropped_total",
+        &["rate_limited"],
+    );
+    assert!(after - before >= 25.0, "dropped {}", after - before);
+}
+
+#[tokio::test]
+async fn an_oversized_packet_closes_the_connection_and_is_counted() {
+    let mut settings = Settings::default();
+    settings.socketio.max_payload = 4096;
+    let app = TestApp::spawn_with(settings).await;
+    let c = TestClient::connect(&app, Some("kim")).await;
+    c.wait_for("session:init").await;
+    let before = counter(&app.metrics().await, "flux_socket_disconnects_total", &[]);
+    c.emit("userLocationUpdate", json!({"city": "x".repeat(10_000)}))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counter(&app.metrics().await, "flux_socket_disconnects_total", &[]) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the oversized packet was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // That socket is gone: its requests get no reply.
+    let _ = c
+        .client
+        .emit(REQ_TOPCOINS, rust_socketio::Payload::Text(vec![]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.count(EV_TOPCOINS), 0);
+    // Others are unaffected.
+    let d = TestClient::connect(&app, Some("lee")).await;
+    d.wait_for("session:init").await;
+}
+
+#[tokio::test]
+async fn the_four_startup_refreshes_go_out_once_in_order() {
+    let app = TestApp::spawn().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all: Vec<_> = [
+        TOPCOINS_REFRESH,
+        TOPMOVERS_REFRESH,
+        STOCKS_REFRESH,
+        NEWS_REFRESH,
+    ]
+    .iter()
+    .map(|t| app.records(t))
+    .collect();
+    for (records, reason) in all
+        .iter()
+        .zip(["startup", "startup", "startup", "initial_refresh"])
+    {
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["reason"], reason);
+    }
+    let keys: Vec<_> = [
+        TOPCOINS_REFRESH,
+        TOPMOVERS_REFRESH,
+        STOCKS_REFRESH,
+        NEWS_REFRESH,
+    ]
+    .iter()
+    .map(|t| app.bus.records(t)[0].key.clone().unwrap())
+    .collect();
+    assert_eq!(
+        keys,
+        [
+            "cryptotopcoins",
+            "cryptotopmovers",
+            "stocktopperformers",
+            "topglobalnews"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn live_pushes_skip_rejected_events_and_the_consumer_goes_on() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("mia")).await;
+    c.locate(&app, pune(), "Pune").await;
+    c.clear();
+    app.bus.publish(NEWS_EVENTS, None, Some(b"not json"));
+    app.bus.publish(NEWS_EVENTS, None, None);
+    app.publish(NEWS_EVENTS, None, &json!({"payload": {"data": []}}));
+    app.publish_fixture(NEWS_EVENTS).await;
+    let news = c.wait_for(EV_NEWS).await;
+    assert_eq!(news["status"], "success");
+    assert_eq!(c.count(EV_NEWS), 1);
+    let m = app.metrics().await;
+    assert!(counter(&m, "flux_events_rejected_total", &["stream=\"news\""]) >= 3.0);
+}
+
+#[tokio::test]
+async fn the_legacy_second_argument_of_a_location_update_is_ignored() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("nina")).await;
+    c.client
+        .emit(
+            "userLocationUpdate",
+            rust_socketio::Payload::Text(vec![pune(), json!("legacy-user-id")]),
+        )
+        .await
+        .unwrap();
+    c.wait_in_room(&app, "Pune").await;
+    let commands = app.wait_records(WEATHER_FETCH, 1).await;
+    assert_eq!(commands[0]["userId"], "nina");
+    assert_eq!(commands[0]["data"], pune());
+}

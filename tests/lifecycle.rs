@@ -1,0 +1,125 @@
+//! The real binary: `--help`, configuration errors (exit 2), SIGTERM (exit 0 within the
+//! deadline, after the clients were disconnected).
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flux-bff");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn gateway(port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FLUX_HTTP__HOST", "127.0.0.1")
+        .env("FLUX_HTTP__PORT", port.to_string())
+        .env("FLUX_LIFECYCLE__SHUTDOWN_DEADLINE", "5s")
+        .env("FLUX_LOG__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway on port {port} never became healthy");
+}
+
+#[test]
+fn help_lists_the_configuration() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FLUX_"), "{text}");
+    assert!(text.contains("embedded mode"), "{text}");
+}
+
+#[test]
+fn an_invalid_setting_exits_2_and_names_the_field() {
+    let out = gateway(free_port())
+        .env("FLUX_HTTP__PORT", "eighty")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("http.port") && err.contains("eighty"), "{err}");
+
+    let out = gateway(free_port())
+        .env("SERVER_PORT", "x1")
+        .env_remove("FLUX_HTTP__PORT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SERVER_PORT"));
+}
+
+#[tokio::test]
+async fn sigterm_disconnects_clients_and_exits_0_within_the_deadline() {
+    // Arrange: the binary in embedded mode and one connected websocket client.
+    let port = free_port();
+    let mut child = gateway(port).spawn().unwrap();
+    wait_healthy(port).await;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = ws.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+    ws.send(Message::text(r#"40{"guestId":"zoe"}"#))
+        .await
+        .unwrap();
+    let mut got_init = false;
+    while !got_init {
+        let msg = ws.next().await.unwrap().unwrap();
+        got_init = msg.to_text().unwrap_or("").contains("session:init");
+    }
+
+    // Act
+    let sent = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Assert: the client is told to go (disconnect packet or close) before the process exits.
+    let mut disconnected = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match msg {
+            Ok(Message::Text(t)) if t.as_str() == "41" => disconnected = true,
+            Ok(Message::Close(_)) | Err(_) => {
+                disconnected = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(disconnected, "the client was not disconnected");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        sent.elapsed()
+    );
+}
