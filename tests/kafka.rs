@@ -350,23 +350,74 @@ async fn every_partition_is_read_completely_by_every_subscriber() {
 }
 
 #[tokio::test]
-async fn subscribing_to_a_missing_topic_names_it() {
+async fn subscribing_to_a_missing_topic_names_it_when_topic_creation_is_off() {
     let tansu = Tansu::start().await;
-    let source = KafkaEventSource::new(connect(&tansu).await);
+    let client = kafka::connect(&KafkaSettings {
+        create_topics: false,
+        ..settings(tansu.bootstrap())
+    })
+    .await
+    .unwrap();
     let missing = unique("missing");
-    match source.subscribe(&[&missing], &Positions::default()).await {
+    match client
+        .event_source()
+        .subscribe(&[&missing], &Positions::default())
+        .await
+    {
         Err(EventSourceError::UnknownTopic(topic)) => assert_eq!(topic, missing),
         Err(e) => panic!("expected UnknownTopic, got {e}"),
         Ok(_) => panic!("expected UnknownTopic, got a stream"),
     }
+    match client
+        .command_sink()
+        .send(Command::new(&missing, None, "{}"))
+        .await
+    {
+        Err(CommandSinkError::Rejected(reason)) => assert!(reason.contains(&missing), "{reason}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_topics_are_created_with_the_configured_partitions() {
+    let tansu = Tansu::start().await;
+    let client = kafka::connect(&KafkaSettings {
+        topic_partitions: 2,
+        ..settings(tansu.bootstrap())
+    })
+    .await
+    .unwrap();
+    let (events, commands) = (unique("auto-events"), unique("auto-commands"));
+    let mut stream = client
+        .event_source()
+        .subscribe(&[&events], &Positions::default())
+        .await
+        .expect("the event topic is created on subscribe");
+    client
+        .command_sink()
+        .send(Command::new(&commands, Some("k".into()), "{}"))
+        .await
+        .expect("the command topic is created on first send");
+    let topics = client.rskafka().await.unwrap().list_topics().await.unwrap();
+    for name in [&events, &commands] {
+        let topic = topics.iter().find(|t| &t.name == name).expect("created");
+        assert_eq!(topic.partitions.len(), 2, "{name}");
+    }
+    let direct = tansu.client(DIRECT).await;
+    produce(&direct, &events, 1, &["e0"]).await;
+    assert_eq!(
+        values(&take(&mut stream, 1, Duration::from_secs(5)).await),
+        ["e0"]
+    );
 }
 
 #[tokio::test]
 async fn ensure_topics_creates_the_missing_ones_only() {
     let tansu = Tansu::start().await;
     let client = connect(&tansu).await;
+    let rskafka = client.rskafka().await.unwrap();
     let (a, b) = (unique("ensure-a"), unique("ensure-b"));
-    tansu.create_topic(client.rskafka(), &a, 1).await;
+    tansu.create_topic(&rskafka, &a, 1).await;
     let created = kafka::ensure_topics(&client, &[&a, &b], 2, 1)
         .await
         .unwrap();
@@ -375,7 +426,7 @@ async fn ensure_topics_creates_the_missing_ones_only() {
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
-    let topics = client.rskafka().list_topics().await.unwrap();
+    let topics = rskafka.list_topics().await.unwrap();
     let partitions = topics
         .iter()
         .find(|t| t.name == b)
@@ -383,6 +434,48 @@ async fn ensure_topics_creates_the_missing_ones_only() {
         .partitions
         .len();
     assert_eq!(partitions, 2);
+}
+
+#[tokio::test]
+async fn the_ports_exist_before_any_broker_answers_and_work_once_one_does() {
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let client = KafkaClient::new(&settings(addr.to_string())).expect("no I/O in new");
+    let source = client.event_source();
+    let sink = client.command_sink();
+    let topic = unique("lazy");
+    let started = Instant::now();
+    match source.subscribe(&[&topic], &Positions::default()).await {
+        Err(EventSourceError::Unavailable(reason)) => {
+            assert!(
+                reason.contains(&addr.to_string()),
+                "names the broker: {reason}"
+            )
+        }
+        Err(e) => panic!("expected Unavailable, got {e}"),
+        Ok(_) => panic!("expected Unavailable, got a stream"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match sink.send(Command::new(&topic, None, "{}")).await {
+        Err(CommandSinkError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+
+    let _tansu = Tansu::start_advertising(addr, addr).await;
+    let mut stream = source
+        .subscribe(&[&topic], &Positions::default())
+        .await
+        .expect("subscribes once the broker answers");
+    sink.send(Command::new(&topic, None, "hello"))
+        .await
+        .expect("sends once the broker answers");
+    assert_eq!(
+        values(&take(&mut stream, 1, Duration::from_secs(5)).await),
+        ["hello"]
+    );
 }
 
 /// Reads every record of `topic` from the beginning, straight from the broker.
@@ -439,17 +532,6 @@ async fn commands_land_in_the_murmur2_partition_with_key_value_and_idempotency_h
         other.headers.get("idempotency-key").map(Vec::as_slice),
         Some(unkeyed.idempotency_key.to_string().as_bytes())
     );
-}
-
-#[tokio::test]
-async fn a_command_to_a_missing_topic_is_rejected() {
-    let tansu = Tansu::start().await;
-    let sink = KafkaCommandSink::new(connect(&tansu).await);
-    let missing = unique("no-such-topic");
-    match sink.send(Command::new(&missing, None, "{}")).await {
-        Err(CommandSinkError::Rejected(reason)) => assert!(reason.contains(&missing), "{reason}"),
-        other => panic!("expected Rejected, got {other:?}"),
-    }
 }
 
 #[tokio::test]

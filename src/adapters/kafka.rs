@@ -5,6 +5,7 @@ mod command_sink;
 mod event_source;
 mod tls;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use humantime_serde::re::humantime;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as RsError, ProtocolError, RequestError};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use serde::{Deserialize, Serialize};
 
@@ -235,11 +237,15 @@ pub enum KafkaError {
     CreateTopic { topic: String, reason: String },
 }
 
-/// The rskafka client shared by the event source and the command sink.
+/// The rskafka client shared by the event source and the command sink. It connects on first
+/// use (and again after a failed attempt), so that the ports exist before any broker answers:
+/// until one does, they report `Unavailable`.
 #[derive(Clone)]
 pub struct KafkaClient {
-    inner: Arc<Client>,
     settings: Arc<KafkaSettings>,
+    builder: Arc<dyn Fn() -> ClientBuilder + Send + Sync>,
+    // tokio Mutex: held across the connection attempt, so that callers wait for one attempt
+    connected: Arc<tokio::sync::Mutex<Option<Arc<Client>>>>,
 }
 
 impl fmt::Debug for KafkaClient {
@@ -251,13 +257,76 @@ impl fmt::Debug for KafkaClient {
 }
 
 impl KafkaClient {
+    /// Checks the settings (and reads the TLS files) without any network I/O.
+    ///
+    /// # Errors
+    /// [`KafkaError::Settings`] naming the field.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        settings.validate().map_err(KafkaError::Settings)?;
+        if settings.brokers.is_empty() {
+            return Err(KafkaError::Settings(
+                "kafka.brokers: empty (embedded mode); set at least one host:port to use Kafka"
+                    .into(),
+            ));
+        }
+        let tls = match &settings.tls {
+            Some(tls) => Some(tls::client_config(tls).map_err(KafkaError::Settings)?),
+            None => None,
+        };
+        let sasl = settings.sasl.as_ref().map(|sasl| {
+            let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
+            match sasl.mechanism {
+                SaslMechanism::Plain => SaslConfig::Plain(credentials),
+                SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+                SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+            }
+        });
+        let (brokers, client_id, backoff) = (
+            settings.brokers.clone(),
+            settings.client_id.clone(),
+            settings.backoff(),
+        );
+        let builder = move || {
+            let mut builder = ClientBuilder::new(brokers.clone())
+                .client_id(client_id.as_str())
+                .backoff_config(backoff.clone());
+            if let Some(tls) = &tls {
+                builder = builder.tls_config(Arc::clone(tls));
+            }
+            if let Some(sasl) = &sasl {
+                builder = builder.sasl_config(sasl.clone());
+            }
+            builder
+        };
+        Ok(Self {
+            settings: Arc::new(settings.clone()),
+            builder: Arc::new(builder),
+            connected: Arc::default(),
+        })
+    }
+
     pub fn settings(&self) -> &KafkaSettings {
         &self.settings
     }
 
-    /// The underlying rskafka client (tests, tools).
-    pub fn rskafka(&self) -> &Arc<Client> {
-        &self.inner
+    /// The connected rskafka client, connecting first if needed (bounded by about
+    /// 2 x `request_timeout`).
+    ///
+    /// # Errors
+    /// [`KafkaError::Unreachable`] naming the brokers when none answers.
+    pub async fn rskafka(&self) -> Result<Arc<Client>, KafkaError> {
+        let mut connected = self.connected.lock().await;
+        if let Some(client) = connected.as_ref() {
+            return Ok(Arc::clone(client));
+        }
+        let limit = self.settings.request_timeout * 2;
+        let client = bounded(limit, (self.builder)().build())
+            .await
+            .map(Arc::new)
+            .map_err(|e| self.unreachable(&e))?;
+        tracing::info!(brokers = ?self.settings.brokers, "connected to kafka");
+        *connected = Some(Arc::clone(&client));
+        Ok(client)
     }
 
     pub fn event_source(&self) -> KafkaEventSource {
@@ -268,57 +337,80 @@ impl KafkaClient {
         KafkaCommandSink::new(self.clone())
     }
 
+    fn unreachable(&self, error: &RsError) -> KafkaError {
+        KafkaError::Unreachable {
+            brokers: self.settings.brokers.join(","),
+            timeout: humantime::format_duration(self.settings.request_timeout * 2).to_string(),
+            reason: error.to_string(),
+        }
+    }
+
     /// Partition count of each topic that exists (one metadata request, bounded).
-    pub(crate) async fn partition_counts(
-        &self,
-    ) -> Result<std::collections::HashMap<String, i32>, RsError> {
-        let topics = bounded(self.settings.request_timeout * 2, self.inner.list_topics()).await?;
+    pub(crate) async fn partition_counts(&self) -> Result<HashMap<String, i32>, KafkaError> {
+        let client = self.rskafka().await?;
+        let topics = bounded(self.settings.request_timeout * 2, client.list_topics())
+            .await
+            .map_err(|e| self.unreachable(&e))?;
         Ok(topics
             .into_iter()
             .map(|t| (t.name, t.partitions.len() as i32))
             .collect())
     }
+
+    /// A client for one partition (its own connection to the partition leader), bounded.
+    pub(crate) async fn partition_client(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, Trouble> {
+        let client = self.rskafka().await?;
+        bounded(
+            self.settings.request_timeout * 2,
+            client.partition_client(topic, partition, UnknownTopicHandling::Retry),
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|e| Trouble::from_rskafka(topic, &e))
+    }
+
+    /// Creates the topics of `topics` that are missing, when `kafka.create_topics` is on, and
+    /// waits (up to `request_timeout`) until the metadata shows them.
+    pub(crate) async fn create_missing(
+        &self,
+        topics: &[&str],
+    ) -> Result<HashMap<String, i32>, KafkaError> {
+        let mut counts = self.partition_counts().await?;
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| !counts.contains_key(*t))
+            .collect();
+        if missing.is_empty() || !self.settings.create_topics {
+            return Ok(counts);
+        }
+        let s = &self.settings;
+        ensure_topics(self, &missing, s.topic_partitions, s.replication_factor).await?;
+        let deadline = tokio::time::Instant::now() + s.request_timeout;
+        while missing.iter().any(|t| !counts.contains_key(*t))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            counts = self.partition_counts().await?;
+        }
+        Ok(counts)
+    }
 }
 
-/// Connects to the bootstrap brokers and reads the cluster metadata once.
+/// Connects to the bootstrap brokers and reads the cluster metadata once: [`KafkaClient::new`]
+/// plus a first connection.
 ///
-/// Fails after about `request_timeout` with [`KafkaError::Unreachable`], naming the brokers,
-/// when none answers. The caller owns the start-up deadline and the retries around this call.
+/// Fails after about 2 x `request_timeout` with [`KafkaError::Unreachable`], naming the
+/// brokers, when none answers. The caller owns the start-up deadline and retries.
 #[tracing::instrument(skip_all, fields(brokers = ?settings.brokers), err(Display))]
 pub async fn connect(settings: &KafkaSettings) -> Result<KafkaClient, KafkaError> {
-    settings.validate().map_err(KafkaError::Settings)?;
-    if settings.brokers.is_empty() {
-        return Err(KafkaError::Settings(
-            "kafka.brokers: empty (embedded mode); set at least one host:port to use Kafka".into(),
-        ));
-    }
-    let mut builder = ClientBuilder::new(settings.brokers.clone())
-        .client_id(settings.client_id.as_str())
-        .backoff_config(settings.backoff());
-    if let Some(tls) = &settings.tls {
-        builder = builder.tls_config(tls::client_config(tls).map_err(KafkaError::Settings)?);
-    }
-    if let Some(sasl) = &settings.sasl {
-        let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
-        builder = builder.sasl_config(match sasl.mechanism {
-            SaslMechanism::Plain => SaslConfig::Plain(credentials),
-            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
-            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
-        });
-    }
-    let timeout = settings.request_timeout * 2;
-    let unreachable = |reason: String| KafkaError::Unreachable {
-        brokers: settings.brokers.join(","),
-        timeout: humantime::format_duration(timeout).to_string(),
-        reason,
-    };
-    let client = bounded(timeout, builder.build())
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    Ok(KafkaClient {
-        inner: Arc::new(client),
-        settings: Arc::new(settings.clone()),
-    })
+    let client = KafkaClient::new(settings)?;
+    client.rskafka().await?;
+    Ok(client)
 }
 
 /// Creates every topic of `topics` that does not exist yet, and returns the ones it created.
@@ -331,13 +423,12 @@ pub async fn ensure_topics(
     replication: i16,
 ) -> Result<Vec<String>, KafkaError> {
     let settings = client.settings();
-    let unreachable = |e: RsError| KafkaError::Unreachable {
-        brokers: settings.brokers.join(","),
-        timeout: humantime::format_duration(settings.request_timeout * 2).to_string(),
-        reason: e.to_string(),
-    };
-    let existing = client.partition_counts().await.map_err(unreachable)?;
-    let controller = client.inner.controller_client().map_err(unreachable)?;
+    let existing = client.partition_counts().await?;
+    let controller = client
+        .rskafka()
+        .await?
+        .controller_client()
+        .map_err(|e| client.unreachable(&e))?;
     let timeout_ms = i32::try_from(settings.request_timeout.as_millis()).unwrap_or(i32::MAX);
     let mut created = Vec::new();
     for topic in topics {
@@ -358,7 +449,7 @@ pub async fn ensure_topics(
                 protocol_error: ProtocolError::TopicAlreadyExists,
                 ..
             }) => {}
-            Err(e) if is_connection_error(&e) => return Err(unreachable(e)),
+            Err(e) if is_connection_error(&e) => return Err(client.unreachable(&e)),
             Err(e) => {
                 return Err(KafkaError::CreateTopic {
                     topic: (*topic).to_owned(),
@@ -370,6 +461,44 @@ pub async fn ensure_topics(
         }
     }
     Ok(created)
+}
+
+/// What went wrong talking to Kafka, sorted the way the ports need it.
+#[derive(Debug)]
+pub(crate) enum Trouble {
+    /// No broker answers, or the connection broke: worth retrying later.
+    Unavailable(String),
+    /// The topic (or partition) does not exist.
+    UnknownTopic(String),
+    /// A verdict of the broker, or anything else retrying will not fix.
+    Refused(String),
+}
+
+impl Trouble {
+    pub(crate) fn from_rskafka(topic: &str, error: &RsError) -> Self {
+        match error {
+            RsError::ServerError {
+                protocol_error: ProtocolError::UnknownTopicOrPartition,
+                ..
+            } => Self::UnknownTopic(topic.to_owned()),
+            RsError::Timeout => Self::Unavailable(format!(
+                "{topic}: no answer from the broker in time (kafka.request_timeout)"
+            )),
+            e if is_connection_error(e) => Self::Unavailable(format!("{topic}: {e}")),
+            e => Self::Refused(format!("{topic}: {e}")),
+        }
+    }
+}
+
+impl From<KafkaError> for Trouble {
+    fn from(error: KafkaError) -> Self {
+        match error {
+            KafkaError::Unreachable { .. } => Self::Unavailable(error.to_string()),
+            KafkaError::Settings(_) | KafkaError::CreateTopic { .. } => {
+                Self::Refused(error.to_string())
+            }
+        }
+    }
 }
 
 /// Runs `fut` with a deadline; a timeout becomes rskafka's `Timeout` error.

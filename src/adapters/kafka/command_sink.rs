@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rskafka::chrono::{DateTime, TimeZone, Utc};
-use rskafka::client::error::{Error as RsError, ProtocolError};
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::Record as KafkaRecord;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{KafkaClient, bounded, is_connection_error};
+use super::{KafkaClient, Trouble, bounded};
 use crate::adapters::partitioner::murmur2_partition;
 use crate::ports::{Command, CommandSink, CommandSinkError};
 
@@ -62,11 +61,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-enum Failure {
-    Retry(String),
-    Reject(String),
-}
-
 impl KafkaCommandSink {
     pub fn new(client: KafkaClient) -> Self {
         Self {
@@ -100,22 +94,17 @@ impl KafkaCommandSink {
     }
 
     /// The partition count of `topic`, cached for `metadata_refresh`.
-    async fn partitions(&self, topic: &str) -> Result<i32, Failure> {
+    async fn partitions(&self, topic: &str) -> Result<i32, Trouble> {
         let settings = self.inner.client.settings();
         if let Some(state) = self.lock().get(topic)
             && state.read_at.elapsed() < settings.metadata_refresh
         {
             return Ok(state.partitions);
         }
-        let counts = self
-            .inner
-            .client
-            .partition_counts()
-            .await
-            .map_err(|e| classify(&e))?;
+        let counts = self.inner.client.create_missing(&[topic]).await?;
         let Some(&partitions) = counts.get(topic) else {
-            return Err(Failure::Reject(format!(
-                "unknown topic {topic}; create it (kafka.create_topics) and retry"
+            return Err(Trouble::Refused(format!(
+                "unknown topic {topic}; create it (or turn kafka.create_topics on) and retry"
             )));
         };
         let mut topics = self.lock();
@@ -133,7 +122,7 @@ impl KafkaCommandSink {
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<Arc<PartitionClient>, Failure> {
+    ) -> Result<Arc<PartitionClient>, Trouble> {
         if let Some(client) = self
             .lock()
             .get(topic)
@@ -141,17 +130,7 @@ impl KafkaCommandSink {
         {
             return Ok(Arc::clone(client));
         }
-        let settings = self.inner.client.settings();
-        let client = bounded(
-            settings.request_timeout * 2,
-            self.inner
-                .client
-                .inner
-                .partition_client(topic, partition, UnknownTopicHandling::Retry),
-        )
-        .await
-        .map(Arc::new)
-        .map_err(|e| classify(&e))?;
+        let client = self.inner.client.partition_client(topic, partition).await?;
         if let Some(state) = self.lock().get_mut(topic) {
             state.clients.insert(partition, Arc::clone(&client));
         }
@@ -163,7 +142,7 @@ impl KafkaCommandSink {
         self.lock().remove(topic);
     }
 
-    async fn attempt(&self, command: &Command, record: &KafkaRecord) -> Result<(), Failure> {
+    async fn attempt(&self, command: &Command, record: &KafkaRecord) -> Result<(), Trouble> {
         let partitions = self.partitions(&command.topic).await?;
         let partition = self.partition_for(command.key.as_deref(), partitions);
         let client = self.partition_client(&command.topic, partition).await?;
@@ -174,7 +153,7 @@ impl KafkaCommandSink {
         )
         .await
         .map(drop)
-        .map_err(|e| classify(&e))
+        .map_err(|e| Trouble::from_rskafka(&command.topic, &e))
     }
 }
 
@@ -186,18 +165,6 @@ fn now() -> DateTime<Utc> {
     Utc.timestamp_millis_opt(millis)
         .single()
         .unwrap_or(DateTime::UNIX_EPOCH)
-}
-
-/// A broker verdict is final; transport trouble is worth another try.
-fn classify(error: &RsError) -> Failure {
-    match error {
-        e if is_connection_error(e) => Failure::Retry(e.to_string()),
-        RsError::ServerError {
-            protocol_error: ProtocolError::UnknownTopicOrPartition,
-            ..
-        } => Failure::Retry(error.to_string()),
-        e => Failure::Reject(e.to_string()),
-    }
 }
 
 #[async_trait]
@@ -227,12 +194,14 @@ impl CommandSink for KafkaCommandSink {
                         .increment(1);
                     return Ok(());
                 }
-                Ok(Err(Failure::Reject(reason))) => {
+                // A broker verdict is final; transport trouble and stale metadata are not.
+                Ok(Err(Trouble::Refused(reason))) => {
                     metrics::counter!("flux_kafka_produce_errors_total", "topic" => topic.clone(), "reason" => "rejected")
                         .increment(1);
-                    return Err(CommandSinkError::Rejected(format!("{topic}: {reason}")));
+                    return Err(CommandSinkError::Rejected(reason));
                 }
-                Ok(Err(Failure::Retry(reason))) => reason,
+                Ok(Err(Trouble::Unavailable(reason))) => reason,
+                Ok(Err(Trouble::UnknownTopic(_))) => format!("{topic}: unknown topic or partition"),
                 Err(_) => "no acknowledgement in time".to_owned(),
             };
             self.forget(&topic);

@@ -12,12 +12,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use rskafka::client::error::{Error as RsError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::{KafkaClient, bounded, is_connection_error};
+use super::{KafkaClient, KafkaError, Trouble, bounded};
 use crate::ports::{EventSource, EventSourceError, Positions, Record, RecordStream};
 
 /// Records buffered between the fetch loops and the consumer of the stream.
@@ -47,16 +47,10 @@ impl KafkaEventSource {
         topic: &str,
         partition: i32,
     ) -> Result<Arc<PartitionClient>, EventSourceError> {
-        let settings = self.client.settings();
-        bounded(
-            settings.request_timeout * 2,
-            self.client
-                .inner
-                .partition_client(topic, partition, UnknownTopicHandling::Retry),
-        )
-        .await
-        .map(Arc::new)
-        .map_err(|e| to_source_error(topic, partition, &e))
+        self.client
+            .partition_client(topic, partition)
+            .await
+            .map_err(to_port_error)
     }
 
     /// Opens every partition of `topics`, each at its position in `from`, else at its log end.
@@ -65,9 +59,16 @@ impl KafkaEventSource {
         topics: &[&str],
         from: &Positions,
     ) -> Result<(HashMap<String, i32>, Vec<(Arc<PartitionClient>, i64)>), EventSourceError> {
-        let counts =
-            self.client.partition_counts().await.map_err(|e| {
-                EventSourceError::Unavailable(format!("reading topic metadata: {e}"))
+        let counts = self
+            .client
+            .create_missing(topics)
+            .await
+            .map_err(|e| match e {
+                KafkaError::CreateTopic { topic, reason } => {
+                    tracing::warn!(%topic, %reason, "cannot create kafka topic");
+                    EventSourceError::UnknownTopic(topic)
+                }
+                e => to_port_error(e.into()),
             })?;
         let mut known = HashMap::new();
         let mut wanted = Vec::new();
@@ -209,7 +210,7 @@ async fn pick_up_new_partitions(
         .client
         .partition_counts()
         .await
-        .map_err(|e| EventSourceError::Unavailable(format!("reading topic metadata: {e}")))?;
+        .map_err(|e| to_port_error(e.into()))?;
     for (topic, count) in known.iter_mut() {
         let now = counts.get(topic).copied().unwrap_or(0);
         for partition in *count..now {
@@ -375,18 +376,20 @@ async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsEr
 }
 
 fn to_source_error(topic: &str, partition: i32, error: &RsError) -> EventSourceError {
-    match error {
-        RsError::ServerError {
-            protocol_error: ProtocolError::UnknownTopicOrPartition,
-            ..
-        } => EventSourceError::UnknownTopic(topic.to_owned()),
-        RsError::Timeout => EventSourceError::Unavailable(format!(
-            "{topic}/{partition}: no answer from the broker in time (kafka.request_timeout)"
-        )),
-        e if is_connection_error(e) => {
-            EventSourceError::Unavailable(format!("{topic}/{partition}: {e}"))
+    match Trouble::from_rskafka(topic, error) {
+        Trouble::Unavailable(m) => {
+            EventSourceError::Unavailable(format!("{m} (partition {partition})"))
         }
-        e => EventSourceError::Other(format!("{topic}/{partition}: {e}")),
+        Trouble::Refused(m) => EventSourceError::Other(format!("{m} (partition {partition})")),
+        Trouble::UnknownTopic(t) => EventSourceError::UnknownTopic(t),
+    }
+}
+
+fn to_port_error(trouble: Trouble) -> EventSourceError {
+    match trouble {
+        Trouble::Unavailable(m) => EventSourceError::Unavailable(m),
+        Trouble::UnknownTopic(t) => EventSourceError::UnknownTopic(t),
+        Trouble::Refused(m) => EventSourceError::Other(m),
     }
 }
 
