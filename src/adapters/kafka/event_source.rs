@@ -131,6 +131,7 @@ impl EventSource for KafkaEventSource {
         }))
     }
 
+    /// From the high watermarks of the latest fetches of this source's subscriptions.
     async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {
         let watermarks = self
             .high_watermarks
@@ -240,7 +241,6 @@ async fn fetch_loop(
     let topic: Arc<str> = Arc::from(client.topic());
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
-    let lag = metrics::gauge!("flux_kafka_lag", "topic" => topic.to_string(), "partition" => partition.to_string());
     let mut empty_behind = 0u32;
     loop {
         let fetched = bounded(
@@ -306,7 +306,6 @@ async fn fetch_loop(
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert((topic.to_string(), partition), high_watermark);
-        lag.set((high_watermark - offset).max(0) as f64);
         // Kafka hides control records (transaction markers) from us but counts them in the high
         // watermark: without this step a partition ending in one would be fetched forever.
         if offset == before && high_watermark > offset {
