@@ -12,6 +12,7 @@ SECONDS=0
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certificates for the rediss:// tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive

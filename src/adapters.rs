@@ -5,3 +5,4 @@ pub mod kafka;
 pub mod memory;
 pub mod partitioner;
 pub mod socketio;
+pub mod valkey;

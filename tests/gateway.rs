@@ -394,3 +394,61 @@ async fn the_legacy_second_argument_of_a_location_update_is_ignored() {
     assert_eq!(commands[0]["userId"], "nina");
     assert_eq!(commands[0]["data"], pune());
 }
+
+#[tokio::test]
+async fn a_broker_outage_is_a_degraded_mode_and_nothing_produced_meanwhile_is_lost() {
+    let app = TestApp::spawn().await;
+    app.publish_fixture(NEWS_EVENTS).await;
+    app.wait_cached("news:global").await;
+    let c = TestClient::connect(&app, Some("olga")).await;
+    c.locate(&app, pune(), "Pune").await;
+    let readyz = || async {
+        reqwest::get(format!("{}readyz", app.url()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(readyz().await, 200);
+
+    // Act: the broker goes away; a domain service keeps producing.
+    let sent_before_outage = app.wait_records(WEATHER_FETCH, 1).await.len();
+    app.bus.set_available(false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while readyz().await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never went 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..5 {
+        let mut tick = fixture("crypto.ticker.event.updated.json");
+        tick["ts"] = json!(i);
+        app.publish(TICKER_EVENTS, Some("BTC-USD"), &tick);
+    }
+
+    // Degraded: the socket stays, hydration is served, commands are refused and counted.
+    c.clear();
+    let before = counter(&app.metrics().await, "flux_commands_refused_total", &[]);
+    c.emit("userLocationUpdate", location("Goa")).await;
+    assert_eq!(c.wait_for(EV_NEWS).await["status"], "success");
+    c.emit_empty(REQ_MOVERS).await;
+    assert_eq!(c.wait_for(EV_MOVERS).await["status"], "loading");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(counter(&app.metrics().await, "flux_commands_refused_total", &[]) >= before + 2.0);
+    assert_eq!(app.records(WEATHER_FETCH).len(), sent_before_outage);
+
+    // Recovery: ready again, and every tick produced during the outage arrives once, in order.
+    app.bus.set_available(true);
+    for i in 0..5 {
+        let tick = c
+            .wait_nth(EV_TICKER, i + 1, WAIT)
+            .await
+            .expect("tick after recovery");
+        assert_eq!(tick["data"]["ts"], json!(i));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.count(EV_TICKER), 5);
+    assert_eq!(readyz().await, 200);
+}

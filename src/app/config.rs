@@ -298,7 +298,18 @@ fn legacy_env(env: &[(String, String)]) -> anyhow::Result<Value> {
                 "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
             );
         }
-        put("valkey", "url", json!(format!("redis://{host}:{port}")));
+        let port: u16 = port.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
+            )
+        })?;
+        put(
+            "valkey",
+            "url",
+            json!(crate::adapters::valkey::ValkeySettings::url_for(
+                &host, port
+            )),
+        );
     }
     if let Some(pw) = get("VALKEY_PASSWORD") {
         put("valkey", "password", json!(pw));

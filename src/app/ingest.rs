@@ -60,11 +60,7 @@ impl Ingestor {
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
-            match self
-                .source
-                .subscribe(&topics::EVENT_TOPICS, &positions)
-                .await
-            {
+            match self.open(&mut positions).await {
                 Ok(mut stream) => {
                     if attempt > 0 {
                         tracing::info!(attempts = attempt, "event consumers reconnected");
@@ -108,6 +104,20 @@ impl Ingestor {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Subscribes from `positions`; the first time, pins every partition's start first, so
+    /// that a partition that delivers nothing before an outage is still resumed exactly.
+    async fn open(
+        &self,
+        positions: &mut Positions,
+    ) -> Result<crate::ports::RecordStream, crate::ports::EventSourceError> {
+        if positions.is_empty() {
+            *positions = self.source.latest_positions(&topics::EVENT_TOPICS).await?;
+        }
+        self.source
+            .subscribe(&topics::EVENT_TOPICS, positions)
+            .await
     }
 
     /// Validates one record and fans it out. Never fails: a bad record is counted and logged.

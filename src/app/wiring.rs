@@ -1,10 +1,44 @@
 //! Chooses the adapters from the configuration: embedded mode (in-process bus and cache)
-//! when no Kafka broker is configured, Kafka mode otherwise.
+//! when no Kafka broker is configured, Kafka mode otherwise; Valkey whenever it is
+//! configured (and by default in Kafka mode), the in-process cache otherwise.
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::memory::MemoryCache;
+use crate::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
+use crate::ports::SnapshotCache;
+
 use super::config::Config;
 use super::lifecycle::Ports;
+
+/// The adapter settings, read and validated before anything starts (bad ones exit 2).
+#[derive(Clone, Debug)]
+pub struct AdapterSettings {
+    pub brokers: Vec<String>,
+    /// `None`: the in-process cache.
+    pub valkey: Option<ValkeySettings>,
+}
+
+impl AdapterSettings {
+    /// Reads the `kafka` and `valkey` sections.
+    ///
+    /// # Errors
+    /// Names the field and the reason when a value is invalid.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let brokers: Vec<String> = config.value("kafka.brokers")?.unwrap_or_default();
+        let valkey: ValkeySettings = config.section("valkey")?;
+        valkey
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let wanted = valkey.enabled && (config.is_set("valkey") || !brokers.is_empty());
+        Ok(Self {
+            brokers,
+            valkey: wanted.then_some(valkey),
+        })
+    }
+}
 
 /// The chosen adapters and what runs beside the gateway.
 pub struct Wired {
@@ -14,20 +48,39 @@ pub struct Wired {
     pub background: CancellationToken,
 }
 
-/// Builds the ports the configuration asks for.
+/// Builds the ports the settings ask for.
 ///
 /// # Errors
-/// When an adapter's settings are invalid or Kafka cannot be reached.
-pub async fn wire(config: &Config) -> anyhow::Result<Wired> {
-    let brokers: Vec<String> = config.value("kafka.brokers")?.unwrap_or_default();
-    if !brokers.is_empty() {
+/// When an adapter cannot be set up or Kafka cannot be reached.
+pub async fn wire(_config: &Config, adapters: &AdapterSettings) -> anyhow::Result<Wired> {
+    if !adapters.brokers.is_empty() {
         anyhow::bail!(
-            "Kafka mode is not available in this build yet (kafka.brokers = {brokers:?}); unset FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS for embedded mode"
+            "Kafka mode is not available in this build yet (kafka.brokers = {:?}); unset FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS for embedded mode",
+            adapters.brokers
         );
     }
+    let cache = cache(adapters).await?;
+    let mut ports = Ports::in_memory();
+    ports.cache = cache;
     Ok(Wired {
-        ports: Ports::in_memory(),
+        ports,
         mode: "embedded",
         background: CancellationToken::new(),
+    })
+}
+
+async fn cache(adapters: &AdapterSettings) -> anyhow::Result<Arc<dyn SnapshotCache>> {
+    Ok(match &adapters.valkey {
+        Some(settings) => {
+            let cache = ValkeySnapshotCache::connect(settings).await?;
+            tracing::info!(host = cache.host(), prefix = %settings.key_prefix, "snapshot cache: Valkey");
+            Arc::new(cache)
+        }
+        None => {
+            tracing::info!(
+                "snapshot cache: in-process (set FLUX_VALKEY__URL or VALKEY_HOST for Valkey)"
+            );
+            Arc::new(MemoryCache::default())
+        }
     })
 }

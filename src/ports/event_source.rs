@@ -94,6 +94,14 @@ pub trait EventSource: Send + Sync {
         from: &Positions,
     ) -> Result<RecordStream, EventSourceError>;
 
+    /// The next offset of every partition of `topics` now: where `subscribe` with an empty
+    /// `from` would start. Passing it as `from` to the first `subscribe` makes every later
+    /// resume exact, also for partitions that delivered nothing before an outage.
+    ///
+    /// # Errors
+    /// MUST return [`EventSourceError::Unavailable`] when no broker answers.
+    async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError>;
+
     /// The lag (records not yet read) per topic partition for the given positions, when the
     /// adapter can tell. Used for metrics only; the default knows nothing.
     async fn lag(&self, _positions: &Positions) -> Vec<(String, i32, i64)> {

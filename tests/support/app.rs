@@ -21,7 +21,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestApp {
     pub addr: SocketAddr,
     pub bus: MemoryBus,
-    pub cache: Arc<MemoryCache>,
+    pub cache: Arc<dyn SnapshotCache>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -39,7 +39,11 @@ impl TestApp {
     }
 
     /// Starts the gateway on the given bus and cache (several apps may share them).
-    pub async fn spawn_on(mut settings: Settings, bus: MemoryBus, cache: Arc<MemoryCache>) -> Self {
+    pub async fn spawn_on(
+        mut settings: Settings,
+        bus: MemoryBus,
+        cache: Arc<dyn SnapshotCache>,
+    ) -> Self {
         let _ = flux_bff::app::metrics::handle();
         settings.http.host = [127, 0, 0, 1].into();
         settings.http.port = 0;

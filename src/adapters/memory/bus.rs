@@ -218,6 +218,26 @@ impl EventSource for MemoryBus {
         Ok(record_stream(self.clone(), topics, positions))
     }
 
+    async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError> {
+        let mut st = self.lock();
+        if !st.available {
+            return Err(EventSourceError::Unavailable(
+                "in-memory bus is offline".into(),
+            ));
+        }
+        let mut positions = Positions::default();
+        for topic in topics {
+            let parts = st.topics.entry((*topic).to_owned()).or_default();
+            if parts.is_empty() {
+                parts.push(Partition::default());
+            }
+            for (i, p) in parts.iter().enumerate() {
+                positions.set(topic, i as i32, p.end());
+            }
+        }
+        Ok(positions)
+    }
+
     async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {
         let st = self.lock();
         positions

@@ -1,0 +1,249 @@
+//! The bb8 connection manager for Valkey and the classification of redis errors into what the
+//! cache does next (count it, or go degraded) and what the operator is told.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bb8::{ErrorSink, ManageConnection, Pool};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
+use tokio::sync::Notify;
+
+/// A pooled connection, flagged `broken` by the caller when it failed or timed out so that bb8
+/// drops it instead of handing it out again (redis' multiplexed connection cannot tell).
+pub(crate) struct Conn {
+    pub(crate) inner: MultiplexedConnection,
+    pub(crate) broken: bool,
+}
+
+#[derive(Clone)]
+pub(crate) struct Connector {
+    client: Client,
+    config: AsyncConnectionConfig,
+}
+
+impl Connector {
+    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        Self { client, config }
+    }
+
+    /// A fresh connection that answered `PING`: the background probe's way back to normal mode.
+    pub(crate) async fn connect_and_ping(&self) -> Result<Conn, RedisError> {
+        let mut conn = self.connect().await?;
+        self.is_valid(&mut conn).await?;
+        Ok(conn)
+    }
+
+    pub(crate) fn pool(&self, size: u32, timeout: Duration, sink: &ConnectErrors) -> Pool<Self> {
+        Pool::builder()
+            .max_size(size)
+            .connection_timeout(timeout)
+            // Liveness is learnt from the calls themselves (a failed call marks its connection
+            // broken), so a checkout costs no extra PING round trip.
+            .test_on_check_out(false)
+            // The background probe reconnects; the pool must not retry for a whole timeout.
+            .retry_connection(false)
+            .error_sink(Box::new(sink.clone()))
+            .build_unchecked(self.clone())
+    }
+}
+
+impl ManageConnection for Connector {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let inner = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(Conn {
+            inner,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        let pong: String = redis::cmd("PING").query_async(&mut conn.inner).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err((ErrorKind::UnexpectedReturnType, "PING answered", pong).into())
+        }
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+/// Receives the errors of the pool's own connection attempts (bb8 otherwise reports only
+/// "timed out"), so that a call waiting for a connection fails at once with the real cause.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnectErrors {
+    last: Arc<Mutex<Option<RedisError>>>, // std Mutex: never held across an .await
+    failed: Arc<Notify>,
+}
+
+impl ConnectErrors {
+    /// The latest failure, shared by every call that was waiting for a connection.
+    pub(crate) fn last(&self) -> Option<RedisError> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Forgets the latest failure once the server is reachable again, so that it cannot
+    /// explain a later one.
+    pub(crate) fn clear(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Completes at the next failed connection attempt. Registered as soon as it is created.
+    pub(crate) fn failed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.failed.notified()
+    }
+}
+
+impl ErrorSink<RedisError> for ConnectErrors {
+    fn sink(&self, error: RedisError) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        self.failed.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
+}
+
+/// Why a call failed, and so what happens next.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// No answer before the deadline: the cache goes degraded.
+    Timeout,
+    /// The server cannot be used at all (unreachable, refused, credentials): degraded.
+    Down { cause: String, dropped: bool },
+    /// This command failed but the server works (wrong type, out of memory, no permission):
+    /// counted as an error, the cache stays up.
+    Command(String),
+}
+
+impl Failure {
+    pub(crate) fn from_redis(error: &RedisError) -> Self {
+        if error.is_timeout() {
+            return Self::Timeout; // redis' own connection or response timeout
+        }
+        let auth = is_auth_failure(error);
+        let transport = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_unrecoverable_error();
+        if auth || transport {
+            Self::Down {
+                cause: describe(error),
+                dropped: !auth && error.is_connection_dropped() && !error.is_connection_refusal(),
+            }
+        } else {
+            Self::Command(error.to_string())
+        }
+    }
+
+    /// A failed connection attempt: whatever the error, the server cannot be used.
+    pub(crate) fn from_connect_error(error: &RedisError) -> Self {
+        match Self::from_redis(error) {
+            Self::Command(message) => Self::Down {
+                cause: format!("failed: {message}"),
+                dropped: false,
+            },
+            other => other,
+        }
+    }
+
+    /// Worth one immediate retry on another connection: the pooled connection was dead (the
+    /// server restarted or closed an idle connection) before the command could run.
+    pub(crate) fn is_dropped_connection(&self) -> bool {
+        matches!(self, Self::Down { dropped: true, .. })
+    }
+}
+
+fn is_auth_failure(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+/// What the operator reads after "Valkey at host:port": the cause and the fix.
+pub(crate) fn describe(error: &RedisError) -> String {
+    if error.code() == Some("NOAUTH") {
+        return "requires a password (NOAUTH, authentication required): set VALKEY_PASSWORD / FLUX_VALKEY__PASSWORD (or the password file)".into();
+    }
+    if is_auth_failure(error) {
+        return "refused the password (WRONGPASS, authentication failed): check VALKEY_PASSWORD / FLUX_VALKEY__PASSWORD (or the password file) and FLUX_VALKEY__USERNAME".into();
+    }
+    if error.is_connection_refusal() {
+        return "refused the connection: is Valkey running there? check FLUX_VALKEY__URL (or VALKEY_HOST / VALKEY_PORT)".into();
+    }
+    if error.is_connection_dropped() {
+        return format!("closed the connection ({error})");
+    }
+    format!("failed: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_password_is_an_authentication_failure_that_names_the_fix() {
+        let error = RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "Password authentication failed",
+        ));
+        let Failure::Down { cause, dropped } = Failure::from_redis(&error) else {
+            panic!("an authentication failure must put the cache down");
+        };
+        assert!(!dropped);
+        assert!(cause.contains("authentication failed"), "{cause}");
+        assert!(cause.contains("VALKEY_PASSWORD"), "{cause}");
+    }
+
+    #[test]
+    fn a_refused_connection_puts_the_cache_down_and_is_not_retried() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let failure = Failure::from_redis(&RedisError::from(io));
+        assert!(
+            matches!(&failure, Failure::Down { cause, .. } if cause.starts_with("refused the connection"))
+        );
+        assert!(!failure.is_dropped_connection());
+    }
+
+    #[test]
+    fn a_broken_pipe_is_retried_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(Failure::from_redis(&RedisError::from(io)).is_dropped_connection());
+    }
+
+    #[test]
+    fn a_redis_timeout_is_a_timeout() {
+        let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(matches!(
+            Failure::from_redis(&RedisError::from(io)),
+            Failure::Timeout
+        ));
+    }
+
+    #[test]
+    fn any_failed_connection_attempt_puts_the_cache_down() {
+        let error = RedisError::from((ErrorKind::InvalidClientConfig, "no tls"));
+        assert!(matches!(
+            Failure::from_connect_error(&error),
+            Failure::Down { .. }
+        ));
+    }
+
+    #[test]
+    fn a_type_error_is_a_command_failure() {
+        let error = RedisError::from((ErrorKind::UnexpectedReturnType, "not utf-8"));
+        assert!(matches!(Failure::from_redis(&error), Failure::Command(_)));
+    }
+}

@@ -1,0 +1,393 @@
+//! `ValkeySnapshotCache`: the snapshot cache on Valkey. Every call is bounded by the configured
+//! timeout; a failure puts the cache in degraded mode (calls fail at once, a background probe
+//! reconnects) so that the real-time path never waits on a dead cache.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8::{Pool, RunError};
+use redis::{Cmd, FromRedisValue};
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::connection::{ConnectErrors, Connector, Failure};
+use super::settings::{ValkeySettings, describe_addr};
+use crate::ports::{CacheError, SnapshotCache};
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// First pause of the background probe after a failure; it doubles up to `PROBE_MAX_DELAY`,
+/// which bounds how long a recovered server stays unused.
+const PROBE_FIRST_DELAY: Duration = Duration::from_millis(100);
+const PROBE_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The [`SnapshotCache`] on Valkey (or Redis) through a bb8 pool of multiplexed connections.
+///
+/// - Keys are `key_prefix + key`; values are stored as given (JSON text).
+/// - Every call, pool checkout included, ends within `timeout`, with
+///   [`CacheError::Timeout`] or [`CacheError::Unavailable`] when the server is slow or down.
+/// - A call that finds the server unreachable, refusing the credentials, or silent puts the
+///   cache in degraded mode: one warning is logged, [`SnapshotCache::is_available`] turns
+///   false, and further calls fail at once (no waiting) while a background probe reconnects
+///   (after 100 ms, then doubling up to 1 s). The first successful call or probe restores
+///   normal mode, with one info line.
+/// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` | `set_if_absent` |
+///   `delete`; `result` = `hit` | `miss` for `get`, `ok` for the others, or `error` |
+///   `timeout`) and the gauge `flux_cache_up` (1 reachable, 0 not yet or not any more).
+pub struct ValkeySnapshotCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    host: String,
+    prefix: String,
+    timeout: Duration,
+    pool_size: u32,
+    connector: Connector,
+    connect_errors: ConnectErrors,
+    /// Replaced by a fresh pool when the cache goes down or a pooled connection turns out
+    /// dead, dropping every connection of the old server at once instead of discovering them
+    /// dead one call at a time.
+    pool: RwLock<Pool<Connector>>,
+    state: AtomicU8,
+    /// Why the cache is down, for the errors returned while degraded.
+    cause: Mutex<String>, // std Mutex: never held across an .await
+    probing: AtomicBool,
+}
+
+impl ValkeySnapshotCache {
+    /// Builds the pool without connecting, then probes the server in the background: start-up
+    /// never waits for Valkey. Until the probe or a call succeeds, `is_available()` is false
+    /// (calls are still attempted). If the server cannot be reached or refuses the
+    /// credentials, one warning names the host and the cause and the cache runs degraded.
+    ///
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// Only an invalid configuration: see [`ValkeySettings::validate`], and a password file
+    /// that cannot be read.
+    pub async fn connect(settings: &ValkeySettings) -> anyhow::Result<Self> {
+        let info = settings.connection_info()?;
+        let host = describe_addr(info.addr());
+        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            // redis builds its rustls config from the process-wide provider; an error only
+            // means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = redis::Client::open(info)
+            .map_err(|e| anyhow::anyhow!("valkey.url: cannot be used for {host}: {e}"))?;
+        let connector = Connector::new(client, settings.timeout);
+        let connect_errors = ConnectErrors::default();
+        let pool = connector.pool(settings.pool_size, settings.timeout, &connect_errors);
+        let shared = Arc::new(Shared {
+            host,
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+            pool_size: settings.pool_size,
+            connector,
+            connect_errors,
+            pool: RwLock::new(pool),
+            state: AtomicU8::new(UNKNOWN),
+            cause: Mutex::new(String::new()),
+            probing: AtomicBool::new(false),
+        });
+        metrics::gauge!("flux_cache_up").set(0.0);
+        shared.spawn_probe();
+        Ok(Self { shared })
+    }
+
+    /// `host:port` of the server, for logs.
+    pub fn host(&self) -> &str {
+        &self.shared.host
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.shared.prefix)
+    }
+}
+
+impl std::fmt::Debug for ValkeySnapshotCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValkeySnapshotCache")
+            .field("host", &self.shared.host)
+            .field("prefix", &self.shared.prefix)
+            .field("available", &self.is_available())
+            .finish_non_exhaustive()
+    }
+}
+
+fn record(op: &'static str, result: &'static str) {
+    metrics::counter!("flux_cache_requests_total", "op" => op, "result" => result).increment(1);
+}
+
+fn outcome<T>(result: &Result<T, CacheError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(CacheError::Timeout(_)) => "timeout",
+        Err(CacheError::Unavailable(_)) => "error",
+    }
+}
+
+/// Milliseconds for `PX`, at least 1 (`PX 0` is an error in Valkey).
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl SnapshotCache for ValkeySnapshotCache {
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(key));
+        let result = self.shared.exec::<Option<String>>(&cmd, true).await;
+        let label = match &result {
+            Ok(Some(_)) => "hit",
+            Ok(None) => "miss",
+            other => outcome(other),
+        };
+        record("get", label);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, value))]
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value).arg("PX").arg(px(ttl));
+        let result = self.shared.exec::<()>(&cmd, true).await;
+        record("set", outcome(&result));
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, value))]
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl));
+        // Not retried on a dropped connection: the first attempt may have stored the key, and
+        // a retry would then report a duplicate. The caller's fallback handles the error.
+        let result = self
+            .shared
+            .exec::<Option<String>>(&cmd, false)
+            .await
+            .map(|reply| reply.is_some());
+        record("set_if_absent", outcome(&result));
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(key));
+        let result = self.shared.exec::<()>(&cmd, true).await;
+        record("delete", outcome(&result));
+        result
+    }
+
+    fn is_available(&self) -> bool {
+        self.shared.state.load(Ordering::SeqCst) == UP
+    }
+}
+
+impl Shared {
+    /// Runs `cmd` within the timeout, keeping the availability state up to date.
+    async fn exec<T: FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: &Cmd,
+        retry_dropped: bool,
+    ) -> Result<T, CacheError> {
+        if self.state.load(Ordering::SeqCst) == DOWN {
+            self.spawn_probe();
+            return Err(self.unavailable());
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut retries_left = u8::from(retry_dropped);
+        loop {
+            match self.attempt(cmd, deadline).await {
+                Ok(value) => {
+                    self.mark_up();
+                    return Ok(value);
+                }
+                Err(failure) if failure.is_dropped_connection() && retries_left > 0 => {
+                    // The server probably restarted: its other pooled connections are dead
+                    // too, so retry on a fresh pool.
+                    retries_left -= 1;
+                    self.replace_pool();
+                }
+                Err(failure) => return Err(self.fail(failure)),
+            }
+        }
+    }
+
+    async fn attempt<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Instant) -> Result<T, Failure> {
+        let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let checkout = async {
+            let failed = self.connect_errors.failed();
+            tokio::select! {
+                conn = pool.get() => conn.map_err(|e| match e {
+                    RunError::User(e) => Failure::from_connect_error(&e),
+                    RunError::TimedOut => self.connect_failure(),
+                }),
+                () = failed => Err(self.connect_failure()),
+            }
+        };
+        let mut conn = match timeout_at(deadline, checkout).await {
+            Ok(conn) => conn?,
+            // A connection attempt that failed just before the deadline is the better cause.
+            Err(_) => {
+                return Err(self.connect_failure());
+            }
+        };
+        match timeout_at(deadline, cmd.query_async::<T>(&mut conn.inner)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                let failure = Failure::from_redis(&error);
+                conn.broken = matches!(failure, Failure::Down { .. });
+                Err(failure)
+            }
+            Err(_) => {
+                conn.broken = true; // its reply may still arrive; never pair it with another call
+                Err(Failure::Timeout)
+            }
+        }
+    }
+
+    fn connect_failure(&self) -> Failure {
+        match self.connect_errors.last() {
+            Some(error) => Failure::from_connect_error(&error),
+            None => Failure::Timeout,
+        }
+    }
+
+    /// Turns a failure into the port's error, going degraded when the server is unusable.
+    fn fail(self: &Arc<Self>, failure: Failure) -> CacheError {
+        match failure {
+            Failure::Timeout => {
+                self.mark_down(format!("did not answer within {:?}", self.timeout));
+                CacheError::Timeout(self.timeout)
+            }
+            Failure::Down { cause, .. } => {
+                self.mark_down(cause.clone());
+                CacheError::Unavailable(format!("Valkey at {} {cause}", self.host))
+            }
+            Failure::Command(message) => {
+                tracing::debug!(host = %self.host, error = %message, "valkey command failed");
+                CacheError::Unavailable(format!("Valkey at {}: {message}", self.host))
+            }
+        }
+    }
+
+    fn unavailable(&self) -> CacheError {
+        let cause = self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        CacheError::Unavailable(format!(
+            "Valkey at {} {cause} (degraded mode, reconnecting in the background)",
+            self.host
+        ))
+    }
+
+    fn mark_up(&self) {
+        let previous = self.state.swap(UP, Ordering::SeqCst);
+        if previous == UP {
+            return;
+        }
+        metrics::gauge!("flux_cache_up").set(1.0);
+        self.connect_errors.clear();
+        if previous == DOWN {
+            tracing::info!(host = %self.host, "valkey reachable again, leaving degraded mode");
+        } else {
+            tracing::info!(host = %self.host, "valkey connected");
+        }
+    }
+
+    fn mark_down(self: &Arc<Self>, cause: String) {
+        let changed = {
+            let mut current = self.cause.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = *current != cause;
+            current.clone_from(&cause);
+            changed
+        };
+        let previous = self.state.swap(DOWN, Ordering::SeqCst);
+        if previous != DOWN {
+            metrics::gauge!("flux_cache_up").set(0.0);
+            tracing::warn!(
+                host = %self.host,
+                error = %cause,
+                "valkey unavailable: running degraded (cache reads miss, writes are skipped), reconnecting in the background"
+            );
+            self.replace_pool();
+        } else if changed {
+            tracing::warn!(host = %self.host, error = %cause, "valkey still unavailable, for another reason");
+        }
+        self.spawn_probe();
+    }
+
+    fn replace_pool(&self) {
+        let fresh = self
+            .connector
+            .pool(self.pool_size, self.timeout, &self.connect_errors);
+        *self.pool.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+
+    /// Starts the background probe unless one runs. It holds only a weak reference, so it
+    /// ends when the cache is dropped, and it ends once the cache is up.
+    fn spawn_probe(self: &Arc<Self>) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(probe_loop(weak));
+    }
+
+    async fn probe(&self) -> Result<(), Failure> {
+        let conn = match timeout(self.timeout, self.connector.connect_and_ping()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => return Err(Failure::from_connect_error(&error)),
+            Err(_) => return Err(Failure::Timeout),
+        };
+        let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = pool.add(conn); // a full pool simply drops it
+        Ok(())
+    }
+}
+
+async fn probe_loop(weak: Weak<Shared>) {
+    let mut delay = PROBE_FIRST_DELAY;
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        if shared.state.load(Ordering::SeqCst) == UP {
+            shared.probing.store(false, Ordering::SeqCst);
+            // Went down again between the check and the store, without starting a probe?
+            if shared.state.load(Ordering::SeqCst) == UP
+                || shared.probing.swap(true, Ordering::SeqCst)
+            {
+                return;
+            }
+        }
+        match shared.probe().await {
+            Ok(()) => shared.mark_up(),
+            Err(Failure::Timeout) => {
+                shared.mark_down(format!("did not answer within {:?}", shared.timeout));
+            }
+            Err(Failure::Down { cause, .. }) => shared.mark_down(cause),
+            Err(Failure::Command(message)) => shared.mark_down(format!("failed: {message}")),
+        }
+        if shared.state.load(Ordering::SeqCst) == UP {
+            continue;
+        }
+        drop(shared);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(PROBE_MAX_DELAY);
+    }
+}
