@@ -96,21 +96,6 @@ impl KafkaEventSource {
         .await?;
         Ok((known, opened))
     }
-
-    /// The log end offset of every partition of `topics`: what `subscribe` with empty `from`
-    /// would start at.
-    ///
-    /// Passing this as `from` to the first `subscribe` makes every later resume exact: a
-    /// partition that delivered nothing before an outage is otherwise absent from the caller's
-    /// positions, and a re-subscription would start it at the (then later) log end.
-    pub async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError> {
-        let (_, opened) = self.open_all(topics, &Positions::default()).await?;
-        let mut positions = Positions::default();
-        for (client, offset) in opened {
-            positions.set(client.topic(), client.partition(), offset);
-        }
-        Ok(positions)
-    }
 }
 
 #[async_trait]
@@ -129,6 +114,15 @@ impl EventSource for KafkaEventSource {
             supervisor: supervisor.abort_handle(),
             done: false,
         }))
+    }
+
+    async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError> {
+        let (_, opened) = self.open_all(topics, &Positions::default()).await?;
+        let mut positions = Positions::default();
+        for (client, offset) in opened {
+            positions.set(client.topic(), client.partition(), offset);
+        }
+        Ok(positions)
     }
 
     /// From the high watermarks of the latest fetches of this source's subscriptions.
