@@ -269,13 +269,19 @@ async fn fetch_loop(
             Some(first) => first.offset > offset,
             None => high_watermark > offset,
         };
+        // Whether the broker showed that nothing readable sits at `offset`.
+        let mut gap_confirmed = offset == 0;
         if offset > 0 && skipped_ahead {
             let limit = settings.fetch_timeout();
             let bytes = 1..settings.fetch_max_bytes;
-            if let Some(refetched) =
+            if let Some((again, again_high)) =
                 refetch_from_before(&client, offset, bytes, max_wait_ms, limit).await
             {
-                (records, high_watermark) = refetched;
+                gap_confirmed = true;
+                // The answer may stop short of `offset` (max bytes): then keep the first one.
+                if again.iter().any(|r| r.offset >= offset) {
+                    (records, high_watermark) = (again, again_high);
+                }
             }
         }
         let before = offset;
@@ -302,7 +308,7 @@ async fn fetch_loop(
             .insert((topic.to_string(), partition), high_watermark);
         // Kafka hides control records (transaction markers) from us but counts them in the high
         // watermark: without this step a partition ending in one would be fetched forever.
-        if offset == before && high_watermark > offset {
+        if offset == before && high_watermark > offset && gap_confirmed {
             empty_behind += 1;
             if empty_behind >= 3 {
                 offset += 1;
@@ -319,8 +325,9 @@ async fn fetch_loop(
 /// Kafka answers a fetch from the middle of a record batch with that whole batch (rskafka then
 /// drops the records before `offset`). tansu 0.6 answers with the NEXT batch instead (or with
 /// nothing when it was the last one), which would silently skip the rest of the batch, e.g.
-/// when resuming from a position in the middle of one. So we step back (1, 2, 4, … offsets) until the answer starts below `offset`: Kafka
-/// needs one step and then shows the gap is real (compaction, transaction markers).
+/// when resuming from a position in the middle of one. So we step back (1, 2, 4, … offsets)
+/// until the answer starts below `offset`: Kafka needs one step and then shows the gap is
+/// real (compaction, transaction markers). `None` when no answer reached below `offset`.
 async fn refetch_from_before(
     client: &PartitionClient,
     offset: i64,
