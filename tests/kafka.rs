@@ -1,6 +1,8 @@
 //! The Kafka adapters against a real Kafka-protocol broker: tansu with in-memory storage,
 //! spawned on a free loopback port per test (see `support/tansu.rs` for the install hint).
 
+#[path = "support/event_bus_contract.rs"]
+mod event_bus_contract;
 #[path = "support/tansu.rs"]
 mod tansu;
 #[path = "support/tcp_proxy.rs"]
@@ -226,6 +228,26 @@ async fn every_fixture_is_read_back_with_identical_bytes_and_key() {
         );
     }
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn kafka_honours_the_event_bus_contract() {
+    let tansu = Tansu::start().await;
+    let client = connect(&tansu).await;
+    let topic = unique("contract");
+    kafka::ensure_topics(&client, &[&topic], 3, 1)
+        .await
+        .unwrap();
+    event_bus_contract::event_bus_contract(&client.event_source(), &client.command_sink(), &topic)
+        .await;
+}
+
+#[tokio::test]
+async fn the_in_memory_bus_honours_the_event_bus_contract() {
+    let bus = flux_bff::adapters::memory::MemoryBus::new();
+    let topic = unique("contract");
+    bus.create_topic(&topic, 3);
+    event_bus_contract::event_bus_contract(&bus, &bus, &topic).await;
 }
 
 #[tokio::test]
