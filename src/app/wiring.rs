@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::memory::MemoryCache;
 use crate::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
 use crate::ports::SnapshotCache;
+use crate::sim::SimSettings;
 
 use super::config::Config;
 use super::lifecycle::Ports;
@@ -19,10 +20,12 @@ pub struct AdapterSettings {
     pub brokers: Vec<String>,
     /// `None`: the in-process cache.
     pub valkey: Option<ValkeySettings>,
+    /// The domain simulator of embedded mode.
+    pub sim: SimSettings,
 }
 
 impl AdapterSettings {
-    /// Reads the `kafka` and `valkey` sections.
+    /// Reads the `kafka`, `valkey` and `sim` sections.
     ///
     /// # Errors
     /// Names the field and the reason when a value is invalid.
@@ -33,9 +36,11 @@ impl AdapterSettings {
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let wanted = valkey.enabled && (config.is_set("valkey") || !brokers.is_empty());
+        let sim: SimSettings = config.section("sim")?;
         Ok(Self {
             brokers,
             valkey: wanted.then_some(valkey),
+            sim,
         })
     }
 }
@@ -62,10 +67,17 @@ pub async fn wire(_config: &Config, adapters: &AdapterSettings) -> anyhow::Resul
     let cache = cache(adapters).await?;
     let mut ports = Ports::in_memory();
     ports.cache = cache;
+    let background = CancellationToken::new();
+    crate::sim::spawn(
+        adapters.sim.clone(),
+        ports.sink.clone(),
+        ports.source.clone(),
+        background.clone(),
+    );
     Ok(Wired {
         ports,
         mode: "embedded",
-        background: CancellationToken::new(),
+        background,
     })
 }
 
