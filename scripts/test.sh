@@ -21,6 +21,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 export FLUX_TEST_REDIS_SERVER="${FLUX_TEST_REDIS_SERVER:-$(command -v redis-server)}"
 
+# tansu: a Kafka-protocol broker in Rust (the memory storage needs the dynostore feature).
+# About 13 minutes to build the first time, then cached in ~/.cargo/bin.
+tansu_bin="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
+if [ ! -x "$tansu_bin" ] || ! "$tansu_bin" --version 2>/dev/null | grep -q '0\.6\.0'; then
+  step "installing tansu 0.6.0 (cargo install, ~13 min the first time; progress below)"
+  cargo install tansu --locked --version 0.6.0 --no-default-features --features dynostore
+  tansu_bin="$HOME/.cargo/bin/tansu"
+fi
+export FLUX_TEST_TANSU="${FLUX_TEST_TANSU:-$tansu_bin}"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

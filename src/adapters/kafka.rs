@@ -135,6 +135,11 @@ impl fmt::Debug for SaslSettings {
 
 impl KafkaSettings {
     /// Checks every field; the error names the field (`kafka.<field>`) and the fix.
+    /// Kafka mode: at least one broker is configured (otherwise embedded mode).
+    pub fn is_enabled(&self) -> bool {
+        self.brokers.iter().any(|b| !b.trim().is_empty())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         for broker in &self.brokers {
             let port = broker

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::kafka::{KafkaClient, KafkaSettings};
 use crate::adapters::memory::MemoryCache;
 use crate::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
 use crate::ports::SnapshotCache;
@@ -17,7 +18,8 @@ use super::lifecycle::Ports;
 /// The adapter settings, read and validated before anything starts (bad ones exit 2).
 #[derive(Clone, Debug)]
 pub struct AdapterSettings {
-    pub brokers: Vec<String>,
+    /// Kafka mode when `kafka.brokers` is not empty.
+    pub kafka: KafkaSettings,
     /// `None`: the in-process cache.
     pub valkey: Option<ValkeySettings>,
     /// The domain simulator of embedded mode.
@@ -30,15 +32,18 @@ impl AdapterSettings {
     /// # Errors
     /// Names the field and the reason when a value is invalid.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let brokers: Vec<String> = config.value("kafka.brokers")?.unwrap_or_default();
+        let kafka: KafkaSettings = config.section("kafka")?;
+        kafka
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let valkey: ValkeySettings = config.section("valkey")?;
         valkey
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        let wanted = valkey.enabled && (config.is_set("valkey") || !brokers.is_empty());
+        let wanted = valkey.enabled && (config.is_set("valkey") || kafka.is_enabled());
         let sim: SimSettings = config.section("sim")?;
         Ok(Self {
-            brokers,
+            kafka,
             valkey: wanted.then_some(valkey),
             sim,
         })
@@ -57,14 +62,26 @@ pub struct Wired {
 ///
 /// # Errors
 /// When an adapter cannot be set up or Kafka cannot be reached.
-pub async fn wire(_config: &Config, adapters: &AdapterSettings) -> anyhow::Result<Wired> {
-    if !adapters.brokers.is_empty() {
-        anyhow::bail!(
-            "Kafka mode is not available in this build yet (kafka.brokers = {:?}); unset FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS for embedded mode",
-            adapters.brokers
-        );
-    }
+pub async fn wire(adapters: &AdapterSettings) -> anyhow::Result<Wired> {
     let cache = cache(adapters).await?;
+    if adapters.kafka.is_enabled() {
+        // The client connects lazily: until a broker answers, the ports return `Unavailable`
+        // (naming the brokers), the consumers retry, and the start-up deadline applies.
+        let client = KafkaClient::new(&adapters.kafka)?;
+        tracing::info!(brokers = ?adapters.kafka.brokers, "event source and command sink: Kafka");
+        let ports = Ports {
+            source: Arc::new(client.event_source()),
+            sink: Arc::new(client.command_sink()),
+            cache,
+            bus: None,
+            source_name: format!("Kafka brokers {}", adapters.kafka.brokers.join(",")),
+        };
+        return Ok(Wired {
+            ports,
+            mode: "kafka",
+            background: CancellationToken::new(),
+        });
+    }
     let mut ports = Ports::in_memory();
     ports.cache = cache;
     let background = CancellationToken::new();

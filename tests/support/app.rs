@@ -52,6 +52,7 @@ impl TestApp {
             sink: Arc::new(bus.clone()),
             cache: cache.clone(),
             bus: Some(bus.clone()),
+            source_name: "the test bus".into(),
         };
         let app = Application::build(settings, ports)
             .await
@@ -72,6 +73,46 @@ impl TestApp {
         me.wait_records(flux_bff::domain::topics::NEWS_REFRESH, 1)
             .await;
         me
+    }
+
+    /// Starts the gateway on any ports (Kafka in the Kafka tests) and waits until `/readyz`
+    /// answers 200. `bus` and `cache` of the result are unused stand-ins.
+    pub async fn spawn_ports(mut settings: Settings, ports: Ports) -> Self {
+        let _ = flux_bff::app::metrics::handle();
+        settings.http.host = [127, 0, 0, 1].into();
+        settings.http.port = 0;
+        let cache = ports.cache.clone();
+        let app = Application::build(settings, ports)
+            .await
+            .expect("app builds");
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        let me = Self {
+            addr,
+            bus: MemoryBus::new(),
+            cache,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while me.readyz().await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        me
+    }
+
+    pub async fn readyz(&self) -> u16 {
+        match reqwest::get(format!("{}readyz", self.url())).await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
     }
 
     pub fn url(&self) -> String {
