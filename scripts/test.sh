@@ -31,6 +31,15 @@ if [ ! -x "$tansu_bin" ] || ! "$tansu_bin" --version 2>/dev/null | grep -q '0\.6
 fi
 export FLUX_TEST_TANSU="${FLUX_TEST_TANSU:-$tansu_bin}"
 
+step "compose.yaml parses (docker compose config; no engine needed)"
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f compose.yaml config -q
+else
+  # No compose v2 plugin on this machine: Debian's docker-compose (1.29) parses the same file.
+  command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+  docker-compose -f compose.yaml config -q
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
