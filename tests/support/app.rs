@@ -40,35 +40,18 @@ impl TestApp {
 
     /// Starts the gateway on the given bus and cache (several apps may share them).
     pub async fn spawn_on(
-        mut settings: Settings,
+        settings: Settings,
         bus: MemoryBus,
         cache: Arc<dyn SnapshotCache>,
     ) -> Self {
-        let _ = flux_bff::app::metrics::handle();
-        settings.http.host = [127, 0, 0, 1].into();
-        settings.http.port = 0;
         let ports = Ports {
             source: Arc::new(bus.clone()),
             sink: Arc::new(bus.clone()),
-            cache: cache.clone(),
+            cache,
             bus: Some(bus.clone()),
             source_name: "the test bus".into(),
         };
-        let app = Application::build(settings, ports)
-            .await
-            .expect("app builds");
-        let addr = app.local_addr();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        let me = Self {
-            addr,
-            bus,
-            cache,
-            stop: Some(tx),
-            task: Some(task),
-        };
+        let me = Self::start(settings, ports, bus).await;
         // Ready once the start-up refreshes went out (consumers run by then).
         me.wait_records(flux_bff::domain::topics::NEWS_REFRESH, 1)
             .await;
@@ -76,8 +59,21 @@ impl TestApp {
     }
 
     /// Starts the gateway on any ports (Kafka in the Kafka tests) and waits until `/readyz`
-    /// answers 200. `bus` and `cache` of the result are unused stand-ins.
-    pub async fn spawn_ports(mut settings: Settings, ports: Ports) -> Self {
+    /// answers 200. `bus` of the result is an unused stand-in.
+    pub async fn spawn_ports(settings: Settings, ports: Ports) -> Self {
+        let me = Self::start(settings, ports, MemoryBus::new()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while me.readyz().await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        me
+    }
+
+    async fn start(mut settings: Settings, ports: Ports, bus: MemoryBus) -> Self {
         let _ = flux_bff::app::metrics::handle();
         settings.http.host = [127, 0, 0, 1].into();
         settings.http.port = 0;
@@ -90,22 +86,13 @@ impl TestApp {
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        let me = Self {
+        Self {
             addr,
-            bus: MemoryBus::new(),
+            bus,
             cache,
             stop: Some(tx),
             task: Some(task),
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while me.readyz().await != 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the gateway never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        me
     }
 
     pub async fn readyz(&self) -> u16 {
