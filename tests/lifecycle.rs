@@ -137,10 +137,12 @@ async fn sigterm_disconnects_clients_and_exits_0_within_the_deadline() {
 #[tokio::test]
 async fn metrics_show_connected_sockets_and_room_members() {
     let port = free_port();
-    let mut child = gateway(port)
-        .env("FLUX_SIM__ENABLED", "false")
-        .spawn()
-        .unwrap();
+    let _child = Running(
+        gateway(port)
+            .env("FLUX_SIM__ENABLED", "false")
+            .spawn()
+            .unwrap(),
+    );
     wait_healthy(port).await;
     let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -180,6 +182,4 @@ async fn metrics_show_connected_sockets_and_room_members() {
         metrics.contains(r#"flux_room_members{room="weather.*"} 1"#),
         "{metrics}"
     );
-    child.kill().unwrap();
-    let _ = child.wait();
 }
