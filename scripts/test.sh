@@ -12,6 +12,7 @@ SECONDS=0
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certificates for the rediss:// tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +20,25 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 export FLUX_TEST_REDIS_SERVER="${FLUX_TEST_REDIS_SERVER:-$(command -v redis-server)}"
+
+# tansu: a Kafka-protocol broker in Rust (the memory storage needs the dynostore feature).
+# About 13 minutes to build the first time, then cached in ~/.cargo/bin.
+tansu_bin="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
+if [ ! -x "$tansu_bin" ] || ! "$tansu_bin" --version 2>/dev/null | grep -q '0\.6\.0'; then
+  step "installing tansu 0.6.0 (cargo install, ~13 min the first time; progress below)"
+  cargo install tansu --locked --version 0.6.0 --no-default-features --features dynostore
+  tansu_bin="$HOME/.cargo/bin/tansu"
+fi
+export FLUX_TEST_TANSU="${FLUX_TEST_TANSU:-$tansu_bin}"
+
+step "compose.yaml parses (docker compose config; no engine needed)"
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f compose.yaml config -q
+else
+  # No compose v2 plugin on this machine: Debian's docker-compose (1.29) parses the same file.
+  command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+  docker-compose -f compose.yaml config -q
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,5 +48,8 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test (unit, fixtures, gateway over TCP, lifecycle, integration)"
 cargo test --all-targets --locked 2>&1
+
+step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
+bash scripts/node-tests.sh
 
 step "all checks passed in ${SECONDS}s"

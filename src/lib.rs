@@ -4,8 +4,10 @@
 //! - [`ports`]: the traits the application needs from the outside world.
 //! - [`adapters`]: implementations of the ports (Kafka, Valkey, Socket.IO, in-memory).
 //! - [`app`]: services, configuration, wiring and lifecycle.
+//! - [`sim`]: the built-in simulator of the four domain services (embedded mode).
 
 pub mod adapters;
 pub mod app;
 pub mod domain;
 pub mod ports;
+pub mod sim;

@@ -10,6 +10,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flux-bff");
 
+/// Kills the child when the test ends, also when it panics.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -121,5 +131,55 @@ async fn sigterm_disconnects_clients_and_exits_0_within_the_deadline() {
         sent.elapsed() < Duration::from_secs(5),
         "took {:?}",
         sent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_connected_sockets_and_room_members() {
+    let port = free_port();
+    let _child = Running(
+        gateway(port)
+            .env("FLUX_SIM__ENABLED", "false")
+            .spawn()
+            .unwrap(),
+    );
+    wait_healthy(port).await;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::text(r#"40{"guestId":"yan"}"#))
+        .await
+        .unwrap();
+    loop {
+        let msg = ws.next().await.unwrap().unwrap();
+        if msg.to_text().unwrap_or("").contains("session:init") {
+            break;
+        }
+    }
+    ws.send(Message::text(r#"42["userLocationUpdate",{"city":"Pune"}]"#))
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let metrics = loop {
+        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(r#"flux_room_members{room="crypto.global"} 1"#) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room members never exported:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains("flux_sockets_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"flux_room_members{room="weather.*"} 1"#),
+        "{metrics}"
     );
 }

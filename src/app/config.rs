@@ -200,9 +200,10 @@ impl Config {
         &self,
         name: &str,
     ) -> anyhow::Result<T> {
-        let merged = Figment::from(Serialized::defaults(T::default()))
-            .merge(self.figment.clone().focus(name));
-        merged.extract().map_err(|e| describe(e.with_path(name)))
+        Figment::from(Serialized::default(name, T::default()))
+            .merge(self.figment.clone())
+            .extract_inner(name)
+            .map_err(|e| describe_in(e, name))
     }
 
     /// The value at a dotted key (`kafka.brokers`), if any source gives one.
@@ -213,7 +214,10 @@ impl Config {
         if self.figment.find_value(key).is_err() {
             return Ok(None);
         }
-        self.figment.extract_inner(key).map(Some).map_err(describe)
+        self.figment
+            .extract_inner(key)
+            .map(Some)
+            .map_err(|e| describe_in(e, key))
     }
 
     /// Whether a key was given by any source (not just defaulted), e.g. `valkey.url`.
@@ -250,9 +254,33 @@ impl Config {
 }
 
 fn describe(e: figment::Error) -> anyhow::Error {
+    describe_in(e, "")
+}
+
+/// One line per problem: the dotted key, what is wrong, and where the value came from.
+/// `section` is the key a focused extraction was made under (figment appends it last).
+fn describe_in(e: figment::Error, section: &str) -> anyhow::Error {
     let mut lines = Vec::new();
     for err in e {
-        lines.push(err.to_string());
+        let mut path = err.path.clone();
+        let outer: Vec<String> = section
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !outer.is_empty() && path.ends_with(&outer) {
+            path.truncate(path.len() - outer.len());
+            path.splice(0..0, outer);
+        }
+        let key = path.join(".").to_lowercase();
+        let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
+            Some(name) if name.contains("FLUX_") => {
+                format!("set by FLUX_{}", path.join("__").to_uppercase())
+            }
+            Some(name) => format!("from {name}"),
+            None => "from the defaults".into(),
+        };
+        lines.push(format!("{key}: {} ({source})", err.kind));
     }
     anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
 }
@@ -298,7 +326,18 @@ fn legacy_env(env: &[(String, String)]) -> anyhow::Result<Value> {
                 "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
             );
         }
-        put("valkey", "url", json!(format!("redis://{host}:{port}")));
+        let port: u16 = port.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
+            )
+        })?;
+        put(
+            "valkey",
+            "url",
+            json!(crate::adapters::valkey::ValkeySettings::url_for(
+                &host, port
+            )),
+        );
     }
     if let Some(pw) = get("VALKEY_PASSWORD") {
         put("valkey", "password", json!(pw));
@@ -372,8 +411,8 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FLUX_HTTP__PORT", "eighty");
             let err = Config::from_parts(None, &[]).unwrap_err().to_string();
-            assert!(err.to_lowercase().contains("http.port"), "{err}");
-            assert!(err.contains("FLUX_"), "{err}");
+            assert!(err.contains("http.port"), "{err}");
+            assert!(err.contains("FLUX_HTTP__PORT"), "{err}");
             Ok(())
         });
         figment::Jail::expect_with(|_| {
@@ -381,6 +420,29 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("SERVER_PORT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_section_value_names_its_dotted_path() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_DEMO__SIZE", "huge");
+            #[derive(Default, Deserialize, Serialize)]
+            #[serde(default)]
+            struct Demo {
+                size: u32,
+            }
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            let err = c
+                .section::<Demo>("demo")
+                .err()
+                .expect("invalid")
+                .to_string();
+            assert!(
+                err.contains("demo.size") && err.contains("FLUX_DEMO__SIZE"),
+                "{err}"
+            );
             Ok(())
         });
     }

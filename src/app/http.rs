@@ -27,8 +27,8 @@ struct AppState {
     bus: Option<MemoryBus>,
 }
 
-/// The router: `/healthz`, `/readyz`, `/metrics`, `/socket.io/`, and `/admin/publish` when
-/// enabled in embedded mode.
+/// The router: `/healthz`, `/readyz`, `/metrics`, the dashboard (`/` and its socket.io-client
+/// bundle), `/socket.io/`, and `/admin/publish` when enabled in embedded mode.
 pub fn router(
     settings: &Settings,
     health: Arc<Health>,
@@ -40,7 +40,9 @@ pub fn router(
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .route("/assets/socket.io.min.js", get(socketio_client));
     if bus.is_some() {
         app = app.route("/admin/publish", post(publish));
     }
@@ -61,6 +63,30 @@ pub fn router(
         );
     }
     app
+}
+
+/// The embedded dashboard (a self-contained page).
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/dashboard.html"),
+    )
+        .into_response()
+}
+
+/// The socket.io-client browser bundle the dashboard loads (vendored from npm).
+async fn socketio_client() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../assets/socket.io.min.js"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

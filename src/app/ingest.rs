@@ -28,6 +28,8 @@ pub struct Ingestor {
     max_backoff: Duration,
     /// Becomes `true` once the first subscription is open (start-up commands wait for it).
     subscribed: watch::Sender<bool>,
+    /// Why the last subscription attempt failed, for the start-up failure message.
+    last_error: watch::Sender<Option<String>>,
 }
 
 impl Ingestor {
@@ -45,12 +47,18 @@ impl Ingestor {
             health,
             max_backoff,
             subscribed: watch::channel(false).0,
+            last_error: watch::channel(None).0,
         }
     }
 
     /// Resolves to `true` once the consumers have run once.
     pub fn subscribed(&self) -> watch::Receiver<bool> {
         self.subscribed.subscribe()
+    }
+
+    /// Why the last subscription attempt failed, if it did.
+    pub fn last_error(&self) -> watch::Receiver<Option<String>> {
+        self.last_error.subscribe()
     }
 
     /// Consumes until `shutdown`, re-subscribing with back-off and jitter after every loss.
@@ -92,6 +100,7 @@ impl Ingestor {
                     self.health.set_consuming(false);
                 }
                 Err(e) => {
+                    self.last_error.send_replace(Some(e.to_string()));
                     attempt += 1;
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, attempt, "cannot subscribe to the event topics; retrying with back-off");

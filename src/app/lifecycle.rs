@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::memory::{MemoryBus, MemoryCache};
 use crate::adapters::socketio::{self, SocketIoFanout};
 use crate::domain::commands;
+use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
 use crate::ports::{ClientFanout, CommandSink, EventSource, SnapshotCache};
 
 use super::clients::ClientService;
@@ -33,6 +34,8 @@ pub struct Ports {
     pub cache: Arc<dyn SnapshotCache>,
     /// The in-process bus in embedded mode (for the admin publish hook).
     pub bus: Option<MemoryBus>,
+    /// What the event source is, for messages (`Kafka brokers a:9092,b:9092`).
+    pub source_name: String,
 }
 
 impl Ports {
@@ -44,6 +47,7 @@ impl Ports {
             sink: Arc::new(bus.clone()),
             cache: Arc::new(MemoryCache::default()),
             bus: Some(bus),
+            source_name: "the in-process bus".into(),
         }
     }
 }
@@ -138,6 +142,7 @@ impl Application {
             settings.lifecycle.max_backoff,
         );
         let mut subscribed = ingestor.subscribed();
+        let last_error = ingestor.last_error();
         let consumers = tokio::spawn(ingestor.run(background.clone()));
 
         let http_stop = CancellationToken::new();
@@ -168,11 +173,17 @@ impl Application {
         if !started {
             background.cancel();
             http_stop.cancel();
+            let cause = last_error
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "no answer".into());
             anyhow::bail!(
-                "the event consumers could not start within {:?}: Kafka unreachable (check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up)",
+                "Kafka unreachable: no answer from {} within {:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE",
+                ports.source_name,
                 settings.lifecycle.startup_deadline
             );
         }
+        tokio::spawn(export_room_sizes(io.clone(), background.clone()));
         let refreshes = tokio::spawn(send_startup_refreshes(
             service.clone(),
             background.clone(),
@@ -202,6 +213,31 @@ impl Application {
             );
         }
         Ok(())
+    }
+}
+
+/// Exports room membership every few seconds (`flux_room_members{room}`; weather rooms are
+/// summed, their names are client-chosen and unbounded).
+async fn export_room_sizes(io: SocketIo, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for room in [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK] {
+            let members = io.to(room).sockets().len();
+            metrics::gauge!(super::metrics::ROOM_MEMBERS, "room" => room).set(members as f64);
+        }
+        let weather: usize = match io.rooms().await {
+            Ok(rooms) => rooms
+                .iter()
+                .filter(|r| r.starts_with("weather."))
+                .map(|r| io.to(r.to_string()).sockets().len())
+                .sum(),
+            Err(_) => 0,
+        };
+        metrics::gauge!(super::metrics::ROOM_MEMBERS, "room" => "weather.*").set(weather as f64);
     }
 }
 
@@ -278,9 +314,16 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let adapters = match super::wiring::AdapterSettings::from_config(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("flux-bff: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     super::telemetry::init(&config.settings.log);
     let _ = super::metrics::handle();
-    match run(config).await {
+    match run(config, adapters).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "flux-bff stopped");
@@ -290,8 +333,8 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let wired = super::wiring::wire(&config).await?;
+async fn run(config: Config, adapters: super::wiring::AdapterSettings) -> anyhow::Result<()> {
+    let wired = super::wiring::wire(&adapters).await?;
     let app = Application::build(config.settings.clone(), wired.ports).await?;
     let addr = app.local_addr();
     tracing::info!(%addr, mode = wired.mode, "flux-bff listening");
@@ -315,4 +358,67 @@ pub async fn spawn_in_memory(mut settings: Settings) -> anyhow::Result<(Applicat
     let ports = Ports::in_memory();
     let app = Application::build(settings, ports.clone()).await?;
     Ok((app, ports))
+}
+
+/// `flux-sim`: the simulator of the four domain services on a real Kafka (same
+/// configuration as the gateway: `FLUX_KAFKA__*`, `FLUX_SIM__*`). Exit 2 for bad
+/// configuration, 1 when no broker answers within the start-up deadline, 0 on SIGTERM.
+pub async fn sim_entry(cli: Cli) -> ExitCode {
+    use crate::adapters::kafka::{self, KafkaSettings};
+    use crate::sim::SimSettings;
+
+    let loaded = Config::load(cli.config.as_deref()).and_then(|config| {
+        let kafka: KafkaSettings = config.section("kafka")?;
+        kafka
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if !kafka.is_enabled() {
+            anyhow::bail!(
+                "invalid configuration: kafka.brokers is empty; flux-sim drives a real Kafka: set FLUX_KAFKA__BROKERS='[\"host:9092\"]' or KAFKA_BROKER_ADDRESS"
+            );
+        }
+        let sim: SimSettings = config.section("sim")?;
+        Ok((config, kafka, sim))
+    });
+    let (config, kafka_settings, sim) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("flux-sim: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    super::telemetry::init(&config.settings.log);
+    let deadline = config.settings.lifecycle.startup_deadline;
+    let client = match tokio::time::timeout(deadline, kafka::connect(&kafka_settings)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            eprintln!("flux-sim: {e}");
+            return ExitCode::from(1);
+        }
+        Err(_) => {
+            eprintln!(
+                "flux-sim: no Kafka broker answered within {deadline:?} (tried {})",
+                kafka_settings.brokers.join(",")
+            );
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(brokers = ?kafka_settings.brokers, "flux-sim playing the domain services");
+    let sink = Arc::new(client.command_sink());
+    let stop = CancellationToken::new();
+    let task = crate::sim::spawn(
+        sim,
+        sink.clone(),
+        Arc::new(client.event_source()),
+        stop.clone(),
+    );
+    shutdown_signal().await;
+    tracing::info!("flux-sim shutting down");
+    stop.cancel();
+    let _ = tokio::time::timeout(config.settings.lifecycle.shutdown_deadline, async {
+        let _ = task.await;
+        let _ = sink.flush().await;
+    })
+    .await;
+    ExitCode::SUCCESS
 }

@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
 pub const SOCKET_DISCONNECTS: &str = "flux_socket_disconnects_total";
 pub const ROOM_JOINS: &str = "flux_room_joins_total";
+pub const ROOM_MEMBERS: &str = "flux_room_members";
 pub const EVENTS_CONSUMED: &str = "flux_events_consumed_total";
 pub const EVENTS_REJECTED: &str = "flux_events_rejected_total";
 pub const DELIVERIES: &str = "flux_room_emits_total";
@@ -51,7 +52,11 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(SOCKETS_CONNECTED, "Socket.IO clients connected now.");
     describe_counter!(SOCKET_DISCONNECTS, "Socket disconnections, by reason.");
-    describe_counter!(ROOM_JOINS, "Room joins, by room kind.");
+    describe_counter!(ROOM_JOINS, "Room joins.");
+    describe_gauge!(
+        ROOM_MEMBERS,
+        "Sockets in each global room, and in all weather rooms."
+    );
     describe_counter!(EVENTS_CONSUMED, "Event records accepted, by stream.");
     describe_counter!(
         EVENTS_REJECTED,

@@ -9,8 +9,14 @@ use super::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
+    // rskafka logs every retry at info; its warnings are enough next to ours.
+    let level = if settings.level.contains("rskafka") {
+        settings.level.clone()
+    } else {
+        format!("{},rskafka=warn", settings.level)
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match settings.format {
         LogFormat::Json => true,

@@ -1,10 +1,54 @@
 //! Chooses the adapters from the configuration: embedded mode (in-process bus and cache)
-//! when no Kafka broker is configured, Kafka mode otherwise.
+//! when no Kafka broker is configured, Kafka mode otherwise; Valkey whenever it is
+//! configured (and by default in Kafka mode), the in-process cache otherwise.
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::kafka::{KafkaClient, KafkaSettings};
+use crate::adapters::memory::MemoryCache;
+use crate::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
+use crate::ports::SnapshotCache;
+use crate::sim::SimSettings;
+
 use super::config::Config;
 use super::lifecycle::Ports;
+
+/// The adapter settings, read and validated before anything starts (bad ones exit 2).
+#[derive(Clone, Debug)]
+pub struct AdapterSettings {
+    /// Kafka mode when `kafka.brokers` is not empty.
+    pub kafka: KafkaSettings,
+    /// `None`: the in-process cache.
+    pub valkey: Option<ValkeySettings>,
+    /// The domain simulator of embedded mode.
+    pub sim: SimSettings,
+}
+
+impl AdapterSettings {
+    /// Reads the `kafka`, `valkey` and `sim` sections.
+    ///
+    /// # Errors
+    /// Names the field and the reason when a value is invalid.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let kafka: KafkaSettings = config.section("kafka")?;
+        kafka
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let valkey: ValkeySettings = config.section("valkey")?;
+        valkey
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let wanted = valkey.enabled && (config.is_set("valkey") || kafka.is_enabled());
+        let sim: SimSettings = config.section("sim")?;
+        Ok(Self {
+            kafka,
+            valkey: wanted.then_some(valkey),
+            sim,
+        })
+    }
+}
 
 /// The chosen adapters and what runs beside the gateway.
 pub struct Wired {
@@ -14,20 +58,58 @@ pub struct Wired {
     pub background: CancellationToken,
 }
 
-/// Builds the ports the configuration asks for.
+/// Builds the ports the settings ask for.
 ///
 /// # Errors
-/// When an adapter's settings are invalid or Kafka cannot be reached.
-pub async fn wire(config: &Config) -> anyhow::Result<Wired> {
-    let brokers: Vec<String> = config.value("kafka.brokers")?.unwrap_or_default();
-    if !brokers.is_empty() {
-        anyhow::bail!(
-            "Kafka mode is not available in this build yet (kafka.brokers = {brokers:?}); unset FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS for embedded mode"
-        );
+/// When an adapter cannot be set up or Kafka cannot be reached.
+pub async fn wire(adapters: &AdapterSettings) -> anyhow::Result<Wired> {
+    let cache = cache(adapters).await?;
+    if adapters.kafka.is_enabled() {
+        // The client connects lazily: until a broker answers, the ports return `Unavailable`
+        // (naming the brokers), the consumers retry, and the start-up deadline applies.
+        let client = KafkaClient::new(&adapters.kafka)?;
+        tracing::info!(brokers = ?adapters.kafka.brokers, "event source and command sink: Kafka");
+        let ports = Ports {
+            source: Arc::new(client.event_source()),
+            sink: Arc::new(client.command_sink()),
+            cache,
+            bus: None,
+            source_name: format!("Kafka brokers {}", adapters.kafka.brokers.join(",")),
+        };
+        return Ok(Wired {
+            ports,
+            mode: "kafka",
+            background: CancellationToken::new(),
+        });
     }
+    let mut ports = Ports::in_memory();
+    ports.cache = cache;
+    let background = CancellationToken::new();
+    crate::sim::spawn(
+        adapters.sim.clone(),
+        ports.sink.clone(),
+        ports.source.clone(),
+        background.clone(),
+    );
     Ok(Wired {
-        ports: Ports::in_memory(),
+        ports,
         mode: "embedded",
-        background: CancellationToken::new(),
+        background,
+    })
+}
+
+async fn cache(adapters: &AdapterSettings) -> anyhow::Result<Arc<dyn SnapshotCache>> {
+    Ok(match &adapters.valkey {
+        Some(settings) => {
+            let cache = ValkeySnapshotCache::connect(settings).await?;
+            tracing::info!(host = cache.host(), prefix = %settings.key_prefix, "snapshot cache: Valkey");
+            Arc::new(cache)
+        }
+        None => {
+            tracing::info!(
+                "snapshot cache: in-process (set FLUX_VALKEY__URL or VALKEY_HOST for Valkey)"
+            );
+            Arc::new(MemoryCache::default())
+        }
     })
 }

@@ -21,7 +21,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestApp {
     pub addr: SocketAddr,
     pub bus: MemoryBus,
-    pub cache: Arc<MemoryCache>,
+    pub cache: Arc<dyn SnapshotCache>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -39,16 +39,45 @@ impl TestApp {
     }
 
     /// Starts the gateway on the given bus and cache (several apps may share them).
-    pub async fn spawn_on(mut settings: Settings, bus: MemoryBus, cache: Arc<MemoryCache>) -> Self {
-        let _ = flux_bff::app::metrics::handle();
-        settings.http.host = [127, 0, 0, 1].into();
-        settings.http.port = 0;
+    pub async fn spawn_on(
+        settings: Settings,
+        bus: MemoryBus,
+        cache: Arc<dyn SnapshotCache>,
+    ) -> Self {
         let ports = Ports {
             source: Arc::new(bus.clone()),
             sink: Arc::new(bus.clone()),
-            cache: cache.clone(),
+            cache,
             bus: Some(bus.clone()),
+            source_name: "the test bus".into(),
         };
+        let me = Self::start(settings, ports, bus).await;
+        // Ready once the start-up refreshes went out (consumers run by then).
+        me.wait_records(flux_bff::domain::topics::NEWS_REFRESH, 1)
+            .await;
+        me
+    }
+
+    /// Starts the gateway on any ports (Kafka in the Kafka tests) and waits until `/readyz`
+    /// answers 200. `bus` of the result is an unused stand-in.
+    pub async fn spawn_ports(settings: Settings, ports: Ports) -> Self {
+        let me = Self::start(settings, ports, MemoryBus::new()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while me.readyz().await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        me
+    }
+
+    async fn start(mut settings: Settings, ports: Ports, bus: MemoryBus) -> Self {
+        let _ = flux_bff::app::metrics::handle();
+        settings.http.host = [127, 0, 0, 1].into();
+        settings.http.port = 0;
+        let cache = ports.cache.clone();
         let app = Application::build(settings, ports)
             .await
             .expect("app builds");
@@ -57,17 +86,20 @@ impl TestApp {
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        let me = Self {
+        Self {
             addr,
             bus,
             cache,
             stop: Some(tx),
             task: Some(task),
-        };
-        // Ready once the start-up refreshes went out (consumers run by then).
-        me.wait_records(flux_bff::domain::topics::NEWS_REFRESH, 1)
-            .await;
-        me
+        }
+    }
+
+    pub async fn readyz(&self) -> u16 {
+        match reqwest::get(format!("{}readyz", self.url())).await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# flux-bff: multi-stage build. cargo-chef caches the dependency layer, so a source change
+# rebuilds only the crate. The image ships every `flux-*` binary of the crate (flux-bff,
+# flux-sim): compose runs both from this one image.
+
+ARG RUST_IMAGE=rust:1.95-bookworm
+
+FROM ${RUST_IMAGE} AS chef
+RUN cargo install cargo-chef --locked --version ^0.1
+WORKDIR /app
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /app/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked --bins \
+    && mkdir -p /out \
+    && find target/release -maxdepth 1 -type f -executable -name 'flux-*' -exec cp {} /out/ \;
+
+# Pure-Rust Kafka (rskafka + rustls) and Valkey clients: no librdkafka, no OpenSSL at run time.
+# ca-certificates only serves kafka.tls without an explicit ca_file.
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin flux
+COPY --from=builder /out/ /usr/local/bin/
+USER 10001
+ENV RUST_LOG=info
+EXPOSE 3000
+# No curl in the slim image: a raw HTTP request through bash's /dev/tcp. The port follows
+# FLUX_HTTP__PORT, then SERVER_PORT (the original variable), then the default 3000.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${FLUX_HTTP__PORT:-${SERVER_PORT:-3000}} && printf 'GET /healthz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
+ENTRYPOINT ["flux-bff"]

@@ -1,0 +1,247 @@
+//! `KafkaCommandSink`: keyed commands to the partition Kafka's default partitioner picks,
+//! acks = all, retried within `send_timeout` under the same `idempotency-key` header.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rskafka::chrono::{DateTime, TimeZone, Utc};
+use rskafka::client::partition::{Compression, PartitionClient};
+use rskafka::record::Record as KafkaRecord;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{KafkaClient, Trouble, bounded};
+use crate::adapters::partitioner::murmur2_partition;
+use crate::ports::{Command, CommandSink, CommandSinkError};
+
+/// The record header carrying [`Command::idempotency_key`].
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// Sends commands to Kafka. Cheap to clone; clones share metadata, connections and `flush`.
+#[derive(Clone, Debug)]
+pub struct KafkaCommandSink {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: KafkaClient,
+    // std Mutex: never held across an .await
+    topics: Mutex<HashMap<String, TopicState>>,
+    round_robin: AtomicUsize,
+    in_flight: watch::Sender<usize>,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    partitions: i32,
+    read_at: Instant,
+    clients: HashMap<i32, Arc<PartitionClient>>,
+}
+
+/// Counts a send as in flight until dropped, so that `flush` can wait for it.
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl KafkaCommandSink {
+    pub fn new(client: KafkaClient) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                topics: Mutex::default(),
+                round_robin: AtomicUsize::new(0),
+                in_flight: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The partition a command goes to: murmur2 of the key (Kafka's default partitioner),
+    /// round-robin for a command without key.
+    pub fn partition_for(&self, key: Option<&str>, partitions: i32) -> i32 {
+        let partitions = partitions.max(1);
+        match key {
+            Some(key) => murmur2_partition(key.as_bytes(), partitions as usize),
+            None => {
+                let next = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+                (next % partitions as usize) as i32
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopicState>> {
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The partition count of `topic`, cached for `metadata_refresh`.
+    async fn partitions(&self, topic: &str) -> Result<i32, Trouble> {
+        let settings = self.inner.client.settings();
+        if let Some(state) = self.lock().get(topic)
+            && state.read_at.elapsed() < settings.metadata_refresh
+        {
+            return Ok(state.partitions);
+        }
+        let counts = self.inner.client.create_missing(&[topic]).await?;
+        let Some(&partitions) = counts.get(topic) else {
+            return Err(Trouble::Refused(format!(
+                "unknown topic {topic}; create it (or turn kafka.create_topics on) and retry"
+            )));
+        };
+        let mut topics = self.lock();
+        let state = topics.entry(topic.to_owned()).or_insert(TopicState {
+            partitions,
+            read_at: Instant::now(),
+            clients: HashMap::new(),
+        });
+        state.partitions = partitions;
+        state.read_at = Instant::now();
+        Ok(partitions)
+    }
+
+    async fn partition_client(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, Trouble> {
+        if let Some(client) = self
+            .lock()
+            .get(topic)
+            .and_then(|state| state.clients.get(&partition))
+        {
+            return Ok(Arc::clone(client));
+        }
+        let client = self.inner.client.partition_client(topic, partition).await?;
+        if let Some(state) = self.lock().get_mut(topic) {
+            state.clients.insert(partition, Arc::clone(&client));
+        }
+        Ok(client)
+    }
+
+    /// Forgets what is cached about `topic`, so that the next attempt reads fresh metadata.
+    fn forget(&self, topic: &str) {
+        self.lock().remove(topic);
+    }
+
+    async fn attempt(&self, command: &Command, record: &KafkaRecord) -> Result<(), Trouble> {
+        let partitions = self.partitions(&command.topic).await?;
+        let partition = self.partition_for(command.key.as_deref(), partitions);
+        let client = self.partition_client(&command.topic, partition).await?;
+        let limit = self.inner.client.settings().request_timeout * 2;
+        bounded(
+            limit,
+            client.produce(vec![record.clone()], Compression::NoCompression),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| Trouble::from_rskafka(&command.topic, &e))
+    }
+}
+
+/// The wall clock as chrono time (rskafka's chrono is built without its `clock` feature).
+fn now() -> DateTime<Utc> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Utc.timestamp_millis_opt(millis)
+        .single()
+        .unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+#[async_trait]
+impl CommandSink for KafkaCommandSink {
+    #[tracing::instrument(skip_all, fields(topic = %command.topic, key = ?command.key), err(Display))]
+    async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
+        let _in_flight = InFlight::start(&self.inner.in_flight);
+        let settings = self.inner.client.settings();
+        let deadline = Instant::now() + settings.send_timeout;
+        let topic = command.topic.clone();
+        let record = KafkaRecord {
+            key: command.key.as_ref().map(|k| k.as_bytes().to_vec()),
+            value: Some(command.value.to_vec()),
+            headers: BTreeMap::from([(
+                IDEMPOTENCY_HEADER.to_owned(),
+                command.idempotency_key.to_string().into_bytes(),
+            )]),
+            timestamp: now(),
+        };
+        let mut pause = FIRST_RETRY;
+        loop {
+            let reason = match tokio::time::timeout_at(deadline, self.attempt(&command, &record))
+                .await
+            {
+                Ok(Ok(())) => {
+                    metrics::counter!("flux_kafka_records_produced_total", "topic" => topic)
+                        .increment(1);
+                    return Ok(());
+                }
+                // A broker verdict is final; transport trouble and stale metadata are not.
+                Ok(Err(Trouble::Refused(reason))) => {
+                    metrics::counter!("flux_kafka_produce_errors_total", "topic" => topic.clone(), "reason" => "rejected")
+                        .increment(1);
+                    return Err(CommandSinkError::Rejected(reason));
+                }
+                Ok(Err(Trouble::Unavailable(reason))) => reason,
+                Ok(Err(Trouble::UnknownTopic(_))) => format!("{topic}: unknown topic or partition"),
+                Err(_) => "no acknowledgement in time".to_owned(),
+            };
+            self.forget(&topic);
+            if Instant::now() + pause >= deadline {
+                metrics::counter!("flux_kafka_produce_errors_total", "topic" => topic.clone(), "reason" => "unavailable")
+                    .increment(1);
+                return Err(CommandSinkError::Unavailable(format!(
+                    "{topic}: not acknowledged within {}: {reason}",
+                    humantime_serde::re::humantime::format_duration(settings.send_timeout)
+                )));
+            }
+            tracing::debug!(%reason, retry_in = ?pause, "command send failed, retrying with the same idempotency key");
+            metrics::counter!("flux_kafka_produce_retries_total", "topic" => topic.clone())
+                .increment(1);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY);
+        }
+    }
+
+    async fn flush(&self) -> Result<(), CommandSinkError> {
+        let mut idle = self.inner.in_flight.subscribe();
+        idle.wait_for(|n| *n == 0)
+            .await
+            .map(drop)
+            .map_err(|_| CommandSinkError::Unavailable("command sink closed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keyed_partitions_follow_the_kafka_reference_vector() {
+        // murmur2("foobar") = -790332482 (Kafka's UtilsTest); positive: 1357151166.
+        assert_eq!(
+            crate::adapters::partitioner::murmur2(b"foobar"),
+            -790_332_482
+        );
+        assert_eq!(
+            crate::adapters::partitioner::murmur2_partition(b"foobar", 3),
+            1_357_151_166 % 3
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! `KafkaEventSource`: broadcast reading of every partition of the event topics, with no
+//! consumer group. One fetch loop per partition feeds a bounded channel; a supervisor picks up
+//! new partitions and turns a lost broker into one `Err(Unavailable)` at the end of the stream.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use rskafka::client::error::{Error as RsError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::record::RecordAndOffset;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::{KafkaClient, KafkaError, Trouble, bounded};
+use crate::ports::{EventSource, EventSourceError, Positions, Record, RecordStream};
+
+/// Records buffered between the fetch loops and the consumer of the stream.
+const CHANNEL_CAPACITY: usize = 1024;
+
+type Item = Result<Record, EventSourceError>;
+type Watermarks = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+/// Reads event topics from Kafka. Cheap to clone; every subscription has its own fetch loops.
+#[derive(Clone, Debug)]
+pub struct KafkaEventSource {
+    client: KafkaClient,
+    // std Mutex: never held across an .await
+    high_watermarks: Watermarks,
+}
+
+impl KafkaEventSource {
+    pub fn new(client: KafkaClient) -> Self {
+        Self {
+            client,
+            high_watermarks: Arc::default(),
+        }
+    }
+
+    async fn open(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, EventSourceError> {
+        self.client
+            .partition_client(topic, partition)
+            .await
+            .map_err(to_port_error)
+    }
+
+    /// Opens every partition of `topics`, each at its position in `from`, else at its log end.
+    async fn open_all(
+        &self,
+        topics: &[&str],
+        from: &Positions,
+    ) -> Result<(HashMap<String, i32>, Vec<(Arc<PartitionClient>, i64)>), EventSourceError> {
+        let counts = self
+            .client
+            .create_missing(topics)
+            .await
+            .map_err(|e| match e {
+                KafkaError::CreateTopic { topic, reason } => {
+                    tracing::warn!(%topic, %reason, "cannot create kafka topic");
+                    EventSourceError::UnknownTopic(topic)
+                }
+                e => to_port_error(e.into()),
+            })?;
+        let mut known = HashMap::new();
+        let mut wanted = Vec::new();
+        for topic in topics {
+            let count = *counts
+                .get(*topic)
+                .ok_or_else(|| EventSourceError::UnknownTopic((*topic).to_owned()))?;
+            known.insert((*topic).to_owned(), count);
+            wanted.extend((0..count).map(|p| (*topic, p, from.get(topic, p))));
+        }
+        let settings = self.client.settings();
+        let opened = futures::future::try_join_all(wanted.into_iter().map(
+            |(topic, partition, from)| async move {
+                let client = self.open(topic, partition).await?;
+                let offset = match from {
+                    Some(offset) => offset,
+                    None => latest(&client, settings.request_timeout * 2)
+                        .await
+                        .map_err(|e| to_source_error(topic, partition, &e))?,
+                };
+                tracing::debug!(topic, partition, offset, "starting partition");
+                Ok::<_, EventSourceError>((client, offset))
+            },
+        ))
+        .await?;
+        Ok((known, opened))
+    }
+}
+
+#[async_trait]
+impl EventSource for KafkaEventSource {
+    #[tracing::instrument(skip_all, fields(topics = ?topics), err(Display))]
+    async fn subscribe(
+        &self,
+        topics: &[&str],
+        from: &Positions,
+    ) -> Result<RecordStream, EventSourceError> {
+        let (known, opened) = self.open_all(topics, from).await?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let supervisor = tokio::spawn(supervise(self.clone(), known, opened, tx));
+        Ok(Box::pin(Subscription {
+            rx,
+            supervisor: supervisor.abort_handle(),
+            done: false,
+        }))
+    }
+
+    async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError> {
+        let (_, opened) = self.open_all(topics, &Positions::default()).await?;
+        let mut positions = Positions::default();
+        for (client, offset) in opened {
+            positions.set(client.topic(), client.partition(), offset);
+        }
+        Ok(positions)
+    }
+
+    /// From the high watermarks of the latest fetches of this source's subscriptions.
+    async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {
+        let watermarks = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        positions
+            .iter()
+            .filter_map(|(topic, partition, next)| {
+                let high = watermarks.get(&(topic.to_owned(), partition))?;
+                Some((topic.to_owned(), partition, (high - next).max(0)))
+            })
+            .collect()
+    }
+}
+
+/// The next offset that will be written to the partition (Kafka's "log end offset").
+///
+/// Not `ListOffsets(latest)` alone: Kafka answers the log end offset there, but tansu 0.6
+/// answers the base offset of the last record batch plus one (checked: after a batch holding
+/// offsets 3..=5 it answers 4, Kafka 6), which would replay the end of that batch. The high
+/// watermark of a fetch is the log end offset on both, so we list the latest offset only to
+/// have a valid place to fetch from, and take the high watermark of that fetch
+/// (`min_bytes = 0`, `max_wait = 0`: both brokers answer at once).
+async fn latest(client: &PartitionClient, limit: Duration) -> Result<i64, RsError> {
+    let listed = bounded(limit, client.get_offset(OffsetAt::Latest)).await?;
+    let (_, high_watermark) = bounded(limit, client.fetch_records(listed.max(0), 0..1, 0)).await?;
+    Ok(high_watermark)
+}
+
+/// Starts one fetch loop per partition, then re-reads partition counts periodically.
+/// Ends (and so aborts every fetch loop) as soon as one loop ends.
+async fn supervise(
+    source: KafkaEventSource,
+    mut known: HashMap<String, i32>,
+    opened: Vec<(Arc<PartitionClient>, i64)>,
+    tx: mpsc::Sender<Item>,
+) {
+    let settings = source.client.settings().clone();
+    let mut loops = JoinSet::new();
+    for (client, offset) in opened {
+        loops.spawn(fetch_loop(source.clone(), client, offset, tx.clone()));
+    }
+    let mut tick = tokio::time::interval(settings.metadata_refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            joined = loops.join_next(), if !loops.is_empty() => {
+                if let Some(Err(e)) = joined
+                    && e.is_panic()
+                {
+                    let _ = tx
+                        .send(Err(EventSourceError::Other(format!("kafka fetch loop panicked: {e}"))))
+                        .await;
+                }
+                // A loop only ends after sending its error, or when the stream was dropped.
+                return;
+            }
+            _ = tick.tick() => {
+                if let Err(e) = pick_up_new_partitions(&source, &mut known, &mut loops, &tx).await {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Starts reading, from their beginning, the partitions that appeared since the last look.
+async fn pick_up_new_partitions(
+    source: &KafkaEventSource,
+    known: &mut HashMap<String, i32>,
+    loops: &mut JoinSet<()>,
+    tx: &mpsc::Sender<Item>,
+) -> Result<(), EventSourceError> {
+    let counts = source
+        .client
+        .partition_counts()
+        .await
+        .map_err(|e| to_port_error(e.into()))?;
+    for (topic, count) in known.iter_mut() {
+        let now = counts.get(topic).copied().unwrap_or(0);
+        for partition in *count..now {
+            let client = source.open(topic, partition).await?;
+            tracing::info!(
+                topic,
+                partition,
+                "new partition, reading it from its beginning"
+            );
+            // Offset 0: if retention already removed it, the fetch loop moves to the earliest.
+            loops.spawn(fetch_loop(source.clone(), client, 0, tx.clone()));
+        }
+        *count = (*count).max(now);
+    }
+    Ok(())
+}
+
+/// Fetches one partition from `offset` on, in order, until the broker is lost or the stream
+/// is dropped.
+async fn fetch_loop(
+    source: KafkaEventSource,
+    client: Arc<PartitionClient>,
+    mut offset: i64,
+    tx: mpsc::Sender<Item>,
+) {
+    let settings = source.client.settings().clone();
+    let topic: Arc<str> = Arc::from(client.topic());
+    let partition = client.partition();
+    let max_wait_ms = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+    let mut empty_behind = 0u32;
+    loop {
+        let fetched = bounded(
+            settings.fetch_timeout(),
+            client.fetch_records(offset, 1..settings.fetch_max_bytes, max_wait_ms),
+        )
+        .await;
+        let (mut records, mut high_watermark) = match fetched {
+            Ok(fetched) => fetched,
+            Err(RsError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            }) => match out_of_range(&client, offset, settings.request_timeout * 2).await {
+                Ok(moved) => {
+                    metrics::counter!("flux_kafka_fetch_errors_total", "topic" => topic.to_string())
+                        .increment(1);
+                    tracing::warn!(%topic, partition, from = offset, to = moved, "offset out of range, moved");
+                    offset = moved;
+                    continue;
+                }
+                Err(e) => {
+                    fail(&tx, &topic, partition, &e).await;
+                    return;
+                }
+            },
+            Err(e) => {
+                fail(&tx, &topic, partition, &e).await;
+                return;
+            }
+        };
+        let skipped_ahead = match records.first() {
+            Some(first) => first.offset > offset,
+            None => high_watermark > offset,
+        };
+        // Whether the broker showed that nothing readable sits at `offset`.
+        let mut gap_confirmed = offset == 0;
+        if offset > 0 && skipped_ahead {
+            let limit = settings.fetch_timeout();
+            let bytes = 1..settings.fetch_max_bytes;
+            if let Some((again, again_high)) =
+                refetch_from_before(&client, offset, bytes, max_wait_ms, limit).await
+            {
+                gap_confirmed = true;
+                // The answer may stop short of `offset` (max bytes): then keep the first one.
+                if again.iter().any(|r| r.offset >= offset) {
+                    (records, high_watermark) = (again, again_high);
+                }
+            }
+        }
+        let before = offset;
+        for record in records {
+            if record.offset < offset {
+                continue;
+            }
+            offset = record.offset + 1;
+            let item = Record {
+                topic: Arc::clone(&topic),
+                partition,
+                offset: record.offset,
+                key: record.record.key.map(Bytes::from),
+                value: record.record.value.map(Bytes::from),
+            };
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+        source
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert((topic.to_string(), partition), high_watermark);
+        // Kafka hides control records (transaction markers) from us but counts them in the high
+        // watermark: without this step a partition ending in one would be fetched forever.
+        if offset == before && high_watermark > offset && gap_confirmed {
+            empty_behind += 1;
+            if empty_behind >= 3 {
+                offset += 1;
+                empty_behind = 0;
+            }
+        } else {
+            empty_behind = 0;
+        }
+    }
+}
+
+/// Fetches again from before `offset` when a fetch skipped ahead of it.
+///
+/// Kafka answers a fetch from the middle of a record batch with that whole batch (rskafka then
+/// drops the records before `offset`). tansu 0.6 answers with the NEXT batch instead (or with
+/// nothing when it was the last one), which would silently skip the rest of the batch, e.g.
+/// when resuming from a position in the middle of one. So we step back (1, 2, 4, … offsets)
+/// until the answer starts below `offset`: Kafka needs one step and then shows the gap is
+/// real (compaction, transaction markers). `None` when no answer reached below `offset`.
+async fn refetch_from_before(
+    client: &PartitionClient,
+    offset: i64,
+    bytes: std::ops::Range<i32>,
+    max_wait_ms: i32,
+    limit: Duration,
+) -> Option<(Vec<RecordAndOffset>, i64)> {
+    let mut step = 1;
+    loop {
+        let probe = (offset - step).max(0);
+        let (records, high_watermark) = bounded(
+            limit,
+            client.fetch_records(probe, bytes.clone(), max_wait_ms),
+        )
+        .await
+        .ok()?;
+        if records.iter().any(|r| r.offset < offset) {
+            return Some((records, high_watermark));
+        }
+        if probe == 0 {
+            return None;
+        }
+        step *= 2;
+    }
+}
+
+/// Where to go on after `OffsetOutOfRange`: to the earliest offset when `offset` was removed
+/// by retention, else (a position beyond the log, e.g. the broker lost its data) to the end.
+async fn out_of_range(
+    client: &PartitionClient,
+    offset: i64,
+    limit: Duration,
+) -> Result<i64, RsError> {
+    let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
+    if offset < earliest {
+        Ok(earliest)
+    } else {
+        latest(client, limit).await
+    }
+}
+
+async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsError) {
+    metrics::counter!("flux_kafka_fetch_errors_total", "topic" => topic.to_owned()).increment(1);
+    tracing::warn!(topic, partition, error = %error, "kafka fetch failed, ending the subscription");
+    let _ = tx.send(Err(to_source_error(topic, partition, error))).await;
+}
+
+fn to_source_error(topic: &str, partition: i32, error: &RsError) -> EventSourceError {
+    match Trouble::from_rskafka(topic, error) {
+        Trouble::Unavailable(m) => {
+            EventSourceError::Unavailable(format!("{m} (partition {partition})"))
+        }
+        Trouble::Refused(m) => EventSourceError::Other(format!("{m} (partition {partition})")),
+        Trouble::UnknownTopic(t) => EventSourceError::UnknownTopic(t),
+    }
+}
+
+fn to_port_error(trouble: Trouble) -> EventSourceError {
+    match trouble {
+        Trouble::Unavailable(m) => EventSourceError::Unavailable(m),
+        Trouble::UnknownTopic(t) => EventSourceError::UnknownTopic(t),
+        Trouble::Refused(m) => EventSourceError::Other(m),
+    }
+}
+
+/// The stream handed to the caller: yields what the fetch loops send, ends right after the
+/// first error, and stops every loop when dropped.
+struct Subscription {
+    rx: mpsc::Receiver<Item>,
+    supervisor: AbortHandle,
+    done: bool,
+}
+
+impl Stream for Subscription {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(record))) => Poll::Ready(Some(Ok(record))),
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                self.supervisor.abort();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(EventSourceError::Other(
+                    "kafka fetch loops stopped unexpectedly; subscribe again".into(),
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}

@@ -1,0 +1,9 @@
+//! flux-sim: plays weather-, crypto-, news- and stock-service against a real Kafka, for demos,
+//! compose and benchmarks.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    flux_bff::app::lifecycle::sim_entry(flux_bff::app::lifecycle::Cli::parse()).await
+}

@@ -1,0 +1,703 @@
+//! The Kafka adapters against a real Kafka-protocol broker: tansu with in-memory storage,
+//! spawned on a free loopback port per test (see `support/tansu.rs` for the install hint).
+
+#[path = "support/event_bus_contract.rs"]
+mod event_bus_contract;
+#[path = "support/tansu.rs"]
+mod tansu;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flux_bff::adapters::kafka::{
+    self, KafkaClient, KafkaCommandSink, KafkaError, KafkaEventSource, KafkaSettings,
+};
+use flux_bff::adapters::partitioner::{murmur2, murmur2_partition};
+use flux_bff::ports::{
+    Command, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record,
+    RecordStream,
+};
+use futures::StreamExt;
+use rskafka::client::Client;
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record as KafkaRecord;
+use serde_json::Value;
+use tansu::Tansu;
+use tcp_proxy::TcpProxy;
+
+/// The client id of the test's own producer: the fault-injection proxy never cuts it.
+const DIRECT: &str = "flux-test-direct";
+
+fn settings(bootstrap: String) -> KafkaSettings {
+    KafkaSettings {
+        brokers: vec![bootstrap],
+        fetch_max_wait: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(3),
+        metadata_refresh: Duration::from_secs(1),
+        ..KafkaSettings::default()
+    }
+}
+
+async fn connect(tansu: &Tansu) -> KafkaClient {
+    kafka::connect(&settings(tansu.bootstrap()))
+        .await
+        .expect("the adapter connects to tansu")
+}
+
+fn unique(name: &str) -> String {
+    format!("test-{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn record(key: Option<&str>, value: Option<&[u8]>) -> KafkaRecord {
+    KafkaRecord {
+        key: key.map(|k| k.as_bytes().to_vec()),
+        value: value.map(<[u8]>::to_vec),
+        headers: BTreeMap::new(),
+        timestamp: rskafka::chrono::DateTime::UNIX_EPOCH,
+    }
+}
+
+/// Produces `values` to one partition as ONE batch (one produce request), as a real producer
+/// with linger does; returns their offsets.
+async fn produce(client: &Client, topic: &str, partition: i32, values: &[&str]) -> Vec<i64> {
+    let partition_client = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let records = values
+        .iter()
+        .map(|v| record(None, Some(v.as_bytes())))
+        .collect();
+    partition_client
+        .produce(records, Compression::NoCompression)
+        .await
+        .expect("produce")
+}
+
+/// The next `n` records of `stream`, failing on an error, the end, or after `within`.
+async fn take(stream: &mut RecordStream, n: usize, within: Duration) -> Vec<Record> {
+    let mut records = Vec::new();
+    let deadline = Instant::now() + within;
+    while records.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.next()).await {
+            Ok(Some(Ok(record))) => records.push(record),
+            Ok(Some(Err(e))) => panic!("stream failed after {} records: {e}", records.len()),
+            Ok(None) => panic!("stream ended after {} of {n} records", records.len()),
+            Err(_) => panic!(
+                "only {} of {n} records within {within:?}: {records:?}",
+                records.len()
+            ),
+        }
+    }
+    records
+}
+
+/// Asserts that nothing more arrives for `quiet`.
+async fn assert_quiet(stream: &mut RecordStream, quiet: Duration) {
+    if let Ok(item) = tokio::time::timeout(quiet, stream.next()).await {
+        panic!("expected nothing more, got {item:?}");
+    }
+}
+
+fn values(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"<null>")).into_owned())
+        .collect()
+}
+
+/// The message key the producing service uses on each fixture topic (fixtures/README.md).
+fn fixture_key(topic: &str, value: &Value) -> Option<String> {
+    match topic {
+        "crypto.ticker.event.updated" => value["data"]["product_id"].as_str().map(str::to_owned),
+        "news.service.event.updated" => Some("globalnews".into()),
+        "weather.service.command.fetch" => Some("socket-6f1c2b9e".into()),
+        "crypto.service.command.topmovers.refresh" => Some("cryptotopmovers".into()),
+        "crypto.service.command.topcoins.refresh" => Some("cryptotopcoins".into()),
+        "stock.service.command.topperformers.refresh" => Some("stocktopperformers".into()),
+        "news.service.command.refresh" => Some("topglobalnews".into()),
+        _ => None,
+    }
+}
+
+/// Every fixture message: (topic, key, value) with values serialised compactly, the invalid
+/// variants included (raw bytes, scalar JSON, tombstones).
+fn fixture_messages() -> Vec<(String, Option<String>, Option<Vec<u8>>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut messages = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Some(topic) = name.strip_suffix(".invalid.json") {
+            for variant in json.as_array().expect("invalid fixtures are arrays") {
+                let value = if variant["tombstone"] == Value::Bool(true) {
+                    None
+                } else if let Some(raw) = variant["raw"].as_str() {
+                    Some(raw.as_bytes().to_vec())
+                } else {
+                    Some(serde_json::to_vec(&variant["value"]).unwrap())
+                };
+                messages.push((
+                    topic.to_owned(),
+                    fixture_key(topic, &variant["value"]),
+                    value,
+                ));
+            }
+        } else {
+            let topic = name.strip_suffix(".json").unwrap();
+            let value = serde_json::to_vec(&json).unwrap();
+            messages.push((topic.to_owned(), fixture_key(topic, &json), Some(value)));
+        }
+    }
+    messages
+}
+
+#[tokio::test]
+async fn every_fixture_is_read_back_with_identical_bytes_and_key() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let messages = fixture_messages();
+    let topics: Vec<String> = messages
+        .iter()
+        .map(|(t, _, _)| t.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(topics.len(), 11, "every fixture topic: {topics:?}");
+    assert!(
+        messages.iter().any(|(_, _, v)| v.is_none()),
+        "a tombstone fixture"
+    );
+    for topic in &topics {
+        tansu.create_topic(&direct, topic, 1).await;
+    }
+    let source = KafkaEventSource::new(connect(&tansu).await);
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut stream = source
+        .subscribe(&names, &Positions::default())
+        .await
+        .unwrap();
+
+    for (topic, key, value) in &messages {
+        let client = direct
+            .partition_client(topic.as_str(), 0, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let mut r = record(key.as_deref(), value.as_deref());
+        r.headers.insert("x".into(), b"y".to_vec());
+        client
+            .produce(vec![r], Compression::NoCompression)
+            .await
+            .unwrap();
+    }
+    let got = take(&mut stream, messages.len(), Duration::from_secs(20)).await;
+
+    let mut by_topic: HashMap<&str, Vec<&Record>> = HashMap::new();
+    for r in &got {
+        by_topic.entry(&r.topic).or_default().push(r);
+    }
+    for topic in &topics {
+        let sent: Vec<_> = messages.iter().filter(|(t, _, _)| t == topic).collect();
+        let read = &by_topic[topic.as_str()];
+        assert_eq!(read.len(), sent.len(), "{topic}");
+        for ((_, key, value), r) in sent.iter().zip(read) {
+            assert_eq!(
+                r.key.as_deref(),
+                key.as_deref().map(str::as_bytes),
+                "{topic} key"
+            );
+            assert_eq!(r.value.as_deref(), value.as_deref(), "{topic} value bytes");
+        }
+        let offsets: Vec<i64> = read.iter().map(|r| r.offset).collect();
+        assert_eq!(
+            offsets,
+            (0..sent.len() as i64).collect::<Vec<_>>(),
+            "{topic} offsets"
+        );
+    }
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn kafka_honours_the_event_bus_contract() {
+    let tansu = Tansu::start().await;
+    let client = connect(&tansu).await;
+    let topic = unique("contract");
+    kafka::ensure_topics(&client, &[&topic], 3, 1)
+        .await
+        .unwrap();
+    event_bus_contract::event_bus_contract(&client.event_source(), &client.command_sink(), &topic)
+        .await;
+}
+
+#[tokio::test]
+async fn the_in_memory_bus_honours_the_event_bus_contract() {
+    let bus = flux_bff::adapters::memory::MemoryBus::new();
+    let topic = unique("contract");
+    bus.create_topic(&topic, 3);
+    event_bus_contract::event_bus_contract(&bus, &bus, &topic).await;
+}
+
+#[tokio::test]
+async fn a_new_subscription_starts_after_the_records_already_in_the_log() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("latest");
+    tansu.create_topic(&direct, &topic, 1).await;
+    // Several records per batch: tansu's ListOffsets(latest) then answers below the log end
+    // (the last batch's base offset + 1), which a naive start position would replay.
+    produce(&direct, &topic, 0, &["old-0", "old-1", "old-2"]).await;
+    produce(&direct, &topic, 0, &["old-3", "old-4", "old-5"]).await;
+
+    let source = KafkaEventSource::new(connect(&tansu).await);
+    let mut stream = source
+        .subscribe(&[&topic], &Positions::default())
+        .await
+        .unwrap();
+    produce(&direct, &topic, 0, &["new-6", "new-7"]).await;
+
+    let got = take(&mut stream, 2, Duration::from_secs(5)).await;
+    assert_eq!(values(&got), ["new-6", "new-7"]);
+    assert_eq!(got[0].offset, 6);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn resuming_from_positions_delivers_each_record_from_there_exactly_once() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("resume");
+    tansu.create_topic(&direct, &topic, 1).await;
+    produce(&direct, &topic, 0, &["r0", "r1", "r2", "r3"]).await;
+    produce(&direct, &topic, 0, &["r4", "r5", "r6"]).await;
+
+    let source = KafkaEventSource::new(connect(&tansu).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 2); // r2 is the next one to read: in the middle of the first batch
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let got = take(&mut stream, 5, Duration::from_secs(5)).await;
+    assert_eq!(values(&got), ["r2", "r3", "r4", "r5", "r6"]);
+    produce(&direct, &topic, 0, &["r7"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!((got[0].offset, values(&got)), (7, vec!["r7".to_owned()]));
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+
+    let mut positions = Positions::default();
+    for r in &got {
+        positions.advance(r);
+    }
+    assert_eq!(source.lag(&positions).await, vec![(topic.clone(), 0, 0)]);
+    positions.set(&topic, 0, 5);
+    assert_eq!(source.lag(&positions).await, vec![(topic.clone(), 0, 3)]);
+}
+
+#[tokio::test]
+async fn resuming_inside_the_last_batch_delivers_the_rest_of_it() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("resume-last");
+    tansu.create_topic(&direct, &topic, 1).await;
+    produce(&direct, &topic, 0, &["x0", "x1", "x2", "x3"]).await;
+
+    let source = KafkaEventSource::new(connect(&tansu).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 1);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let got = take(&mut stream, 3, Duration::from_secs(5)).await;
+    assert_eq!(values(&got), ["x1", "x2", "x3"]);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn every_partition_is_read_completely_by_every_subscriber() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("partitions");
+    tansu.create_topic(&direct, &topic, 3).await;
+    produce(&direct, &topic, 1, &["before"]).await;
+
+    // Two independent gateway instances (own client each) and no consumer group.
+    let first: Arc<dyn EventSource> = Arc::new(KafkaEventSource::new(connect(&tansu).await));
+    let second: Arc<dyn EventSource> = Arc::new(connect(&tansu).await.event_source());
+    let mut a = first
+        .subscribe(&[&topic], &Positions::default())
+        .await
+        .unwrap();
+    let mut b = second
+        .subscribe(&[&topic], &Positions::default())
+        .await
+        .unwrap();
+
+    let mut sent = HashSet::new();
+    for round in 0..4 {
+        for partition in 0..3 {
+            let values = [
+                format!("p{partition}-{round}a"),
+                format!("p{partition}-{round}b"),
+            ];
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            produce(&direct, &topic, partition, &refs).await;
+            sent.extend(values);
+        }
+    }
+    for stream in [&mut a, &mut b] {
+        let got = take(stream, sent.len(), Duration::from_secs(20)).await;
+        let got_values: HashSet<String> = values(&got).into_iter().collect();
+        assert_eq!(got_values, sent, "every record, once");
+        for partition in 0..3 {
+            let offsets: Vec<i64> = got
+                .iter()
+                .filter(|r| r.partition == partition)
+                .map(|r| r.offset)
+                .collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "partition {partition} in order: {offsets:?}"
+            );
+        }
+        assert_quiet(stream, Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn subscribing_to_a_missing_topic_names_it_when_topic_creation_is_off() {
+    let tansu = Tansu::start().await;
+    let client = kafka::connect(&KafkaSettings {
+        create_topics: false,
+        ..settings(tansu.bootstrap())
+    })
+    .await
+    .unwrap();
+    let missing = unique("missing");
+    match client
+        .event_source()
+        .subscribe(&[&missing], &Positions::default())
+        .await
+    {
+        Err(EventSourceError::UnknownTopic(topic)) => assert_eq!(topic, missing),
+        Err(e) => panic!("expected UnknownTopic, got {e}"),
+        Ok(_) => panic!("expected UnknownTopic, got a stream"),
+    }
+    match client
+        .command_sink()
+        .send(Command::new(&missing, None, "{}"))
+        .await
+    {
+        Err(CommandSinkError::Rejected(reason)) => assert!(reason.contains(&missing), "{reason}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_topics_are_created_with_the_configured_partitions() {
+    let tansu = Tansu::start().await;
+    let client = kafka::connect(&KafkaSettings {
+        topic_partitions: 2,
+        ..settings(tansu.bootstrap())
+    })
+    .await
+    .unwrap();
+    let (events, commands) = (unique("auto-events"), unique("auto-commands"));
+    let mut stream = client
+        .event_source()
+        .subscribe(&[&events], &Positions::default())
+        .await
+        .expect("the event topic is created on subscribe");
+    client
+        .command_sink()
+        .send(Command::new(&commands, Some("k".into()), "{}"))
+        .await
+        .expect("the command topic is created on first send");
+    let topics = client.rskafka().await.unwrap().list_topics().await.unwrap();
+    for name in [&events, &commands] {
+        let topic = topics.iter().find(|t| &t.name == name).expect("created");
+        assert_eq!(topic.partitions.len(), 2, "{name}");
+    }
+    let direct = tansu.client(DIRECT).await;
+    produce(&direct, &events, 1, &["e0"]).await;
+    assert_eq!(
+        values(&take(&mut stream, 1, Duration::from_secs(5)).await),
+        ["e0"]
+    );
+}
+
+#[tokio::test]
+async fn ensure_topics_creates_the_missing_ones_only() {
+    let tansu = Tansu::start().await;
+    let client = connect(&tansu).await;
+    let rskafka = client.rskafka().await.unwrap();
+    let (a, b) = (unique("ensure-a"), unique("ensure-b"));
+    tansu.create_topic(&rskafka, &a, 1).await;
+    let created = kafka::ensure_topics(&client, &[&a, &b], 2, 1)
+        .await
+        .unwrap();
+    assert_eq!(created, vec![b.clone()]);
+    let again = kafka::ensure_topics(&client, &[&a, &b], 2, 1)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let topics = rskafka.list_topics().await.unwrap();
+    let partitions = topics
+        .iter()
+        .find(|t| t.name == b)
+        .expect("created")
+        .partitions
+        .len();
+    assert_eq!(partitions, 2);
+}
+
+#[tokio::test]
+async fn the_ports_exist_before_any_broker_answers_and_work_once_one_does() {
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let client = KafkaClient::new(&settings(addr.to_string())).expect("no I/O in new");
+    let source = client.event_source();
+    let sink = client.command_sink();
+    let topic = unique("lazy");
+    let started = Instant::now();
+    match source.subscribe(&[&topic], &Positions::default()).await {
+        Err(EventSourceError::Unavailable(reason)) => {
+            assert!(
+                reason.contains(&addr.to_string()),
+                "names the broker: {reason}"
+            )
+        }
+        Err(e) => panic!("expected Unavailable, got {e}"),
+        Ok(_) => panic!("expected Unavailable, got a stream"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match sink.send(Command::new(&topic, None, "{}")).await {
+        Err(CommandSinkError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+
+    let _tansu = Tansu::start_advertising(addr, addr).await;
+    let mut stream = source
+        .subscribe(&[&topic], &Positions::default())
+        .await
+        .expect("subscribes once the broker answers");
+    sink.send(Command::new(&topic, None, "hello"))
+        .await
+        .expect("sends once the broker answers");
+    assert_eq!(
+        values(&take(&mut stream, 1, Duration::from_secs(5)).await),
+        ["hello"]
+    );
+}
+
+/// Reads every record of `topic` from the beginning, straight from the broker.
+async fn read_all(client: &Client, topic: &str, partitions: i32) -> Vec<(i32, KafkaRecord)> {
+    let mut all = Vec::new();
+    for partition in 0..partitions {
+        let pc = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let (records, _) = pc.fetch_records(0, 1..1_000_000, 100).await.unwrap();
+        all.extend(records.into_iter().map(|r| (partition, r.record)));
+    }
+    all
+}
+
+#[tokio::test]
+async fn commands_land_in_the_murmur2_partition_with_key_value_and_idempotency_header() {
+    let tansu = Tansu::start().await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("commands");
+    tansu.create_topic(&direct, &topic, 3).await;
+    let sink = KafkaCommandSink::new(connect(&tansu).await);
+
+    // Kafka's UtilsTest reference vector, then the partition Kafka's producer would pick.
+    assert_eq!(murmur2(b"foobar"), -790_332_482);
+    let expected_partition = (-790_332_482_i32 & 0x7fff_ffff) % 3;
+    assert_eq!(murmur2_partition(b"foobar", 3), expected_partition);
+
+    let keyed = Command::new(&topic, Some("foobar".into()), r#"{"event":"x"}"#);
+    let unkeyed = Command::new(&topic, None, r#"{"event":"y"}"#);
+    sink.send(keyed.clone()).await.unwrap();
+    sink.send(unkeyed.clone()).await.unwrap();
+    sink.flush().await.unwrap();
+
+    let all = read_all(&direct, &topic, 3).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let (partition, landed) = all
+        .iter()
+        .find(|(_, r)| r.key.as_deref() == Some(b"foobar".as_slice()))
+        .expect("keyed command");
+    assert_eq!(*partition, expected_partition);
+    assert_eq!(landed.value.as_deref(), Some(keyed.value.as_ref()));
+    assert_eq!(
+        landed.headers.get("idempotency-key").map(Vec::as_slice),
+        Some(keyed.idempotency_key.to_string().as_bytes())
+    );
+    let (_, other) = all
+        .iter()
+        .find(|(_, r)| r.key.is_none())
+        .expect("unkeyed command");
+    assert_eq!(other.value.as_deref(), Some(unkeyed.value.as_ref()));
+    assert_eq!(
+        other.headers.get("idempotency-key").map(Vec::as_slice),
+        Some(unkeyed.idempotency_key.to_string().as_bytes())
+    );
+}
+
+#[tokio::test]
+async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_outage_once() {
+    // tansu listens behind the proxy and advertises the proxy: every client goes through it.
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let proxy = TcpProxy::start(listen).await;
+    proxy.spare(DIRECT);
+    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("outage");
+    tansu.create_topic(&direct, &topic, 2).await;
+
+    let client = connect(&tansu).await;
+    let source = KafkaEventSource::new(client.clone());
+    let sink = KafkaCommandSink::new(client);
+    // Seeded with the log ends, so that partition 1, which delivers nothing before the cut,
+    // is resumed exactly too.
+    let mut positions = source.latest_positions(&[&topic]).await.unwrap();
+    assert_eq!(positions.get(&topic, 1), Some(0));
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    produce(&direct, &topic, 0, &["a0", "a1"]).await;
+    for r in take(&mut stream, 2, Duration::from_secs(5)).await {
+        positions.advance(&r);
+    }
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+        Ok(Some(Err(EventSourceError::Unavailable(reason)))) => {
+            eprintln!("outage seen after {:?}: {reason}", cut_at.elapsed());
+        }
+        other => panic!("expected Err(Unavailable) within 15 s, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.next()).await,
+            Ok(None)
+        ),
+        "the stream ends after its error"
+    );
+    let pending = tokio::spawn({
+        let sink = sink.clone();
+        let command = Command::new(&topic, Some("k".into()), "{}");
+        async move { sink.send(command).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sink.flush().await.unwrap();
+    assert!(pending.is_finished(), "flush waits for the send in flight");
+    match pending.await.unwrap() {
+        Err(CommandSinkError::Unavailable(_)) => {}
+        other => panic!("a send during the cut is Unavailable, got {other:?}"),
+    }
+    match source.subscribe(&[&topic], &positions).await {
+        Err(EventSourceError::Unavailable(_)) => {}
+        Err(e) => panic!("subscribing during the cut is Unavailable, got {e}"),
+        Ok(_) => panic!("subscribing during the cut is Unavailable, got a stream"),
+    }
+    produce(&direct, &topic, 0, &["a2", "a3"]).await;
+    produce(&direct, &topic, 1, &["b0", "b1"]).await;
+
+    proxy.restore();
+    let started = Instant::now();
+    let mut stream = loop {
+        match source.subscribe(&[&topic], &positions).await {
+            Ok(stream) => break stream,
+            Err(e) if started.elapsed() < Duration::from_secs(15) => {
+                eprintln!("not back yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no recovery after restore: {e}"),
+        }
+    };
+    let got = take(&mut stream, 4, Duration::from_secs(10)).await;
+    let mut got_values = values(&got);
+    got_values.sort();
+    assert_eq!(got_values, ["a2", "a3", "b0", "b1"]);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    sink.send(Command::new(&topic, Some("k".into()), "{}"))
+        .await
+        .expect("sends work again after the restore");
+}
+
+#[tokio::test]
+async fn a_send_during_a_short_outage_is_retried_under_the_same_idempotency_key() {
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let proxy = TcpProxy::start(listen).await;
+    proxy.spare(DIRECT);
+    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
+    let direct = tansu.client(DIRECT).await;
+    let topic = unique("retry");
+    tansu.create_topic(&direct, &topic, 1).await;
+    let sink = KafkaCommandSink::new(
+        kafka::connect(&KafkaSettings {
+            send_timeout: Duration::from_secs(10),
+            ..settings(tansu.bootstrap())
+        })
+        .await
+        .unwrap(),
+    );
+    sink.send(Command::new(&topic, Some("warm-up".into()), "{}"))
+        .await
+        .unwrap();
+
+    proxy.cut();
+    let command = Command::new(&topic, Some("key".into()), r#"{"n":1}"#);
+    let pending = tokio::spawn({
+        let sink = sink.clone();
+        let command = command.clone();
+        async move { sink.send(command).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!pending.is_finished(), "still retrying within send_timeout");
+    proxy.restore();
+    pending
+        .await
+        .unwrap()
+        .expect("acknowledged once the broker is back");
+
+    let all = read_all(&direct, &topic, 1).await;
+    let landed: Vec<_> = all
+        .iter()
+        .filter(|(_, r)| r.key.as_deref() == Some(b"key".as_slice()))
+        .collect();
+    assert!(!landed.is_empty());
+    for (_, r) in landed {
+        assert_eq!(
+            r.headers.get("idempotency-key").map(Vec::as_slice),
+            Some(command.idempotency_key.to_string().as_bytes()),
+            "every copy carries the command's idempotency key"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connect_fails_in_bounded_time_naming_the_broker_when_none_answers() {
+    let broker = format!("127.0.0.1:{}", tansu::free_port());
+    let started = Instant::now();
+    let error = kafka::connect(&settings(broker.clone())).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, KafkaError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains(&broker), "{error}");
+}

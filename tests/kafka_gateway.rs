@@ -1,0 +1,444 @@
+//! The gateway on a real Kafka-protocol broker (tansu, spawned per test): fixtures to rooms,
+//! rejected records skipped, commands in their partitions, two replicas each serving every
+//! event, a cut network (degraded mode, nothing lost), and start-up with no broker.
+
+mod support {
+    pub mod app;
+}
+#[path = "support/tansu.rs"]
+mod tansu;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
+use flux_bff::adapters::memory::MemoryCache;
+use flux_bff::adapters::partitioner::murmur2_partition;
+use flux_bff::app::{Ports, Settings};
+use flux_bff::domain::topics::*;
+use flux_bff::ports::{Command as KafkaCommand, CommandSink, EventSource, Positions};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::app::*;
+use tansu::Tansu;
+use tcp_proxy::TcpProxy;
+
+/// The test's own producer: the proxy never cuts it.
+const DIRECT: &str = "flux-test-direct";
+
+fn kafka_settings(bootstrap: &str, client_id: &str) -> KafkaSettings {
+    KafkaSettings {
+        brokers: vec![bootstrap.to_owned()],
+        client_id: client_id.to_owned(),
+        topic_partitions: 1,
+        fetch_max_wait: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(3),
+        metadata_refresh: Duration::from_secs(1),
+        ..KafkaSettings::default()
+    }
+}
+
+fn gateway_settings() -> Settings {
+    let mut s = Settings::default();
+    s.lifecycle.max_backoff = Duration::from_millis(500);
+    s
+}
+
+async fn gateway(bootstrap: &str, client_id: &str) -> TestApp {
+    let client = KafkaClient::new(&kafka_settings(bootstrap, client_id)).unwrap();
+    let ports = Ports {
+        source: Arc::new(client.event_source()),
+        sink: Arc::new(client.command_sink()),
+        cache: Arc::new(MemoryCache::default()),
+        bus: None,
+        source_name: format!("Kafka brokers {bootstrap}"),
+    };
+    TestApp::spawn_ports(gateway_settings(), ports).await
+}
+
+/// A producer playing the domain services.
+struct Producer(KafkaClient);
+
+impl Producer {
+    fn new(bootstrap: &str) -> Self {
+        Self(KafkaClient::new(&kafka_settings(bootstrap, DIRECT)).unwrap())
+    }
+
+    async fn send(&self, topic: &str, key: Option<&str>, value: &[u8]) {
+        self.0
+            .command_sink()
+            .send(KafkaCommand::new(
+                topic,
+                key.map(str::to_owned),
+                value.to_vec(),
+            ))
+            .await
+            .expect("produce to tansu");
+    }
+
+    async fn send_json(&self, topic: &str, key: Option<&str>, value: &Value) {
+        self.send(topic, key, value.to_string().as_bytes()).await;
+    }
+}
+
+#[tokio::test]
+async fn every_fixture_reaches_its_room_and_every_invalid_record_is_skipped() {
+    let tansu = Tansu::start().await;
+    let app = gateway(&tansu.bootstrap(), "bff-fixtures").await;
+    let producer = Producer::new(&tansu.bootstrap());
+    let c = TestClient::connect(&app, Some("kafka-user")).await;
+    c.emit("userLocationUpdate", pune()).await;
+    // Joined once a weather probe arrives through Kafka.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .wait_nth("weather.Pune.update", 1, Duration::from_millis(300))
+        .await
+        .is_none()
+    {
+        producer
+            .send_json(WEATHER_EVENTS, None, &weather("Pune"))
+            .await;
+        assert!(
+            Instant::now() < deadline,
+            "never joined weather.Pune over Kafka"
+        );
+    }
+    c.clear();
+
+    // Invalid records first: each must be skipped without stalling the consumer.
+    for topic in EVENT_TOPICS {
+        let variants = fixture(&format!("{topic}.invalid.json"));
+        for v in variants.as_array().unwrap() {
+            let bytes = if v.get("tombstone").is_some() {
+                Vec::new()
+            } else if let Some(raw) = v.get("raw") {
+                raw.as_str().unwrap().as_bytes().to_vec()
+            } else {
+                v["value"].to_string().into_bytes()
+            };
+            producer.send(topic, None, &bytes).await;
+        }
+    }
+    for topic in EVENT_TOPICS {
+        let key = match topic {
+            TICKER_EVENTS => Some("BTC-USD"),
+            NEWS_EVENTS => Some("globalnews"),
+            _ => None,
+        };
+        producer
+            .send_json(topic, key, &fixture(&format!("{topic}.json")))
+            .await;
+    }
+
+    let expect = [
+        (
+            "weather.Pune.update",
+            fixture("expected/weather.service.event.updated.expected.json")["emits"][0]["payload"]
+                .clone(),
+        ),
+        (
+            EV_MOVERS,
+            json!({"status":"success","data":fixture("crypto.movers.event.updated.json"),"error":null}),
+        ),
+        (
+            EV_TOPCOINS,
+            json!({"status":"success","data":fixture("crypto.topcoins.event.updated.json"),"error":null}),
+        ),
+        (
+            EV_TICKER,
+            json!({"status":"success","data":fixture("crypto.ticker.event.updated.json"),"error":null}),
+        ),
+        (
+            EV_NEWS,
+            fixture("expected/news.service.event.updated.expected.json")["emits"][0]["payload"]
+                .clone(),
+        ),
+        (
+            EV_STOCKS,
+            fixture("expected/stock.service.event.updated.expected.json")["emits"][0]["payload"]
+                .clone(),
+        ),
+    ];
+    for (event, mut payload) in expect {
+        if let Some(aq) = payload["data"]
+            .get_mut("airQuality")
+            .and_then(Value::as_object_mut)
+        {
+            let (pm, epa) = (aq["pm2_5"].clone(), aq["us-epa-index"].clone());
+            aq.insert("pm25".into(), pm);
+            aq.insert("usEpaIndex".into(), epa);
+        }
+        let got = c
+            .wait_nth(event, 1, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no {event}"));
+        assert_eq!(got, payload, "{event}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (event, _) in [
+        ("weather.Pune.update", ()),
+        (EV_NEWS, ()),
+        (EV_STOCKS, ()),
+        (EV_TICKER, ()),
+    ] {
+        assert_eq!(
+            c.count(event),
+            1,
+            "{event}: invalid records must emit nothing"
+        );
+    }
+    let m = app.metrics().await;
+    assert!(
+        counter(&m, "flux_events_rejected_total", &[]) >= 50.0,
+        "rejections counted"
+    );
+}
+
+#[tokio::test]
+async fn commands_land_in_their_topics_with_keys_and_murmur2_partitions() {
+    let tansu = Tansu::start().await;
+    let app = gateway(&tansu.bootstrap(), "bff-commands").await;
+    let c = TestClient::connect(&app, Some("cmd-user")).await;
+    c.emit("userLocationUpdate", pune()).await;
+
+    let reader = KafkaClient::new(&kafka_settings(&tansu.bootstrap(), DIRECT))
+        .unwrap()
+        .event_source();
+    let mut from = Positions::default();
+    for topic in COMMAND_TOPICS {
+        from.set(topic, 0, 0);
+    }
+    let mut stream = reader.subscribe(&COMMAND_TOPICS, &from).await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let record = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("all five commands")
+            .unwrap()
+            .unwrap();
+        seen.insert(record.topic.to_string(), record);
+    }
+    for (topic, key) in [
+        (TOPCOINS_REFRESH, "cryptotopcoins"),
+        (TOPMOVERS_REFRESH, "cryptotopmovers"),
+        (STOCKS_REFRESH, "stocktopperformers"),
+        (NEWS_REFRESH, "topglobalnews"),
+    ] {
+        let r = &seen[topic];
+        assert_eq!(r.key.as_deref(), Some(key.as_bytes()), "{topic}");
+        let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["requestedBy"], "bff");
+        assert_eq!(r.partition, murmur2_partition(key.as_bytes(), 1));
+    }
+    let weather = &seen[WEATHER_FETCH];
+    let v: Value = serde_json::from_slice(weather.value.as_deref().unwrap()).unwrap();
+    assert_eq!(v["userId"], "cmd-user");
+    assert_eq!(v["data"], pune());
+    assert!(!weather.key.as_ref().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn two_replicas_on_a_multi_partition_topic_each_deliver_every_event() {
+    let tansu = Tansu::start().await;
+    let producer = Producer::new(&tansu.bootstrap());
+    // Three partitions: the producer's default for new topics is one, so create them first.
+    let setup = KafkaClient::new(&KafkaSettings {
+        topic_partitions: 3,
+        ..kafka_settings(&tansu.bootstrap(), DIRECT)
+    })
+    .unwrap();
+    flux_bff::adapters::kafka::ensure_topics(&setup, &[TICKER_EVENTS], 3, 1)
+        .await
+        .unwrap();
+    let a = gateway(&tansu.bootstrap(), "bff-a").await;
+    let b = gateway(&tansu.bootstrap(), "bff-b").await;
+    let on_a = TestClient::connect(&a, Some("ra")).await;
+    let on_b = TestClient::connect(&b, Some("rb")).await;
+    on_a.emit("userLocationUpdate", location("Kochi")).await;
+    on_b.emit("userLocationUpdate", location("Kochi")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let products = [
+        "BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOGE-USD",
+    ];
+    let partitions: std::collections::BTreeSet<i32> = products
+        .iter()
+        .map(|p| murmur2_partition(p.as_bytes(), 3))
+        .collect();
+    assert!(
+        partitions.len() >= 2,
+        "the keys spread over several partitions"
+    );
+    for (i, product) in products.iter().enumerate() {
+        let mut tick = fixture("crypto.ticker.event.updated.json");
+        tick["data"]["product_id"] = json!(product);
+        tick["ts"] = json!(i);
+        producer
+            .send_json(TICKER_EVENTS, Some(product), &tick)
+            .await;
+    }
+    for client in [&on_a, &on_b] {
+        assert!(
+            client
+                .wait_nth(EV_TICKER, products.len(), Duration::from_secs(10))
+                .await
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got: Vec<String> = client
+            .received()
+            .into_iter()
+            .filter(|(e, _)| e == EV_TICKER)
+            .map(|(_, v)| v["data"]["data"]["product_id"].as_str().unwrap().to_owned())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = products.iter().map(|p| (*p).to_owned()).collect();
+        want.sort();
+        assert_eq!(got, want, "every event once on every replica");
+    }
+}
+
+#[tokio::test]
+async fn a_cut_network_is_a_degraded_mode_and_the_events_of_the_cut_arrive_once() {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], tansu::free_port()));
+    let proxy = TcpProxy::start(listen).await;
+    proxy.spare(DIRECT);
+    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
+    let producer = Producer::new(&tansu.bootstrap());
+    producer
+        .send_json(
+            NEWS_EVENTS,
+            Some("globalnews"),
+            &fixture("news.service.event.updated.json"),
+        )
+        .await;
+    let app = gateway(&tansu.bootstrap(), "bff-cut").await;
+    let c = TestClient::connect(&app, Some("cut-user")).await;
+    c.emit("userLocationUpdate", location("Surat")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    producer
+        .send_json(
+            NEWS_EVENTS,
+            Some("globalnews"),
+            &fixture("news.service.event.updated.json"),
+        )
+        .await;
+    assert!(
+        c.wait_nth(EV_NEWS, 1, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "live before the cut"
+    );
+
+    // Act: cut every connection of the gateway; produce while cut.
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.readyz().await != 503 {
+        assert!(Instant::now() < deadline, "/readyz never went 503");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..5 {
+        let mut tick = fixture("crypto.ticker.event.updated.json");
+        tick["ts"] = json!(i);
+        producer
+            .send_json(TICKER_EVENTS, Some("BTC-USD"), &tick)
+            .await;
+    }
+    // Hydration still works from the cache while Kafka is away.
+    c.clear();
+    c.emit_empty(REQ_NEWS).await;
+    assert_eq!(c.wait_for(EV_NEWS).await["status"], "success");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.readyz().await != 200 {
+        assert!(Instant::now() < deadline, "/readyz never came back to 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..5 {
+        let tick = c
+            .wait_nth(EV_TICKER, i + 1, Duration::from_secs(10))
+            .await
+            .expect("tick of the cut");
+        assert_eq!(tick["data"]["ts"], json!(i));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.count(EV_TICKER), 5, "each event of the cut exactly once");
+    // The socket stayed connected all along: it still gets replies.
+    c.emit_empty(REQ_TOPCOINS).await;
+    assert!(c.wait_nth(EV_TOPCOINS, 1, WAIT).await.is_some());
+}
+
+#[test]
+fn start_up_with_no_reachable_broker_exits_1_within_the_deadline() {
+    let dead = format!("127.0.0.1:{}", tansu::free_port());
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_flux-bff"))
+        .env_clear()
+        .env("FLUX_HTTP__HOST", "127.0.0.1")
+        .env("FLUX_HTTP__PORT", tansu::free_port().to_string())
+        .env("KAFKA_BROKER_ADDRESS", &dead)
+        .env("FLUX_VALKEY__ENABLED", "false")
+        .env("FLUX_LIFECYCLE__STARTUP_DEADLINE", "3s")
+        .env("FLUX_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Kafka unreachable") && err.contains(&dead),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[tokio::test]
+async fn flux_sim_plays_the_domain_services_over_kafka() {
+    let tansu = Tansu::start().await;
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_flux-sim"))
+        .env_clear()
+        .env(
+            "FLUX_KAFKA__BROKERS",
+            format!("[\"{}\"]", tansu.bootstrap()),
+        )
+        .env("FLUX_KAFKA__FETCH_MAX_WAIT", "100ms")
+        .env("FLUX_SIM__TICKER_INTERVAL", "200ms")
+        .env("FLUX_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let app = gateway(&tansu.bootstrap(), "bff-sim").await;
+    let c = TestClient::connect(&app, Some("sim-user")).await;
+    c.emit("userLocationUpdate", location("Jaipur")).await;
+    let tick = c
+        .wait_nth(EV_TICKER, 1, Duration::from_secs(15))
+        .await
+        .expect("a simulated tick");
+    assert_eq!(tick["data"]["data"]["type"], "ticker");
+    // The weather command goes through Kafka to the simulator and its answer comes back.
+    let weather = c
+        .wait_nth("weather.Jaipur.update", 1, Duration::from_secs(15))
+        .await
+        .expect("simulated weather");
+    assert_eq!(weather["data"]["city"], "Jaipur");
+    Command::new("kill")
+        .args(["-TERM", &sim.id().to_string()])
+        .status()
+        .unwrap();
+    let status = sim.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

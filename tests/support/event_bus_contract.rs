@@ -1,0 +1,115 @@
+//! The behaviour every event bus adapter shares, written once over the two ports and run
+//! against each implementation (the in-memory bus and Kafka), so the fake cannot drift from
+//! the real thing. The caller creates `topic` with 3 partitions.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use flux_bff::adapters::partitioner::murmur2_partition;
+use flux_bff::ports::{Command, CommandSink, EventSource, Positions, Record, RecordStream};
+use futures::StreamExt;
+
+async fn next_records(stream: &mut RecordStream, n: usize) -> Vec<Record> {
+    let mut records = Vec::new();
+    while records.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(record))) => records.push(record),
+            other => panic!("record {} of {n}: got {other:?}", records.len() + 1),
+        }
+    }
+    records
+}
+
+async fn quiet(stream: &mut RecordStream) {
+    if let Ok(item) = tokio::time::timeout(Duration::from_millis(400), stream.next()).await {
+        panic!("expected nothing more, got {item:?}");
+    }
+}
+
+async fn send(sink: &dyn CommandSink, topic: &str, names: &[&str]) {
+    for name in names {
+        let command = Command::new(topic, Some((*name).to_owned()), format!("v-{name}"));
+        sink.send(command).await.expect("send");
+    }
+}
+
+fn values(records: &[Record]) -> Vec<String> {
+    let mut values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    values.sort();
+    values
+}
+
+pub async fn event_bus_contract(source: &dyn EventSource, sink: &dyn CommandSink, topic: &str) {
+    send(sink, topic, &["before-1", "before-2"]).await;
+
+    // Starts at the log end; keyed records in their murmur2 partition, in offset order.
+    let start = source
+        .latest_positions(&[topic])
+        .await
+        .expect("latest positions");
+    assert_eq!(start.iter().count(), 3, "every partition: {start:?}");
+    let mut stream = source.subscribe(&[topic], &start).await.expect("subscribe");
+    let names = ["a", "b", "c", "d", "e", "f"];
+    send(sink, topic, &names).await;
+    let got = next_records(&mut stream, names.len()).await;
+    assert_eq!(values(&got), ["v-a", "v-b", "v-c", "v-d", "v-e", "v-f"]);
+    for record in &got {
+        let key = record.key.as_deref().expect("keyed");
+        assert_eq!(record.partition, murmur2_partition(key, 3), "{record:?}");
+        assert_eq!(
+            record.value.as_deref(),
+            Some([b"v-", key].concat().as_slice())
+        );
+    }
+    for partition in 0..3 {
+        let offsets: Vec<i64> = got
+            .iter()
+            .filter(|r| r.partition == partition)
+            .map(|r| r.offset)
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    }
+    quiet(&mut stream).await;
+
+    // Resuming from the handled positions: what came later, nothing twice.
+    let mut positions = start.clone();
+    for record in &got[..3] {
+        positions.advance(record);
+    }
+    drop(stream);
+    send(sink, topic, &["g", "h"]).await;
+    let mut stream = source
+        .subscribe(&[topic], &positions)
+        .await
+        .expect("resume");
+    // Per partition, records arrive in offset order: the unhandled ones are those at or
+    // past their partition's position.
+    let unhandled: Vec<Record> = got
+        .iter()
+        .filter(|r| {
+            positions
+                .get(&r.topic, r.partition)
+                .is_none_or(|next| r.offset >= next)
+        })
+        .cloned()
+        .collect();
+    let mut expected_values = values(&unhandled);
+    expected_values.extend(["v-g".to_owned(), "v-h".to_owned()]);
+    expected_values.sort();
+    let resumed = next_records(&mut stream, expected_values.len()).await;
+    assert_eq!(values(&resumed), expected_values);
+    quiet(&mut stream).await;
+
+    // A fresh subscription without positions sees only what comes after it.
+    let mut fresh = source
+        .subscribe(&[topic], &Positions::default())
+        .await
+        .expect("fresh");
+    send(sink, topic, &["i"]).await;
+    assert_eq!(values(&next_records(&mut fresh, 1).await), ["v-i"]);
+    quiet(&mut fresh).await;
+}

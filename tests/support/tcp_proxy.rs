@@ -1,0 +1,151 @@
+//! A loopback TCP proxy a test controls, to inject network faults between a client and a
+//! server: `cut()` drops every connection and refuses new ones, `restore()` lets them through.
+//!
+//! Kafka clients connect to the address the broker advertises, so the broker advertises the
+//! proxy and every client goes through it. To still reach the broker while cut (to produce
+//! "during the outage"), connections of a spared Kafka `client_id` survive cuts: the proxy reads
+//! the client id from the header of the first request of each connection.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinHandle};
+
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+struct Shared {
+    upstream: Mutex<SocketAddr>,
+    cut: AtomicBool,
+    spared: Mutex<Vec<String>>,
+    // std Mutex: never held across an .await
+    connections: Mutex<Vec<(Option<String>, AbortHandle)>>,
+}
+
+impl Shared {
+    fn is_spared(&self, client_id: Option<&str>) -> bool {
+        client_id.is_some_and(|id| self.spared.lock().unwrap().iter().any(|s| s == id))
+    }
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port; `upstream` may be set later with [`Self::set_upstream`].
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            upstream: Mutex::new(upstream),
+            cut: AtomicBool::new(false),
+            spared: Mutex::default(),
+            connections: Mutex::default(),
+        });
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        Self {
+            addr,
+            shared,
+            accept,
+        }
+    }
+
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.shared.upstream.lock().unwrap() = upstream;
+    }
+
+    /// Connections whose Kafka client id is `client_id` are never cut.
+    pub fn spare(&self, client_id: &str) {
+        self.shared
+            .spared
+            .lock()
+            .unwrap()
+            .push(client_id.to_owned());
+    }
+
+    /// Drops every (non-spared) connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.shared.cut.store(true, Ordering::SeqCst);
+        let mut connections = self.shared.connections.lock().unwrap();
+        connections.retain(|(client_id, task)| {
+            if self.shared.is_spared(client_id.as_deref()) {
+                true
+            } else {
+                task.abort();
+                false
+            }
+        });
+    }
+
+    pub fn restore(&self) {
+        self.shared.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for (_, task) in self.shared.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while let Ok((client, _)) = listener.accept().await {
+        let shared_for_task = Arc::clone(&shared);
+        let (id_tx, id_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = serve(client, shared_for_task, id_tx).await;
+        });
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            // Register the connection once its client id is known, so that `cut` can sort it.
+            if let Ok(client_id) = id_rx.await {
+                if shared.cut.load(Ordering::SeqCst) && !shared.is_spared(client_id.as_deref()) {
+                    task.abort(); // cut while this one was connecting
+                    return;
+                }
+                let mut connections = shared.connections.lock().unwrap();
+                connections.retain(|(_, t)| !t.is_finished());
+                connections.push((client_id, task.abort_handle()));
+            }
+        });
+    }
+}
+
+async fn serve(
+    mut client: TcpStream,
+    shared: Arc<Shared>,
+    id_tx: tokio::sync::oneshot::Sender<Option<String>>,
+) -> std::io::Result<()> {
+    // The first Kafka request: length prefix, then api key, version, correlation id, client id.
+    let mut len = [0u8; 4];
+    client.read_exact(&mut len).await?;
+    let size = usize::try_from(i32::from_be_bytes(len).max(0)).unwrap_or(0);
+    let mut frame = vec![0u8; size];
+    client.read_exact(&mut frame).await?;
+    let client_id = parse_client_id(&frame);
+    if shared.cut.load(Ordering::SeqCst) && !shared.is_spared(client_id.as_deref()) {
+        return Ok(()); // refused: dropping the socket closes it
+    }
+    let upstream = *shared.upstream.lock().unwrap();
+    let mut server = TcpStream::connect(upstream).await?;
+    let _ = id_tx.send(client_id);
+    server.write_all(&len).await?;
+    server.write_all(&frame).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    Ok(())
+}
+
+fn parse_client_id(frame: &[u8]) -> Option<String> {
+    let len = i16::from_be_bytes(frame.get(8..10)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let bytes = frame.get(10..10 + len)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
