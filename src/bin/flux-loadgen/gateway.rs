@@ -122,6 +122,9 @@ pub async fn http_status(
     Ok(status)
 }
 
+/// Longest wait for one HTTP answer from the gateway.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A keep-alive HTTP/1.1 client for small requests (`Content-Length` responses only).
 pub struct HttpClient {
     addr: SocketAddr,
@@ -143,8 +146,9 @@ impl HttpClient {
     }
 
     async fn reconnect(&mut self) -> anyhow::Result<()> {
-        let io = TcpStream::connect(self.addr)
+        let io = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(self.addr))
             .await
+            .map_err(|_| anyhow::anyhow!("connecting to {} timed out", self.addr))?
             .with_context(|| format!("cannot reach the gateway at {}", self.addr))?;
         io.set_nodelay(true)?;
         self.io = Some(io);
@@ -152,18 +156,30 @@ impl HttpClient {
     }
 
     /// Sends one request and returns (status, body). Reconnects once if the kept-alive
-    /// connection was closed by the server.
+    /// connection was closed by the server. Each attempt is bounded by `REQUEST_TIMEOUT`.
     pub async fn request(
         &mut self,
         method: &str,
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        match self.try_request(method, path, body).await {
-            Ok(r) => Ok(r),
-            Err(_) => {
+        let first =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.try_request(method, path, body)).await;
+        match first {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => {
                 self.reconnect().await?;
-                self.try_request(method, path, body).await
+                tokio::time::timeout(REQUEST_TIMEOUT, self.try_request(method, path, body))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "{method} {path}: no answer from the gateway within {REQUEST_TIMEOUT:?}"
+                        )
+                    })?
+            }
+            Err(_) => {
+                self.io = None;
+                bail!("{method} {path}: no answer from the gateway within {REQUEST_TIMEOUT:?}")
             }
         }
     }

@@ -1,0 +1,72 @@
+//! End to end: `flux-loadgen` spawns the real `flux-bff` in embedded benchmark mode and
+//! drives a small fanout, connect and idle run through it (the figures are not asserted,
+//! only that the instrument works: every delivery arrives and is counted).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run_loadgen(args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!("flux-loadgen-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("result.jsonl");
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_flux-bff"));
+    let out = Command::new(env!("CARGO_BIN_EXE_flux-loadgen"))
+        .arg("--spawn")
+        .arg(&gateway)
+        .arg("--json")
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("flux-loadgen starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "flux-loadgen {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let line = std::fs::read_to_string(&json).expect("the JSON line was written");
+    let _ = std::fs::remove_dir_all(&dir);
+    serde_json::from_str(line.trim()).expect("one JSON line")
+}
+
+#[test]
+fn fanout_counts_every_delivery_of_a_small_run() {
+    let r = run_loadgen(&[
+        "fanout",
+        "--clients",
+        "20",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(r["scenario"], "fanout");
+    assert_eq!(r["clients_ready"], 20);
+    assert_eq!(r["joins_unconfirmed"], 0, "{r}");
+    assert_eq!(r["events_injected"], 100);
+    assert_eq!(r["expected_deliveries"], 2000);
+    assert_eq!(r["received_deliveries"], 2000, "{r}");
+    assert_eq!(r["missing_deliveries"], 0);
+    assert_eq!(r["frame_bytes"], 520);
+    assert_eq!(r["latency"]["count"], 2000);
+    assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["gw_rss_mb_max"].as_f64().unwrap() > 1.0,
+        "gateway sampled: {r}"
+    );
+}
+
+#[test]
+fn connect_and_idle_report_handshakes_and_memory() {
+    let r = run_loadgen(&["connect", "--clients", "30", "--concurrency", "10"]);
+    assert_eq!(r["connected"], 30, "{r}");
+    assert_eq!(r["hydrated"], 30, "{r}");
+    assert_eq!(r["session_init"]["count"], 30);
+    let r = run_loadgen(&["idle", "--clients", "40", "--step", "20", "--settle", "0.2"]);
+    assert_eq!(r["connected"], 40, "{r}");
+    assert_eq!(r["steps"].as_array().map(Vec::len), Some(3));
+    assert!(r["gw_rss_mb_idle"].as_f64().unwrap() > 1.0);
+}
