@@ -68,6 +68,17 @@ impl Gateway {
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe. It makes the kernel kill the gateway if this tool dies
+        // in any way (even SIGKILL), so no benchmark gateway is ever left behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().with_context(|| {
             format!(
                 "cannot start the gateway {} (build it with `cargo build --release`)",

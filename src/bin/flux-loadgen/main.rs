@@ -60,7 +60,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    // SIGINT/SIGTERM end the run early; dropping it stops a spawned gateway.
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(cli) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (SIGINT)")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated (SIGTERM)")),
+        }
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flux-loadgen: {e:#}");
