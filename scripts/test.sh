@@ -52,4 +52,7 @@ cargo test --all-targets --locked 2>&1
 step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
 bash scripts/node-tests.sh
 
+step "benchmark smoke run (flux-loadgen; figures printed, not asserted)"
+BENCH_SMOKE_PROFILE=dev bash scripts/bench-smoke.sh
+
 step "all checks passed in ${SECONDS}s"
