@@ -1,5 +1,6 @@
-//! The gateway under test: spawned in embedded benchmark mode or attached by pid, and a tiny
-//! keep-alive HTTP/1.1 client for its health check and its `POST /admin/publish` hook.
+//! The gateway under test: spawned in embedded benchmark mode (or in Kafka mode against a
+//! given broker) or attached by pid, and a tiny keep-alive HTTP/1.1 client for its health
+//! check and its `POST /admin/publish` hook.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,8 +16,12 @@ use tokio::process::{Child, Command};
 pub struct Gateway {
     pub addr: SocketAddr,
     pub pid: Option<u32>,
+    /// Kafka mode: the bootstrap address events are produced to (instead of the admin hook).
+    pub kafka: Option<String>,
     /// Present when this tool spawned the gateway; killed on drop.
     child: Option<Child>,
+    /// A broker this tool started for the run; stopped after the gateway.
+    tansu: Option<crate::kafka::TansuProcess>,
 }
 
 impl Gateway {
@@ -25,15 +30,32 @@ impl Gateway {
         Self {
             addr,
             pid,
+            kafka: None,
             child: None,
+            tansu: None,
         }
     }
 
+    /// Events go to `bootstrap` through Kafka; `tansu` (if this tool started it) lives as
+    /// long as the gateway.
+    pub fn with_kafka(
+        mut self,
+        bootstrap: String,
+        tansu: Option<crate::kafka::TansuProcess>,
+    ) -> Self {
+        self.kafka = Some(bootstrap);
+        self.tansu = tansu;
+        self
+    }
+
     /// Spawns `binary` in embedded mode on a free loopback port with the admin publish hook
-    /// on and the simulator off, then waits for `/healthz`. `extra_env` (KEY=VALUE) is
-    /// applied last. The gateway's own output goes to `log` (or is discarded).
+    /// on and the simulator off, then waits for `/healthz`. With `kafka` (a bootstrap
+    /// address) it runs in Kafka mode instead (Valkey off, in-process cache) and the wait is
+    /// for `/readyz` (consumers subscribed). `extra_env` (KEY=VALUE) is applied last. The
+    /// gateway's own output goes to `log` (or is discarded).
     pub async fn spawn(
         binary: &Path,
+        kafka: Option<&str>,
         extra_env: &[String],
         log: Option<&Path>,
     ) -> anyhow::Result<Self> {
@@ -52,6 +74,10 @@ impl Gateway {
             )
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(bootstrap) = kafka {
+            cmd.env("FLUX_KAFKA__BROKERS", format!("[\"{bootstrap}\"]"))
+                .env("FLUX_VALKEY__ENABLED", "false");
+        }
         for kv in extra_env {
             let Some((k, v)) = kv.split_once('=') else {
                 bail!("--gateway-env expects KEY=VALUE, got {kv:?}");
@@ -68,17 +94,7 @@ impl Gateway {
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
-        // which is async-signal-safe. It makes the kernel kill the gateway if this tool dies
-        // in any way (even SIGKILL), so no benchmark gateway is ever left behind.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().with_context(|| {
             format!(
                 "cannot start the gateway {} (build it with `cargo build --release`)",
@@ -87,25 +103,39 @@ impl Gateway {
         })?;
         let pid = child.id();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Kafka mode: ready means the consumers are subscribed (at the latest offsets), so
+        // nothing produced after this point is missed.
+        let probe = if kafka.is_some() {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "the gateway exited during start-up with {status}; rerun with --gateway-log FILE to see why"
                 );
             }
-            if let Ok(200) = http_status(addr, "GET", "/healthz", b"").await {
+            if let Ok(200) = http_status(addr, "GET", probe, b"").await {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("the gateway did not answer /healthz on {addr} within 30 s");
+                bail!("the gateway did not answer {probe} with 200 on {addr} within 30 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(Self {
             addr,
             pid,
+            kafka: kafka.map(str::to_owned),
             child: Some(child),
+            tansu: None,
         })
+    }
+
+    /// The pid of the broker this tool started, if any.
+    pub fn broker_pid(&self) -> Option<u32> {
+        self.tansu.as_ref().and_then(|t| t.pid)
     }
 
     /// Stops a spawned gateway (SIGKILL; its shutdown path is not what is measured here).
@@ -113,10 +143,26 @@ impl Gateway {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill().await;
         }
+        // The broker (if ours) goes when `self` is dropped, after the gateway.
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// Makes the kernel kill `cmd`'s process when this tool dies in any way (even SIGKILL), so
+/// no benchmark gateway or broker is ever left behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }

@@ -1,10 +1,13 @@
 //! `flux-loadgen`: the load generator and measuring instrument for flux-bff (issue 5).
 //! Speaks just enough Engine.IO 4 / Socket.IO 5 over a lean WebSocket client to drive many
-//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`. See BENCHMARKS.md.
+//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`; events injected
+//! through the embedded bus's admin hook or produced to Kafka (`--kafka`, `--spawn-tansu`).
+//! See BENCHMARKS.md.
 
 mod client;
 mod eio;
 mod gateway;
+mod kafka;
 mod procfs;
 mod scenario;
 mod stats;
@@ -18,7 +21,8 @@ use scenario::fanout::{FanoutArgs, SlowArgs};
 use scenario::idle::IdleArgs;
 
 /// Load generator for flux-bff: Socket.IO clients on loopback, events injected through the
-/// embedded bus's admin hook, latency/throughput/CPU/RSS printed as a table and a JSON line.
+/// embedded bus's admin hook (or produced to Kafka with --kafka / --spawn-tansu),
+/// latency/throughput/CPU/RSS printed as a table and a JSON line.
 #[derive(Debug, Parser)]
 #[command(name = "flux-loadgen", version)]
 struct Cli {
@@ -132,7 +136,36 @@ mod tests {
             matches!(cli.scenario, Scenario::Fanout(ref a) if a.clients == 200 && a.rate == 2000.0)
         );
         assert!(cli.common.spawn.is_some());
+        assert_eq!(cli.common.injection(), "admin-publish");
         let cli = Cli::try_parse_from(["flux-loadgen", "slow", "--slow-share", "0.2"]).unwrap();
         assert!(matches!(cli.scenario, Scenario::Slow(ref a) if a.slow_share == 0.2));
+        let cli = Cli::try_parse_from([
+            "flux-loadgen",
+            "--kafka",
+            "127.0.0.1:9092",
+            "fanout",
+            "--fetch-max-wait",
+            "100ms",
+            "--gateway-env",
+            "FLUX_KAFKA__FETCH_MAX_WAIT=20ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.injection(), "kafka");
+        assert_eq!(cli.common.gateway_fetch_max_wait().as_deref(), Some("20ms"));
+        let cli = Cli::try_parse_from([
+            "flux-loadgen",
+            "--spawn-tansu",
+            "--fetch-max-wait",
+            "5ms",
+            "slow",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.injection(), "kafka");
+        assert_eq!(cli.common.gateway_fetch_max_wait().as_deref(), Some("5ms"));
+        assert!(
+            Cli::try_parse_from(["flux-loadgen", "--kafka", "a:1", "--spawn-tansu", "fanout"])
+                .is_err(),
+            "a given broker and a spawned one exclude each other"
+        );
     }
 }

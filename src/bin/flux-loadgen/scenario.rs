@@ -1,5 +1,6 @@
-//! What every scenario shares: the gateway target, payload templates, connecting many
-//! clients with bounded concurrency, the once-a-second /proc sampler and the JSON line.
+//! What every scenario shares: the gateway target (and the Kafka broker, if any), payload
+//! templates, connecting many clients with bounded concurrency, the once-a-second /proc
+//! sampler and the JSON line.
 
 pub mod connect;
 pub mod fanout;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientError, SioClient};
 use crate::gateway::{Gateway, Publisher};
+use crate::kafka::{KafkaInjector, TansuProcess};
 use crate::procfs::{CpuMeter, ProcSample};
 
 pub const TICKER_TOPIC: &str = "crypto.ticker.event.updated";
@@ -61,24 +63,91 @@ pub struct Common {
     /// Append the result as one JSON line to this file.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
+    /// Kafka mode: produce the events to this bootstrap broker (`host:port`) instead of
+    /// `POST /admin/publish`; with --spawn, the gateway runs in Kafka mode against it.
+    #[arg(long, global = true, conflicts_with = "spawn_tansu")]
+    pub kafka: Option<String>,
+    /// Kafka mode against a tansu broker (in-memory storage) started on a free loopback
+    /// port for the run and stopped at the end.
+    #[arg(long = "spawn-tansu", global = true)]
+    pub spawn_tansu: bool,
+    /// The tansu binary for --spawn-tansu (default: `tansu` on PATH, else ~/.cargo/bin).
+    #[arg(long = "tansu-bin", global = true)]
+    pub tansu_bin: Option<PathBuf>,
+    /// Write the spawned tansu's stdout/stderr here.
+    #[arg(long = "tansu-log", global = true)]
+    pub tansu_log: Option<PathBuf>,
+    /// Kafka mode: the spawned gateway's `FLUX_KAFKA__FETCH_MAX_WAIT` (e.g. `20ms`), the
+    /// fetch long-poll that dominates delivery latency on tansu. Default: the gateway's.
+    #[arg(long = "fetch-max-wait", global = true)]
+    pub fetch_max_wait: Option<String>,
+}
+
+impl Common {
+    /// How events reach the gateway: `kafka` or `admin-publish`.
+    pub fn injection(&self) -> &'static str {
+        if self.kafka.is_some() || self.spawn_tansu {
+            "kafka"
+        } else {
+            "admin-publish"
+        }
+    }
+
+    /// The fetch max wait the spawned gateway runs with, when this tool sets it.
+    pub fn gateway_fetch_max_wait(&self) -> Option<String> {
+        let from_env = self.gateway_env.iter().rev().find_map(|kv| {
+            kv.strip_prefix("FLUX_KAFKA__FETCH_MAX_WAIT=")
+                .map(str::to_owned)
+        });
+        from_env.or_else(|| self.fetch_max_wait.clone())
+    }
 }
 
 /// The gateway resolved from the options.
 pub async fn target(common: &Common) -> anyhow::Result<Gateway> {
-    match &common.spawn {
+    let tansu = if common.spawn_tansu {
+        let t =
+            TansuProcess::spawn(common.tansu_bin.as_deref(), common.tansu_log.as_deref()).await?;
+        eprintln!(
+            "flux-loadgen: spawned tansu (pid {}) on {}",
+            t.pid.unwrap_or(0),
+            t.bootstrap
+        );
+        Some(t)
+    } else {
+        None
+    };
+    let kafka = tansu
+        .as_ref()
+        .map(|t| t.bootstrap.clone())
+        .or_else(|| common.kafka.clone());
+    let gw = match &common.spawn {
         Some(bin) => {
+            let mut env = Vec::new();
+            if let Some(wait) = &common.fetch_max_wait {
+                env.push(format!("FLUX_KAFKA__FETCH_MAX_WAIT={wait}"));
+            }
+            env.extend(common.gateway_env.iter().cloned());
             let gw =
-                Gateway::spawn(bin, &common.gateway_env, common.gateway_log.as_deref()).await?;
+                Gateway::spawn(bin, kafka.as_deref(), &env, common.gateway_log.as_deref()).await?;
             eprintln!(
-                "flux-loadgen: spawned {} (pid {}) on {}",
+                "flux-loadgen: spawned {} (pid {}) on {}{}",
                 bin.display(),
                 gw.pid.unwrap_or(0),
-                gw.addr
+                gw.addr,
+                match &kafka {
+                    Some(k) => format!(" in Kafka mode against {k}"),
+                    None => String::new(),
+                }
             );
-            Ok(gw)
+            gw
         }
-        None => Ok(Gateway::attach(common.addr, common.pid)),
-    }
+        None => Gateway::attach(common.addr, common.pid),
+    };
+    Ok(match kafka {
+        Some(k) => gw.with_kafka(k, tansu),
+        None => gw,
+    })
 }
 
 fn fixture(text: &str) -> Value {
@@ -145,11 +214,16 @@ impl TickerTemplate {
 
     /// Appends one record line (with a trailing newline) for product `index`.
     pub fn push_line(&self, out: &mut Vec<u8>, index: usize, lg_ts_us: u64) {
+        self.push_value(out, index, lg_ts_us);
+        out.push(b'\n');
+    }
+
+    /// Appends one record value (no newline) for product `index`.
+    pub fn push_value(&self, out: &mut Vec<u8>, index: usize, lg_ts_us: u64) {
         use std::io::Write;
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{{\"lg_ts\":{lg_ts_us}");
         out.extend_from_slice(self.tails[index % self.tails.len()].as_bytes());
-        out.push(b'\n');
     }
 
     pub fn products(&self) -> usize {
@@ -166,8 +240,28 @@ impl TickerTemplate {
     }
 }
 
-/// Publishes the cached snapshots hydration sends back (news, top coins).
-pub async fn seed_snapshots(addr: SocketAddr) -> anyhow::Result<()> {
+/// Publishes the cached snapshots hydration sends back (news, top coins): through the admin
+/// hook, or in Kafka mode (`kafka` = bootstrap) through Kafka, returning the producer then.
+pub async fn seed_snapshots(
+    addr: SocketAddr,
+    kafka: Option<&str>,
+) -> anyhow::Result<Option<KafkaInjector>> {
+    if let Some(bootstrap) = kafka {
+        let topics = [TICKER_TOPIC, TOPCOINS_TOPIC, NEWS_TOPIC];
+        let mut k = KafkaInjector::connect(bootstrap, &topics, Duration::from_secs(30)).await?;
+        k.produce(TOPCOINS_TOPIC, vec![(None, topcoins_value().into_bytes())])
+            .await
+            .context("seeding the top-coins snapshot")?;
+        k.produce(
+            NEWS_TOPIC,
+            vec![(Some("globalnews".into()), news_value().into_bytes())],
+        )
+        .await
+        .context("seeding the news snapshot")?;
+        // The consumers see them after up to one fetch max wait (tansu holds every fetch).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        return Ok(Some(k));
+    }
     let mut p = Publisher::connect(addr).await?;
     p.publish_one(TOPCOINS_TOPIC, None, topcoins_value().as_bytes())
         .await
@@ -177,7 +271,7 @@ pub async fn seed_snapshots(addr: SocketAddr) -> anyhow::Result<()> {
         .context("seeding the news snapshot")?;
     // Let the consumers write the cache before clients ask for it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok(())
+    Ok(None)
 }
 
 /// Connects client `index` and sends `userLocationUpdate`; with `await_join` it also waits

@@ -47,7 +47,7 @@ pub struct ConnectReport {
 
 pub async fn run(common: &Common, args: &ConnectArgs) -> anyhow::Result<ConnectReport> {
     let gw = super::target(common).await?;
-    let r = run_against(common, args, gw.addr, gw.pid).await;
+    let r = run_against(common, args, gw.addr, gw.pid, gw.kafka.as_deref()).await;
     gw.stop().await;
     r
 }
@@ -57,8 +57,9 @@ async fn run_against(
     args: &ConnectArgs,
     addr: std::net::SocketAddr,
     pid: Option<u32>,
+    kafka: Option<&str>,
 ) -> anyhow::Result<ConnectReport> {
-    super::seed_snapshots(addr).await?;
+    super::seed_snapshots(addr, kafka).await?;
     let init_h = Arc::new(DurationHistogram::default());
     let hyd_h = Arc::new(DurationHistogram::default());
     let limit = Arc::new(Semaphore::new(args.concurrency.max(1)));

@@ -1,6 +1,6 @@
 //! `fanout` and `slow`: N clients in `crypto.global`, M ticker events/s injected through the
-//! admin publish hook, latency = receive time − `lg_ts`. In `slow`, a share of the clients
-//! stop reading after joining (their TCP connections stay open).
+//! admin publish hook or produced to Kafka, latency = receive time − `lg_ts`. In `slow`, a
+//! share of the clients stop reading after joining (their TCP connections stay open).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Common, ErrorCounts, Sampler, TICKER_TOPIC, TickerTemplate, TimelineRow};
 use crate::eio::{Packet, TimestampScanner};
 use crate::gateway::Publisher;
-use crate::stats::{DeliveryStats, LatencySummary, unix_micros};
+use crate::kafka::KafkaInjector;
+use crate::stats::{DeliveryStats, DurationHistogram, LatencySummary, unix_micros};
 
 /// Parameters of `fanout` / `slow`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -32,7 +33,8 @@ pub struct FanoutArgs {
     /// After injection, wait at most this long (s) for the remaining deliveries.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
-    /// Injection tick, ms: one ndjson POST per tick carries every event due.
+    /// Injection tick, ms: one ndjson POST (in Kafka mode: one produce request per
+    /// partition) per tick carries every event due.
     #[arg(long = "tick-ms", default_value_t = 10)]
     pub tick_ms: u64,
     /// Distinct ticker products (product_id rotates per event).
@@ -74,12 +76,20 @@ struct InjectOutcome {
     events: u64,
     requests: u64,
     elapsed_s: f64,
+    /// Duration of each tick's injection (the POST, or every produce request of the tick).
+    tick_request: LatencySummary,
+    /// CPU of the broker this tool started, % of one core, over the injection.
+    broker_cpu_pct: Option<f64>,
 }
 
 /// The result line of a fanout / slow run.
 #[derive(Debug, Serialize)]
 pub struct FanoutReport {
     pub scenario: &'static str,
+    /// `admin-publish` (embedded bus) or `kafka`.
+    pub injection: &'static str,
+    /// Kafka mode: the spawned gateway's `FLUX_KAFKA__FETCH_MAX_WAIT`, when set by this tool.
+    pub kafka_fetch_max_wait: Option<String>,
     pub params: FanoutArgs,
     pub slow_share: f64,
     pub clients_ready: u64,
@@ -90,6 +100,11 @@ pub struct FanoutReport {
     pub frame_bytes: usize,
     pub events_injected: u64,
     pub inject_elapsed_s: f64,
+    /// How long each tick's injection took until acknowledged (admin POST answered, or
+    /// Kafka produce acknowledged): the part of the latency before the gateway's consumer.
+    pub inject_request: LatencySummary,
+    /// Kafka mode with --spawn-tansu: the broker's CPU, % of one core, during injection.
+    pub broker_cpu_pct_avg: Option<f64>,
     pub offered_deliveries_per_s: f64,
     pub expected_deliveries: u64,
     pub received_deliveries: u64,
@@ -118,9 +133,16 @@ pub async fn run(
         bail!("--clients, --rate and --duration must be positive");
     }
     let gw = super::target(common).await?;
-    let result = run_against(common, args, slow_share, name, gw.addr, gw.pid).await;
+    let result = run_against(common, args, slow_share, name, &gw).await;
     gw.stop().await;
-    result
+    let mut report = result?;
+    report.injection = common.injection();
+    report.kafka_fetch_max_wait = if report.injection == "kafka" {
+        common.gateway_fetch_max_wait()
+    } else {
+        None
+    };
+    Ok(report)
 }
 
 async fn run_against(
@@ -128,11 +150,11 @@ async fn run_against(
     args: &FanoutArgs,
     slow_share: f64,
     name: &'static str,
-    addr: std::net::SocketAddr,
-    pid: Option<u32>,
+    gw: &crate::gateway::Gateway,
 ) -> anyhow::Result<FanoutReport> {
+    let (addr, pid) = (gw.addr, gw.pid);
     // Seed a snapshot so every join is confirmed by its hydration reply.
-    super::seed_snapshots(addr).await?;
+    let kafka = super::seed_snapshots(addr, gw.kafka.as_deref()).await?;
     let slow_every = if slow_share > 0.0 {
         (1.0 / slow_share.min(1.0)).round().max(1.0) as usize
     } else {
@@ -253,7 +275,7 @@ async fn run_against(
     ));
     let _ = stats_tx.send(Some(stats.clone()));
     let sampler = Sampler::start(pid, max_secs + 2);
-    let inject = inject(addr, args).await;
+    let inject = inject(addr, kafka, gw.broker_pid(), args).await;
     let inject = match inject {
         Ok(o) => o,
         Err(e) => {
@@ -292,11 +314,28 @@ async fn run_against(
     ))
 }
 
-/// Injects `rate` events/s for `duration` s, one ndjson POST per tick.
-async fn inject(addr: std::net::SocketAddr, args: &FanoutArgs) -> anyhow::Result<InjectOutcome> {
+/// Where the events go: the admin hook, or a Kafka producer.
+enum Injector {
+    Admin(Publisher),
+    Kafka(KafkaInjector),
+}
+
+/// Injects `rate` events/s for `duration` s, one ndjson POST per tick (in Kafka mode, one
+/// produce request per partition per tick, each record keyed by its product id).
+async fn inject(
+    addr: std::net::SocketAddr,
+    kafka: Option<KafkaInjector>,
+    broker_pid: Option<u32>,
+    args: &FanoutArgs,
+) -> anyhow::Result<InjectOutcome> {
+    let mut broker_cpu = broker_pid.map(|p| crate::procfs::CpuMeter::new(Some(p)));
+    let tick_request = DurationHistogram::default();
     let products = super::products(args.products);
     let template = TickerTemplate::new(&products, args.pad);
-    let mut publisher = Publisher::connect(addr).await?;
+    let mut injector = match kafka {
+        Some(k) => Injector::Kafka(k),
+        None => Injector::Admin(Publisher::connect(addr).await?),
+    };
     let total = (args.rate * args.duration).round() as u64;
     let started = Instant::now();
     let hard_stop = started + Duration::from_secs_f64(args.duration * 3.0 + 10.0);
@@ -317,18 +356,40 @@ async fn inject(addr: std::net::SocketAddr, args: &FanoutArgs) -> anyhow::Result
         if due <= out.events {
             continue;
         }
-        body.clear();
         let ts = unix_micros();
-        let first = out.events as usize;
-        for k in out.events..due {
-            template.push_line(&mut body, k as usize, ts);
+        let sent = Instant::now();
+        match &mut injector {
+            Injector::Admin(publisher) => {
+                body.clear();
+                let first = out.events as usize;
+                for k in out.events..due {
+                    template.push_line(&mut body, k as usize, ts);
+                }
+                let key = &products[first % template.products()];
+                publisher.publish_ndjson(TICKER_TOPIC, key, &body).await?;
+                out.requests += 1;
+            }
+            Injector::Kafka(producer) => {
+                let records = (out.events..due)
+                    .map(|k| {
+                        let mut value = Vec::with_capacity(512);
+                        template.push_value(&mut value, k as usize, ts);
+                        let key = products[k as usize % template.products()].clone();
+                        (Some(key), value)
+                    })
+                    .collect();
+                out.requests += producer.produce(TICKER_TOPIC, records).await?;
+            }
         }
-        let key = &products[first % template.products()];
-        publisher.publish_ndjson(TICKER_TOPIC, key, &body).await?;
-        out.requests += 1;
+        tick_request.record_us(sent.elapsed().as_micros() as u64);
         out.events = due;
     }
     out.elapsed_s = started.elapsed().as_secs_f64();
+    out.tick_request = tick_request.summary();
+    out.broker_cpu_pct = broker_cpu
+        .as_mut()
+        .and_then(crate::procfs::CpuMeter::sample)
+        .map(|s| s.cpu_pct);
     Ok(out)
 }
 
@@ -410,6 +471,8 @@ fn build_report(
     let gw_cpu_s: f64 = procs.iter().map(|p| p.0.cpu_s).sum();
     FanoutReport {
         scenario: name,
+        injection: "admin-publish",
+        kafka_fetch_max_wait: None,
         params: args.clone(),
         slow_share,
         clients_ready: ready,
@@ -420,6 +483,8 @@ fn build_report(
         frame_bytes: TickerTemplate::new(&super::products(1), args.pad).frame_bytes(),
         events_injected: inject.events,
         inject_elapsed_s: inject.elapsed_s,
+        inject_request: inject.tick_request.clone(),
+        broker_cpu_pct_avg: inject.broker_cpu_pct,
         offered_deliveries_per_s: args.rate * normal as f64,
         expected_deliveries: expected,
         received_deliveries: received,
@@ -476,6 +541,18 @@ pub fn print(r: &FanoutReport) {
     println!(
         "events injected          {:>12}   in {:.2} s   ({} B frames)",
         r.events_injected, r.inject_elapsed_s, r.frame_bytes
+    );
+    let q = &r.inject_request;
+    println!(
+        "injection ({}) per tick  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms{}",
+        r.injection,
+        q.p50_ms,
+        q.p99_ms,
+        q.max_ms,
+        match r.broker_cpu_pct_avg {
+            Some(c) => format!("   broker CPU avg {c:.0} %"),
+            None => String::new(),
+        }
     );
     println!(
         "offered deliveries/s     {:>12.0}",

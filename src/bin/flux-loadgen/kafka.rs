@@ -1,0 +1,270 @@
+//! The Kafka injection path: records produced to the gateway's event topics through the
+//! crate's own Kafka client (many records per produce request), and a tansu broker spawned on
+//! a free loopback port for the run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
+use flux_bff::adapters::partitioner::murmur2_partition;
+use rskafka::chrono::{DateTime, TimeZone, Utc};
+use rskafka::client::Client;
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::record::Record;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Longest wait for one produce request (or one metadata request).
+const REQUEST_LIMIT: Duration = Duration::from_secs(10);
+
+/// How tansu is installed, for error messages.
+pub const TANSU_HINT: &str = "install tansu with `cargo install tansu --locked --version 0.6.0 --no-default-features --features dynostore`, or pass --tansu-bin PATH";
+
+/// Produces records to the event topics, one produce request per (topic, partition) per call.
+/// The partition of a keyed record is Kafka's default (murmur2 of the key), as the domain
+/// services would pick it.
+pub struct KafkaInjector {
+    client: Arc<Client>,
+    partitions: HashMap<String, i32>,
+    clients: HashMap<(String, i32), PartitionClient>,
+}
+
+impl KafkaInjector {
+    /// Connects to `bootstrap` and waits (up to `wait`) until every topic of `topics` exists:
+    /// a spawned gateway creates them at start-up.
+    pub async fn connect(bootstrap: &str, topics: &[&str], wait: Duration) -> anyhow::Result<Self> {
+        let settings = KafkaSettings {
+            brokers: vec![bootstrap.to_owned()],
+            client_id: "flux-loadgen".into(),
+            create_topics: false,
+            request_timeout: Duration::from_secs(5),
+            ..KafkaSettings::default()
+        };
+        let client = KafkaClient::new(&settings)
+            .map_err(|e| anyhow::anyhow!("--kafka {bootstrap}: {e}"))?
+            .rskafka()
+            .await
+            .map_err(|e| anyhow::anyhow!("--kafka {bootstrap}: {e}"))?;
+        let deadline = Instant::now() + wait;
+        let partitions = loop {
+            let listed = tokio::time::timeout(REQUEST_LIMIT, client.list_topics())
+                .await
+                .map_err(|_| anyhow::anyhow!("listing the topics of {bootstrap} timed out"))?
+                .with_context(|| format!("cannot list the topics of {bootstrap}"))?;
+            let found: HashMap<String, i32> = listed
+                .into_iter()
+                .filter(|t| topics.contains(&t.name.as_str()) && !t.partitions.is_empty())
+                .map(|t| (t.name, t.partitions.len() as i32))
+                .collect();
+            if found.len() == topics.len() {
+                break found;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<&&str> =
+                    topics.iter().filter(|t| !found.contains_key(**t)).collect();
+                bail!(
+                    "topics {missing:?} do not exist on {bootstrap} after {wait:?}; start the gateway against this broker first (it creates them) or create them by hand"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        Ok(Self {
+            client,
+            partitions,
+            clients: HashMap::new(),
+        })
+    }
+
+    /// The partition a record with `key` goes to.
+    pub fn partition_for(&self, topic: &str, key: Option<&str>, seq: usize) -> i32 {
+        partition_of(self.partitions.get(topic).copied().unwrap_or(1), key, seq)
+    }
+
+    /// Produces `records` (key, value) to `topic`: one request per partition, in order.
+    /// Returns how many produce requests were sent.
+    pub async fn produce(
+        &mut self,
+        topic: &str,
+        records: Vec<(Option<String>, Vec<u8>)>,
+    ) -> anyhow::Result<u64> {
+        let mut by_partition: Vec<(i32, Vec<Record>)> = Vec::new();
+        let timestamp = now();
+        for (seq, (key, value)) in records.into_iter().enumerate() {
+            let p = self.partition_for(topic, key.as_deref(), seq);
+            let record = Record {
+                key: key.map(String::into_bytes),
+                value: Some(value),
+                headers: Default::default(),
+                timestamp,
+            };
+            match by_partition.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, batch)) => batch.push(record),
+                None => by_partition.push((p, vec![record])),
+            }
+        }
+        let mut requests = 0;
+        for (p, batch) in by_partition {
+            let client = self.partition_client(topic, p).await?;
+            tokio::time::timeout(
+                REQUEST_LIMIT,
+                client.produce(batch, Compression::NoCompression),
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("producing to {topic}/{p}: no answer within {REQUEST_LIMIT:?}")
+            })?
+            .with_context(|| format!("producing to {topic}/{p}"))?;
+            requests += 1;
+        }
+        Ok(requests)
+    }
+
+    async fn partition_client(&mut self, topic: &str, p: i32) -> anyhow::Result<&PartitionClient> {
+        let key = (topic.to_owned(), p);
+        if !self.clients.contains_key(&key) {
+            let c = tokio::time::timeout(
+                REQUEST_LIMIT,
+                self.client
+                    .partition_client(topic, p, UnknownTopicHandling::Retry),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("no leader for {topic}/{p} within {REQUEST_LIMIT:?}"))?
+            .with_context(|| format!("cannot reach the leader of {topic}/{p}"))?;
+            self.clients.insert(key.clone(), c);
+        }
+        self.clients.get(&key).context("partition client vanished")
+    }
+}
+
+/// Kafka's default partitioner for a keyed record (murmur2); unkeyed records rotate.
+fn partition_of(partitions: i32, key: Option<&str>, seq: usize) -> i32 {
+    let n = partitions.max(1) as usize;
+    match key {
+        Some(k) => murmur2_partition(k.as_bytes(), n),
+        None => (seq % n) as i32,
+    }
+}
+
+/// The wall clock as chrono time (rskafka's chrono is built without its `clock` feature).
+fn now() -> DateTime<Utc> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Utc.timestamp_millis_opt(millis)
+        .single()
+        .unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// A tansu broker (in-memory storage) started by this tool; killed on drop, and by the kernel
+/// if this tool dies.
+pub struct TansuProcess {
+    pub bootstrap: String,
+    pub pid: Option<u32>,
+    _child: Child,
+}
+
+impl TansuProcess {
+    /// Starts `bin` (or `tansu` from PATH / `~/.cargo/bin`) on a free loopback port and waits
+    /// (up to 20 s) until it accepts connections. Its output goes to `log` or is discarded.
+    pub async fn spawn(bin: Option<&Path>, log: Option<&Path>) -> anyhow::Result<Self> {
+        let bin = match bin {
+            Some(b) => b.to_path_buf(),
+            None => find_tansu().with_context(|| format!("tansu not found; {TANSU_HINT}"))?,
+        };
+        let port = crate::gateway::free_port().context("no free loopback port for tansu")?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("broker")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .arg("--storage-engine")
+            .arg("memory://tansu/")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("cannot create tansu log {}", path.display()))?;
+                cmd.stdout(file.try_clone()?).stderr(file);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        crate::gateway::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}; {TANSU_HINT}", bin.display()))?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "tansu exited during start-up with {status}; rerun with --tansu-log FILE to see why"
+                );
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("tansu did not listen on {addr} within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            bootstrap: addr.to_string(),
+            pid: child.id(),
+            _child: child,
+        })
+    }
+}
+
+fn find_tansu() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("tansu"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
+    on_path.into_iter().chain(cargo_bin).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_records_follow_the_default_partitioner_and_unkeyed_ones_rotate() {
+        assert_eq!(partition_of(1, Some("BTC-USD"), 7), 0);
+        // Kafka's reference vector: murmur2("foobar") % 3 after masking the sign bit.
+        assert_eq!(
+            partition_of(3, Some("foobar"), 0),
+            murmur2_partition(b"foobar", 3)
+        );
+        assert_eq!(partition_of(4, None, 6), 2);
+        assert_eq!(
+            partition_of(0, None, 6),
+            0,
+            "no metadata means one partition"
+        );
+    }
+
+    #[test]
+    fn the_record_clock_is_the_wall_clock() {
+        let ms = now().timestamp_millis();
+        assert!(ms > 1_700_000_000_000, "{ms}");
+    }
+}
