@@ -1,6 +1,6 @@
 //! The Kafka injection path: records produced to the gateway's event topics through the
-//! crate's own Kafka client (many records per produce request), and a tansu broker spawned on
-//! a free loopback port for the run.
+//! crate's own Kafka client (many records per produce request), a probe consumer that times
+//! the broker alone, and a tansu broker spawned on a free loopback port for the run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,10 +13,14 @@ use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
 use flux_bff::adapters::partitioner::murmur2_partition;
 use rskafka::chrono::{DateTime, TimeZone, Utc};
 use rskafka::client::Client;
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::eio::TimestampScanner;
+use crate::stats::{DurationHistogram, LatencySummary, unix_micros};
 
 /// Longest wait for one produce request (or one metadata request).
 const REQUEST_LIMIT: Duration = Duration::from_secs(10);
@@ -79,6 +83,11 @@ impl KafkaInjector {
         })
     }
 
+    /// The partition count of `topic` (1 if unknown).
+    pub fn partitions(&self, topic: &str) -> i32 {
+        self.partitions.get(topic).copied().unwrap_or(1).max(1)
+    }
+
     /// The partition a record with `key` goes to.
     pub fn partition_for(&self, topic: &str, key: Option<&str>, seq: usize) -> i32 {
         partition_of(self.partitions.get(topic).copied().unwrap_or(1), key, seq)
@@ -137,6 +146,102 @@ impl KafkaInjector {
             self.clients.insert(key.clone(), c);
         }
         self.clients.get(&key).context("partition client vanished")
+    }
+}
+
+/// A plain consumer of the ticker topic, fetching with the gateway's max wait on its own
+/// connection, that records fetch time − `lg_ts` of every record: the broker's share of the
+/// delivery latency (produce, storage, the fetch long-poll), without the gateway.
+pub struct Probe {
+    hist: Arc<DurationHistogram>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Probe {
+    /// Starts one fetch loop per partition of `topic`, from its latest offset; each loop
+    /// ends when stopped or after `limit`.
+    pub async fn start(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        max_wait: Duration,
+        limit: Duration,
+    ) -> anyhow::Result<Self> {
+        let settings = KafkaSettings {
+            brokers: vec![bootstrap.to_owned()],
+            client_id: "flux-loadgen-probe".into(),
+            create_topics: false,
+            ..KafkaSettings::default()
+        };
+        let client = KafkaClient::new(&settings)
+            .map_err(|e| anyhow::anyhow!("probe: {e}"))?
+            .rskafka()
+            .await
+            .map_err(|e| anyhow::anyhow!("probe: {e}"))?;
+        let hist = Arc::new(DurationHistogram::default());
+        let cancel = CancellationToken::new();
+        let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
+        let mut tasks = Vec::new();
+        for p in 0..partitions.max(1) {
+            let pc = tokio::time::timeout(
+                REQUEST_LIMIT,
+                client.partition_client(topic, p, UnknownTopicHandling::Retry),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("probe: no leader for {topic}/{p}"))??;
+            let mut offset = tokio::time::timeout(REQUEST_LIMIT, pc.get_offset(OffsetAt::Latest))
+                .await
+                .map_err(|_| anyhow::anyhow!("probe: no offset for {topic}/{p}"))??;
+            let (hist, cancel) = (hist.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                let scanner = TimestampScanner::default();
+                let deadline = Instant::now() + limit;
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let fetched = tokio::select! {
+                        () = cancel.cancelled() => break,
+                        r = tokio::time::timeout(
+                            REQUEST_LIMIT + max_wait,
+                            pc.fetch_records(offset, 1..16 * 1024 * 1024, wait_ms),
+                        ) => r,
+                    };
+                    match fetched {
+                        Ok(Ok((records, _))) => {
+                            let now = unix_micros();
+                            for r in records {
+                                offset = offset.max(r.offset + 1);
+                                if let Some(ts) =
+                                    r.record.value.as_deref().and_then(|v| scanner.scan(v))
+                                {
+                                    hist.record_us(now.saturating_sub(ts));
+                                }
+                            }
+                        }
+                        _ => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                errors
+            }));
+        }
+        Ok(Self {
+            hist,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Stops the fetch loops; returns the latencies and the number of failed fetches.
+    pub async fn stop(self) -> (LatencySummary, u64) {
+        self.cancel.cancel();
+        let mut errors = 0;
+        for t in self.tasks {
+            errors += t.await.unwrap_or(1);
+        }
+        (self.hist.summary(), errors)
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Common, ErrorCounts, Sampler, TICKER_TOPIC, TickerTemplate, TimelineRow};
 use crate::eio::{Packet, TimestampScanner};
 use crate::gateway::Publisher;
-use crate::kafka::KafkaInjector;
+use crate::kafka::{KafkaInjector, Probe};
 use crate::stats::{DeliveryStats, DurationHistogram, LatencySummary, unix_micros};
 
 /// Parameters of `fanout` / `slow`.
@@ -105,6 +105,11 @@ pub struct FanoutReport {
     pub inject_request: LatencySummary,
     /// Kafka mode with --spawn-tansu: the broker's CPU, % of one core, during injection.
     pub broker_cpu_pct_avg: Option<f64>,
+    /// Kafka mode: fetch time − `lg_ts` seen by a plain consumer of the ticker topic with the
+    /// gateway's fetch max wait (`kafka_probe_max_wait_ms`): the broker's share of the latency.
+    pub kafka_probe: Option<LatencySummary>,
+    pub kafka_probe_max_wait_ms: Option<u64>,
+    pub kafka_probe_errors: u64,
     pub offered_deliveries_per_s: f64,
     pub expected_deliveries: u64,
     pub received_deliveries: u64,
@@ -136,6 +141,9 @@ pub async fn run(
     let result = run_against(common, args, slow_share, name, &gw).await;
     gw.stop().await;
     let mut report = result?;
+    if report.kafka_probe.is_some() {
+        report.kafka_probe_max_wait_ms = Some(probe_max_wait(common)?.as_millis() as u64);
+    }
     report.injection = common.injection();
     report.kafka_fetch_max_wait = if report.injection == "kafka" {
         common.gateway_fetch_max_wait()
@@ -275,6 +283,23 @@ async fn run_against(
     ));
     let _ = stats_tx.send(Some(stats.clone()));
     let sampler = Sampler::start(pid, max_secs + 2);
+    let probe = match (&kafka, &gw.kafka) {
+        (Some(k), Some(bootstrap)) => {
+            let limit = Duration::from_secs_f64(args.duration * 3.0 + args.drain + 20.0);
+            let wait = probe_max_wait(common)?;
+            Some(
+                Probe::start(
+                    bootstrap,
+                    TICKER_TOPIC,
+                    k.partitions(TICKER_TOPIC),
+                    wait,
+                    limit,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
     let inject = inject(addr, kafka, gw.broker_pid(), args).await;
     let inject = match inject {
         Ok(o) => o,
@@ -305,13 +330,30 @@ async fn run_against(
     }
     cancel.cancel();
     let procs = sampler.stop().await;
+    let probe = match probe {
+        Some(p) => Some(p.stop().await),
+        None => None,
+    };
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
         outcomes.push(t.await.unwrap_or_default());
     }
-    Ok(build_report(
-        name, args, slow_share, &outcomes, &inject, &stats, &procs,
-    ))
+    let mut report = build_report(name, args, slow_share, &outcomes, &inject, &stats, &procs);
+    if let Some((summary, errors)) = probe {
+        report.kafka_probe = Some(summary);
+        report.kafka_probe_errors = errors;
+    }
+    Ok(report)
+}
+
+/// The fetch max wait of the probe consumer: the spawned gateway's, else the gateway's default.
+fn probe_max_wait(common: &Common) -> anyhow::Result<Duration> {
+    match common.gateway_fetch_max_wait() {
+        Some(text) => humantime_serde::re::humantime::parse_duration(&text).map_err(|e| {
+            anyhow::anyhow!("--fetch-max-wait {text:?}: {e}; write it like `20ms` or `1s`")
+        }),
+        None => Ok(flux_bff::adapters::kafka::KafkaSettings::default().fetch_max_wait),
+    }
 }
 
 /// Where the events go: the admin hook, or a Kafka producer.
@@ -485,6 +527,9 @@ fn build_report(
         inject_elapsed_s: inject.elapsed_s,
         inject_request: inject.tick_request.clone(),
         broker_cpu_pct_avg: inject.broker_cpu_pct,
+        kafka_probe: None,
+        kafka_probe_max_wait_ms: None,
+        kafka_probe_errors: 0,
         offered_deliveries_per_s: args.rate * normal as f64,
         expected_deliveries: expected,
         received_deliveries: received,
@@ -579,6 +624,18 @@ pub fn print(r: &FanoutReport) {
         "per-client received      {:>12} .. {}",
         r.per_client_min, r.per_client_max
     );
+    if let Some(k) = &r.kafka_probe {
+        println!(
+            "broker alone (probe, max wait {} ms)  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms   ({} records, {} fetch errors)",
+            r.kafka_probe_max_wait_ms.unwrap_or(0),
+            k.p50_ms,
+            k.p90_ms,
+            k.p99_ms,
+            k.max_ms,
+            k.count,
+            r.kafka_probe_errors
+        );
+    }
     let l = &r.latency;
     println!(
         "latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}",
