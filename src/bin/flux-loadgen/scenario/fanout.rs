@@ -525,7 +525,7 @@ fn build_report(
         frame_bytes: TickerTemplate::new(&super::products(1), args.pad).frame_bytes(),
         events_injected: inject.events,
         inject_elapsed_s: inject.elapsed_s,
-        inject_request: inject.tick_request.clone(),
+        inject_request: inject.tick_request,
         broker_cpu_pct_avg: inject.broker_cpu_pct,
         kafka_probe: None,
         kafka_probe_max_wait_ms: None,
