@@ -48,7 +48,7 @@ pub struct SocketIoSettings {
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
-    /// Packets queued per socket for sending; beyond, the socket is lagging: tickers for it are
+    /// Packets queued per socket for sending (Engine.IO's queue); beyond, the socket is lagging: tickers for it are
     /// conflated to the latest per product and other messages wait in its backlog.
     pub max_buffer: usize,
     /// Replies and snapshots a lagging socket's backlog may hold; beyond, the socket is
@@ -126,7 +126,7 @@ impl Default for SocketIoSettings {
             burst: 20,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
-            max_buffer: 128,
+            max_buffer: 1024,
             max_backlog: 256,
         }
     }
