@@ -107,8 +107,10 @@ async fn kafka_injection_through_tansu_reaches_every_client() {
     assert_eq!(r["received_deliveries"], 500, "{r}");
     assert_eq!(r["missing_deliveries"], 0);
     assert!(r["inject_request"]["count"].as_u64().unwrap() > 0, "{r}");
-    // Nothing was published through the admin hook: every record went through the broker,
-    // so every delivery waited at least for a produce and a fetch.
+    // The probe consumer saw every record on the broker, with the gateway's max wait.
+    assert_eq!(r["kafka_probe"]["count"], 50, "{r}");
+    assert_eq!(r["kafka_probe_max_wait_ms"], 20);
+    assert_eq!(r["kafka_probe_errors"], 0);
     assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
     drop(broker);
 }
