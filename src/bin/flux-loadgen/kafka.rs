@@ -25,6 +25,12 @@ use crate::stats::{DurationHistogram, LatencySummary, unix_micros};
 /// Longest wait for one produce request (or one metadata request).
 const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 
+/// Most key + value bytes in one produce request. rskafka 0.6 writes through an 8 KiB
+/// `BufStream` on a socket without `TCP_NODELAY`: a larger request leaves as two writes (the
+/// 4-byte length, then the body), and Nagle holds the body until the broker acknowledges
+/// the length, which Linux may delay by 40 ms. Smaller requests leave in one write.
+pub const MAX_REQUEST_BYTES: usize = 7 * 1024;
+
 /// How tansu is installed, for error messages.
 pub const TANSU_HINT: &str = "install tansu with `cargo install tansu --locked --version 0.6.0 --no-default-features --features dynostore`, or pass --tansu-bin PATH";
 
@@ -88,33 +94,15 @@ impl KafkaInjector {
         self.partitions.get(topic).copied().unwrap_or(1).max(1)
     }
 
-    /// The partition a record with `key` goes to.
-    pub fn partition_for(&self, topic: &str, key: Option<&str>, seq: usize) -> i32 {
-        partition_of(self.partitions.get(topic).copied().unwrap_or(1), key, seq)
-    }
-
-    /// Produces `records` (key, value) to `topic`: one request per partition, in order.
-    /// Returns how many produce requests were sent.
+    /// Produces `records` (key, value) to `topic`: per partition, in order, in requests of
+    /// at most [`MAX_REQUEST_BYTES`] (one record per request at least). Returns how many
+    /// produce requests were sent.
     pub async fn produce(
         &mut self,
         topic: &str,
         records: Vec<(Option<String>, Vec<u8>)>,
     ) -> anyhow::Result<u64> {
-        let mut by_partition: Vec<(i32, Vec<Record>)> = Vec::new();
-        let timestamp = now();
-        for (seq, (key, value)) in records.into_iter().enumerate() {
-            let p = self.partition_for(topic, key.as_deref(), seq);
-            let record = Record {
-                key: key.map(String::into_bytes),
-                value: Some(value),
-                headers: Default::default(),
-                timestamp,
-            };
-            match by_partition.iter_mut().find(|(q, _)| *q == p) {
-                Some((_, batch)) => batch.push(record),
-                None => by_partition.push((p, vec![record])),
-            }
-        }
+        let by_partition = split_requests(self.partitions(topic), records, now());
         let mut requests = 0;
         for (p, batch) in by_partition {
             let client = self.partition_client(topic, p).await?;
@@ -245,6 +233,35 @@ impl Probe {
     }
 }
 
+/// Groups records into produce requests: per partition (Kafka's default partitioner), in
+/// order, at most [`MAX_REQUEST_BYTES`] of keys and values each (at least one record).
+fn split_requests(
+    partitions: i32,
+    records: Vec<(Option<String>, Vec<u8>)>,
+    timestamp: DateTime<Utc>,
+) -> Vec<(i32, Vec<Record>)> {
+    // (partition, records, bytes); a partition's later chunk follows its earlier one.
+    let mut chunks: Vec<(i32, Vec<Record>, usize)> = Vec::new();
+    for (seq, (key, value)) in records.into_iter().enumerate() {
+        let p = partition_of(partitions, key.as_deref(), seq);
+        let size = value.len() + key.as_ref().map_or(0, String::len);
+        let record = Record {
+            key: key.map(String::into_bytes),
+            value: Some(value),
+            headers: Default::default(),
+            timestamp,
+        };
+        match chunks.iter_mut().rev().find(|(q, _, _)| *q == p) {
+            Some((_, batch, bytes)) if *bytes + size <= MAX_REQUEST_BYTES => {
+                batch.push(record);
+                *bytes += size;
+            }
+            _ => chunks.push((p, vec![record], size)),
+        }
+    }
+    chunks.into_iter().map(|(p, batch, _)| (p, batch)).collect()
+}
+
 /// Kafka's default partitioner for a keyed record (murmur2); unkeyed records rotate.
 fn partition_of(partitions: i32, key: Option<&str>, seq: usize) -> i32 {
     let n = partitions.max(1) as usize;
@@ -365,6 +382,44 @@ mod tests {
             0,
             "no metadata means one partition"
         );
+    }
+
+    #[test]
+    fn requests_stay_under_the_buffer_size_and_keep_each_partitions_order() {
+        let value = |i: usize| format!("{i:0>1000}").into_bytes();
+        let records: Vec<_> = (0..20)
+            .map(|i| (Some(["a", "b"][i % 2].to_owned()), value(i)))
+            .collect();
+        let requests = split_requests(2, records, now());
+        let total: usize = requests.iter().map(|(_, r)| r.len()).sum();
+        assert_eq!(total, 20);
+        for (_, batch) in &requests {
+            let bytes: usize = batch
+                .iter()
+                .map(|r| r.value.as_ref().map_or(0, Vec::len) + 1)
+                .sum();
+            assert!(bytes <= MAX_REQUEST_BYTES, "{bytes}");
+            assert!(!batch.is_empty());
+        }
+        // Keys a and b land in their murmur2 partitions, each in its original order.
+        for key in ["a", "b"] {
+            let p = partition_of(2, Some(key), 0);
+            let seen: Vec<Vec<u8>> = requests
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .flat_map(|(_, b)| {
+                    b.iter()
+                        .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+                })
+                .map(|r| r.value.clone().unwrap())
+                .collect();
+            let first = usize::from(key == "b");
+            let expected: Vec<Vec<u8>> = (first..20).step_by(2).map(value).collect();
+            assert_eq!(seen, expected, "{key}");
+        }
+        // A record larger than the limit still goes, alone.
+        let big = split_requests(1, vec![(None, vec![b'x'; MAX_REQUEST_BYTES * 2])], now());
+        assert_eq!(big.len(), 1);
     }
 
     #[test]
