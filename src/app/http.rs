@@ -246,3 +246,91 @@ async fn publish(
     }
     axum::Json(json!({"published": count})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn peer(ConnectInfo(addr): ConnectInfo<SocketAddr>) -> String {
+        addr.to_string()
+    }
+
+    async fn started() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let app = Router::new().route("/peer", get(peer));
+        let server = tokio::spawn(serve(listener, app, stop.clone()));
+        (addr, stop, server)
+    }
+
+    /// Sends `GET /peer` on `tcp` and reads until the body (the client's own address) arrives.
+    async fn ask(tcp: &mut TcpStream, close: bool) -> String {
+        let connection = if close { "close" } else { "keep-alive" };
+        let request = format!("GET /peer HTTP/1.1\r\nhost: x\r\nconnection: {connection}\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&response).contains(&tcp.local_addr().unwrap().to_string()) {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before the response: {response:?}");
+            response.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_address_as_connect_info() {
+        let (addr, stop, server) = started().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let response = ask(&mut tcp, true).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_closes_idle_keep_alive_connections_and_returns() {
+        let (addr, stop, server) = started().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        ask(&mut tcp, false).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns once its connections are closed")
+            .unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+            .await
+            .expect("the idle connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing more is sent: {rest:?}");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer listening"
+        );
+    }
+
+    #[test]
+    fn the_request_head_no_longer_shares_the_read_buffer() {
+        // Stands for hyper's read buffer: the head is parsed as slices of it.
+        let buffer = Bytes::from(b"/socket.io/?EIO=4 websocket".to_vec());
+        let mut req = Request::new(Body::empty());
+        *req.uri_mut() = axum::http::Uri::from_maybe_shared(buffer.slice(..17)).unwrap();
+        req.headers_mut().insert(
+            header::UPGRADE,
+            HeaderValue::from_maybe_shared(buffer.slice(18..)).unwrap(),
+        );
+        assert!(!buffer.is_unique(), "the test builds a head that shares it");
+        let req = detach_head(req);
+        assert!(buffer.is_unique(), "URI or a header value still shares it");
+        assert_eq!(req.uri(), "/socket.io/?EIO=4");
+        assert_eq!(req.headers()[header::UPGRADE], "websocket");
+    }
+}
