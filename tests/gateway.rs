@@ -452,3 +452,121 @@ async fn a_broker_outage_is_a_degraded_mode_and_nothing_produced_meanwhile_is_lo
     assert_eq!(c.count(EV_TICKER), 5);
     assert_eq!(readyz().await, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_conflated_to_the_latest_price_per_product() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut settings = Settings::default();
+    settings.socketio.max_buffer = 16;
+    let app = TestApp::spawn_with(settings).await;
+    // The stalled client: raw websocket, joins crypto.global, then stops reading.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::text(r#"40{"guestId":"stalled"}"#))
+        .await
+        .unwrap();
+    loop {
+        let m = ws.next().await.unwrap().unwrap();
+        if m.to_text().unwrap_or("").contains("session:init") {
+            break;
+        }
+    }
+    ws.send(Message::text(format!(
+        r#"42["userLocationUpdate",{}]"#,
+        location("Lucknow")
+    )))
+    .await
+    .unwrap();
+    let healthy = TestClient::connect(&app, Some("healthy")).await;
+    healthy.locate(&app, location("Lucknow"), "Lucknow").await;
+    healthy.clear();
+
+    // Act: a burst far beyond what the stalled client's TCP buffers can hold.
+    let products = ["BTC-USD", "ETH-USD", "SOL-USD"];
+    let total = 30_000usize;
+    let base = fixture("crypto.ticker.event.updated.json");
+    for i in 0..total {
+        let product = products[i % products.len()];
+        let mut tick = base.clone();
+        tick["data"]["product_id"] = json!(product);
+        tick["ts"] = json!(i);
+        tick["pad"] = json!("x".repeat(400));
+        app.publish(TICKER_EVENTS, Some(product), &tick);
+    }
+
+    // The reading client ends up with the latest price of every product within moments
+    // (a burst this size is conflated for it too: only the latest per product matters).
+    let latest_of = |c: &TestClient| {
+        let mut last: std::collections::HashMap<String, i64> = Default::default();
+        for (e, v) in c.received() {
+            if e == EV_TICKER {
+                let product = v["data"]["data"]["product_id"].as_str().unwrap().to_owned();
+                last.insert(product, v["data"]["ts"].as_i64().unwrap());
+            }
+        }
+        last
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = latest_of(&healthy);
+        let fresh = last
+            .values()
+            .filter(|ts| **ts >= (total - products.len()) as i64)
+            .count();
+        if fresh == products.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reading client lacks the latest prices: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = app.metrics().await;
+    assert!(
+        counter(&m, "flux_fanout_conflated_total", &[]) > 0.0,
+        "nothing was conflated"
+    );
+
+    // The stalled client resumes: after its queue drains, the last tick of each product it
+    // sees is the latest one published for that product.
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut received = 0usize;
+    while last
+        .values()
+        .filter(|ts| **ts >= (total - products.len()) as i64)
+        .count()
+        < products.len()
+    {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(left, ws.next()).await else {
+            panic!(
+                "the stalled client never got the latest prices: {last:?} after {received} ticks"
+            );
+        };
+        let text = msg.to_text().unwrap_or("").to_owned();
+        if text == "2" {
+            ws.send(Message::text("3")).await.unwrap();
+        }
+        let Some(body) = text.strip_prefix("42") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(body).unwrap();
+        if v[0] == EV_TICKER {
+            received += 1;
+            let product = v[1]["data"]["data"]["product_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            last.insert(product, v[1]["data"]["ts"].as_i64().unwrap());
+        }
+    }
+    assert!(
+        received < total,
+        "conflated: {received} ticks instead of {total}"
+    );
+}

@@ -22,12 +22,20 @@ use socketioxide::{SocketIo, TransportType};
 use crate::app::clients::{ClientIdentity, ClientService};
 use crate::app::config::SocketIoSettings;
 use crate::app::metrics::{
-    CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
+    CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, FANOUT_BACKLOGGED, FANOUT_CONFLATED, FANOUT_DROPPED,
+    LAGGING_SOCKETS, SLOW_DISCONNECTS, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
 };
 use crate::domain::identity;
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
 use crate::ports::{ClientFanout, FanoutError, Payload};
+
+mod backlog;
+
+use backlog::{Backlogs, Pending, Pushed};
+use socketioxide::{BroadcastError, SendError, SocketError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Builds the Socket.IO layer (path `/socket.io`, websocket and polling) and its handle.
 pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
@@ -45,14 +53,41 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
 }
 
 /// The [`ClientFanout`] port on a socketioxide handle.
+///
+/// Every emit goes to each socket's own bounded send queue (`socketio.max_buffer` packets),
+/// so a slow client never holds up the others. When a socket's queue is full, what it should
+/// still get goes to its backlog: replies and snapshots in order, tickers conflated to the
+/// latest per product; [`SocketIoFanout::run_drainer`] moves backlogs into the queues as
+/// they free up, and a socket whose backlog overflows is disconnected (its client reconnects
+/// and is hydrated again) instead of growing the process's memory.
 #[derive(Clone)]
 pub struct SocketIoFanout {
     io: SocketIo,
+    backlogs: Arc<Backlogs>,
+    /// Until when (ms since `epoch`) ticker broadcasts go socket by socket, to find the
+    /// sockets whose queue a broadcast found full.
+    probe_until: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
+/// The room every lagging socket is in, so that fast broadcasts can skip them.
+const LAGGING_ROOM: &str = "flux:lagging";
+/// How long ticker broadcasts go socket by socket after one found a full queue.
+const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How often lagging sockets' backlogs are retried.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+/// Conflation keys (products) a lagging socket's backlog may hold.
+const MAX_BACKLOG_KEYS: usize = 1024;
+
 impl SocketIoFanout {
-    pub fn new(io: SocketIo) -> Self {
-        Self { io }
+    pub fn new(io: SocketIo, settings: &SocketIoSettings) -> Self {
+        Self {
+            io,
+            backlogs: Arc::new(Backlogs::new(settings.max_backlog, MAX_BACKLOG_KEYS)),
+            probe_until: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        }
     }
 
     fn socket(&self, socket: &str) -> Result<SocketRef, FanoutError> {
@@ -61,17 +96,139 @@ impl SocketIoFanout {
             .and_then(|sid| self.io.get_socket(sid))
             .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()))
     }
+
+    /// Sends to one socket, or queues in its backlog when it is behind.
+    fn deliver(&self, s: &SocketRef, event: &str, payload: &Payload, key: Option<&str>) {
+        if !self.backlogs.is_lagging(s.id) {
+            match s.emit(event, payload) {
+                Ok(()) => return,
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
+                Err(_) => return, // closed: the socket is going away
+            }
+        }
+        let pending = Pending {
+            event: event.to_owned(),
+            payload: payload.clone(),
+            key: key.map(str::to_owned),
+        };
+        let kind = if key.is_some() { "latest" } else { "ordered" };
+        match self.backlogs.push(s.id, pending) {
+            Pushed::Queued => {
+                s.join(LAGGING_ROOM);
+                metrics::counter!(FANOUT_BACKLOGGED, "kind" => kind).increment(1);
+            }
+            Pushed::Conflated => metrics::counter!(FANOUT_CONFLATED).increment(1),
+            Pushed::Overflow => {
+                metrics::counter!(SLOW_DISCONNECTS).increment(1);
+                tracing::warn!(socket = %s.id, "client too slow: its backlog overflowed; disconnecting it");
+                self.backlogs.remove(s.id);
+                let _ = s.clone().disconnect();
+            }
+        }
+    }
+
+    fn to_room_each(&self, room: &str, event: &str, payload: &Payload, key: Option<&str>) {
+        for s in self.io.to(room.to_owned()).sockets() {
+            self.deliver(&s, event, payload, key);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn probing(&self) -> bool {
+        self.now_ms() < self.probe_until.load(Ordering::Relaxed)
+    }
+
+    /// Tickers: one encode and one queue push per socket through socketioxide's broadcast,
+    /// skipping lagging sockets, whose backlog gets the latest per product instead. A
+    /// broadcast that finds full queues cannot say whose: for a moment, broadcasts then go
+    /// socket by socket, which finds them and makes them lagging.
+    async fn broadcast_latest(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+    ) -> Result<(), FanoutError> {
+        if self.probing() {
+            self.to_room_each(room, event, payload, Some(key));
+            return Ok(());
+        }
+        let lagging = self.backlogs.lagging() > 0;
+        let op = self.io.to(room.to_owned());
+        let op = if lagging { op.except(LAGGING_ROOM) } else { op };
+        match op.emit(event, payload).await {
+            Ok(()) => {}
+            Err(BroadcastError::Socket(errors)) => {
+                let full = errors
+                    .iter()
+                    .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                    .count();
+                if full > 0 {
+                    metrics::counter!(FANOUT_DROPPED).increment(full as u64);
+                    self.probe_until.store(
+                        self.now_ms() + PROBE_WINDOW.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            Err(e) => return Err(FanoutError::Transport(e.to_string())),
+        }
+        if lagging {
+            for sid in self.backlogs.sockets() {
+                if let Some(s) = self.io.get_socket(sid)
+                    && s.rooms().iter().any(|r| r == room)
+                {
+                    self.deliver(&s, event, payload, Some(key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves lagging sockets' backlogs into their send queues as room frees up, until `stop`.
+    pub async fn run_drainer(self, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.backlogs.lagging() == 0 {
+                continue;
+            }
+            for sid in self.backlogs.sockets() {
+                match self.io.get_socket(sid) {
+                    Some(s) => {
+                        self.backlogs
+                            .drain(sid, |p| s.emit(&p.event, &p.payload).is_ok());
+                    }
+                    None => self.backlogs.remove(sid),
+                }
+            }
+            metrics::gauge!(LAGGING_SOCKETS).set(self.backlogs.lagging() as f64);
+        }
+    }
 }
 
 #[async_trait]
 impl ClientFanout for SocketIoFanout {
     async fn to_room(&self, room: &str, event: &str, payload: &Payload) -> Result<(), FanoutError> {
-        // A socket whose buffer is full loses this message; the others are not held up.
-        self.io
-            .to(room.to_owned())
-            .emit(event, payload)
-            .await
-            .map_err(|e| FanoutError::Transport(e.to_string()))
+        self.to_room_each(room, event, payload, None);
+        Ok(())
+    }
+
+    async fn to_room_latest(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+    ) -> Result<(), FanoutError> {
+        self.broadcast_latest(room, event, payload, key).await
     }
 
     async fn to_socket(
@@ -80,9 +237,9 @@ impl ClientFanout for SocketIoFanout {
         event: &str,
         payload: &Payload,
     ) -> Result<(), FanoutError> {
-        self.socket(socket)?
-            .emit(event, payload)
-            .map_err(|e| FanoutError::Transport(e.to_string()))
+        let s = self.socket(socket)?;
+        self.deliver(&s, event, payload, None);
+        Ok(())
     }
 
     async fn join(&self, socket: &str, rooms: &[String]) -> Result<(), FanoutError> {
@@ -101,7 +258,7 @@ impl ClientFanout for SocketIoFanout {
         Ok(s.rooms()
             .into_iter()
             .map(|r| r.to_string())
-            .filter(|r| *r != own)
+            .filter(|r| *r != own && r != LAGGING_ROOM)
             .collect())
     }
 }

@@ -48,9 +48,12 @@ pub struct SocketIoSettings {
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
-    /// Packets buffered per socket before emits to it are dropped (a client that stops
-    /// reading cannot grow the process's memory).
+    /// Packets queued per socket for sending (Engine.IO's queue); beyond, the socket is lagging: tickers for it are
+    /// conflated to the latest per product and other messages wait in its backlog.
     pub max_buffer: usize,
+    /// Replies and snapshots a lagging socket's backlog may hold; beyond, the socket is
+    /// disconnected (its client reconnects and is hydrated again).
+    pub max_backlog: usize,
     /// Read buffer of each WebSocket connection, in bytes: held for the life of every
     /// connected client; a larger client message only needs more reads.
     pub ws_read_buffer: usize,
@@ -127,6 +130,7 @@ impl Default for SocketIoSettings {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             max_buffer: 1024,
+            max_backlog: 256,
             ws_read_buffer: 1024,
         }
     }

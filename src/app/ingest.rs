@@ -137,11 +137,19 @@ impl Ingestor {
                 metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
                 // Emit first: the cache write happens in the background and never delays it.
                 for emit in &delivery.emits {
-                    if let Err(e) = self
-                        .fanout
-                        .to_room(&emit.room, &emit.event, &emit.payload)
-                        .await
-                    {
+                    let sent = match &delivery.conflation_key {
+                        Some(key) => {
+                            self.fanout
+                                .to_room_latest(&emit.room, &emit.event, &emit.payload, key)
+                                .await
+                        }
+                        None => {
+                            self.fanout
+                                .to_room(&emit.room, &emit.event, &emit.payload)
+                                .await
+                        }
+                    };
+                    if let Err(e) = sent {
                         tracing::warn!(room = %emit.room, error = %e, "room emit failed");
                     }
                     metrics::counter!(DELIVERIES, "stream" => stream).increment(1);

@@ -17,7 +17,7 @@ use crate::adapters::memory::{MemoryBus, MemoryCache};
 use crate::adapters::socketio::{self, SocketIoFanout};
 use crate::domain::commands;
 use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
-use crate::ports::{ClientFanout, CommandSink, EventSource, SnapshotCache};
+use crate::ports::{CommandSink, EventSource, SnapshotCache};
 
 use super::clients::ClientService;
 use super::config::{Config, Settings};
@@ -60,6 +60,7 @@ pub struct Application {
     io: SocketIo,
     router: axum::Router,
     service: Arc<ClientService>,
+    fanout: SocketIoFanout,
 }
 
 impl Application {
@@ -76,11 +77,11 @@ impl Application {
         })?;
         let health = Arc::new(Health::new());
         let (layer, io) = socketio::layer(&settings.socketio);
-        let fanout: Arc<dyn ClientFanout> = Arc::new(SocketIoFanout::new(io.clone()));
+        let fanout = SocketIoFanout::new(io.clone(), &settings.socketio);
         let service = Arc::new(ClientService::new(
             ports.cache.clone(),
             ports.sink.clone(),
-            fanout,
+            Arc::new(fanout.clone()),
             health.clone(),
             &settings.limits,
         ));
@@ -100,6 +101,7 @@ impl Application {
             io,
             router,
             service,
+            fanout,
         })
     }
 
@@ -129,13 +131,14 @@ impl Application {
             io,
             router,
             service,
+            fanout,
         } = self;
         let background = CancellationToken::new();
         let (snapshots, writer) = SnapshotWriter::spawn(ports.cache.clone(), background.clone());
-        let fanout: Arc<dyn ClientFanout> = Arc::new(SocketIoFanout::new(io.clone()));
+        tokio::spawn(fanout.clone().run_drainer(background.clone()));
         let ingestor = Ingestor::new(
             ports.source.clone(),
-            fanout,
+            Arc::new(fanout),
             snapshots,
             health.clone(),
             settings.lifecycle.max_backoff,

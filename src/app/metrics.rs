@@ -26,6 +26,11 @@ pub const CLIENT_EVENTS_DROPPED: &str = "flux_client_events_dropped_total";
 pub const SNAPSHOT_LOOKUPS: &str = "flux_snapshot_lookups_total";
 pub const SNAPSHOT_WRITES: &str = "flux_snapshot_writes_total";
 pub const KAFKA_LAG: &str = "flux_kafka_lag";
+pub const FANOUT_BACKLOGGED: &str = "flux_fanout_backlogged_total";
+pub const FANOUT_CONFLATED: &str = "flux_fanout_conflated_total";
+pub const FANOUT_DROPPED: &str = "flux_fanout_ticker_drops_total";
+pub const LAGGING_SOCKETS: &str = "flux_lagging_sockets";
+pub const SLOW_DISCONNECTS: &str = "flux_slow_socket_disconnects_total";
 pub const DEGRADED: &str = "flux_degraded";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -93,5 +98,22 @@ fn describe() {
     );
     describe_counter!(SNAPSHOT_WRITES, "Snapshot cache writes, by key and result.");
     describe_gauge!(KAFKA_LAG, "Records not yet read, by topic and partition.");
+    describe_counter!(
+        FANOUT_BACKLOGGED,
+        "Messages held for a socket whose send queue was full, by kind."
+    );
+    describe_counter!(
+        FANOUT_CONFLATED,
+        "Tickers replaced by a newer one for a lagging socket."
+    );
+    describe_gauge!(LAGGING_SOCKETS, "Sockets with a backlog now.");
+    describe_counter!(
+        FANOUT_DROPPED,
+        "Ticker deliveries a broadcast found a full queue for (before the socket was marked lagging)."
+    );
+    describe_counter!(
+        SLOW_DISCONNECTS,
+        "Sockets disconnected because their backlog overflowed."
+    );
     describe_gauge!(DEGRADED, "1 while a dependency is down, by dependency.");
 }

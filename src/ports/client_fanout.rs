@@ -73,6 +73,22 @@ pub trait ClientFanout: Send + Sync {
     /// [`FanoutError::Transport`] when the transport refused the broadcast as a whole.
     async fn to_room(&self, room: &str, event: &str, payload: &Payload) -> Result<(), FanoutError>;
 
+    /// Like [`ClientFanout::to_room`] for a stream where only the latest value per `key`
+    /// matters (tickers, keyed by product): a socket that falls behind MAY be sent only the
+    /// latest payload per key instead of every one. The default sends every one.
+    ///
+    /// # Errors
+    /// As for [`ClientFanout::to_room`].
+    async fn to_room_latest(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        _key: &str,
+    ) -> Result<(), FanoutError> {
+        self.to_room(room, event, payload).await
+    }
+
     /// Emits `event` with `payload` to one socket.
     ///
     /// # Errors

@@ -1,0 +1,220 @@
+//! Per-socket backlogs for sockets that fall behind (issue 5): when a socket's send queue is
+//! full, what it should still get waits here instead of being dropped. Replies and snapshots
+//! wait in order (bounded: a socket that stops reading is disconnected before it can grow the
+//! process's memory); tickers are conflated by product, so a lagging socket gets the latest
+//! price per product, never a growing queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use socketioxide::socket::Sid;
+
+use crate::ports::Payload;
+
+/// One message waiting for a lagging socket.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub event: String,
+    pub payload: Payload,
+    /// The conflation key (a product id), if newer messages with the same key replace it.
+    pub key: Option<String>,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// Replies and snapshots, in order; never conflated.
+    urgent: VecDeque<Pending>,
+    /// Conflatable messages, the latest per key, in first-arrival order.
+    latest: Vec<Pending>,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.latest.is_empty()
+    }
+}
+
+/// What [`Backlogs::push`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// An older message with the same key was replaced.
+    Conflated,
+    /// The socket's backlog is over its bound: the socket must be disconnected.
+    Overflow,
+}
+
+/// The backlogs of every lagging socket.
+pub(crate) struct Backlogs {
+    map: Mutex<HashMap<Sid, Backlog>>, // std Mutex: never held across an .await
+    lagging: AtomicUsize,
+    max_urgent: usize,
+    max_keys: usize,
+}
+
+impl Backlogs {
+    pub fn new(max_urgent: usize, max_keys: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            lagging: AtomicUsize::new(0),
+            max_urgent,
+            max_keys,
+        }
+    }
+
+    /// How many sockets have a backlog now (cheap; checked before any lookup).
+    pub fn lagging(&self) -> usize {
+        self.lagging.load(Ordering::Relaxed)
+    }
+
+    pub fn is_lagging(&self, sid: Sid) -> bool {
+        self.lagging() > 0 && self.lock().contains_key(&sid)
+    }
+
+    /// Queues `message` for `sid`, conflating by key.
+    pub fn push(&self, sid: Sid, message: Pending) -> Pushed {
+        let mut map = self.lock();
+        let backlog = map.entry(sid).or_insert_with(|| {
+            self.lagging.fetch_add(1, Ordering::Relaxed);
+            Backlog::default()
+        });
+        match &message.key {
+            Some(key) => {
+                if let Some(slot) = backlog
+                    .latest
+                    .iter_mut()
+                    .find(|p| p.key.as_deref() == Some(key))
+                {
+                    *slot = message;
+                    return Pushed::Conflated;
+                }
+                if backlog.latest.len() >= self.max_keys {
+                    return Pushed::Overflow;
+                }
+                backlog.latest.push(message);
+            }
+            None => {
+                if backlog.urgent.len() >= self.max_urgent {
+                    return Pushed::Overflow;
+                }
+                backlog.urgent.push_back(message);
+            }
+        }
+        Pushed::Queued
+    }
+
+    /// The sockets with a backlog.
+    pub fn sockets(&self) -> Vec<Sid> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Sends `sid`'s backlog through `send` (urgent first, then the latest per key) until
+    /// `send` says the socket is full again (`false`). Returns how many were sent.
+    pub fn drain(&self, sid: Sid, mut send: impl FnMut(&Pending) -> bool) -> usize {
+        let mut map = self.lock();
+        let Some(backlog) = map.get_mut(&sid) else {
+            return 0;
+        };
+        let mut sent = 0;
+        while let Some(next) = backlog.urgent.front() {
+            if !send(next) {
+                return sent;
+            }
+            backlog.urgent.pop_front();
+            sent += 1;
+        }
+        while let Some(next) = backlog.latest.first() {
+            if !send(next) {
+                return sent;
+            }
+            backlog.latest.remove(0);
+            sent += 1;
+        }
+        if backlog.is_empty() {
+            map.remove(&sid);
+            self.lagging.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Forgets a socket (disconnected).
+    pub fn remove(&self, sid: Sid) {
+        if self.lock().remove(&sid).is_some() {
+            self.lagging.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, Backlog>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(event: &str, key: Option<&str>, n: u32) -> Pending {
+        Pending {
+            event: event.into(),
+            payload: Payload::new(&n),
+            key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn tickers_are_conflated_per_key_and_replies_kept_in_order() {
+        let b = Backlogs::new(8, 8);
+        let sid = Sid::new();
+        assert_eq!(b.push(sid, msg("t", Some("BTC"), 1)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("t", Some("ETH"), 2)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("t", Some("BTC"), 3)), Pushed::Conflated);
+        assert_eq!(b.push(sid, msg("r", None, 4)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("r", None, 5)), Pushed::Queued);
+        assert_eq!(b.lagging(), 1);
+        let mut sent = Vec::new();
+        b.drain(sid, |p| {
+            sent.push(p.payload.as_str().to_owned());
+            true
+        });
+        // Replies first, in order; then the latest price per product, in first-arrival order.
+        assert_eq!(sent, ["4", "5", "3", "2"]);
+        assert_eq!(b.lagging(), 0);
+        assert!(!b.is_lagging(sid));
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_of_its_backlog() {
+        let b = Backlogs::new(8, 8);
+        let sid = Sid::new();
+        for n in 0..3 {
+            b.push(sid, msg("r", None, n));
+        }
+        let mut budget = 2;
+        assert_eq!(
+            b.drain(sid, |_| {
+                budget -= 1;
+                budget >= 0
+            }),
+            2
+        );
+        assert!(b.is_lagging(sid));
+        assert_eq!(b.drain(sid, |_| true), 1);
+        assert!(!b.is_lagging(sid));
+    }
+
+    #[test]
+    fn backlogs_are_bounded() {
+        let b = Backlogs::new(2, 2);
+        let sid = Sid::new();
+        assert_eq!(b.push(sid, msg("r", None, 1)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("r", None, 2)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("r", None, 3)), Pushed::Overflow);
+        assert_eq!(b.push(sid, msg("t", Some("a"), 1)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("t", Some("b"), 1)), Pushed::Queued);
+        assert_eq!(b.push(sid, msg("t", Some("c"), 1)), Pushed::Overflow);
+        assert_eq!(b.push(sid, msg("t", Some("a"), 2)), Pushed::Conflated);
+        b.remove(sid);
+        assert_eq!(b.lagging(), 0);
+    }
+}
