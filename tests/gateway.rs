@@ -42,17 +42,7 @@ async fn get_user_id_is_answered_with_user_unique_id() {
 async fn a_location_update_joins_rooms_hydrates_every_snapshot_and_sends_one_command() {
     // Arrange: every snapshot cached.
     let app = TestApp::spawn().await;
-    for topic in [MOVERS_EVENTS, TOPCOINS_EVENTS, NEWS_EVENTS, STOCK_EVENTS] {
-        app.publish_fixture(topic).await;
-    }
-    for key in [
-        "crypto:top-movers",
-        "crypto:top-coins",
-        "news:global",
-        "stocks:top:performers",
-    ] {
-        app.wait_cached(key).await;
-    }
+    app.cache_every_snapshot().await;
     let c = TestClient::connect(&app, Some("carol")).await;
     c.wait_for("session:init").await;
 
@@ -185,17 +175,7 @@ async fn snapshot_requests_get_the_exact_hit_and_miss_payloads() {
         assert_eq!(&c.wait_for(reply).await, miss, "{request} miss");
     }
 
-    for topic in [MOVERS_EVENTS, TOPCOINS_EVENTS, NEWS_EVENTS, STOCK_EVENTS] {
-        app.publish_fixture(topic).await;
-    }
-    for key in [
-        "crypto:top-movers",
-        "crypto:top-coins",
-        "news:global",
-        "stocks:top:performers",
-    ] {
-        app.wait_cached(key).await;
-    }
+    app.cache_every_snapshot().await;
     let hits = [
         json!({"status":"success","source":"cache","data": fixture("crypto.movers.event.updated.json")}),
         json!({"status":"success","source":"cache","data": fixture("crypto.topcoins.event.updated.json")}),

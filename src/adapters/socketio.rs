@@ -48,6 +48,7 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
         .ws_max_message_size(settings.max_payload as usize)
         .ws_max_frame_size(settings.max_payload as usize)
         .max_buffer_size(settings.max_buffer)
+        .ws_read_buffer_size(settings.ws_read_buffer)
         .build_layer()
 }
 

@@ -54,6 +54,9 @@ pub struct SocketIoSettings {
     /// Replies and snapshots a lagging socket's backlog may hold; beyond, the socket is
     /// disconnected (its client reconnects and is hydrated again).
     pub max_backlog: usize,
+    /// Read buffer of each WebSocket connection, in bytes: held for the life of every
+    /// connected client; a larger client message only needs more reads.
+    pub ws_read_buffer: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -128,6 +131,7 @@ impl Default for SocketIoSettings {
             ping_timeout: Duration::from_secs(20),
             max_buffer: 1024,
             max_backlog: 256,
+            ws_read_buffer: 1024,
         }
     }
 }
@@ -234,6 +238,9 @@ impl Config {
         let mut problems = Vec::new();
         if s.socketio.max_payload < 1024 {
             problems.push("socketio.max_payload: must be at least 1024 bytes".to_owned());
+        }
+        if s.socketio.ws_read_buffer < 64 {
+            problems.push("socketio.ws_read_buffer: must be at least 64 bytes".to_owned());
         }
         if s.socketio.rate_per_second == 0 || s.socketio.burst == 0 {
             problems

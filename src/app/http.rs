@@ -1,17 +1,24 @@
 //! The HTTP surface (axum): health, readiness, metrics, the Socket.IO layer, and the optional
 //! admin publish hook of embedded mode.
 
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use socketioxide::layer::SocketIoLayer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_http::cors::CorsLayer;
 
 use crate::adapters::memory::MemoryBus;
@@ -63,6 +70,99 @@ pub fn router(
         );
     }
     app
+}
+
+/// Serves `router` on `listener` over HTTP/1.1 with upgrades (WebSocket) until `stop` is
+/// cancelled; then stops accepting, lets in-flight requests finish, closes idle keep-alive
+/// connections, and returns once every HTTP connection is closed (upgraded WebSockets are no
+/// longer HTTP connections: the Socket.IO layer closes them).
+///
+/// This replaces `axum::serve` for memory (BENCHMARKS.md, "Memory per idle client"): axum
+/// serves through hyper-util's auto builder, which reads the first bytes of each connection to
+/// tell HTTP/2 from HTTP/1 and hands them back to hyper as a 24-byte first read; hyper then
+/// needs a second read for the rest of the request head and doubles its read buffer to 16 KiB.
+/// The request head's header values and URI are slices of that buffer, and Engine.IO keeps
+/// the request head for the life of each socket, so 16 KiB stayed allocated per client. The
+/// build has no HTTP/2 (axum's `http2` feature is off), so nothing is lost by going straight
+/// to hyper's HTTP/1 connection, and [`detach_head`] copies the head out of the buffer.
+/// Each request carries `ConnectInfo<SocketAddr>` as with
+/// `into_make_service_with_connect_info`, and every accepted socket gets TCP_NODELAY.
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    // Every connection task holds a receiver; `closed()` resolves when the last one is gone.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        // Small frames go out at once: Nagle would add up to 40 ms to every push.
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let mut req = detach_head(req.map(Body::new));
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// What `axum::serve` does with accept errors: a peer that went away is nothing; anything
+/// else (out of file descriptors, typically) is logged and accepting pauses for a second.
+async fn accept_failed(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s (raise the open-files limit if this is EMFILE)");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Copies the URI and the header values into allocations of their own: hyper parses them as
+/// slices of its connection read buffer, and Engine.IO keeps the request head for the life of
+/// the socket, which would keep that whole buffer alive for it.
+fn detach_head(mut req: Request) -> Request {
+    if let Ok(uri) = req.uri().to_string().parse() {
+        *req.uri_mut() = uri;
+    }
+    for value in req.headers_mut().values_mut() {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+    }
+    req
 }
 
 /// The embedded dashboard (a self-contained page).
@@ -145,4 +245,92 @@ async fn publish(
         count = 1;
     }
     axum::Json(json!({"published": count})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn peer(ConnectInfo(addr): ConnectInfo<SocketAddr>) -> String {
+        addr.to_string()
+    }
+
+    async fn started() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let app = Router::new().route("/peer", get(peer));
+        let server = tokio::spawn(serve(listener, app, stop.clone()));
+        (addr, stop, server)
+    }
+
+    /// Sends `GET /peer` on `tcp` and reads until the body (the client's own address) arrives.
+    async fn ask(tcp: &mut TcpStream, close: bool) -> String {
+        let connection = if close { "close" } else { "keep-alive" };
+        let request = format!("GET /peer HTTP/1.1\r\nhost: x\r\nconnection: {connection}\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&response).contains(&tcp.local_addr().unwrap().to_string()) {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before the response: {response:?}");
+            response.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_address_as_connect_info() {
+        let (addr, stop, server) = started().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let response = ask(&mut tcp, true).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stop_closes_idle_keep_alive_connections_and_returns() {
+        let (addr, stop, server) = started().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        ask(&mut tcp, false).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns once its connections are closed")
+            .unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+            .await
+            .expect("the idle connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing more is sent: {rest:?}");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer listening"
+        );
+    }
+
+    #[test]
+    fn the_request_head_no_longer_shares_the_read_buffer() {
+        // Stands for hyper's read buffer: the head is parsed as slices of it.
+        let buffer = Bytes::from(b"/socket.io/?EIO=4 websocket".to_vec());
+        let mut req = Request::new(Body::empty());
+        *req.uri_mut() = axum::http::Uri::from_maybe_shared(buffer.slice(..17)).unwrap();
+        req.headers_mut().insert(
+            header::UPGRADE,
+            HeaderValue::from_maybe_shared(buffer.slice(18..)).unwrap(),
+        );
+        assert!(!buffer.is_unique(), "the test builds a head that shares it");
+        let req = detach_head(req);
+        assert!(buffer.is_unique(), "URI or a header value still shares it");
+        assert_eq!(req.uri(), "/socket.io/?EIO=4");
+        assert_eq!(req.headers()[header::UPGRADE], "websocket");
+    }
 }

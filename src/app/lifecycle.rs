@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::serve::ListenerExt;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -149,19 +148,7 @@ impl Application {
         let consumers = tokio::spawn(ingestor.run(background.clone()));
 
         let http_stop = CancellationToken::new();
-        let server = {
-            let http_stop = http_stop.clone();
-            let app = router.into_make_service_with_connect_info::<SocketAddr>();
-            // Small frames go out at once: Nagle would add up to 40 ms to every push.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(http_stop.cancelled_owned())
-                    .await
-            })
-        };
+        let server = tokio::spawn(super::http::serve(listener, router, http_stop.clone()));
 
         // Consumers first, then the start-up refreshes, once per process (D12).
         let startup = tokio::time::timeout(

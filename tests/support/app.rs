@@ -119,6 +119,17 @@ impl TestApp {
         value
     }
 
+    /// Publishes the four snapshot fixtures and waits until all four are cached.
+    pub async fn cache_every_snapshot(&self) {
+        use flux_bff::domain::topics::*;
+        for topic in [MOVERS_EVENTS, TOPCOINS_EVENTS, NEWS_EVENTS, STOCK_EVENTS] {
+            self.publish_fixture(topic).await;
+        }
+        for snapshot in [SNAP_MOVERS, SNAP_TOPCOINS, SNAP_NEWS, SNAP_STOCKS] {
+            self.wait_cached(snapshot.key).await;
+        }
+    }
+
     /// Waits until `key` is cached.
     pub async fn wait_cached(&self, key: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
