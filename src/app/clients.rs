@@ -2,7 +2,7 @@
 //! snapshot requests, and the legacy `getUserId`. Replies go to the asking socket only.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -242,9 +242,6 @@ impl ClientService {
     }
 }
 
-/// How long start-up refreshes wait between attempts at most.
-pub const STARTUP_RETRY_CAP: Duration = Duration::from_secs(10);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +286,7 @@ mod tests {
         let mut cache = MockSnapshotCache::new();
         cache
             .expect_get()
-            .returning(|_| Err(CacheError::Timeout(Duration::from_millis(250))));
+            .returning(|_| Err(CacheError::Timeout(std::time::Duration::from_millis(250))));
         cache.expect_set_if_absent().returning(|_, _, _| Ok(true));
         let mut sink = MockCommandSink::new();
         sink.expect_send()

@@ -111,10 +111,6 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
-    }
-
     /// Runs until `stop` resolves, then shuts down gracefully within the deadline.
     ///
     /// # Errors
@@ -339,15 +335,6 @@ async fn run(config: Config, adapters: super::wiring::AdapterSettings) -> anyhow
     let result = app.run_until_stopped(shutdown_signal()).await;
     wired.background.cancel();
     result
-}
-
-/// Convenience for tests: an application on in-memory ports with a random port.
-pub async fn spawn_in_memory(mut settings: Settings) -> anyhow::Result<(Application, Ports)> {
-    settings.http.port = 0;
-    settings.http.host = [127, 0, 0, 1].into();
-    let ports = Ports::in_memory();
-    let app = Application::build(settings, ports.clone()).await?;
-    Ok((app, ports))
 }
 
 /// `flux-sim`: the simulator of the four domain services on a real Kafka (same
