@@ -80,6 +80,11 @@ impl Producer {
             .expect("produce to tansu");
     }
 
+    async fn send_news_fixture(&self) {
+        let news = fixture("news.service.event.updated.json");
+        self.send_json(NEWS_EVENTS, Some("globalnews"), &news).await;
+    }
+
     async fn send_json(&self, topic: &str, key: Option<&str>, value: &Value) {
         self.send(topic, key, value.to_string().as_bytes()).await;
     }
@@ -311,24 +316,12 @@ async fn a_cut_network_is_a_degraded_mode_and_the_events_of_the_cut_arrive_once(
     proxy.spare(DIRECT);
     let tansu = Tansu::start_advertising(listen, proxy.addr).await;
     let producer = Producer::new(&tansu.bootstrap());
-    producer
-        .send_json(
-            NEWS_EVENTS,
-            Some("globalnews"),
-            &fixture("news.service.event.updated.json"),
-        )
-        .await;
+    producer.send_news_fixture().await;
     let app = gateway(&tansu.bootstrap(), "bff-cut").await;
     let c = TestClient::connect(&app, Some("cut-user")).await;
     c.emit("userLocationUpdate", location("Surat")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    producer
-        .send_json(
-            NEWS_EVENTS,
-            Some("globalnews"),
-            &fixture("news.service.event.updated.json"),
-        )
-        .await;
+    producer.send_news_fixture().await;
     assert!(
         c.wait_nth(EV_NEWS, 1, Duration::from_secs(10))
             .await

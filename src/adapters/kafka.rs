@@ -18,7 +18,7 @@ use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use serde::{Deserialize, Serialize};
 
-pub use command_sink::KafkaCommandSink;
+pub use command_sink::{KafkaCommandSink, record_timestamp_now};
 pub use event_source::KafkaEventSource;
 
 /// Connection and tuning settings of the Kafka adapters (`[kafka]` in the configuration).

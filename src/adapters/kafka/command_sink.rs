@@ -157,8 +157,9 @@ impl KafkaCommandSink {
     }
 }
 
-/// The wall clock as chrono time (rskafka's chrono is built without its `clock` feature).
-fn now() -> DateTime<Utc> {
+/// The wall clock as chrono time, for record timestamps (rskafka's chrono is built without
+/// its `clock` feature).
+pub fn record_timestamp_now() -> DateTime<Utc> {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -182,7 +183,7 @@ impl CommandSink for KafkaCommandSink {
                 IDEMPOTENCY_HEADER.to_owned(),
                 command.idempotency_key.to_string().into_bytes(),
             )]),
-            timestamp: now(),
+            timestamp: record_timestamp_now(),
         };
         let mut pause = FIRST_RETRY;
         loop {

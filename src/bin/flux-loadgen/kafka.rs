@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
+use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings, record_timestamp_now};
 use flux_bff::adapters::partitioner::murmur2_partition;
-use rskafka::chrono::{DateTime, TimeZone, Utc};
+use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
@@ -102,7 +102,7 @@ impl KafkaInjector {
         topic: &str,
         records: Vec<(Option<String>, Vec<u8>)>,
     ) -> anyhow::Result<u64> {
-        let by_partition = split_requests(self.partitions(topic), records, now());
+        let by_partition = split_requests(self.partitions(topic), records, record_timestamp_now());
         let mut requests = 0;
         for (p, batch) in by_partition {
             let client = self.partition_client(topic, p).await?;
@@ -271,16 +271,6 @@ fn partition_of(partitions: i32, key: Option<&str>, seq: usize) -> i32 {
     }
 }
 
-/// The wall clock as chrono time (rskafka's chrono is built without its `clock` feature).
-fn now() -> DateTime<Utc> {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Utc.timestamp_millis_opt(millis)
-        .single()
-        .unwrap_or(DateTime::UNIX_EPOCH)
-}
-
 /// A tansu broker (in-memory storage) started by this tool; killed on drop, and by the kernel
 /// if this tool dies.
 pub struct TansuProcess {
@@ -390,7 +380,7 @@ mod tests {
         let records: Vec<_> = (0..20)
             .map(|i| (Some(["a", "b"][i % 2].to_owned()), value(i)))
             .collect();
-        let requests = split_requests(2, records, now());
+        let requests = split_requests(2, records, record_timestamp_now());
         let total: usize = requests.iter().map(|(_, r)| r.len()).sum();
         assert_eq!(total, 20);
         for (_, batch) in &requests {
@@ -418,13 +408,17 @@ mod tests {
             assert_eq!(seen, expected, "{key}");
         }
         // A record larger than the limit still goes, alone.
-        let big = split_requests(1, vec![(None, vec![b'x'; MAX_REQUEST_BYTES * 2])], now());
+        let big = split_requests(
+            1,
+            vec![(None, vec![b'x'; MAX_REQUEST_BYTES * 2])],
+            record_timestamp_now(),
+        );
         assert_eq!(big.len(), 1);
     }
 
     #[test]
     fn the_record_clock_is_the_wall_clock() {
-        let ms = now().timestamp_millis();
+        let ms = record_timestamp_now().timestamp_millis();
         assert!(ms > 1_700_000_000_000, "{ms}");
     }
 }
