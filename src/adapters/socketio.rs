@@ -32,9 +32,9 @@ use crate::ports::{ClientFanout, FanoutError, Payload};
 
 mod backlog;
 
-use backlog::{Backlogs, Pending, Pushed};
+use backlog::{Backlogs, LatestByRoom, Pending, Pushed};
 use socketioxide::{BroadcastError, SendError, SocketError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Builds the Socket.IO layer (path `/socket.io`, websocket and polling) and its handle.
@@ -64,16 +64,21 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
 pub struct SocketIoFanout {
     io: SocketIo,
     backlogs: Arc<Backlogs>,
-    /// Until when (ms since `epoch`) ticker broadcasts go socket by socket, to find the
-    /// sockets whose queue a broadcast found full.
-    probe_until: Arc<AtomicU64>,
+    latest: Arc<LatestByRoom>,
+    /// Set when a broadcast found full queues: the next ticker goes socket by socket, which
+    /// finds them (see [`Self::broadcast_latest`]).
+    probe_pending: Arc<AtomicBool>,
+    /// When (ms since `epoch`) the last socket-by-socket ticker ran.
+    last_probe: Arc<AtomicU64>,
     epoch: Instant,
 }
 
 /// The room every lagging socket is in, so that fast broadcasts can skip them.
 const LAGGING_ROOM: &str = "flux:lagging";
-/// How long ticker broadcasts go socket by socket after one found a full queue.
-const PROBE_WINDOW: Duration = Duration::from_secs(1);
+/// At most one socket-by-socket ticker per this interval. Going socket by socket encodes the
+/// event once per socket, so a socket that hovers at full cannot make every broadcast slow;
+/// between probes a full socket just misses tickers (newer prices follow, and counted).
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How often lagging sockets' backlogs are retried.
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -85,7 +90,9 @@ impl SocketIoFanout {
         Self {
             io,
             backlogs: Arc::new(Backlogs::new(settings.max_backlog, MAX_BACKLOG_KEYS)),
-            probe_until: Arc::new(AtomicU64::new(0)),
+            latest: Arc::new(LatestByRoom::new(MAX_BACKLOG_KEYS)),
+            probe_pending: Arc::new(AtomicBool::new(false)),
+            last_probe: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
         }
     }
@@ -97,13 +104,29 @@ impl SocketIoFanout {
             .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()))
     }
 
-    /// Sends to one socket, or queues in its backlog when it is behind.
-    fn deliver(&self, s: &SocketRef, event: &str, payload: &Payload, key: Option<&str>) {
+    /// Sends to one socket, or queues in its backlog when it is behind. A socket found full
+    /// while sending a conflatable message of `room` first gets the latest of every key of
+    /// that room in its backlog (see [`LatestByRoom`]).
+    fn deliver(
+        &self,
+        s: &SocketRef,
+        room: Option<&str>,
+        event: &str,
+        payload: &Payload,
+        key: Option<&str>,
+    ) {
         if !self.backlogs.is_lagging(s.id) {
             match s.emit(event, payload) {
                 Ok(()) => return,
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
                 Err(_) => return, // closed: the socket is going away
+            }
+            if let (Some(room), Some(_)) = (room, key) {
+                for missed in self.latest.of(room) {
+                    if !self.backlog(s, missed) {
+                        return;
+                    }
+                }
             }
         }
         let pending = Pending {
@@ -111,7 +134,17 @@ impl SocketIoFanout {
             payload: payload.clone(),
             key: key.map(str::to_owned),
         };
-        let kind = if key.is_some() { "latest" } else { "ordered" };
+        self.backlog(s, pending);
+    }
+
+    /// Queues `pending` in `s`'s backlog; disconnects `s` if that overflows. Returns whether
+    /// `s` is still connected.
+    fn backlog(&self, s: &SocketRef, pending: Pending) -> bool {
+        let kind = if pending.key.is_some() {
+            "latest"
+        } else {
+            "ordered"
+        };
         match self.backlogs.push(s.id, pending) {
             Pushed::Queued => {
                 s.join(LAGGING_ROOM);
@@ -123,13 +156,15 @@ impl SocketIoFanout {
                 tracing::warn!(socket = %s.id, "client too slow: its backlog overflowed; disconnecting it");
                 self.backlogs.remove(s.id);
                 let _ = s.clone().disconnect();
+                return false;
             }
         }
+        true
     }
 
     fn to_room_each(&self, room: &str, event: &str, payload: &Payload, key: Option<&str>) {
         for s in self.io.to(room.to_owned()).sockets() {
-            self.deliver(&s, event, payload, key);
+            self.deliver(&s, Some(room), event, payload, key);
         }
     }
 
@@ -137,14 +172,31 @@ impl SocketIoFanout {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn probing(&self) -> bool {
-        self.now_ms() < self.probe_until.load(Ordering::Relaxed)
+    /// Whether this ticker should go socket by socket: a broadcast found full queues, and
+    /// the last probe is at least [`PROBE_INTERVAL`] old. Claims the probe.
+    fn take_probe(&self) -> bool {
+        if !self.probe_pending.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = self.now_ms();
+        let last = self.last_probe.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PROBE_INTERVAL.as_millis() as u64 {
+            return false;
+        }
+        // One caller wins the probe; concurrent broadcasts stay on the fast path.
+        self.last_probe
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && self.probe_pending.swap(false, Ordering::Relaxed)
     }
 
     /// Tickers: one encode and one queue push per socket through socketioxide's broadcast,
     /// skipping lagging sockets, whose backlog gets the latest per product instead. A
-    /// broadcast that finds full queues cannot say whose: for a moment, broadcasts then go
-    /// socket by socket, which finds them and makes them lagging.
+    /// broadcast that finds full queues cannot say whose: the next ticker (at most one per
+    /// [`PROBE_INTERVAL`]) then goes socket by socket, which finds them and makes them
+    /// lagging. Only that one event is encoded per socket; a whole window of per-socket
+    /// sends (the first design) cost every client seconds of latency when 100 stalled
+    /// sockets filled up one after another (BENCHMARKS.md, "slow").
     async fn broadcast_latest(
         &self,
         room: &str,
@@ -152,7 +204,8 @@ impl SocketIoFanout {
         payload: &Payload,
         key: &str,
     ) -> Result<(), FanoutError> {
-        if self.probing() {
+        self.latest.record(room, event, payload, key);
+        if self.take_probe() {
             self.to_room_each(room, event, payload, Some(key));
             return Ok(());
         }
@@ -168,10 +221,7 @@ impl SocketIoFanout {
                     .count();
                 if full > 0 {
                     metrics::counter!(FANOUT_DROPPED).increment(full as u64);
-                    self.probe_until.store(
-                        self.now_ms() + PROBE_WINDOW.as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
+                    self.probe_pending.store(true, Ordering::Relaxed);
                 }
             }
             Err(e) => return Err(FanoutError::Transport(e.to_string())),
@@ -181,7 +231,7 @@ impl SocketIoFanout {
                 if let Some(s) = self.io.get_socket(sid)
                     && s.rooms().iter().any(|r| r == room)
                 {
-                    self.deliver(&s, event, payload, Some(key));
+                    self.deliver(&s, Some(room), event, payload, Some(key));
                 }
             }
         }
@@ -238,7 +288,7 @@ impl ClientFanout for SocketIoFanout {
         payload: &Payload,
     ) -> Result<(), FanoutError> {
         let s = self.socket(socket)?;
-        self.deliver(&s, event, payload, None);
+        self.deliver(&s, None, event, payload, None);
         Ok(())
     }
 

@@ -150,6 +150,57 @@ impl Backlogs {
     }
 }
 
+/// The latest conflatable message broadcast per room and key. A broadcast that finds a
+/// socket's queue full cannot say whose it is, so that socket misses the message until a
+/// later send finds it; when it does, its backlog is seeded from here, so that it still ends
+/// up with the latest message of every key, including the ones it missed.
+pub(crate) struct LatestByRoom {
+    map: Mutex<HashMap<String, HashMap<String, Pending>>>, // std Mutex: never held across an .await
+    max_keys: usize,
+}
+
+impl LatestByRoom {
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            max_keys,
+        }
+    }
+
+    /// Remembers `payload` as the latest of `key` in `room` (beyond `max_keys` keys per room,
+    /// new keys are not remembered).
+    pub fn record(&self, room: &str, event: &str, payload: &Payload, key: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = match map.get_mut(room) {
+            Some(keys) => keys,
+            None => map.entry(room.to_owned()).or_default(),
+        };
+        if let Some(slot) = keys.get_mut(key) {
+            slot.payload = payload.clone();
+            if slot.event != event {
+                event.clone_into(&mut slot.event);
+            }
+        } else if keys.len() < self.max_keys {
+            keys.insert(
+                key.to_owned(),
+                Pending {
+                    event: event.to_owned(),
+                    payload: payload.clone(),
+                    key: Some(key.to_owned()),
+                },
+            );
+        }
+    }
+
+    /// The latest message of every key remembered for `room`.
+    pub fn of(&self, room: &str) -> Vec<Pending> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(room)
+            .map(|keys| keys.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +252,29 @@ mod tests {
         assert!(b.is_lagging(sid));
         assert_eq!(b.drain(sid, |_| true), 1);
         assert!(!b.is_lagging(sid));
+    }
+
+    #[test]
+    fn the_latest_per_room_and_key_is_remembered_within_bounds() {
+        let latest = LatestByRoom::new(2);
+        let p = |n: u32| Payload::new(&n);
+        latest.record("crypto", "t", &p(1), "BTC");
+        latest.record("crypto", "t", &p(2), "ETH");
+        latest.record("crypto", "t", &p(3), "BTC");
+        latest.record("crypto", "t", &p(4), "SOL"); // a third key: over the bound
+        latest.record("other", "t", &p(5), "BTC");
+        let mut got: Vec<(String, String)> = latest
+            .of("crypto")
+            .into_iter()
+            .map(|m| (m.key.unwrap(), m.payload.as_str().to_owned()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [("BTC".into(), "3".into()), ("ETH".into(), "2".into())]
+        );
+        assert_eq!(latest.of("other").len(), 1);
+        assert!(latest.of("nobody").is_empty());
     }
 
     #[test]
