@@ -42,12 +42,17 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+rustfmt --check --edition 2024 vendor/engineioxide/src/lib.rs
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test (unit, fixtures, gateway over TCP, lifecycle, integration)"
 cargo test --all-targets --locked 2>&1
+
+step "patched engineioxide: upstream's own test suite (vendor/README.md)"
+CARGO_TARGET_DIR=target/vendor-engineioxide \
+  cargo test --manifest-path vendor/engineioxide/Cargo.toml --locked --features __test_harness 2>&1
 
 step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
 bash scripts/node-tests.sh

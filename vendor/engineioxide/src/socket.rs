@@ -1,0 +1,599 @@
+//! ## A [`Socket`] represents a client connection to the server
+//!
+//! It can be used to :
+//! * Emit binary or string data
+//! * Get a reference to the request made to connect to the socket.io server
+//! * Close the connection
+//!
+//! #### Example :
+//! ```rust
+//! # use bytes::Bytes;
+//! # use engineioxide::service::EngineIoService;
+//! # use engineioxide::handler::EngineIoHandler;
+//! # use engineioxide::{Socket, DisconnectReason, Str};
+//! # use std::sync::{Mutex, Arc};
+//! # use std::sync::atomic::{AtomicUsize, Ordering};
+//! // Global state
+//! #[derive(Debug, Default)]
+//! struct MyHandler {
+//!     user_cnt: AtomicUsize,
+//! }
+//!
+//! // Socket state
+//! #[derive(Debug, Default)]
+//! struct SocketState {
+//!     id: Mutex<String>,
+//! }
+//!
+//! impl EngineIoHandler for MyHandler {
+//!     type Data = SocketState;
+//!
+//!     fn on_connect(self: Arc<Self>, socket: Arc<Socket<SocketState>>) {
+//!         // Get the request made to initialize the connection
+//!         // and check that the authorization header is correct
+//!         let connected = socket.req_parts.headers.get("Authorization")
+//!             .map(|a| a == "mysuperpassword!").unwrap_or_default();
+//!         // Close the socket if the authentication is invalid
+//!         if !connected {
+//!             socket.close(DisconnectReason::TransportError);
+//!             return;
+//!         }
+//!
+//!         let cnt = self.user_cnt.fetch_add(1, Ordering::Relaxed) + 1;
+//!         // Emit string data to the client
+//!         socket.emit(cnt.to_string()).ok();
+//!     }
+//!     fn on_disconnect(&self, socket: Arc<Socket<SocketState>>, reason: DisconnectReason) {
+//!         let cnt = self.user_cnt.fetch_sub(1, Ordering::Relaxed) - 1;
+//!     }
+//!     fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<Socket<SocketState>>) {
+//!         *socket.data.id.lock().unwrap() = msg.into(); // bind a provided user id to a socket
+//!     }
+//!     fn on_binary(self: &Arc<Self>, data: Bytes, socket: Arc<Socket<SocketState>>) { }
+//! }
+//!
+//! let svc = EngineIoService::new(Arc::new(MyHandler::default()));
+//! ```
+use std::{
+    collections::VecDeque,
+    fmt::Debug,
+    sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    time::Duration,
+};
+
+use crate::{config::EngineIoConfig, errors::Error, queue};
+use bytes::Bytes;
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
+use http::request::Parts;
+use smallvec::{SmallVec, smallvec};
+use tokio::sync::{Mutex, mpsc::error::TrySendError, watch};
+
+pub use engineioxide_core::Sid;
+use tokio_util::sync::CancellationToken;
+
+/// A [`DisconnectReason`] represents the reason why a [`Socket`] was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client gracefully closed the connection
+    TransportClose,
+    /// The client sent multiple polling requests at the same time (it is forbidden according to the engine.io protocol)
+    MultipleHttpPollingError,
+    /// The client sent a bad request / the packet could not be parsed correctly
+    PacketParsingError,
+    /// An error occured in the transport layer
+    /// (e.g. the client closed the connection without sending a close packet)
+    TransportError,
+    /// The client did not respond to the heartbeat
+    HeartbeatTimeout,
+    /// The server is being closed
+    ClosingServer,
+}
+
+/// Convert an [`Error`] to a [`DisconnectReason`] if possible
+/// This is used to notify the [`Handler`](crate::handler::EngineIoHandler) of the reason why a [`Socket`] was closed
+/// If the error cannot be converted to a [`DisconnectReason`] it means that the error was not fatal and the [`Socket`] can be kept alive
+impl From<&Error> for Option<DisconnectReason> {
+    fn from(err: &Error) -> Self {
+        use Error::*;
+        match err {
+            WsTransport(_) => Some(DisconnectReason::TransportError),
+            BadPacket(_) | PacketParse(_) => Some(DisconnectReason::PacketParsingError),
+            HeartbeatTimeout => Some(DisconnectReason::HeartbeatTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// A permit to emit a message to the client.
+/// A permit holds a place in the internal channel to send one packet to the client.
+pub struct Permit<'a> {
+    inner: queue::Permit<'a, PacketBuf>,
+}
+impl Permit<'_> {
+    /// Consume the permit and emit a message to the client.
+    #[inline]
+    pub fn emit(self, msg: Str) {
+        self.inner.send(smallvec![Packet::Message(msg)]);
+    }
+    /// Consume the permit and emit a binary message to the client.
+    #[inline]
+    pub fn emit_binary(self, data: Bytes) {
+        self.inner.send(smallvec![Packet::Binary(data)]);
+    }
+
+    /// Consume the permit and emit a message with multiple binary data to the client.
+    ///
+    /// It can be used to ensure atomicity when sending a string packet with adjacent binary packets.
+    pub fn emit_many(self, msg: Str, data: VecDeque<Bytes>) {
+        let mut packets = SmallVec::with_capacity(data.len() + 1);
+        packets.push(Packet::Message(msg));
+        for d in data {
+            packets.push(Packet::Binary(d));
+        }
+        self.inner.send(packets);
+    }
+
+    /// Consume the permit and emit a message with multiple binary data to the client.
+    ///
+    /// It can be used to ensure atomicity when sending a string packet with adjacent binary packets.
+    pub fn emit_many_binary(self, bin: Bytes, data: Vec<Bytes>) {
+        let mut packets = SmallVec::with_capacity(data.len() + 1);
+        packets.push(Packet::Binary(bin));
+        for d in data {
+            packets.push(Packet::Binary(d));
+        }
+        self.inner.send(packets);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct InternalRx {
+    pub buffered_rx: queue::Receiver<PacketBuf>,
+    pub peeked_packet: Option<PacketBuf>,
+    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
+}
+
+impl InternalRx {
+    fn new(
+        buffered_rx: queue::Receiver<PacketBuf>,
+        volatile_rx: watch::Receiver<Option<PacketBuf>>,
+    ) -> Self {
+        Self {
+            buffered_rx,
+            peeked_packet: None,
+            volatile_rx,
+        }
+    }
+}
+
+/// flux-bff patch: what the engine's heartbeat task needs to know of a socket (times in ms
+/// of the engine's clock).
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat {
+    /// When the next ping is due (v4).
+    next_ping_ms: AtomicU64,
+    /// When the outstanding ping was sent; 0 when none is (v4).
+    ping_sent_ms: AtomicU64,
+    /// When the client last sent a heartbeat packet.
+    last_seen_ms: AtomicU64,
+}
+
+/// A [`Socket`] represents a client connection to the server.
+/// It is agnostic to the [`TransportType`].
+///
+/// It handles :
+/// * the packet communication between with the `Engine`
+///   and the user defined [`Handler`](crate::handler::EngineIoHandler).
+/// * the user defined [`Data`](crate::handler::EngineIoHandler::Data) bound to the socket.
+/// * the heartbeat job that verify that the connection is still up by sending packets periodically.
+pub struct Socket<D>
+where
+    D: Default + Send + Sync + 'static,
+{
+    /// The socket id
+    pub id: Sid,
+
+    /// The protocol version used by the socket
+    pub protocol: ProtocolVersion,
+
+    /// The transport type represented as a bitfield
+    /// It is represented as a bitfield to allow the use of an [`AtomicU8`] so it can be shared between threads
+    /// without any mutex
+    transport: AtomicU8,
+
+    /// Whether the socket is currently upgrading to a new transport.
+    upgrading: AtomicBool,
+
+    /// Channel to send [`PacketBuf`] to the connection
+    ///
+    /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
+    ///
+    /// It is locked if [`EngineIo`](crate::engine) is currently reading from it :
+    /// * In case of polling transport it will be locked and released for each request
+    /// * In case of websocket transport it will always be locked until the connection is closed
+    ///
+    /// Closing behavior is driven by the [`Socket::cancellation_token`].
+    ///
+    /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
+    pub(crate) internal_rx: Mutex<InternalRx>,
+
+    /// Channel to send [PacketBuf] to the internal connection
+    pub(crate) internal_tx: queue::Sender<PacketBuf>,
+
+    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
+    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
+    /// message is retained; subsequent volatile sends overwrite the previous one.
+    volatile_tx: watch::Sender<Option<PacketBuf>>,
+
+    /// flux-bff patch: the heartbeat state, checked by the engine's one heartbeat task
+    /// ([`crate::engine::EngineIo`]) instead of a task per socket.
+    pub(crate) heartbeat: Heartbeat,
+
+    /// A cancellation token that will be triggered when the socket is being closed.
+    pub(crate) cancellation_token: CancellationToken,
+
+    /// Function to call when the socket is closed
+    close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
+    /// User data bound to the socket
+    pub data: D,
+
+    /// Http Request data used to create a socket
+    pub req_parts: Parts,
+
+    /// If the client supports binary packets (via polling XHR2)
+    pub(crate) supports_binary: bool,
+}
+
+impl<D> Socket<D>
+where
+    D: Default + Send + Sync + 'static,
+{
+    pub(crate) fn new(
+        protocol: ProtocolVersion,
+        transport: TransportType,
+        config: &EngineIoConfig,
+        req_parts: Parts,
+        close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
+        supports_binary: bool,
+    ) -> Self {
+        let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
+        let (volatile_tx, volatile_rx) = watch::channel(None);
+
+        Self {
+            id: Sid::new(),
+            protocol,
+            transport: AtomicU8::new(transport as u8),
+            upgrading: AtomicBool::new(false),
+
+            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_tx,
+
+            volatile_tx,
+
+            heartbeat: Heartbeat::default(),
+            cancellation_token: CancellationToken::new(),
+
+            close_fn,
+
+            data: D::default(),
+            req_parts,
+
+            supports_binary,
+        }
+    }
+
+    /// Sends a packet to the connection.
+    pub(crate) fn send(&self, packet: Packet) -> Result<(), TrySendError<Packet>> {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(?packet, "sending packet");
+
+        self.internal_tx
+            .try_send(smallvec![packet])
+            .map_err(|p| match p {
+                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
+            })?;
+        Ok(())
+    }
+    pub(crate) fn is_upgrading(&self) -> bool {
+        self.upgrading.load(Ordering::Relaxed)
+    }
+    pub(crate) fn start_upgrade(&self) {
+        self.upgrading.store(true, Ordering::Relaxed);
+    }
+
+    /// A heartbeat packet from the client: a pong (v4) or a ping (v3, answered at once).
+    pub(crate) fn heartbeat_received(&self, now_ms: u64) {
+        self.heartbeat.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        self.heartbeat.ping_sent_ms.store(0, Ordering::Relaxed);
+        #[cfg(feature = "v3")]
+        if self.protocol == ProtocolVersion::V3 {
+            self.internal_tx.try_send(smallvec![Packet::Pong]).ok();
+        }
+    }
+
+    /// One heartbeat check at `now_ms` (v4: the server pings every `interval` and expects a
+    /// pong within `timeout`; v3: the client pings at least every `interval + timeout`).
+    /// `Err` when the socket must be closed for a heartbeat timeout.
+    pub(crate) fn heartbeat_check(
+        &self,
+        now_ms: u64,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        // The heartbeat pass is also when an emptied send queue gives its memory back.
+        self.internal_tx.release_if_empty();
+        let hb = &self.heartbeat;
+        let interval = interval.as_millis() as u64;
+        let timeout = timeout.as_millis() as u64;
+        #[cfg(feature = "v3")]
+        if self.protocol == ProtocolVersion::V3 {
+            let last = hb.last_seen_ms.load(Ordering::Relaxed);
+            return if now_ms.saturating_sub(last) > interval + timeout {
+                Err(Error::HeartbeatTimeout)
+            } else {
+                Ok(())
+            };
+        }
+        let sent = hb.ping_sent_ms.load(Ordering::Relaxed);
+        if sent != 0 {
+            return if now_ms.saturating_sub(sent) >= timeout {
+                Err(Error::HeartbeatTimeout)
+            } else {
+                Ok(())
+            };
+        }
+        // Pings pause while the transport is being upgraded.
+        if self.is_upgrading() || now_ms < hb.next_ping_ms.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.internal_tx
+            .try_send(smallvec![Packet::Ping])
+            .map_err(|_| Error::HeartbeatTimeout)?;
+        hb.ping_sent_ms.store(now_ms.max(1), Ordering::Relaxed);
+        hb.next_ping_ms.store(now_ms + interval, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts the heartbeat clock of a new session at `now_ms`: the first ping goes out at
+    /// once, as upstream's heartbeat task did.
+    pub(crate) fn heartbeat_start(&self, now_ms: u64) {
+        let hb = &self.heartbeat;
+        hb.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        hb.next_ping_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Returns true if the [`Socket`] has a websocket [`TransportType`]
+    pub(crate) fn is_ws(&self) -> bool {
+        self.transport.load(Ordering::Relaxed) == TransportType::Websocket as u8
+    }
+    /// returns true if the [`Socket`] has an HTTP [`TransportType`]
+    pub(crate) fn is_http(&self) -> bool {
+        self.transport.load(Ordering::Relaxed) == TransportType::Polling as u8
+    }
+
+    /// Sets the [`TransportType`] to WebSocket
+    /// Used when the client upgrade the connection from HTTP to WebSocket
+    pub(crate) fn upgrade_to_websocket(&self) {
+        self.upgrading.store(false, Ordering::Relaxed);
+        self.transport
+            .store(TransportType::Websocket as u8, Ordering::Relaxed);
+    }
+
+    /// Returns the current [`TransportType`] of the [`Socket`]
+    pub fn transport_type(&self) -> TransportType {
+        TransportType::from(self.transport.load(Ordering::Relaxed))
+    }
+
+    /// Reserve `n` permits to emit multiple messages and ensure that there is enough
+    /// space in the internal chan.
+    ///
+    /// If the internal chan is full, the function will return a [`TrySendError::Full`] error.
+    /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
+    #[inline]
+    pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
+        let permit = self.internal_tx.try_reserve()?;
+        Ok(Permit { inner: permit })
+    }
+
+    /// Emits a message to the client.
+    ///
+    /// If the transport is in websocket mode, the message is directly sent as a text frame.
+    ///
+    /// If the transport is in polling mode, the message is buffered and sent as a text frame to the next polling request.
+    ///
+    /// ⚠️ If the buffer is full or the socket is disconnected, an error will be returned with the original data
+    pub fn emit(&self, msg: impl Into<Str>) -> Result<(), TrySendError<Str>> {
+        self.send(Packet::Message(msg.into())).map_err(|e| match e {
+            TrySendError::Full(p) => TrySendError::Full(p.into_message()),
+            TrySendError::Closed(p) => TrySendError::Closed(p.into_message()),
+        })
+    }
+
+    /// Immediately closes the socket and the underlying connection.
+    /// The socket will be removed from the `Engine` and the [`Handler`](crate::handler::EngineIoHandler) will be notified.
+    #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
+    pub fn close(&self, reason: DisconnectReason) {
+        // Try to send a close packet is the connection is still operational.
+        self.send(Packet::Close).ok();
+
+        (self.close_fn)(self.id, reason);
+    }
+
+    /// Returns true if the socket is closed
+    /// It means that no more packets can be sent to the client
+    pub fn is_closed(&self) -> bool {
+        self.internal_tx.is_closed()
+    }
+
+    /// Wait for the socket to be fully closed
+    pub async fn closed(&self) {
+        self.internal_tx.closed().await
+    }
+
+    /// Emits a binary message to the client.
+    ///
+    /// If the transport is in websocket mode, the message is directly sent as a binary frame.
+    ///
+    /// If the transport is in polling mode, the message is buffered and sent as a text frame **encoded in base64** to the next polling request.
+    ///
+    /// ⚠️ If the buffer is full or the socket is disconnected, an error will be returned with the original data
+    pub fn emit_binary<B: Into<Bytes>>(&self, data: B) -> Result<(), TrySendError<Bytes>> {
+        if self.protocol == ProtocolVersion::V3 {
+            self.send(Packet::BinaryV3(data.into()))
+        } else {
+            self.send(Packet::Binary(data.into()))
+        }
+        .map_err(|e| match e {
+            TrySendError::Full(p) => TrySendError::Full(p.into_binary()),
+            TrySendError::Closed(p) => TrySendError::Closed(p.into_binary()),
+        })
+    }
+
+    /// Try to send a volatile message bypassing the internal buffer channel.
+    /// Volatile messages may be dropped if the transport is not ready to
+    /// receive them.
+    ///
+    /// Because volatile messages bypass the main mpsc buffer queue, they may
+    /// arrive out of order relative to regular messages.
+    ///
+    /// Returns `true` if the message was queued for sending, `false` if it
+    /// was dropped (channel full or transport shutting down).
+    #[inline]
+    pub fn emit_volatile(&self, msg: impl Into<Str>) -> bool {
+        self.send_volatile(smallvec![Packet::Message(msg.into())])
+    }
+
+    /// Try to send a volatile binary message bypassing the internal buffer channel.
+    /// Volatile messages may be dropped if the transport is not ready to
+    /// receive them.
+    ///
+    /// Returns `true` if the message was queued for sending, `false` if it
+    /// was dropped.
+    #[inline]
+    pub fn emit_binary_volatile<B: Into<Bytes>>(&self, data: B) -> bool {
+        if self.protocol == ProtocolVersion::V3 {
+            self.send_volatile(smallvec![Packet::BinaryV3(data.into())])
+        } else {
+            self.send_volatile(smallvec![Packet::Binary(data.into())])
+        }
+    }
+
+    /// Try to send a volatile message with multiple adjacent binary payloads.
+    /// The message and all binary payloads are sent atomically as a single
+    /// volatile write.
+    ///
+    /// Returns `true` if the message was queued for sending, `false` if it
+    /// was dropped.
+    #[inline]
+    pub fn emit_many_volatile(&self, msg: Str, data: VecDeque<Bytes>) -> bool {
+        let mut packets = SmallVec::with_capacity(1 + data.len());
+        packets.push(Packet::Message(msg));
+        for bin in data {
+            packets.push(Packet::Binary(bin));
+        }
+        self.send_volatile(packets)
+    }
+
+    pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
+        self.volatile_tx.send(Some(packets)).is_ok()
+    }
+}
+
+impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("sid", &self.id)
+            .field("protocol", &self.protocol)
+            .field("conn", &self.transport)
+            .field("internal_rx", &self.internal_rx)
+            .field("internal_tx", &self.internal_tx)
+            .field("heartbeat", &self.heartbeat)
+            .field("cancellation_token", &self.cancellation_token)
+            .field("req_data", &self.req_parts)
+            .finish()
+    }
+}
+
+#[doc(hidden)]
+#[cfg(feature = "__test_harness")]
+impl<D> Drop for Socket<D>
+where
+    D: Default + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!("[sid={}] dropping socket", self.id);
+    }
+}
+
+#[doc(hidden)]
+#[cfg(feature = "__test_harness")]
+impl<D> Socket<D>
+where
+    D: Default + Send + Sync + 'static,
+{
+    /// Create a dummy socket for testing purpose
+    pub fn new_dummy(
+        sid: Sid,
+        close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
+    ) -> std::sync::Arc<Socket<D>> {
+        let (s, mut rx) = Socket::new_dummy_piped(sid, close_fn, 1024);
+        tokio::spawn(async move {
+            while let Some(_el) = rx.recv().await {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(?sid, ?_el, "emitting eio msg");
+            }
+        });
+        s
+    }
+
+    /// Create a dummy socket for testing purpose with a
+    /// receiver to get the packets sent to the client
+    pub fn new_dummy_piped(
+        sid: Sid,
+        close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
+        buffer_size: usize,
+    ) -> (
+        std::sync::Arc<Socket<D>>,
+        tokio::sync::mpsc::Receiver<Packet>,
+    ) {
+        let (internal_tx, internal_rx) = queue::channel(buffer_size);
+        let (volatile_tx, volatile_rx) = watch::channel(None);
+
+        let sock = Self {
+            id: sid,
+            protocol: ProtocolVersion::V4,
+            transport: AtomicU8::new(TransportType::Websocket as u8),
+            upgrading: AtomicBool::new(false),
+
+            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_tx,
+
+            volatile_tx,
+
+            heartbeat: Heartbeat::default(),
+            cancellation_token: CancellationToken::new(),
+            close_fn,
+
+            data: D::default(),
+            req_parts: http::Request::<()>::default().into_parts().0,
+
+            supports_binary: true,
+        };
+        let sock = std::sync::Arc::new(sock);
+
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
+        let sock_clone = sock.clone();
+        tokio::spawn(async move {
+            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
+            while let Some(packets) = internal_rx.buffered_rx.recv().await {
+                for packet in packets {
+                    tx.send(packet).await.unwrap();
+                }
+            }
+        });
+
+        (sock, rx)
+    }
+}
