@@ -550,3 +550,60 @@ async fn a_client_that_stops_reading_is_conflated_to_the_latest_price_per_produc
         "conflated: {received} ticks instead of {total}"
     );
 }
+
+#[tokio::test]
+async fn polling_requests_from_the_frontend_origin_get_cors_headers() {
+    // FRONTEND_URL's origin is granted on the Engine.IO polling transport and its preflight,
+    // with a browser's headers (which the gateway trims from Socket.IO requests).
+    let mut settings = Settings::default();
+    settings.http.cors_origin = Some("https://flux.example".into());
+    let app = TestApp::spawn_with(settings).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/socket.io/?EIO=4&transport=polling", app.addr);
+
+    let open = http
+        .get(&url)
+        .header("Origin", "https://flux.example")
+        .header("User-Agent", "Mozilla/5.0")
+        .header("Cookie", "flux_session=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let allowed = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        allowed(&open, "access-control-allow-origin").as_deref(),
+        Some("https://flux.example")
+    );
+    assert_eq!(
+        allowed(&open, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let body = open.text().await.unwrap();
+    assert!(
+        body.starts_with("0{\"sid\""),
+        "engine.io open packet: {body}"
+    );
+
+    // The browser's preflight for the polling POST.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("Origin", "https://flux.example")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed(&preflight, "access-control-allow-origin").as_deref(),
+        Some("https://flux.example")
+    );
+    let methods = allowed(&preflight, "access-control-allow-methods").unwrap_or_default();
+    assert!(
+        methods.contains("POST"),
+        "a preflight answer allows POST: {methods:?}"
+    );
+}

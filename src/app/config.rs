@@ -131,7 +131,7 @@ impl Default for SocketIoSettings {
             ping_timeout: Duration::from_secs(20),
             max_buffer: 1024,
             max_backlog: 256,
-            ws_read_buffer: 1024,
+            ws_read_buffer: 512,
         }
     }
 }

@@ -55,7 +55,9 @@ pub fn router(
     }
     let mut app = app
         .with_state(AppState { health, cache, bus })
-        .layer(socketio);
+        .layer(socketio)
+        // Inside CORS, which still sees every header.
+        .layer(tower::util::MapRequestLayer::new(trim_socketio_head));
     if let Some(origin) = settings
         .http
         .cors_origin
@@ -162,6 +164,51 @@ fn detach_head(mut req: Request) -> Request {
             *value = copy;
         }
     }
+    req
+}
+
+/// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake
+/// and the polling transport, and what the gateway reads (`x-forwarded-for`). A header the
+/// gateway starts to read must be added here.
+const SOCKETIO_HEADERS: [header::HeaderName; 9] = [
+    header::HOST,
+    header::UPGRADE,
+    header::CONNECTION,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Engine.IO keeps the head of the request that opened a session for the life of the socket.
+/// A browser sends a dozen headers the gateway never reads (user agent, languages, cookies,
+/// extensions: 1–2 KB per connection, as much as the rest of an idle socket); only
+/// [`SOCKETIO_HEADERS`] are kept on `/socket.io/` requests.
+fn trim_socketio_head(mut req: Request) -> Request {
+    if !req.uri().path().starts_with("/socket.io/") {
+        return req;
+    }
+    let headers = req.headers_mut();
+    let keep = |name: &header::HeaderName| SOCKETIO_HEADERS.contains(name);
+    if headers.keys().all(keep) {
+        return req;
+    }
+    // A map sized for what is kept: a map's memory follows its capacity, not its length.
+    let kept_len = headers.iter().filter(|(name, _)| keep(name)).count();
+    let mut kept = axum::http::HeaderMap::with_capacity(kept_len);
+    let mut current = None;
+    for (name, value) in headers.drain() {
+        // `drain` names a header once, then gives its further values with `None`.
+        if name.is_some() {
+            current = name;
+        }
+        if let Some(name) = current.as_ref().filter(|n| keep(n)) {
+            kept.append(name.clone(), value);
+        }
+    }
+    *headers = kept;
     req
 }
 
@@ -315,6 +362,37 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "no longer listening"
         );
+    }
+
+    #[test]
+    fn socketio_requests_keep_only_the_headers_that_are_read() {
+        let browser = |path: &str| {
+            let mut req = Request::new(Body::empty());
+            *req.uri_mut() = path.parse().unwrap();
+            let h = req.headers_mut();
+            h.insert(header::HOST, HeaderValue::from_static("flux.example"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("k=="));
+            h.insert(header::USER_AGENT, HeaderValue::from_static("Mozilla/5.0"));
+            h.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+            h.insert(
+                header::ORIGIN,
+                HeaderValue::from_static("https://flux.example"),
+            );
+            h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+            h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+            req
+        };
+        let req = trim_socketio_head(browser("/socket.io/?EIO=4&transport=websocket"));
+        let mut names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["host", "sec-websocket-key", "upgrade", "x-forwarded-for"]
+        );
+        assert_eq!(req.headers().get_all("x-forwarded-for").iter().count(), 2);
+        // Other routes are untouched.
+        assert_eq!(trim_socketio_head(browser("/metrics")).headers().len(), 8);
     }
 
     #[test]

@@ -46,6 +46,10 @@ enum Scenario {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    ws::BROWSER_HEADERS.store(
+        cli.common.browser_headers,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match procfs::raise_nofile_limit() {
         Ok((before, after)) if after > before => {
             eprintln!("flux-loadgen: raised RLIMIT_NOFILE from {before} to {after}");

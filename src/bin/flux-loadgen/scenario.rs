@@ -57,6 +57,11 @@ pub struct Common {
     /// Initial read buffer per client socket, bytes.
     #[arg(long = "buf-size", global = true, default_value_t = 16 * 1024)]
     pub buf_size: usize,
+    /// Send the headers Chromium sends with a socket.io-client WebSocket upgrade (user agent,
+    /// origin, languages, a session cookie, extensions), not just the ones the upgrade needs.
+    /// Engine.IO keeps each session's request head, so they cost memory per connection.
+    #[arg(long = "browser-headers", global = true)]
+    pub browser_headers: bool,
     /// How many connection attempts run at once.
     #[arg(long = "connect-concurrency", global = true, default_value_t = 256)]
     pub connect_concurrency: usize,

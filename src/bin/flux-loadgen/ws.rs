@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -126,6 +127,20 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// Whether upgrades carry [`BROWSER_HEADER_LINES`] (`--browser-headers`).
+pub static BROWSER_HEADERS: AtomicBool = AtomicBool::new(false);
+
+/// What Chromium adds to a socket.io-client WebSocket upgrade, with a typical session cookie.
+const BROWSER_HEADER_LINES: &str = "Pragma: no-cache\r\nCache-Control: no-cache\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+    Chrome/156.0.0.0 Safari/537.36\r\n\
+    Origin: https://flux.example.com\r\n\
+    Accept-Encoding: gzip, deflate, br, zstd\r\n\
+    Accept-Language: en-GB,en-US;q=0.9,en;q=0.8,hi;q=0.7\r\n\
+    Cookie: flux_session=3f9c1e0a7b5d4c2e8f6a1b3c5d7e9f0a; _ga=GA1.1.1234567890.1764201600; \
+    theme=dark\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
 /// Standard base64 (with padding) of a short byte string, for `Sec-WebSocket-Key`.
 pub fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -185,9 +200,14 @@ impl WsStream {
             .await
             .map_err(|source| WsError::Connect { src, dst, source })?;
         let key = base64(&rand::random::<[u8; 16]>());
+        let browser = if BROWSER_HEADERS.load(Ordering::Relaxed) {
+            BROWSER_HEADER_LINES
+        } else {
+            ""
+        };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {dst}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{browser}\r\n"
         );
         io.write_all(request.as_bytes()).await?;
         let mut buf = vec![0u8; buf_size.max(4096)];
