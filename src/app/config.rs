@@ -129,7 +129,7 @@ impl Default for SocketIoSettings {
             burst: 20,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
-            max_buffer: 1024,
+            max_buffer: 256,
             max_backlog: 256,
             ws_read_buffer: 512,
         }
