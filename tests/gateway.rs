@@ -607,3 +607,130 @@ async fn polling_requests_from_the_frontend_origin_get_cors_headers() {
         "a preflight answer allows POST: {methods:?}"
     );
 }
+
+/// A raw WebSocket client that has joined the Lucknow rooms (crypto.global among them) and
+/// then reads only when the test tells it to.
+async fn raw_joined(
+    app: &TestApp,
+    guest: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::text(format!(r#"40{{"guestId":"{guest}"}}"#)))
+        .await
+        .unwrap();
+    loop {
+        let m = ws.next().await.unwrap().unwrap();
+        if m.to_text().unwrap_or("").contains("session:init") {
+            break;
+        }
+    }
+    ws.send(Message::text(format!(
+        r#"42["userLocationUpdate",{}]"#,
+        location("Lucknow")
+    )))
+    .await
+    .unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn a_client_that_catches_up_gets_live_tickers_again_while_another_still_lags() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut settings = Settings::default();
+    settings.socketio.max_buffer = 16;
+    let app = TestApp::spawn_with(settings).await;
+    // One client never reads again: the fan-out stays in its lagging mode throughout.
+    let _stalled = raw_joined(&app, "stalled").await;
+    let mut resumed = raw_joined(&app, "resumed").await;
+
+    // Tickers neither reads, until both are lagging: their TCP buffers full (16 KB ticks),
+    // their queues full, found by the fan-out.
+    let products = ["BTC-USD", "ETH-USD", "SOL-USD"];
+    let base = fixture("crypto.ticker.event.updated.json");
+    let tick = |product: &str, ts: usize| {
+        let mut tick = base.clone();
+        tick["data"]["product_id"] = json!(product);
+        tick["ts"] = json!(ts);
+        tick["pad"] = json!("x".repeat(16 * 1024));
+        tick
+    };
+    let lagging = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("flux_lagging_sockets "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while lagging(&app.metrics().await) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both clients should be lagging after {total} ticks"
+        );
+        for _ in 0..300 {
+            let product = products[total % products.len()];
+            app.publish(TICKER_EVENTS, Some(product), &tick(product, total));
+            total += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `resumed` reads again and catches up; then a new ticker must reach it live.
+    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> String {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .unwrap();
+        let text = msg.to_text().unwrap_or("").to_owned();
+        if text == "2" {
+            ws.send(Message::text("3")).await.unwrap();
+        }
+        text
+    };
+    let mut seen_last = std::collections::HashSet::new();
+    while seen_last.len() < products.len() {
+        let text = next_text(&mut resumed).await;
+        if let Some(body) = text.strip_prefix("42")
+            && let Ok(v) = serde_json::from_str::<Value>(body)
+            && v[0] == EV_TICKER
+            && v[1]["data"]["ts"].as_i64().unwrap_or(0) >= (total - products.len()) as i64
+        {
+            seen_last.insert(
+                v[1]["data"]["data"]["product_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    // Give the drainer (every 20 ms) time to see that it caught up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while lagging(&app.metrics().await) > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client that caught up is still counted as lagging"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        lagging(&app.metrics().await),
+        1.0,
+        "the stalled one still lags"
+    );
+
+    app.publish(TICKER_EVENTS, Some("ADA-USD"), &tick("ADA-USD", total + 1));
+    loop {
+        let text = next_text(&mut resumed).await;
+        if text.contains("ADA-USD") {
+            break;
+        }
+    }
+}

@@ -253,8 +253,13 @@ impl SocketIoFanout {
             for sid in self.backlogs.sockets() {
                 match self.io.get_socket(sid) {
                     Some(s) => {
-                        self.backlogs
-                            .drain(sid, |p| s.emit(&p.event, &p.payload).is_ok());
+                        // A socket that caught up leaves the lagging room, or the fast
+                        // broadcasts would skip it for good once it is not lagging.
+                        self.backlogs.drain(
+                            sid,
+                            |p| s.emit(&p.event, &p.payload).is_ok(),
+                            || s.leave(LAGGING_ROOM),
+                        );
                     }
                     None => self.backlogs.remove(sid),
                 }

@@ -110,8 +110,15 @@ impl Backlogs {
     }
 
     /// Sends `sid`'s backlog through `send` (urgent first, then the latest per key) until
-    /// `send` says the socket is full again (`false`). Returns how many were sent.
-    pub fn drain(&self, sid: Sid, mut send: impl FnMut(&Pending) -> bool) -> usize {
+    /// `send` says the socket is full again (`false`). Returns how many were sent. When the
+    /// backlog is empty, `caught_up` runs (under the lock, so before any later push can see
+    /// the socket as not lagging) and the socket is no longer lagging.
+    pub fn drain(
+        &self,
+        sid: Sid,
+        mut send: impl FnMut(&Pending) -> bool,
+        caught_up: impl FnOnce(),
+    ) -> usize {
         let mut map = self.lock();
         let Some(backlog) = map.get_mut(&sid) else {
             return 0;
@@ -132,6 +139,7 @@ impl Backlogs {
             sent += 1;
         }
         if backlog.is_empty() {
+            caught_up();
             map.remove(&sid);
             self.lagging.fetch_sub(1, Ordering::Relaxed);
         }
@@ -224,10 +232,16 @@ mod tests {
         assert_eq!(b.push(sid, msg("r", None, 5)), Pushed::Queued);
         assert_eq!(b.lagging(), 1);
         let mut sent = Vec::new();
-        b.drain(sid, |p| {
-            sent.push(p.payload.as_str().to_owned());
-            true
-        });
+        let mut caught_up = false;
+        b.drain(
+            sid,
+            |p| {
+                sent.push(p.payload.as_str().to_owned());
+                true
+            },
+            || caught_up = true,
+        );
+        assert!(caught_up);
         // Replies first, in order; then the latest price per product, in first-arrival order.
         assert_eq!(sent, ["4", "5", "3", "2"]);
         assert_eq!(b.lagging(), 0);
@@ -243,14 +257,18 @@ mod tests {
         }
         let mut budget = 2;
         assert_eq!(
-            b.drain(sid, |_| {
-                budget -= 1;
-                budget >= 0
-            }),
+            b.drain(
+                sid,
+                |_| {
+                    budget -= 1;
+                    budget >= 0
+                },
+                || panic!("not caught up while full"),
+            ),
             2
         );
         assert!(b.is_lagging(sid));
-        assert_eq!(b.drain(sid, |_| true), 1);
+        assert_eq!(b.drain(sid, |_| true, || {}), 1);
         assert!(!b.is_lagging(sid));
     }
 
