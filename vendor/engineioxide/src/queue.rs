@@ -4,12 +4,16 @@
 //! sockets use. tokio's bounded channel allocates its first block of 32 slots up front
 //! (32 × `PacketBuf` = 5.4 KB per socket, whatever the bound); this one allocates nothing
 //! until a packet is queued, and [`Sender::release_if_empty`] (called by the heartbeat pass)
-//! gives the memory of an emptied queue back, so that an idle socket holds none and a busy
-//! one does not reallocate on every drain.
+//! gives the memory of an emptied queue back, so that an idle socket holds none.
+//!
+//! Cost per packet: a reservation is one atomic compare-and-swap (no lock), a push one
+//! uncontended lock; the receiver takes everything queued in one lock (it swaps the queue
+//! with its own empty one), so the broadcasting thread and the socket's writer rarely meet
+//! on the lock.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -17,15 +21,11 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 pub use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
-struct Inner<T> {
-    items: VecDeque<T>,
-    /// Slots held by [`Permit`]s not yet used.
-    reserved: usize,
-    closed: bool,
-}
-
 struct Shared<T> {
-    inner: Mutex<Inner<T>>,
+    items: Mutex<VecDeque<T>>,
+    /// Items queued (here or in the receiver's batch) plus slots reserved by [`Permit`]s.
+    used: AtomicUsize,
+    closed: AtomicBool,
     cap: usize,
     /// The receiver, waiting for an item.
     rx_waker: AtomicWaker,
@@ -36,8 +36,50 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot, unless the queue is closed or full.
+    fn reserve(&self) -> Result<(), TrySendError<()>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TrySendError::Closed(()));
+        }
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used >= self.cap {
+                return Err(TrySendError::Full(()));
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Gives `n` slots back.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.notify_changed();
+        }
+    }
+
+    /// Queues an item in a reserved slot.
+    fn push(&self, item: T) {
+        if self.closed.load(Ordering::Acquire) {
+            // A closed queue drops what is sent to it, as tokio's does.
+            drop(item);
+            self.release(1);
+            return;
+        }
+        self.lock().push_back(item);
+        self.rx_waker.wake();
     }
 
     fn notify_changed(&self) {
@@ -67,11 +109,9 @@ impl<T> Shared<T> {
 pub fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
     assert!(cap > 0, "queue capacity must be at least 1");
     let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner {
-            items: VecDeque::new(),
-            reserved: 0,
-            closed: false,
-        }),
+        items: Mutex::new(VecDeque::new()),
+        used: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
         cap,
         rx_waker: AtomicWaker::new(),
         changed: Notify::new(),
@@ -81,7 +121,10 @@ pub fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
         Sender {
             shared: shared.clone(),
         },
-        Receiver { shared },
+        Receiver {
+            shared,
+            batch: VecDeque::new(),
+        },
     )
 }
 
@@ -98,19 +141,14 @@ pub struct Permit<'a, T> {
 /// The receiving half.
 pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
+    /// What the last take left to hand out, oldest first.
+    batch: VecDeque<T>,
 }
 
 impl<T> Sender<T> {
     /// Reserves a slot, or fails at once when the queue is full or closed.
     pub fn try_reserve(&self) -> Result<Permit<'_, T>, TrySendError<()>> {
-        let mut inner = self.shared.lock();
-        if inner.closed {
-            return Err(TrySendError::Closed(()));
-        }
-        if inner.items.len() + inner.reserved >= self.shared.cap {
-            return Err(TrySendError::Full(()));
-        }
-        inner.reserved += 1;
+        self.shared.reserve()?;
         Ok(Permit {
             shared: &self.shared,
         })
@@ -118,17 +156,14 @@ impl<T> Sender<T> {
 
     /// Queues `item`, or gives it back at once when the queue is full or closed.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let mut inner = self.shared.lock();
-        if inner.closed {
-            return Err(TrySendError::Closed(item));
+        match self.shared.reserve() {
+            Ok(()) => {
+                self.shared.push(item);
+                Ok(())
+            }
+            Err(TrySendError::Full(())) => Err(TrySendError::Full(item)),
+            Err(TrySendError::Closed(())) => Err(TrySendError::Closed(item)),
         }
-        if inner.items.len() + inner.reserved >= self.shared.cap {
-            return Err(TrySendError::Full(item));
-        }
-        inner.items.push_back(item);
-        drop(inner);
-        self.shared.rx_waker.wake();
-        Ok(())
     }
 
     /// Queues `item`, waiting for room; fails when the queue is closed.
@@ -147,15 +182,15 @@ impl<T> Sender<T> {
 
     /// Frees the queue's memory if it is empty (an idle socket then holds none).
     pub fn release_if_empty(&self) {
-        let mut inner = self.shared.lock();
-        if inner.items.is_empty() && inner.items.capacity() > 0 {
-            inner.items = VecDeque::new();
+        let mut items = self.shared.lock();
+        if items.is_empty() && items.capacity() > 0 {
+            *items = VecDeque::new();
         }
     }
 
     /// Whether the receiver closed the queue.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Waits until the receiver closes the queue.
@@ -177,34 +212,31 @@ impl<T> std::fmt::Debug for Sender<T> {
 impl<T> Permit<'_, T> {
     /// Queues `item` in the reserved slot.
     pub fn send(self, item: T) {
-        let mut inner = self.shared.lock();
-        inner.reserved -= 1;
-        // A closed queue drops what is sent to it, as tokio's does.
-        if !inner.closed {
-            inner.items.push_back(item);
-        }
-        drop(inner);
-        self.shared.rx_waker.wake();
+        self.shared.push(item);
         std::mem::forget(self); // the slot is used: skip the release in `drop`
     }
 }
 
 impl<T> Drop for Permit<'_, T> {
     fn drop(&mut self) {
-        self.shared.lock().reserved -= 1;
-        self.shared.notify_changed();
+        self.shared.release(1);
     }
 }
 
 impl<T> Receiver<T> {
-    fn pop(&self) -> Option<T> {
-        let mut inner = self.shared.lock();
-        let item = inner.items.pop_front();
-        if item.is_some() {
-            drop(inner);
-            self.shared.notify_changed();
+    /// The oldest item: from the current batch, else from a new batch taken from the queue.
+    fn pop(&mut self) -> Option<T> {
+        if self.batch.is_empty() {
+            // An emptied batch buffer is freed rather than handed to the senders: an idle
+            // socket then holds no queue memory.
+            self.batch = std::mem::take(&mut *self.shared.lock());
         }
-        item
+        let item = self.batch.pop_front()?;
+        self.shared.release(1);
+        if self.batch.is_empty() {
+            self.batch = VecDeque::new();
+        }
+        Some(item)
     }
 
     /// Polls for the next item; `None` once the queue is closed and empty.
@@ -217,7 +249,7 @@ impl<T> Receiver<T> {
         if let Some(item) = self.pop() {
             return Poll::Ready(Some(item));
         }
-        if self.shared.lock().closed {
+        if self.shared.closed.load(Ordering::Acquire) {
             return Poll::Ready(None);
         }
         Poll::Pending
@@ -232,14 +264,14 @@ impl<T> Receiver<T> {
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         match self.pop() {
             Some(item) => Ok(item),
-            None if self.shared.lock().closed => Err(TryRecvError::Disconnected),
+            None if self.shared.closed.load(Ordering::Acquire) => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),
         }
     }
 
     /// Closes the queue: no more sends; what is queued can still be received.
     pub fn close(&mut self) {
-        self.shared.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.notify_changed();
     }
 }
@@ -265,11 +297,7 @@ mod tests {
     #[tokio::test]
     async fn bounded_ordered_and_lazy() {
         let (tx, mut rx) = channel::<u32>(3);
-        assert_eq!(
-            tx.shared.lock().items.capacity(),
-            0,
-            "nothing allocated up front"
-        );
+        assert_eq!(tx.shared.lock().capacity(), 0, "nothing allocated up front");
         let permit = tx.try_reserve().unwrap();
         tx.try_send(1).unwrap();
         tx.try_send(2).unwrap();
@@ -293,19 +321,25 @@ mod tests {
         for n in 0..1000 {
             tx.try_send(n).unwrap();
         }
-        for n in 0..1000 {
+        assert_eq!(rx.recv().await, Some(0));
+        // The receiver took the whole burst in one batch; the queue starts afresh.
+        assert_eq!(tx.shared.lock().capacity(), 0);
+        assert!(rx.batch.capacity() >= 999);
+        tx.try_send(1000).unwrap();
+        for n in 1..=1000 {
             assert_eq!(rx.recv().await, Some(n));
         }
-        assert!(
-            tx.shared.lock().items.capacity() >= 1000,
-            "kept while in use"
-        );
-        tx.release_if_empty();
-        assert_eq!(tx.shared.lock().items.capacity(), 0);
-        // Not while something is queued.
+        assert_eq!(rx.batch.capacity(), 0, "an emptied batch is freed");
+        assert_eq!(tx.shared.used.load(Ordering::Relaxed), 0);
+        // An emptied queue is released by `release_if_empty`, a non-empty one is not.
         tx.try_send(1).unwrap();
         tx.release_if_empty();
-        assert!(tx.shared.lock().items.capacity() > 0);
+        assert!(tx.shared.lock().capacity() > 0);
+        assert_eq!(rx.recv().await, Some(1));
+        tx.try_send(2).unwrap();
+        rx.try_recv().unwrap();
+        tx.release_if_empty();
+        assert_eq!(tx.shared.lock().capacity(), 0);
     }
 
     #[tokio::test]
