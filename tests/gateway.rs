@@ -442,24 +442,7 @@ async fn a_client_that_stops_reading_is_conflated_to_the_latest_price_per_produc
     settings.socketio.max_buffer = 16;
     let app = TestApp::spawn_with(settings).await;
     // The stalled client: raw websocket, joins crypto.global, then stops reading.
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.send(Message::text(r#"40{"guestId":"stalled"}"#))
-        .await
-        .unwrap();
-    loop {
-        let m = ws.next().await.unwrap().unwrap();
-        if m.to_text().unwrap_or("").contains("session:init") {
-            break;
-        }
-    }
-    ws.send(Message::text(format!(
-        r#"42["userLocationUpdate",{}]"#,
-        location("Lucknow")
-    )))
-    .await
-    .unwrap();
+    let mut ws = raw_joined(&app, "stalled").await;
     let healthy = TestClient::connect(&app, Some("healthy")).await;
     healthy.locate(&app, location("Lucknow"), "Lucknow").await;
     healthy.clear();
