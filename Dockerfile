@@ -1,23 +1,18 @@
 # syntax=docker/dockerfile:1
-# flux-bff: multi-stage build. cargo-chef caches the dependency layer, so a source change
-# rebuilds only the crate. The image ships every `flux-*` binary of the crate (flux-bff,
-# flux-sim): compose runs both from this one image.
+# flux-bff: multi-stage build. BuildKit cache mounts keep the cargo registry and the target
+# directory between builds, so a source change rebuilds only the crate. (cargo-chef, used
+# before, does not support [patch] path dependencies such as vendor/engineioxide: it cooks
+# them as empty skeletons, cargo-chef issue #64.) The image ships every `flux-*` binary of
+# the crate (flux-bff, flux-sim): compose runs both from this one image.
 
 ARG RUST_IMAGE=rust:1.95-bookworm
 
-FROM ${RUST_IMAGE} AS chef
-RUN cargo install cargo-chef --locked --version ^0.1
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /app
-
-FROM chef AS planner
 COPY . .
-RUN cargo chef prepare --recipe-path recipe.json
-
-FROM chef AS builder
-COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json
-COPY . .
-RUN cargo build --release --locked --bins \
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/app/target \
+    cargo build --release --locked --bins \
     && mkdir -p /out \
     && find target/release -maxdepth 1 -type f -executable -name 'flux-*' -exec cp {} /out/ \;
 
