@@ -453,10 +453,7 @@ async fn a_client_that_stops_reading_is_conflated_to_the_latest_price_per_produc
     let base = fixture("crypto.ticker.event.updated.json");
     for i in 0..total {
         let product = products[i % products.len()];
-        let mut tick = base.clone();
-        tick["data"]["product_id"] = json!(product);
-        tick["ts"] = json!(i);
-        tick["pad"] = json!("x".repeat(400));
+        let tick = padded_tick(&base, product, i, 400);
         app.publish(TICKER_EVENTS, Some(product), &tick);
     }
 
@@ -591,6 +588,15 @@ async fn polling_requests_from_the_frontend_origin_get_cors_headers() {
     );
 }
 
+/// The ticker fixture for `product`, stamped `ts`, with `pad` bytes of filler.
+fn padded_tick(base: &Value, product: &str, ts: usize, pad: usize) -> Value {
+    let mut tick = base.clone();
+    tick["data"]["product_id"] = json!(product);
+    tick["ts"] = json!(ts);
+    tick["pad"] = json!("x".repeat(pad));
+    tick
+}
+
 /// A raw WebSocket client that has joined the Lucknow rooms (crypto.global among them) and
 /// then reads only when the test tells it to.
 async fn raw_joined(
@@ -637,13 +643,7 @@ async fn a_client_that_catches_up_gets_live_tickers_again_while_another_still_la
     // their queues full, found by the fan-out.
     let products = ["BTC-USD", "ETH-USD", "SOL-USD"];
     let base = fixture("crypto.ticker.event.updated.json");
-    let tick = |product: &str, ts: usize| {
-        let mut tick = base.clone();
-        tick["data"]["product_id"] = json!(product);
-        tick["ts"] = json!(ts);
-        tick["pad"] = json!("x".repeat(16 * 1024));
-        tick
-    };
+    let tick = |product: &str, ts: usize| padded_tick(&base, product, ts, 16 * 1024);
     let lagging = |m: &str| {
         m.lines()
             .find_map(|l| l.strip_prefix("flux_lagging_sockets "))

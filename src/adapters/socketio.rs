@@ -121,11 +121,17 @@ impl SocketIoFanout {
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
                 Err(_) => return, // closed: the socket is going away
             }
-            if let (Some(room), Some(_)) = (room, key) {
+            if let (Some(room), Some(key)) = (room, key) {
+                let mut has_this = false;
                 for missed in self.latest.of(room) {
+                    has_this |= missed.key.as_deref() == Some(key);
                     if !self.backlog(s, missed) {
                         return;
                     }
+                }
+                // The room's latest already holds this message (it is recorded first).
+                if has_this {
+                    return;
                 }
             }
         }
