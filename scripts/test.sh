@@ -10,6 +10,19 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 SECONDS=0
 
+# Disk: a clean run writes about 2.5 GB under target/ (debug builds without dependency debug
+# info, no incremental cache: see [profile.dev] in Cargo.toml), plus ~3 GB of temporary
+# build the first time tansu is installed. CI once ran out of disk with 6.3 GB of target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_mb=$(df -Pm "$target_dir" | awk 'NR==2 {print $4}')
+step "disk: ${free_mb} MB free for $target_dir"
+if [ "$free_mb" -lt 4096 ]; then
+  echo "warning: less than 4 GB free where cargo builds ($target_dir); the build may fail with" \
+    "'No space left on device'. Free space there or set CARGO_TARGET_DIR to a larger disk." >&2
+fi
+
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certificates for the rediss:// tests
@@ -51,7 +64,7 @@ step "cargo test (unit, fixtures, gateway over TCP, lifecycle, integration)"
 cargo test --all-targets --locked 2>&1
 
 step "patched engineioxide: upstream's own test suite (vendor/README.md)"
-CARGO_TARGET_DIR=target/vendor-engineioxide \
+CARGO_TARGET_DIR="$target_dir/vendor-engineioxide" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/engineioxide/Cargo.toml --locked --features __test_harness 2>&1
 
 step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
