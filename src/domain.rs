@@ -9,4 +9,4 @@ pub mod location;
 pub mod replies;
 pub mod topics;
 
-pub use events::{Delivery, Emit, Rejection, SnapshotWrite, route};
+pub use events::{Delivery, Emit, Rejection, SnapshotWrite, conflate, route};

@@ -57,6 +57,11 @@ pub struct SocketIoSettings {
     /// Read buffer of each WebSocket connection, in bytes: held for the life of every
     /// connected client; a larger client message only needs more reads.
     pub ws_read_buffer: usize,
+    /// How long the event consumer may stay busy (records waiting each time it reads) before
+    /// it stops emitting a ticker when a newer one for the same product was read with it:
+    /// the bound on the consumer's lag when the ticker stream outruns the fan-out.
+    #[serde(with = "humantime_serde")]
+    pub ticker_conflate_after: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -132,6 +137,7 @@ impl Default for SocketIoSettings {
             max_buffer: 256,
             max_backlog: 256,
             ws_read_buffer: 512,
+            ticker_conflate_after: Duration::from_millis(50),
         }
     }
 }

@@ -1,24 +1,40 @@
 //! Ingestion: records from the event topics are validated, fanned out to their rooms and
 //! their snapshots handed to the background writer. The consumer survives anything a record
 //! contains, and after losing the source it resumes from the last offset it handled (D11, D18).
+//!
+//! Records already read when the consumer gets to them are handled as one batch. Once the
+//! consumer has been busy for `socketio.ticker_conflate_after` (records waiting each time it
+//! read), a ticker superseded within its batch by a newer one for the same product is not
+//! emitted ([`domain::conflate`]): when the ticker stream outruns the fan-out, the consumer's
+//! lag stays bounded instead of growing without end. While it keeps up, every ticker goes out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{self, topics};
-use crate::ports::{ClientFanout, EventSource, Positions, Record};
+use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
 
 use super::health::Health;
-use super::metrics::{DELIVERIES, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG};
+use super::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG};
 use super::snapshots::SnapshotWriter;
 
 /// How often consumer lag is exported.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most records handled as one batch (parsed before the first of them is emitted).
+const MAX_BATCH: usize = 512;
+
+/// Why a subscription's consumption ended.
+enum Ended {
+    Shutdown,
+    Lost,
+}
 
 pub struct Ingestor {
     source: Arc<dyn EventSource>,
@@ -26,6 +42,8 @@ pub struct Ingestor {
     snapshots: SnapshotWriter,
     health: Arc<Health>,
     max_backoff: Duration,
+    /// How long the consumer may stay busy before superseded tickers are skipped.
+    conflate_after: Duration,
     /// Becomes `true` once the first subscription is open (start-up commands wait for it).
     subscribed: watch::Sender<bool>,
     /// Why the last subscription attempt failed, for the start-up failure message.
@@ -39,6 +57,7 @@ impl Ingestor {
         snapshots: SnapshotWriter,
         health: Arc<Health>,
         max_backoff: Duration,
+        conflate_after: Duration,
     ) -> Self {
         Self {
             source,
@@ -46,6 +65,7 @@ impl Ingestor {
             snapshots,
             health,
             max_backoff,
+            conflate_after,
             subscribed: watch::channel(false).0,
             last_error: watch::channel(None).0,
         }
@@ -69,7 +89,7 @@ impl Ingestor {
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             match self.open(&mut positions).await {
-                Ok(mut stream) => {
+                Ok(stream) => {
                     if attempt > 0 {
                         tracing::info!(attempts = attempt, "event consumers reconnected");
                     }
@@ -77,25 +97,11 @@ impl Ingestor {
                     self.health.set_consuming(true);
                     self.subscribed.send_replace(true);
                     delays = self.backoff();
-                    loop {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            _ = lag_tick.tick() => self.export_lag(&positions),
-                            item = stream.next() => match item {
-                                Some(Ok(record)) => {
-                                    self.handle(&record).await;
-                                    positions.advance(&record);
-                                }
-                                Some(Err(e)) => {
-                                    tracing::warn!(error = %e, "event consumers lost the broker; degraded mode until it is back");
-                                    break;
-                                }
-                                None => {
-                                    tracing::warn!("event stream ended; re-subscribing");
-                                    break;
-                                }
-                            }
-                        }
+                    let ended = self
+                        .consume(stream, &mut positions, &mut lag_tick, &shutdown)
+                        .await;
+                    if let Ended::Shutdown = ended {
+                        return;
                     }
                     self.health.set_consuming(false);
                 }
@@ -115,6 +121,64 @@ impl Ingestor {
         }
     }
 
+    /// Handles a subscription's records until it is lost or `shutdown` fires.
+    async fn consume(
+        &self,
+        stream: RecordStream,
+        positions: &mut Positions,
+        lag_tick: &mut Interval,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let mut batches = stream.ready_chunks(MAX_BATCH);
+        // When the current busy period began: since then, records were waiting each time the
+        // consumer read. `None` while it keeps up.
+        let mut busy_since: Option<Instant> = None;
+        loop {
+            // A consumer that is never idle still lets the socket writers run.
+            tokio::task::consume_budget().await;
+            if shutdown.is_cancelled() {
+                return Ended::Shutdown;
+            }
+            if lag_tick.tick().now_or_never().is_some() {
+                self.export_lag(positions);
+            }
+            let batch = match batches.next().now_or_never() {
+                Some(batch) => batch,
+                None => {
+                    busy_since = None;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ended::Shutdown,
+                        _ = lag_tick.tick() => {
+                            self.export_lag(positions);
+                            continue;
+                        }
+                        batch = batches.next() => batch,
+                    }
+                }
+            };
+            let Some(items) = batch else {
+                tracing::warn!("event stream ended; re-subscribing");
+                return Ended::Lost;
+            };
+            let behind =
+                busy_since.get_or_insert_with(Instant::now).elapsed() >= self.conflate_after;
+            // A stream ends with its error: nothing follows it.
+            let mut lost = None;
+            let records: Vec<Record> = items
+                .into_iter()
+                .filter_map(|item| item.map_err(|e| lost = Some(e)).ok())
+                .collect();
+            self.handle(&records, behind).await;
+            for record in &records {
+                positions.advance(record);
+            }
+            if let Some(e) = lost {
+                tracing::warn!(error = %e, "event consumers lost the broker; degraded mode until it is back");
+                return Ended::Lost;
+            }
+        }
+    }
+
     /// Subscribes from `positions`; the first time, pins every partition's start first, so
     /// that a partition that delivers nothing before an outage is still resumed exactly.
     async fn open(
@@ -129,45 +193,63 @@ impl Ingestor {
             .await
     }
 
-    /// Validates one record and fans it out. Never fails: a bad record is counted and logged.
-    pub async fn handle(&self, record: &Record) {
-        let stream = topics::stream_name(&record.topic);
-        match domain::route(&record.topic, record.value.as_deref()) {
-            Ok(delivery) => {
-                metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
-                // Emit first: the cache write happens in the background and never delays it.
-                for emit in &delivery.emits {
-                    let sent = match &delivery.conflation_key {
-                        Some(key) => {
-                            self.fanout
-                                .to_room_latest(&emit.room, &emit.event, &emit.payload, key)
-                                .await
-                        }
-                        None => {
-                            self.fanout
-                                .to_room(&emit.room, &emit.event, &emit.payload)
-                                .await
-                        }
-                    };
-                    if let Err(e) = sent {
-                        tracing::warn!(room = %emit.room, error = %e, "room emit failed");
-                    }
-                    metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
+    /// Validates records read together and fans them out, in order; when the consumer is
+    /// `behind`, a ticker superseded by a newer one of the batch is not emitted.
+    /// Never fails: a bad record is counted and logged, and the others go on.
+    pub async fn handle(&self, records: &[Record], behind: bool) {
+        let mut streams = Vec::with_capacity(records.len());
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in records {
+            let stream = topics::stream_name(&record.topic);
+            match domain::route(&record.topic, record.value.as_deref()) {
+                Ok(delivery) => {
+                    metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
+                    streams.push(stream);
+                    deliveries.push(delivery);
                 }
-                if let Some(write) = delivery.snapshot {
-                    self.snapshots.submit(write);
+                Err(rejection) => {
+                    metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
+                        .increment(1);
+                    tracing::warn!(
+                        topic = %record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        reason = rejection.reason,
+                        "event rejected and skipped"
+                    );
                 }
             }
-            Err(rejection) => {
-                metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
-                    .increment(1);
-                tracing::warn!(
-                    topic = %record.topic,
-                    partition = record.partition,
-                    offset = record.offset,
-                    reason = rejection.reason,
-                    "event rejected and skipped"
-                );
+        }
+        let conflated = if behind {
+            domain::conflate(&mut deliveries)
+        } else {
+            0
+        };
+        if conflated > 0 {
+            metrics::counter!(EVENTS_CONFLATED).increment(conflated as u64);
+        }
+        for (stream, delivery) in streams.into_iter().zip(deliveries) {
+            // Emit first: the cache write happens in the background and never delays it.
+            for emit in &delivery.emits {
+                let sent = match &delivery.conflation_key {
+                    Some(key) => {
+                        self.fanout
+                            .to_room_latest(&emit.room, &emit.event, &emit.payload, key)
+                            .await
+                    }
+                    None => {
+                        self.fanout
+                            .to_room(&emit.room, &emit.event, &emit.payload)
+                            .await
+                    }
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(room = %emit.room, error = %e, "room emit failed");
+                }
+                metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
+            }
+            if let Some(write) = delivery.snapshot {
+                self.snapshots.submit(write);
             }
         }
     }
@@ -225,6 +307,7 @@ mod tests {
             writer,
             Arc::new(Health::new()),
             Duration::from_secs(1),
+            Duration::from_millis(50),
         );
         (ingestor, stop)
     }
@@ -243,10 +326,13 @@ mod tests {
             .returning(|_, _, _| Err(CacheError::Unavailable("down".into())));
         let (ingestor, stop) = ingestor(fanout, cache);
         ingestor
-            .handle(&record(
-                topics::TOPCOINS_EVENTS,
-                r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
-            ))
+            .handle(
+                &[record(
+                    topics::TOPCOINS_EVENTS,
+                    r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
+                )],
+                false,
+            )
             .await;
         stop.cancel();
     }
@@ -259,13 +345,140 @@ mod tests {
         cache.expect_set().never();
         let (ingestor, stop) = ingestor(fanout, cache);
         ingestor
-            .handle(&record(topics::TOPCOINS_EVENTS, r#"{"topCoins":[]}"#))
+            .handle(
+                &[record(topics::TOPCOINS_EVENTS, r#"{"topCoins":[]}"#)],
+                false,
+            )
             .await;
         ingestor
-            .handle(&record(topics::NEWS_EVENTS, "not json"))
+            .handle(&[record(topics::NEWS_EVENTS, "not json")], false)
             .await;
         tokio::task::yield_now().await;
         stop.cancel();
+    }
+
+    fn tick(product: &str, price: u32) -> Record {
+        record(
+            topics::TICKER_EVENTS,
+            &format!(
+                r#"{{"data":{{"type":"ticker","product_id":"{product}","price":"{price}"}}}}"#
+            ),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_batch_emits_the_latest_ticker_per_product_and_every_other_event_in_order() {
+        let fanout = Arc::new(crate::adapters::memory::RecordingFanout::default());
+        let stop = CancellationToken::new();
+        let (writer, _) = SnapshotWriter::spawn(
+            Arc::new(crate::adapters::memory::MemoryCache::new(16)),
+            stop.clone(),
+        );
+        let ingestor = Ingestor::new(
+            Arc::new(crate::adapters::memory::MemoryBus::new()),
+            fanout.clone(),
+            writer,
+            Arc::new(Health::new()),
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+        );
+        let batch = [
+            tick("BTC-USD", 1),
+            tick("ETH-USD", 2),
+            record(
+                topics::TOPCOINS_EVENTS,
+                r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
+            ),
+            tick("BTC-USD", 3),
+            record(topics::NEWS_EVENTS, "not json"),
+            tick("BTC-USD", 4),
+        ];
+        ingestor.handle(&batch, true).await;
+        let got: Vec<String> = fanout
+            .delivered()
+            .iter()
+            .map(|d| {
+                let v: serde_json::Value = serde_json::from_str(d.payload.as_str()).unwrap();
+                match v["data"]["data"]["price"].as_str() {
+                    Some(price) => format!("{} {price}", v["data"]["data"]["product_id"]),
+                    None => d.event.clone(),
+                }
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [r#""ETH-USD" 2"#, "cryptoTopCoinsResponse", r#""BTC-USD" 4"#]
+        );
+        // While the consumer keeps up, every ticker of a batch goes out.
+        fanout.clear();
+        ingestor.handle(&batch, false).await;
+        assert_eq!(fanout.delivered().len(), 5);
+        stop.cancel();
+    }
+
+    /// Publishes 100 tickers of one product at once into a running consumer and returns the
+    /// prices it emitted, once the last one is out.
+    async fn emitted_prices_of_a_burst(conflate_after: Duration) -> Vec<String> {
+        let bus = crate::adapters::memory::MemoryBus::new();
+        let fanout = Arc::new(crate::adapters::memory::RecordingFanout::default());
+        let stop = CancellationToken::new();
+        let (writer, _) = SnapshotWriter::spawn(
+            Arc::new(crate::adapters::memory::MemoryCache::new(16)),
+            stop.clone(),
+        );
+        let ingestor = Ingestor::new(
+            Arc::new(bus.clone()),
+            fanout.clone(),
+            writer,
+            Arc::new(Health::new()),
+            Duration::from_secs(1),
+            conflate_after,
+        );
+        let mut subscribed = ingestor.subscribed();
+        let consumer = tokio::spawn(ingestor.run(stop.clone()));
+        subscribed.wait_for(|s| *s).await.unwrap();
+        for price in 0..100 {
+            let value = format!(
+                r#"{{"data":{{"type":"ticker","product_id":"BTC-USD","price":"{price}"}}}}"#
+            );
+            bus.publish(
+                topics::TICKER_EVENTS,
+                Some("BTC-USD"),
+                Some(value.as_bytes()),
+            );
+        }
+        let last = Duration::from_secs(5);
+        let prices = loop {
+            let got: Vec<String> = fanout
+                .wait_for(1, last)
+                .await
+                .iter()
+                .map(|d| {
+                    let v: serde_json::Value = serde_json::from_str(d.payload.as_str()).unwrap();
+                    v["data"]["data"]["price"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            if got.last().map(String::as_str) == Some("99") {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        stop.cancel();
+        consumer.await.unwrap();
+        prices
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_keeps_up_emits_every_ticker_of_a_burst() {
+        let prices = emitted_prices_of_a_burst(Duration::from_secs(3600)).await;
+        let expected: Vec<String> = (0..100).map(|p| p.to_string()).collect();
+        assert_eq!(prices, expected);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_busy_past_the_threshold_emits_only_the_latest_ticker_of_what_waits() {
+        let prices = emitted_prices_of_a_burst(Duration::ZERO).await;
+        assert_eq!(prices, ["99"]);
     }
 
     #[tokio::test]
@@ -283,10 +496,13 @@ mod tests {
         });
         let (ingestor, stop) = ingestor(fanout, cache);
         ingestor
-            .handle(&record(
-                topics::TOPCOINS_EVENTS,
-                r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
-            ))
+            .handle(
+                &[record(
+                    topics::TOPCOINS_EVENTS,
+                    r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
+                )],
+                false,
+            )
             .await;
         assert_eq!(rx.recv().await.as_deref(), Some("crypto:top-coins"));
         stop.cancel();

@@ -13,6 +13,7 @@ pub const ROOM_JOINS: &str = "flux_room_joins_total";
 pub const ROOM_MEMBERS: &str = "flux_room_members";
 pub const EVENTS_CONSUMED: &str = "flux_events_consumed_total";
 pub const EVENTS_REJECTED: &str = "flux_events_rejected_total";
+pub const EVENTS_CONFLATED: &str = "flux_events_conflated_total";
 pub const DELIVERIES: &str = "flux_room_emits_total";
 pub const REPLIES: &str = "flux_replies_total";
 pub const COMMANDS_PRODUCED: &str = "flux_commands_produced_total";
@@ -66,6 +67,10 @@ fn describe() {
     describe_counter!(
         EVENTS_REJECTED,
         "Event records rejected, by stream and reason."
+    );
+    describe_counter!(
+        EVENTS_CONFLATED,
+        "Ticker emits skipped because a newer ticker for the same product was read in the same batch (the consumer was behind)."
     );
     describe_counter!(DELIVERIES, "Room emits made, by event stream.");
     describe_counter!(

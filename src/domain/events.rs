@@ -262,6 +262,38 @@ fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     ))
 }
 
+/// Conflates a batch of deliveries read together (the consumer was behind): an emit of a
+/// conflatable delivery (a ticker) is dropped when a later delivery of the same batch emits
+/// the same event to the same room with the same conflation key, since every client would get
+/// that newer price anyway. Everything else, snapshots included, stays, in order.
+///
+/// Returns how many emits were dropped. A batch of one is never changed.
+pub fn conflate(batch: &mut [Delivery]) -> usize {
+    if batch.len() < 2 {
+        return 0;
+    }
+    let mut superseded = Vec::new();
+    {
+        let mut later = std::collections::HashSet::new();
+        for (i, delivery) in batch.iter().enumerate().rev() {
+            let Some(key) = delivery.conflation_key.as_deref() else {
+                continue;
+            };
+            for (j, emit) in delivery.emits.iter().enumerate() {
+                if !later.insert((emit.room.as_str(), emit.event.as_str(), key)) {
+                    superseded.push((i, j));
+                }
+            }
+        }
+    }
+    // Pushed from the last delivery and emit backwards, so removing in that order keeps the
+    // indices still to remove valid.
+    for &(i, j) in &superseded {
+        batch[i].emits.remove(j);
+    }
+    superseded.len()
+}
+
 fn one(room: String, event: String, payload: &Value, snapshot: Option<SnapshotWrite>) -> Delivery {
     Delivery {
         emits: vec![Emit {
@@ -396,6 +428,71 @@ mod tests {
                 .starts_with(r#"{"status":"success","data":{"source":"coinbase""#)
         );
         assert_eq!(d.conflation_key.as_deref(), Some("BTC-USD"));
+    }
+
+    fn tick(product: &str, price: &str) -> Delivery {
+        let value = json!({"data": {"type": "ticker", "product_id": product, "price": price}});
+        route(TICKER_EVENTS, Some(&compact(&value))).unwrap()
+    }
+
+    fn prices(batch: &[Delivery]) -> Vec<String> {
+        batch
+            .iter()
+            .flat_map(|d| &d.emits)
+            .map(|e| {
+                let v: Value = serde_json::from_str(e.payload.as_str()).unwrap();
+                match v["data"]["data"]["price"].as_str() {
+                    Some(p) => format!("{}:{p}", v["data"]["data"]["product_id"].as_str().unwrap()),
+                    None => e.event.clone(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_keeps_only_the_latest_ticker_per_product_and_everything_else_in_order() {
+        let news = route(
+            NEWS_EVENTS,
+            Some(&compact(&fixture("news.service.event.updated.json"))),
+        )
+        .unwrap();
+        let mut batch = vec![
+            tick("BTC-USD", "1"),
+            tick("ETH-USD", "2"),
+            news.clone(),
+            tick("BTC-USD", "3"),
+            tick("BTC-USD", "4"),
+            tick("SOL-USD", "5"),
+        ];
+        let snapshots_before: Vec<_> = batch.iter().map(|d| d.snapshot.clone()).collect();
+        assert_eq!(conflate(&mut batch), 2);
+        assert_eq!(
+            prices(&batch),
+            [
+                "ETH-USD:2",
+                news.emits[0].event.as_str(),
+                "BTC-USD:4",
+                "SOL-USD:5"
+            ]
+        );
+        // Snapshots are not touched; the snapshot writer conflates per key itself.
+        let snapshots_after: Vec<_> = batch.iter().map(|d| d.snapshot.clone()).collect();
+        assert_eq!(snapshots_before, snapshots_after);
+    }
+
+    #[test]
+    fn a_batch_of_one_or_without_tickers_is_left_alone() {
+        let mut one = vec![tick("BTC-USD", "1")];
+        assert_eq!(conflate(&mut one), 0);
+        assert_eq!(prices(&one), ["BTC-USD:1"]);
+        let news = route(
+            NEWS_EVENTS,
+            Some(&compact(&fixture("news.service.event.updated.json"))),
+        )
+        .unwrap();
+        let mut batch = vec![news.clone(), news];
+        assert_eq!(conflate(&mut batch), 0);
+        assert_eq!(batch.iter().map(|d| d.emits.len()).sum::<usize>(), 2);
     }
 
     #[test]
