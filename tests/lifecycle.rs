@@ -183,3 +183,95 @@ async fn metrics_show_connected_sockets_and_room_members() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_malformed_events_is_counted_in_full_and_logged_in_moderation() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut child = gateway(port)
+        .env("FLUX_SIM__ENABLED", "false")
+        .env("FLUX_ADMIN__PUBLISH", "true")
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Running(child);
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_healthy(port).await;
+    let started = Instant::now();
+    let http = reqwest::Client::new();
+    for chunk in 0..2 {
+        let body: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"data":{{"type":"ticker","price":"{}"}}}}"#,
+                    chunk * 1000 + i
+                )
+            })
+            .collect();
+        let r = http
+            .post(format!(
+                "http://127.0.0.1:{port}/admin/publish?topic=crypto.ticker.event.updated&key=k&format=ndjson"
+            ))
+            .body(body.join("\n"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let rejected: f64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("flux_events_rejected_total{") && l.contains("missing_product_id")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if rejected >= 2000.0 {
+            assert_eq!(rejected, 2000.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {rejected} of 2000 rejections counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the last lines reach the pipe.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("event rejected and skipped"))
+        .cloned()
+        .collect();
+    // 20 at once, then one per second.
+    let allowed = 20 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        !logged.is_empty() && logged.len() <= allowed,
+        "{} rejection lines logged for 2000 rejections (at most {allowed} expected)",
+        logged.len()
+    );
+    assert!(
+        logged[0].contains(r#""reason":"missing_product_id""#),
+        "{}",
+        logged[0]
+    );
+    assert!(logged[0].contains(r#""held_back":0"#), "{}", logged[0]);
+}

@@ -18,6 +18,7 @@ use super::metrics::{
     COMMANDS_FAILED, COMMANDS_PRODUCED, COMMANDS_REFUSED, DEDUP_HITS, LOCATIONS_INVALID, REPLIES,
     ROOM_JOINS, SNAPSHOT_LOOKUPS,
 };
+use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 /// Who is asking: the transport's socket id and the resolved guest identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,8 @@ pub struct ClientService {
     health: Arc<Health>,
     dedup: Deduplicator,
     throttle: Mutex<RefreshThrottle>, // std Mutex: never held across an .await
+    /// "command not sent" lines per topic (every client request fails during an outage).
+    failure_log: LogThrottle<String>,
 }
 
 impl ClientService {
@@ -52,6 +55,7 @@ impl ClientService {
                 limits.local_dedup_entries,
             ),
             throttle: Mutex::new(RefreshThrottle::new(limits.refresh_interval)),
+            failure_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
             cache,
             sink,
             fanout,
@@ -212,7 +216,9 @@ impl ClientService {
                 if matches!(e, CommandSinkError::Unavailable(_)) {
                     self.health.set_producing(false);
                 }
-                tracing::warn!(topic = %topic, error = %e, "command not sent");
+                if let Some(held_back) = self.failure_log.admit(&topic) {
+                    tracing::warn!(topic = %topic, error = %e, held_back, "command not sent");
+                }
                 metrics::counter!(COMMANDS_FAILED, "topic" => topic).increment(1);
                 Err(e)
             }

@@ -23,6 +23,7 @@ use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
 use super::health::Health;
 use super::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG};
 use super::snapshots::SnapshotWriter;
+use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 /// How often consumer lag is exported.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -44,6 +45,8 @@ pub struct Ingestor {
     max_backoff: Duration,
     /// How long the consumer may stay busy before superseded tickers are skipped.
     conflate_after: Duration,
+    /// "event rejected" lines per stream and reason (a broken producer can send thousands).
+    rejection_log: LogThrottle<(&'static str, &'static str)>,
     /// Becomes `true` once the first subscription is open (start-up commands wait for it).
     subscribed: watch::Sender<bool>,
     /// Why the last subscription attempt failed, for the start-up failure message.
@@ -66,6 +69,7 @@ impl Ingestor {
             health,
             max_backoff,
             conflate_after,
+            rejection_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
             subscribed: watch::channel(false).0,
             last_error: watch::channel(None).0,
         }
@@ -210,13 +214,16 @@ impl Ingestor {
                 Err(rejection) => {
                     metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
                         .increment(1);
-                    tracing::warn!(
-                        topic = %record.topic,
-                        partition = record.partition,
-                        offset = record.offset,
-                        reason = rejection.reason,
-                        "event rejected and skipped"
-                    );
+                    if let Some(held_back) = self.rejection_log.admit(&(stream, rejection.reason)) {
+                        tracing::warn!(
+                            topic = %record.topic,
+                            partition = record.partition,
+                            offset = record.offset,
+                            reason = rejection.reason,
+                            held_back,
+                            "event rejected and skipped"
+                        );
+                    }
                 }
             }
         }
