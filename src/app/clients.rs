@@ -102,20 +102,34 @@ impl ClientService {
             self.reply(who, name, &hit, name, "hit").await;
             return;
         }
-        let refresh = match request {
-            SnapshotRequest::TopMovers => Some((Refresh::TopMovers, Reason::Startup)),
-            SnapshotRequest::News => Some((Refresh::News, Reason::RefreshCache)),
-            SnapshotRequest::TopCoins | SnapshotRequest::Stocks => None,
-        };
-        if let Some((what, reason)) = refresh
-            && let Err(e) = self.refresh(what, reason).await
-        {
-            let payload = request.error(&e.to_string());
-            self.reply(who, name, &payload, name, "error").await;
-            return;
+        match request {
+            // Movers: `loading` at once, then the refresh; a failed send adds an `error`.
+            SnapshotRequest::TopMovers => {
+                self.reply(who, name, &request.miss(), name, "loading")
+                    .await;
+                if let Err(e) = self.refresh(Refresh::TopMovers, Reason::Startup).await {
+                    let payload = request.error(&e.to_string());
+                    self.reply(who, name, &payload, name, "error").await;
+                }
+            }
+            // News: the refresh first, then `loading`, or only `error` when the send failed.
+            SnapshotRequest::News => {
+                match self.refresh(Refresh::News, Reason::RefreshCache).await {
+                    Ok(()) => {
+                        self.reply(who, name, &request.miss(), name, "loading")
+                            .await;
+                    }
+                    Err(e) => {
+                        let payload = request.error(&e.to_string());
+                        self.reply(who, name, &payload, name, "error").await;
+                    }
+                }
+            }
+            SnapshotRequest::TopCoins | SnapshotRequest::Stocks => {
+                self.reply(who, name, &request.miss(), name, "loading")
+                    .await;
+            }
         }
-        self.reply(who, name, &request.miss(), name, "loading")
-            .await;
     }
 
     async fn switch_rooms(&self, who: &ClientIdentity, weather_room: &str) {
@@ -333,6 +347,70 @@ mod tests {
         assert_eq!(payload["status"], "error");
         assert_eq!(payload["message"], "Failed to fetch news");
         assert_eq!(payload["error"], "command sink unavailable: broker down");
+    }
+
+    #[tokio::test]
+    async fn a_cold_movers_request_replies_loading_first_then_error_when_the_refresh_fails() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .times(1)
+            .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        svc.snapshot_request(&who(), SnapshotRequest::TopMovers)
+            .await;
+        let got: Vec<_> = fanout
+            .delivered()
+            .iter()
+            .map(|d| (d.event.clone(), d.payload.to_value()))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, "cryptoTopMoversResponse");
+        assert_eq!(
+            got[0].1,
+            json!({"status": "loading", "message": "Data will refresh when backend reconnects"})
+        );
+        assert_eq!(
+            got[1].1,
+            json!({
+                "status": "error",
+                "message": "Failed to fetch top movers",
+                "error": "command sink unavailable: broker down"
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cold_movers_request_does_not_wait_for_the_refresh_to_reply_loading() {
+        // The sink holds the send until the test has seen the `loading` reply.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let mut sink = MockCommandSink::new();
+        sink.expect_send().times(1).returning(move |_| {
+            let _ = held
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(5));
+            Ok(())
+        });
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        let svc = Arc::new(svc);
+        let request = tokio::task::spawn_blocking({
+            let svc = svc.clone();
+            move || {
+                tokio::runtime::Handle::current()
+                    .block_on(svc.snapshot_request(&who(), SnapshotRequest::TopMovers))
+            }
+        });
+        let got = fanout.wait_for(1, std::time::Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload.to_value()["status"], "loading");
+        release.send(()).unwrap();
+        request.await.unwrap();
+        assert_eq!(
+            fanout.delivered().len(),
+            1,
+            "no reply after a successful refresh"
+        );
     }
 
     #[tokio::test]
