@@ -247,6 +247,25 @@ async fn missing_null_and_garbage_arguments_crash_nothing() {
 }
 
 #[tokio::test]
+async fn a_location_wrapped_in_an_array_is_not_an_object_and_goes_to_the_default_room() {
+    // D6: a non-object argument is treated as `{}`, even an array holding a valid location.
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("olga")).await;
+    c.wait_for("session:init").await;
+    c.emit("userLocationUpdate", json!([pune()])).await;
+    c.wait_in_room(&app, "Delhi").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(app.records(WEATHER_FETCH).is_empty());
+    app.publish(WEATHER, None, &weather("Pune"));
+    assert!(
+        c.wait_nth("weather.Pune.update", 1, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "joined weather.Pune from an array argument"
+    );
+}
+
+#[tokio::test]
 async fn floods_are_rate_limited_and_counted() {
     let app = TestApp::spawn().await;
     let c = TestClient::connect(&app, Some("judy")).await;

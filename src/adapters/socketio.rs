@@ -393,6 +393,8 @@ fn prepare(s: SocketRef, auth: Option<Value>, service: Arc<ClientService>, quota
     });
 
     s.on_fallback(
+        // `TryData<Value>` is the first argument only: socketioxide skips the others (such as
+        // the legacy second argument of `userLocationUpdate`, contract §c.4).
         move |s: SocketRef, Event(event): Event, TryData(data): TryData<Value>| {
             let service = service.clone();
             async move { on_event(s, event, data.ok(), service).await }
@@ -418,7 +420,7 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
     if event == REQ_LOCATION {
         metrics::counter!(CLIENT_EVENTS, "event" => REQ_LOCATION).increment(1);
         service
-            .location_update(who, first_argument(data.as_ref()))
+            .location_update(who, data.as_ref())
             .await;
     } else if let Some(request) = SnapshotRequest::from_event(&event) {
         metrics::counter!(CLIENT_EVENTS, "event" => request.reply_event()).increment(1);
@@ -428,14 +430,6 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
         service.user_id(who).await;
     } else {
         metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "unknown_event").increment(1);
-    }
-}
-
-/// socketioxide hands a `Value` of all arguments; extra arguments are ignored (contract §c.4).
-fn first_argument(data: Option<&Value>) -> Option<&Value> {
-    match data {
-        Some(Value::Array(args)) => args.first(),
-        other => other,
     }
 }
 
