@@ -398,6 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn full_precision_numbers_reach_clients_and_the_cache_digit_for_digit() {
+        // JSON.stringify writes the shortest text that reads back as the same double; the
+        // gateway must neither round it on the way in nor write a different one out. (These
+        // three are JSON.stringify's own output; without serde_json's `float_roundtrip` the
+        // last two came out as …703 and …552.)
+        let text = compact(&fixture("crypto.movers.event.updated.json"));
+        let text = String::from_utf8(text)
+            .unwrap()
+            .replacen("3.184127563", "-0.8718549558346252", 1)
+            .replacen("7.92113", "3.9166573353688707", 1)
+            .replacen("2523184301", "980637693267.6553", 1);
+        let d = route(MOVERS_EVENTS, Some(text.as_bytes())).unwrap();
+        let pushed = d.emits[0].payload.as_str();
+        let cached = &d.snapshot.as_ref().unwrap().value;
+        for digits in ["-0.8718549558346252", "3.9166573353688707", "980637693267.6553"] {
+            assert!(pushed.contains(digits), "{digits} not in the push: {pushed}");
+            assert!(cached.contains(digits), "{digits} not in the snapshot: {cached}");
+        }
+    }
+
+    #[test]
     fn emitted_payloads_keep_the_contract_key_order() {
         let d = route(
             WEATHER_EVENTS,
