@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
 use flux_bff::adapters::memory::MemoryCache;
-use flux_bff::adapters::partitioner::murmur2_partition;
+use flux_bff::adapters::partitioner::{legacy_partition, murmur2_partition};
 use flux_bff::app::{Ports, Settings};
 use flux_bff::domain::topics::*;
 use flux_bff::ports::{Command as KafkaCommand, CommandSink, EventSource, Positions};
@@ -204,7 +204,7 @@ async fn every_fixture_reaches_its_room_and_every_invalid_record_is_skipped() {
 }
 
 #[tokio::test]
-async fn commands_land_in_their_topics_with_keys_and_murmur2_partitions() {
+async fn commands_land_in_their_topics_with_keys_and_the_original_partitions() {
     let tansu = Tansu::start().await;
     let app = gateway(&tansu.bootstrap(), "bff-commands").await;
     let c = TestClient::connect(&app, Some("cmd-user")).await;
@@ -239,7 +239,7 @@ async fn commands_land_in_their_topics_with_keys_and_murmur2_partitions() {
         assert_eq!(r.key.as_deref(), Some(key.as_bytes()), "{topic}");
         let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
         assert_eq!(v["requestedBy"], "bff");
-        assert_eq!(r.partition, murmur2_partition(key.as_bytes(), 1));
+        assert_eq!(r.partition, legacy_partition(key.as_bytes(), 1));
     }
     let weather = &seen[WEATHER_FETCH];
     let v: Value = serde_json::from_slice(weather.value.as_deref().unwrap()).unwrap();

@@ -419,9 +419,7 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
     let who = &session.who;
     if event == REQ_LOCATION {
         metrics::counter!(CLIENT_EVENTS, "event" => REQ_LOCATION).increment(1);
-        service
-            .location_update(who, data.as_ref())
-            .await;
+        service.location_update(who, data.as_ref()).await;
     } else if let Some(request) = SnapshotRequest::from_event(&event) {
         metrics::counter!(CLIENT_EVENTS, "event" => request.reply_event()).increment(1);
         service.snapshot_request(who, request).await;

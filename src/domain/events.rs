@@ -412,9 +412,19 @@ mod tests {
         let d = route(MOVERS_EVENTS, Some(text.as_bytes())).unwrap();
         let pushed = d.emits[0].payload.as_str();
         let cached = &d.snapshot.as_ref().unwrap().value;
-        for digits in ["-0.8718549558346252", "3.9166573353688707", "980637693267.6553"] {
-            assert!(pushed.contains(digits), "{digits} not in the push: {pushed}");
-            assert!(cached.contains(digits), "{digits} not in the snapshot: {cached}");
+        for digits in [
+            "-0.8718549558346252",
+            "3.9166573353688707",
+            "980637693267.6553",
+        ] {
+            assert!(
+                pushed.contains(digits),
+                "{digits} not in the push: {pushed}"
+            );
+            assert!(
+                cached.contains(digits),
+                "{digits} not in the snapshot: {cached}"
+            );
         }
     }
 

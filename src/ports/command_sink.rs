@@ -47,8 +47,9 @@ pub enum CommandSinkError {
 pub trait CommandSink: Send + Sync {
     /// Appends `command` to its topic and returns once the broker acknowledged it (acks = all).
     ///
-    /// - A keyed command MUST land in the partition the Kafka default partitioner picks for
-    ///   its key (murmur2), so that it is ordered with other commands of the same key.
+    /// - A keyed command MUST land in the partition the original BFF's partitioner picks for
+    ///   its key (kafkajs' legacy murmur2), so that it is ordered with other commands of the
+    ///   same key, also those of an original BFF still running beside it.
     /// - A send that returned `Ok` MUST NOT be lost.
     ///
     /// # Errors

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{KafkaClient, Trouble, bounded};
-use crate::adapters::partitioner::murmur2_partition;
+use crate::adapters::partitioner::legacy_partition;
 use crate::ports::{Command, CommandSink, CommandSinkError};
 
 /// The record header carrying [`Command::idempotency_key`].
@@ -73,12 +73,12 @@ impl KafkaCommandSink {
         }
     }
 
-    /// The partition a command goes to: murmur2 of the key (Kafka's default partitioner),
-    /// round-robin for a command without key.
+    /// The partition a command goes to: the original BFF's (kafkajs' legacy murmur2 of the
+    /// key, contract §0.2), round-robin for a command without key.
     pub fn partition_for(&self, key: Option<&str>, partitions: i32) -> i32 {
         let partitions = partitions.max(1);
         match key {
-            Some(key) => murmur2_partition(key.as_bytes(), partitions as usize),
+            Some(key) => legacy_partition(key.as_bytes(), partitions as usize),
             None => {
                 let next = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
                 (next % partitions as usize) as i32
@@ -234,15 +234,20 @@ impl CommandSink for KafkaCommandSink {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn keyed_partitions_follow_the_kafka_reference_vector() {
-        // murmur2("foobar") = -790332482 (Kafka's UtilsTest); positive: 1357151166.
-        assert_eq!(
-            crate::adapters::partitioner::murmur2(b"foobar"),
-            -790_332_482
-        );
-        assert_eq!(
-            crate::adapters::partitioner::murmur2_partition(b"foobar", 3),
-            1_357_151_166 % 3
+    fn keyed_commands_go_where_the_original_bff_put_them() {
+        // kafkajs' LegacyPartitioner (the original's producer) among 3 partitions, for the
+        // four start-up refresh keys and a socket id (vectors from kafkajs 2.2.4 on Node 20).
+        let sink_partition =
+            |key: &str| crate::adapters::partitioner::legacy_partition(key.as_bytes(), 3);
+        assert_eq!(sink_partition("cryptotopcoins"), 1);
+        assert_eq!(sink_partition("cryptotopmovers"), 2);
+        assert_eq!(sink_partition("stocktopperformers"), 1);
+        assert_eq!(sink_partition("topglobalnews"), 2);
+        assert_eq!(sink_partition("Zq3_xY9-AbCdEfGhIjKl"), 1);
+        // Kafka's own partitioner would put two of these elsewhere.
+        assert_ne!(
+            crate::adapters::partitioner::murmur2_partition(b"cryptotopcoins", 3),
+            1
         );
     }
 }

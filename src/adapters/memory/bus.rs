@@ -85,6 +85,8 @@ impl MemoryBus {
             key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
             value.map(Bytes::copy_from_slice),
             None,
+            // Domain services produce with kafkajs 2's default, Kafka's own partitioner.
+            crate::adapters::partitioner::murmur2_partition,
         )
     }
 
@@ -138,6 +140,7 @@ impl MemoryBus {
         key: Option<Bytes>,
         value: Option<Bytes>,
         idem: Option<uuid::Uuid>,
+        partitioner: fn(&[u8], usize) -> i32,
     ) -> (i32, i64) {
         let mut st = self.lock();
         let parts = st.topics.entry(topic.to_owned()).or_default();
@@ -146,7 +149,7 @@ impl MemoryBus {
         }
         let n = parts.len();
         let partition = match &key {
-            Some(k) => (crate::adapters::partitioner::murmur2_partition(k, n)) as usize,
+            Some(k) => partitioner(k, n) as usize,
             None => 0,
         };
         let part = &mut parts[partition];
@@ -182,6 +185,8 @@ impl CommandSink for MemoryBus {
             command.key.map(Bytes::from),
             Some(command.value),
             Some(command.idempotency_key),
+            // As the Kafka sink: the original BFF's partitioner for commands.
+            crate::adapters::partitioner::legacy_partition,
         );
         Ok(())
     }
