@@ -99,7 +99,7 @@ async fn keys_carry_the_prefix_and_ttls_land_as_given() {
         .unwrap();
     assert!(
         cache
-            .set_if_absent(&dedup, "h", Duration::from_millis(2000))
+            .set_unless_same(&dedup, "h", Duration::from_millis(2000))
             .await
             .unwrap()
     );
@@ -164,7 +164,7 @@ async fn two_instances_sharing_one_server_let_exactly_one_caller_win() {
                 let key = key.clone();
                 tokio::spawn(async move {
                     cache
-                        .set_if_absent(&key, "h", Duration::from_secs(2))
+                        .set_unless_same(&key, "h", Duration::from_secs(2))
                         .await
                         .unwrap()
                 })
@@ -215,8 +215,8 @@ async fn a_killed_server_degrades_fast_and_a_restart_restores_normal_mode() {
         )
         .await;
         fails_fast(
-            "set_if_absent while down",
-            cache.set_if_absent(&key, "x", Duration::from_secs(2)),
+            "set_unless_same while down",
+            cache.set_unless_same(&key, "x", Duration::from_secs(2)),
         )
         .await;
         fails_fast("delete while down", cache.delete(&key)).await;
@@ -295,8 +295,8 @@ async fn a_frozen_server_times_out_within_the_timeout_and_recovers_when_resumed(
     for _ in 0..5 {
         fails_fast("get while frozen", cache.get(&key)).await;
         fails_fast(
-            "set_if_absent while frozen",
-            cache.set_if_absent(&unique_key("f"), "x", Duration::from_secs(2)),
+            "set_unless_same while frozen",
+            cache.set_unless_same(&unique_key("f"), "x", Duration::from_secs(2)),
         )
         .await;
     }
@@ -553,7 +553,7 @@ fn metrics_count_hits_misses_errors_and_track_availability() {
         cache.get(&key).await.unwrap(); // hit
         cache.get(&key).await.unwrap(); // hit
         cache
-            .set_if_absent(&key, "v", Duration::from_secs(2))
+            .set_unless_same(&key, "v", Duration::from_secs(2))
             .await
             .unwrap(); // ok (false)
         cache.delete(&key).await.unwrap(); // ok
@@ -577,7 +577,7 @@ fn metrics_count_hits_misses_errors_and_track_availability() {
         r#"flux_cache_requests_total{op="get",result="hit"} 2"#,
         r#"flux_cache_requests_total{op="get",result="error"} 2"#,
         r#"flux_cache_requests_total{op="set",result="ok"} 1"#,
-        r#"flux_cache_requests_total{op="set_if_absent",result="ok"} 1"#,
+        r#"flux_cache_requests_total{op="set_unless_same",result="ok"} 1"#,
         r#"flux_cache_requests_total{op="delete",result="ok"} 1"#,
         "flux_cache_up 1",
     ] {

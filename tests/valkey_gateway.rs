@@ -75,7 +75,7 @@ async fn two_instances_sharing_valkey_share_the_dedup_window() {
     // The window is in Valkey, under the prefix, with the 2 s expiry.
     let mut raw = server.raw();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}dedup:location:pat:*"))
+        .arg(format!("{prefix}dedup:location:pat"))
         .query(&mut raw)
         .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");

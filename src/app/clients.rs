@@ -188,15 +188,18 @@ impl ClientService {
             metrics::counter!(COMMANDS_REFUSED, "topic" => topics::WEATHER_FETCH).increment(1);
             return;
         }
-        let key = Deduplicator::key(&who.user_id, &canonical_hash(location));
-        if !self.dedup.claim(&key).await {
+        if !self
+            .dedup
+            .claim(&who.user_id, &canonical_hash(location))
+            .await
+        {
             metrics::counter!(DEDUP_HITS).increment(1);
             return;
         }
         let command =
             commands::weather_fetch(&who.socket_id, &who.user_id, location, SystemTime::now());
         if self.send(command).await.is_err() {
-            self.dedup.release(&key).await;
+            self.dedup.release(&who.user_id).await;
         }
     }
 
@@ -307,7 +310,7 @@ mod tests {
         cache
             .expect_get()
             .returning(|_| Err(CacheError::Timeout(std::time::Duration::from_millis(250))));
-        cache.expect_set_if_absent().returning(|_, _, _| Ok(true));
+        cache.expect_set_unless_same().returning(|_, _, _| Ok(true));
         let mut sink = MockCommandSink::new();
         sink.expect_send()
             .withf(|c| c.topic == topics::WEATHER_FETCH && c.key.as_deref() == Some("s1"))

@@ -32,12 +32,15 @@ pub trait SnapshotCache: Send + Sync {
     /// As for [`SnapshotCache::get`]; the write is then lost.
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError>;
 
-    /// Stores `value` under `key` only if the key is absent, with expiry `ttl`, atomically
-    /// (of concurrent callers, across processes sharing the store, exactly one gets `true`).
+    /// Stores `value` under `key` with expiry `ttl`, unless the key already holds exactly
+    /// `value`: then nothing changes, its expiry included, and the answer is `false`.
+    /// Atomic: of concurrent callers with the same value, across processes sharing the store,
+    /// exactly one gets `true`. (The location dedup window: a different location replaces
+    /// the stored one, the same one within the window is a duplicate.)
     ///
     /// # Errors
     /// As for [`SnapshotCache::get`].
-    async fn set_if_absent(
+    async fn set_unless_same(
         &self,
         key: &str,
         value: &str,

@@ -18,11 +18,12 @@ pub async fn snapshot_cache_contract(cache: &dyn SnapshotCache) {
     an_unknown_key_is_none(cache).await;
     set_overwrites(cache).await;
     delete_removes_and_tolerates_absent_keys(cache).await;
-    set_if_absent_is_atomic_under_concurrency(cache).await;
+    set_unless_same_is_atomic_under_concurrency(cache).await;
+    set_unless_same_replaces_another_value(cache).await;
     // The expiry checks sleep; run them side by side.
     tokio::join!(
         a_value_expires_after_its_ttl(cache),
-        set_if_absent_succeeds_again_after_expiry(cache),
+        set_unless_same_refuses_the_same_value_until_it_expires(cache),
     );
 }
 
@@ -77,10 +78,10 @@ pub async fn delete_removes_and_tolerates_absent_keys(cache: &dyn SnapshotCache)
         .expect("deleting an absent key is fine");
     assert!(
         cache
-            .set_if_absent(&key, "y", Duration::from_secs(60))
+            .set_unless_same(&key, "y", Duration::from_secs(60))
             .await
             .unwrap(),
-        "a deleted key is absent for set_if_absent"
+        "a deleted key holds nothing for set_unless_same"
     );
 }
 
@@ -124,37 +125,51 @@ pub async fn a_value_expires_after_its_ttl(cache: &dyn SnapshotCache) {
     );
 }
 
-pub async fn set_if_absent_succeeds_again_after_expiry(cache: &dyn SnapshotCache) {
-    let key = unique_key("nx");
+pub async fn set_unless_same_refuses_the_same_value_until_it_expires(cache: &dyn SnapshotCache) {
+    let key = unique_key("same");
     let ttl = Duration::from_millis(300);
     assert!(
-        cache.set_if_absent(&key, "first", ttl).await.unwrap(),
+        cache.set_unless_same(&key, "A", ttl).await.unwrap(),
         "absent: stored"
     );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        !cache.set_if_absent(&key, "second", ttl).await.unwrap(),
-        "present: refused"
+        !cache.set_unless_same(&key, "A", ttl).await.unwrap(),
+        "the same value: refused"
     );
-    assert_eq!(
-        cache.get(&key).await.unwrap().as_deref(),
-        Some("first"),
-        "refused write left no trace"
-    );
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // The refusal did not renew the expiry: gone 350 ms after the first write (a renewal
+    // would have kept it until 500 ms).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(cache.get(&key).await.unwrap(), None, "expired on time");
     assert!(
-        cache.set_if_absent(&key, "third", ttl).await.unwrap(),
+        cache.set_unless_same(&key, "A", ttl).await.unwrap(),
         "expired: stored again"
     );
-    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("third"));
 }
 
-pub async fn set_if_absent_is_atomic_under_concurrency(cache: &dyn SnapshotCache) {
-    let key = unique_key("nx-race");
-    let calls = (0..50).map(|i| {
+pub async fn set_unless_same_replaces_another_value(cache: &dyn SnapshotCache) {
+    let key = unique_key("other");
+    let ttl = Duration::from_secs(60);
+    assert!(cache.set_unless_same(&key, "A", ttl).await.unwrap());
+    assert!(
+        cache.set_unless_same(&key, "B", ttl).await.unwrap(),
+        "another value: stored"
+    );
+    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("B"));
+    assert!(
+        cache.set_unless_same(&key, "A", ttl).await.unwrap(),
+        "A again after B: stored"
+    );
+    assert!(!cache.set_unless_same(&key, "A", ttl).await.unwrap());
+}
+
+pub async fn set_unless_same_is_atomic_under_concurrency(cache: &dyn SnapshotCache) {
+    let key = unique_key("same-race");
+    let calls = (0..50).map(|_| {
         let key = key.clone();
         async move {
             cache
-                .set_if_absent(&key, &format!("caller-{i}"), Duration::from_secs(10))
+                .set_unless_same(&key, "A", Duration::from_secs(10))
                 .await
                 .unwrap()
         }
@@ -163,12 +178,7 @@ pub async fn set_if_absent_is_atomic_under_concurrency(cache: &dyn SnapshotCache
     let winners = results.iter().filter(|won| **won).count();
     assert_eq!(
         winners, 1,
-        "exactly one of 50 concurrent callers wins: {results:?}"
+        "exactly one of 50 concurrent callers with the same value wins: {results:?}"
     );
-    let winner = results.iter().position(|won| *won).unwrap();
-    assert_eq!(
-        cache.get(&key).await.unwrap(),
-        Some(format!("caller-{winner}")),
-        "the stored value is the winner's"
-    );
+    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("A"));
 }

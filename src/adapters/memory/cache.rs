@@ -88,7 +88,7 @@ impl SnapshotCache for MemoryCache {
         Ok(())
     }
 
-    async fn set_if_absent(
+    async fn set_unless_same(
         &self,
         key: &str,
         value: &str,
@@ -97,7 +97,7 @@ impl SnapshotCache for MemoryCache {
         self.check()?;
         let mut map = self.lock();
         let now = Instant::now();
-        if matches!(map.get(key), Some((_, expiry)) if *expiry > now) {
+        if matches!(map.get(key), Some((held, expiry)) if *expiry > now && held == value) {
             return Ok(false);
         }
         map.put(key.to_owned(), (value.to_owned(), now + ttl));

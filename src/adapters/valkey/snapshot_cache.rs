@@ -34,7 +34,7 @@ const PROBE_MAX_DELAY: Duration = Duration::from_secs(1);
 ///   false, and further calls fail at once (no waiting) while a background probe reconnects
 ///   (after 100 ms, then doubling up to 1 s). The first successful call or probe restores
 ///   normal mode, with one info line.
-/// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` | `set_if_absent` |
+/// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` | `set_unless_same` |
 ///   `delete`; `result` = `hit` | `miss` for `get`, `ok` for the others, or `error` |
 ///   `timeout`) and the gauge `flux_cache_up` (1 reachable, 0 not yet or not any more).
 pub struct ValkeySnapshotCache {
@@ -162,26 +162,29 @@ impl SnapshotCache for ValkeySnapshotCache {
     }
 
     #[tracing::instrument(level = "debug", skip(self, value))]
-    async fn set_if_absent(
+    async fn set_unless_same(
         &self,
         key: &str,
         value: &str,
         ttl: Duration,
     ) -> Result<bool, CacheError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key))
+        // A script runs atomically on the server: compare and set in one step.
+        const SET_UNLESS_SAME: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end \
+             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SET_UNLESS_SAME)
+            .arg(1)
+            .arg(self.key(key))
             .arg(value)
-            .arg("NX")
-            .arg("PX")
             .arg(px(ttl));
-        // Not retried on a dropped connection: the first attempt may have stored the key, and
-        // a retry would then report a duplicate. The caller's fallback handles the error.
+        // Not retried on a dropped connection: the first attempt may have stored the value,
+        // and a retry would then report a duplicate. The caller's fallback handles the error.
         let result = self
             .shared
-            .exec::<Option<String>>(&cmd, false)
+            .exec::<i64>(&cmd, false)
             .await
-            .map(|reply| reply.is_some());
-        record("set_if_absent", outcome(&result));
+            .map(|stored| stored == 1);
+        record("set_unless_same", outcome(&result));
         result
     }
 
