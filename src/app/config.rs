@@ -58,10 +58,10 @@ pub struct SocketIoSettings {
     /// connected client; a larger client message only needs more reads.
     pub ws_read_buffer: usize,
     /// How long the event consumer may stay busy (records waiting each time it reads) before
-    /// it stops emitting a ticker when a newer one for the same product was read with it:
-    /// the bound on the consumer's lag when the ticker stream outruns the fan-out.
+    /// it stops emitting a ticker or a weather result when a newer one for the same product or
+    /// city was read with it: the bound on the consumer's lag when events outrun the fan-out.
     #[serde(with = "humantime_serde")]
-    pub ticker_conflate_after: Duration,
+    pub conflate_after: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -137,7 +137,7 @@ impl Default for SocketIoSettings {
             max_buffer: 256,
             max_backlog: 256,
             ws_read_buffer: 512,
-            ticker_conflate_after: Duration::from_millis(50),
+            conflate_after: Duration::from_millis(50),
         }
     }
 }

@@ -3,10 +3,11 @@
 //! contains, and after losing the source it resumes from the last offset it handled (D11, D18).
 //!
 //! Records already read when the consumer gets to them are handled as one batch. Once the
-//! consumer has been busy for `socketio.ticker_conflate_after` (records waiting each time it
-//! read), a ticker superseded within its batch by a newer one for the same product is not
-//! emitted ([`domain::conflate`]): when the ticker stream outruns the fan-out, the consumer's
-//! lag stays bounded instead of growing without end. While it keeps up, every ticker goes out.
+//! consumer has been busy for `socketio.conflate_after` (records waiting each time it
+//! read), a ticker or weather result superseded within its batch by a newer one for the same
+//! product or city is not emitted ([`domain::conflate`]): when events outrun the fan-out, the
+//! consumer's lag stays bounded instead of growing without end. While it keeps up, every
+//! event goes out.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -138,7 +138,7 @@ impl Application {
             snapshots,
             health.clone(),
             settings.lifecycle.max_backoff,
-            settings.socketio.ticker_conflate_after,
+            settings.socketio.conflate_after,
         );
         let mut subscribed = ingestor.subscribed();
         let last_error = ingestor.last_error();

@@ -70,7 +70,7 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_CONFLATED,
-        "Ticker emits skipped because a newer ticker for the same product was read in the same batch (the consumer was behind)."
+        "Ticker and weather emits skipped because a newer one for the same product or city was read in the same batch (the consumer was behind)."
     );
     describe_counter!(DELIVERIES, "Room emits made, by event stream.");
     describe_counter!(

@@ -29,6 +29,10 @@ pub struct Delivery {
     /// For tickers: the product id, so that a lagging socket can be sent the latest price
     /// per product instead of every tick.
     pub conflation_key: Option<String>,
+    /// When the consumer is behind, a later delivery of the same batch with the same room,
+    /// event and key makes this one's emits pointless ([`conflate`]): tickers (per product)
+    /// and weather (per city: each result is the whole current weather of its room).
+    pub supersede_key: Option<String>,
 }
 
 /// Why a record was refused. `reason` is a short, stable label used in metrics.
@@ -94,7 +98,9 @@ fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
             .ok_or("unavailable_without_city")?;
         let reason = obj.get("reason").cloned().unwrap_or(Value::Null);
         let payload = json!({"status": "unavailable", "reason": reason});
-        return Ok(one(weather_room(city), weather_event(city), &payload, None));
+        let mut delivery = one(weather_room(city), weather_event(city), &payload, None);
+        delivery.supersede_key = Some(city.to_owned());
+        return Ok(delivery);
     }
     let mut data = match obj.remove("data") {
         Some(Value::Object(d)) => d,
@@ -115,12 +121,14 @@ fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     if status.as_deref() == Some("success") {
         payload.insert("status".into(), Value::from("success"));
     }
-    Ok(one(
+    let mut delivery = one(
         weather_room(&city),
         weather_event(&city),
         &Value::Object(payload),
         None,
-    ))
+    );
+    delivery.supersede_key = Some(city);
+    Ok(delivery)
 }
 
 fn has_array_data(side: Option<&Value>) -> bool {
@@ -188,6 +196,7 @@ fn ticker(obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     };
     let payload = json!({"status": "success", "data": obj, "error": null});
     let mut delivery = one(ROOM_CRYPTO.into(), EV_TICKER.into(), &payload, None);
+    delivery.supersede_key = Some(product.clone());
     delivery.conflation_key = Some(product);
     Ok(delivery)
 }
@@ -263,9 +272,10 @@ fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
 }
 
 /// Conflates a batch of deliveries read together (the consumer was behind): an emit of a
-/// conflatable delivery (a ticker) is dropped when a later delivery of the same batch emits
-/// the same event to the same room with the same conflation key, since every client would get
-/// that newer price anyway. Everything else, snapshots included, stays, in order.
+/// supersedable delivery (a ticker, a weather result) is dropped when a later delivery of the
+/// same batch emits the same event to the same room with the same key, since every client
+/// would get that newer price or weather anyway. Everything else, snapshots included, stays,
+/// in order.
 ///
 /// Returns how many emits were dropped. A batch of one is never changed.
 pub fn conflate(batch: &mut [Delivery]) -> usize {
@@ -276,7 +286,7 @@ pub fn conflate(batch: &mut [Delivery]) -> usize {
     {
         let mut later = std::collections::HashSet::new();
         for (i, delivery) in batch.iter().enumerate().rev() {
-            let Some(key) = delivery.conflation_key.as_deref() else {
+            let Some(key) = delivery.supersede_key.as_deref() else {
                 continue;
             };
             for (j, emit) in delivery.emits.iter().enumerate() {
@@ -303,6 +313,7 @@ fn one(room: String, event: String, payload: &Value, snapshot: Option<SnapshotWr
         }],
         snapshot,
         conflation_key: None,
+        supersede_key: None,
     }
 }
 
@@ -509,6 +520,40 @@ mod tests {
         // Snapshots are not touched; the snapshot writer conflates per key itself.
         let snapshots_after: Vec<_> = batch.iter().map(|d| d.snapshot.clone()).collect();
         assert_eq!(snapshots_before, snapshots_after);
+    }
+
+    #[test]
+    fn a_batch_keeps_only_the_latest_weather_per_city() {
+        let weather = |city: &str, temp: f64| {
+            let mut v = fixture("weather.service.event.updated.json");
+            v["data"]["city"] = json!(city);
+            v["data"]["temperatureC"] = json!(temp);
+            route(WEATHER_EVENTS, Some(&compact(&v))).unwrap()
+        };
+        let mut batch = vec![
+            weather("Pune", 20.0),
+            weather("Delhi", 30.0),
+            weather("Pune", 21.0),
+            tick("BTC-USD", "1"),
+            weather("Pune", 22.0),
+        ];
+        assert_eq!(conflate(&mut batch), 2);
+        let left: Vec<(String, f64)> = batch
+            .iter()
+            .flat_map(|d| &d.emits)
+            .filter(|e| e.room.starts_with("weather."))
+            .map(|e| {
+                let v: Value = serde_json::from_str(e.payload.as_str()).unwrap();
+                (e.room.clone(), v["data"]["temperatureC"].as_f64().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("weather.Delhi".to_owned(), 30.0),
+                ("weather.Pune".to_owned(), 22.0)
+            ]
+        );
     }
 
     #[test]
