@@ -289,7 +289,7 @@ pub fn conflate(batch: &mut [Delivery]) -> usize {
             let Some(key) = delivery.supersede_key.as_deref() else {
                 continue;
             };
-            for (j, emit) in delivery.emits.iter().enumerate() {
+            for (j, emit) in delivery.emits.iter().enumerate().rev() {
                 if !later.insert((emit.room.as_str(), emit.event.as_str(), key)) {
                     superseded.push((i, j));
                 }
@@ -554,6 +554,17 @@ mod tests {
                 ("weather.Pune".to_owned(), 22.0)
             ]
         );
+    }
+
+    #[test]
+    fn superseded_emits_of_one_delivery_are_removed_from_the_back() {
+        // Every delivery has one emit today; one with several must not trip the removal.
+        let mut twice = tick("BTC-USD", "1");
+        twice.emits.push(twice.emits[0].clone());
+        twice.emits.push(twice.emits[0].clone());
+        let mut batch = vec![twice, tick("BTC-USD", "2")];
+        assert_eq!(conflate(&mut batch), 3);
+        assert_eq!(prices(&batch), ["BTC-USD:2"]);
     }
 
     #[test]
