@@ -29,7 +29,9 @@ use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 /// How often consumer lag is exported.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The most records handled as one batch (parsed before the first of them is emitted).
+/// The most records handled as one batch (parsed before the first of them is emitted). A
+/// source read through a tokio channel (Kafka) also ends a batch when the task's cooperative
+/// budget (128 operations) runs out.
 const MAX_BATCH: usize = 512;
 
 /// Why a subscription's consumption ended.
@@ -139,8 +141,13 @@ impl Ingestor {
         // consumer read. `None` while it keeps up.
         let mut busy_since: Option<Instant> = None;
         loop {
-            // A consumer that is never idle still lets the socket writers run.
-            tokio::task::consume_budget().await;
+            if busy_since.is_some() {
+                // After a batch handled without waiting: let the socket writers run, and
+                // start the next look with a fresh cooperative budget, so that a channel
+                // inside the source never answers "nothing ready" only because the budget
+                // ran out (that would look like idleness and reset the busy period).
+                tokio::task::yield_now().await;
+            }
             if shutdown.is_cancelled() {
                 return Ended::Shutdown;
             }
@@ -456,6 +463,7 @@ mod tests {
             );
         }
         let last = Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let prices = loop {
             let got: Vec<String> = fanout
                 .wait_for(1, last)
@@ -469,6 +477,10 @@ mod tests {
             if got.last().map(String::as_str) == Some("99") {
                 break got;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the last price never went out: {got:?}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         stop.cancel();
