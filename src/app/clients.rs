@@ -188,18 +188,15 @@ impl ClientService {
             metrics::counter!(COMMANDS_REFUSED, "topic" => topics::WEATHER_FETCH).increment(1);
             return;
         }
-        if !self
-            .dedup
-            .claim(&who.user_id, &canonical_hash(location))
-            .await
-        {
+        let hash = canonical_hash(location);
+        if !self.dedup.claim(&who.user_id, &hash).await {
             metrics::counter!(DEDUP_HITS).increment(1);
             return;
         }
         let command =
             commands::weather_fetch(&who.socket_id, &who.user_id, location, SystemTime::now());
         if self.send(command).await.is_err() {
-            self.dedup.release(&who.user_id).await;
+            self.dedup.release(&who.user_id, &hash).await;
         }
     }
 
@@ -389,10 +386,11 @@ mod tests {
         let held = std::sync::Mutex::new(held);
         let mut sink = MockCommandSink::new();
         sink.expect_send().times(1).returning(move |_| {
+            // Far longer than the test waits for `loading`: sent after the refresh, it fails.
             let _ = held
                 .lock()
                 .unwrap()
-                .recv_timeout(std::time::Duration::from_secs(5));
+                .recv_timeout(std::time::Duration::from_secs(30));
             Ok(())
         });
         let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
@@ -404,8 +402,8 @@ mod tests {
                     .block_on(svc.snapshot_request(&who(), SnapshotRequest::TopMovers))
             }
         });
-        let got = fanout.wait_for(1, std::time::Duration::from_secs(5)).await;
-        assert_eq!(got.len(), 1);
+        let got = fanout.wait_for(1, std::time::Duration::from_secs(2)).await;
+        assert_eq!(got.len(), 1, "no loading reply while the refresh was held");
         assert_eq!(got[0].payload.to_value()["status"], "loading");
         release.send(()).unwrap();
         request.await.unwrap();

@@ -38,13 +38,18 @@ impl Deduplicator {
         format!("dedup:location:{user_id}")
     }
 
+    /// The stored value: the hash as a JSON string (D14: values are JSON).
+    fn value(location_hash: &str) -> String {
+        serde_json::Value::from(location_hash).to_string()
+    }
+
     /// Claims the window for this user and location: `true` if the command should be sent
     /// (this location was not the last one sent within the window), `false` for a duplicate.
     pub async fn claim(&self, user_id: &str, location_hash: &str) -> bool {
         let key = Self::key(user_id);
         match self
             .cache
-            .set_unless_same(&key, location_hash, self.window)
+            .set_unless_same(&key, &Self::value(location_hash), self.window)
             .await
         {
             Ok(claimed) => claimed,
@@ -56,10 +61,19 @@ impl Deduplicator {
         }
     }
 
-    /// Gives the window back after a failed send, so that a retry is not suppressed.
-    pub async fn release(&self, user_id: &str) {
-        self.lock().pop(user_id);
-        let _ = self.cache.delete(&Self::key(user_id)).await;
+    /// Gives the window back after a failed send of this location, so that a retry is not
+    /// suppressed; a window another location took meanwhile stays.
+    pub async fn release(&self, user_id: &str, location_hash: &str) {
+        {
+            let mut local = self.lock();
+            if matches!(local.peek(user_id), Some((hash, _)) if hash == location_hash) {
+                local.pop(user_id);
+            }
+        }
+        let _ = self
+            .cache
+            .delete_if_same(&Self::key(user_id), &Self::value(location_hash))
+            .await;
     }
 
     fn claim_locally(&self, user_id: &str, location_hash: &str) -> bool {
@@ -125,7 +139,7 @@ mod tests {
         assert!(d.claim("u", "A").await);
         assert_eq!(
             cache.get("dedup:location:u").await.unwrap().as_deref(),
-            Some("A")
+            Some(r#""A""#)
         );
     }
 
@@ -146,7 +160,21 @@ mod tests {
     async fn a_released_window_can_be_claimed_again() {
         let d = dedup(Arc::new(MemoryCache::default()), 10);
         assert!(d.claim("u", "A").await);
-        d.release("u").await;
+        d.release("u", "A").await;
         assert!(d.claim("u", "A").await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn releasing_a_location_keeps_the_window_another_location_took_since() {
+        for available in [true, false] {
+            let cache = Arc::new(MemoryCache::default());
+            cache.set_available(available);
+            let d = dedup(cache, 10);
+            assert!(d.claim("u", "A").await);
+            assert!(d.claim("u", "B").await);
+            // A's send failed after B was claimed: B's window stays.
+            d.release("u", "A").await;
+            assert!(!d.claim("u", "B").await, "cache available: {available}");
+        }
     }
 }

@@ -47,6 +47,13 @@ pub trait SnapshotCache: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, CacheError>;
 
+    /// Removes `key` if it still holds exactly `value` (nothing happens otherwise, nor when it
+    /// is absent), atomically.
+    ///
+    /// # Errors
+    /// As for [`SnapshotCache::get`].
+    async fn delete_if_same(&self, key: &str, value: &str) -> Result<(), CacheError>;
+
     /// Removes `key` (no error when it is absent).
     ///
     /// # Errors

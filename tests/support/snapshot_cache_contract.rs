@@ -20,6 +20,7 @@ pub async fn snapshot_cache_contract(cache: &dyn SnapshotCache) {
     delete_removes_and_tolerates_absent_keys(cache).await;
     set_unless_same_is_atomic_under_concurrency(cache).await;
     set_unless_same_replaces_another_value(cache).await;
+    delete_if_same_removes_only_that_value(cache).await;
     // The expiry checks sleep; run them side by side.
     tokio::join!(
         a_value_expires_after_its_ttl(cache),
@@ -127,19 +128,19 @@ pub async fn a_value_expires_after_its_ttl(cache: &dyn SnapshotCache) {
 
 pub async fn set_unless_same_refuses_the_same_value_until_it_expires(cache: &dyn SnapshotCache) {
     let key = unique_key("same");
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_millis(1000);
     assert!(
         cache.set_unless_same(&key, "A", ttl).await.unwrap(),
         "absent: stored"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !cache.set_unless_same(&key, "A", ttl).await.unwrap(),
         "the same value: refused"
     );
-    // The refusal did not renew the expiry: gone 350 ms after the first write (a renewal
-    // would have kept it until 500 ms).
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The refusal did not renew the expiry: gone 1150 ms after the first write (a renewal
+    // would have kept it until 1300 ms).
+    tokio::time::sleep(Duration::from_millis(850)).await;
     assert_eq!(cache.get(&key).await.unwrap(), None, "expired on time");
     assert!(
         cache.set_unless_same(&key, "A", ttl).await.unwrap(),
@@ -161,6 +162,28 @@ pub async fn set_unless_same_replaces_another_value(cache: &dyn SnapshotCache) {
         "A again after B: stored"
     );
     assert!(!cache.set_unless_same(&key, "A", ttl).await.unwrap());
+}
+
+pub async fn delete_if_same_removes_only_that_value(cache: &dyn SnapshotCache) {
+    let key = unique_key("delete-if");
+    let ttl = Duration::from_secs(60);
+    cache.set(&key, "B", ttl).await.unwrap();
+    cache.delete_if_same(&key, "A").await.unwrap();
+    assert_eq!(
+        cache.get(&key).await.unwrap().as_deref(),
+        Some("B"),
+        "another value stays"
+    );
+    cache.delete_if_same(&key, "B").await.unwrap();
+    assert_eq!(
+        cache.get(&key).await.unwrap(),
+        None,
+        "the same value is removed"
+    );
+    cache
+        .delete_if_same(&key, "B")
+        .await
+        .expect("an absent key is fine");
 }
 
 pub async fn set_unless_same_is_atomic_under_concurrency(cache: &dyn SnapshotCache) {

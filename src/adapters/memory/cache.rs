@@ -104,6 +104,15 @@ impl SnapshotCache for MemoryCache {
         Ok(true)
     }
 
+    async fn delete_if_same(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        self.check()?;
+        let mut map = self.lock();
+        if matches!(map.peek(key), Some((held, _)) if held == value) {
+            map.pop(key);
+        }
+        Ok(())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), CacheError> {
         self.check()?;
         self.lock().pop(key);

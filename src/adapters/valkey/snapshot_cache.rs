@@ -34,8 +34,8 @@ const PROBE_MAX_DELAY: Duration = Duration::from_secs(1);
 ///   false, and further calls fail at once (no waiting) while a background probe reconnects
 ///   (after 100 ms, then doubling up to 1 s). The first successful call or probe restores
 ///   normal mode, with one info line.
-/// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` | `set_unless_same` |
-///   `delete`; `result` = `hit` | `miss` for `get`, `ok` for the others, or `error` |
+/// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` |
+///   `set_unless_same` | `delete_if_same` | `delete`; `result` = `hit` | `miss` for `get`, `ok` for the others, or `error` |
 ///   `timeout`) and the gauge `flux_cache_up` (1 reachable, 0 not yet or not any more).
 pub struct ValkeySnapshotCache {
     shared: Arc<Shared>,
@@ -185,6 +185,17 @@ impl SnapshotCache for ValkeySnapshotCache {
             .await
             .map(|stored| stored == 1);
         record("set_unless_same", outcome(&result));
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, value))]
+    async fn delete_if_same(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        const DELETE_IF_SAME: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             redis.call('DEL', KEYS[1]) end return 0";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DELETE_IF_SAME).arg(1).arg(self.key(key)).arg(value);
+        let result = self.shared.exec::<i64>(&cmd, true).await.map(drop);
+        record("delete_if_same", outcome(&result));
         result
     }
 
