@@ -151,21 +151,29 @@ impl SocketIoFanout {
         } else {
             "ordered"
         };
-        match self.backlogs.push(s.id, pending) {
+        match self.backlogs.push_for(s.id, pending, || room_names(s)) {
             Pushed::Queued => {
                 s.join(LAGGING_ROOM);
                 metrics::counter!(FANOUT_BACKLOGGED, "kind" => kind).increment(1);
             }
             Pushed::Conflated => metrics::counter!(FANOUT_CONFLATED).increment(1),
             Pushed::Overflow => {
-                metrics::counter!(SLOW_DISCONNECTS).increment(1);
-                tracing::warn!(socket = %s.id, "client too slow: its backlog overflowed; disconnecting it");
-                self.backlogs.remove(s.id);
-                let _ = s.clone().disconnect();
+                self.too_slow(s.id);
                 return false;
             }
         }
         true
+    }
+
+    /// Disconnects a socket whose backlog overflowed (its client reconnects and is hydrated
+    /// again).
+    fn too_slow(&self, sid: Sid) {
+        metrics::counter!(SLOW_DISCONNECTS).increment(1);
+        tracing::warn!(socket = %sid, "client too slow: its backlog overflowed; disconnecting it");
+        self.backlogs.remove(sid);
+        if let Some(s) = self.io.get_socket(sid) {
+            let _ = s.disconnect();
+        }
     }
 
     fn to_room_each(&self, room: &str, event: &str, payload: &Payload, key: Option<&str>) {
@@ -233,12 +241,19 @@ impl SocketIoFanout {
             Err(e) => return Err(FanoutError::Transport(e.to_string())),
         }
         if lagging {
-            for sid in self.backlogs.sockets() {
-                if let Some(s) = self.io.get_socket(sid)
-                    && s.rooms().iter().any(|r| r == room)
-                {
-                    self.deliver(&s, Some(room), event, payload, Some(key));
-                }
+            // One pass over the lagging sockets' backlogs (they are in the lagging room, so
+            // the broadcast skipped them): no socket lookup, nothing allocated per socket
+            // that already has this key waiting.
+            let pushed = self.backlogs.push_latest_to_room(room, event, payload, key);
+            if pushed.queued > 0 {
+                metrics::counter!(FANOUT_BACKLOGGED, "kind" => "latest")
+                    .increment(pushed.queued as u64);
+            }
+            if pushed.conflated > 0 {
+                metrics::counter!(FANOUT_CONFLATED).increment(pushed.conflated as u64);
+            }
+            for sid in pushed.overflowed {
+                self.too_slow(sid);
             }
         }
         Ok(())
@@ -259,6 +274,7 @@ impl SocketIoFanout {
             for sid in self.backlogs.sockets() {
                 match self.io.get_socket(sid) {
                     Some(s) => {
+                        self.backlogs.set_rooms(sid, room_names(&s));
                         // A socket that caught up leaves the lagging room, or the fast
                         // broadcasts would skip it for good once it is not lagging.
                         self.backlogs.drain(
@@ -429,6 +445,11 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
     } else {
         metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "unknown_event").increment(1);
     }
+}
+
+/// A socket's rooms as plain names.
+fn room_names(s: &SocketRef) -> Vec<String> {
+    s.rooms().into_iter().map(|r| r.to_string()).collect()
 }
 
 fn reason_label(reason: DisconnectReason) -> &'static str {

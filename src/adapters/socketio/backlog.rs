@@ -27,6 +27,9 @@ struct Backlog {
     urgent: VecDeque<Pending>,
     /// Conflatable messages, the latest per key, in first-arrival order.
     latest: Vec<Pending>,
+    /// The socket's rooms when it began lagging, refreshed by the drainer: a broadcast
+    /// finds the lagging sockets of its room here, without a lookup per socket.
+    rooms: Vec<String>,
 }
 
 impl Backlog {
@@ -43,6 +46,15 @@ pub(crate) enum Pushed {
     Conflated,
     /// The socket's backlog is over its bound: the socket must be disconnected.
     Overflow,
+}
+
+/// What [`Backlogs::push_latest_to_room`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RoomPush {
+    pub queued: usize,
+    pub conflated: usize,
+    /// Sockets whose backlog is over its bound: they must be disconnected.
+    pub overflowed: Vec<Sid>,
 }
 
 /// The backlogs of every lagging socket.
@@ -73,11 +85,26 @@ impl Backlogs {
     }
 
     /// Queues `message` for `sid`, conflating by key.
+    #[cfg(test)]
     pub fn push(&self, sid: Sid, message: Pending) -> Pushed {
+        self.push_for(sid, message, Vec::new)
+    }
+
+    /// Queues `message` for `sid`, conflating by key; `rooms` gives the socket's rooms when
+    /// this makes it lagging.
+    pub fn push_for(
+        &self,
+        sid: Sid,
+        message: Pending,
+        rooms: impl FnOnce() -> Vec<String>,
+    ) -> Pushed {
         let mut map = self.lock();
         let backlog = map.entry(sid).or_insert_with(|| {
             self.lagging.fetch_add(1, Ordering::Relaxed);
-            Backlog::default()
+            Backlog {
+                rooms: rooms(),
+                ..Backlog::default()
+            }
         });
         match &message.key {
             Some(key) => {
@@ -102,6 +129,52 @@ impl Backlogs {
             }
         }
         Pushed::Queued
+    }
+
+    /// The latest `key` message of `room` is `payload` for every lagging socket in `room`:
+    /// one lock for all of them, nothing allocated for a key a socket already has.
+    pub fn push_latest_to_room(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+    ) -> RoomPush {
+        let mut done = RoomPush::default();
+        let mut map = self.lock();
+        for (sid, backlog) in map.iter_mut() {
+            if !backlog.rooms.iter().any(|r| r == room) {
+                continue;
+            }
+            if let Some(slot) = backlog
+                .latest
+                .iter_mut()
+                .find(|p| p.key.as_deref() == Some(key))
+            {
+                slot.payload = payload.clone();
+                if slot.event != event {
+                    event.clone_into(&mut slot.event);
+                }
+                done.conflated += 1;
+            } else if backlog.latest.len() >= self.max_keys {
+                done.overflowed.push(*sid);
+            } else {
+                backlog.latest.push(Pending {
+                    event: event.to_owned(),
+                    payload: payload.clone(),
+                    key: Some(key.to_owned()),
+                });
+                done.queued += 1;
+            }
+        }
+        done
+    }
+
+    /// Refreshes the rooms of a lagging socket (they change if it joins or leaves one).
+    pub fn set_rooms(&self, sid: Sid, rooms: Vec<String>) {
+        if let Some(backlog) = self.lock().get_mut(&sid) {
+            backlog.rooms = rooms;
+        }
     }
 
     /// The sockets with a backlog.
@@ -293,6 +366,44 @@ mod tests {
         );
         assert_eq!(latest.of("other").len(), 1);
         assert!(latest.of("nobody").is_empty());
+    }
+
+    #[test]
+    fn a_room_push_reaches_the_lagging_sockets_of_that_room_only() {
+        let b = Backlogs::new(8, 2);
+        let (in_room, elsewhere, moved) = (Sid::new(), Sid::new(), Sid::new());
+        let rooms = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        b.push_for(in_room, msg("r", None, 0), || rooms(&["crypto", "news"]));
+        b.push_for(elsewhere, msg("r", None, 0), || rooms(&["news"]));
+        b.push_for(moved, msg("r", None, 0), || rooms(&["news"]));
+        b.set_rooms(moved, rooms(&["crypto"]));
+        let p = |n: u32| Payload::new(&n);
+        let first = b.push_latest_to_room("crypto", "t", &p(1), "BTC");
+        assert_eq!((first.queued, first.conflated), (2, 0));
+        let second = b.push_latest_to_room("crypto", "t", &p(2), "BTC");
+        assert_eq!((second.queued, second.conflated), (0, 2));
+        b.push_latest_to_room("crypto", "t", &p(3), "ETH");
+        // A third key is over the bound of two: those sockets must go.
+        let third = b.push_latest_to_room("crypto", "t", &p(4), "SOL");
+        let mut over = third.overflowed.clone();
+        over.sort();
+        let mut expected = vec![in_room, moved];
+        expected.sort();
+        assert_eq!(over, expected);
+        let drained = |sid| {
+            let mut sent = Vec::new();
+            b.drain(
+                sid,
+                |m| {
+                    sent.push(m.payload.as_str().to_owned());
+                    true
+                },
+                || {},
+            );
+            sent
+        };
+        assert_eq!(drained(in_room), ["0", "2", "3"]);
+        assert_eq!(drained(elsewhere), ["0"]);
     }
 
     #[test]
