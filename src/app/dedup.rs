@@ -104,6 +104,13 @@ mod tests {
         Deduplicator::new(cache, Duration::from_secs(2), entries)
     }
 
+    /// A window on the shared cache, or on the local fallback when it is not `available`.
+    fn dedup_on(available: bool) -> Deduplicator {
+        let cache = Arc::new(MemoryCache::default());
+        cache.set_available(available);
+        dedup(cache, 10)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_same_location_within_the_window_is_a_duplicate_and_does_not_extend_it() {
         let d = dedup(Arc::new(MemoryCache::default()), 10);
@@ -120,9 +127,7 @@ mod tests {
         // Contract: a duplicate is the same hash as the stored record (the last one sent), so
         // A, B, A within the window sends all three.
         for available in [true, false] {
-            let cache = Arc::new(MemoryCache::default());
-            cache.set_available(available);
-            let d = dedup(cache, 10);
+            let d = dedup_on(available);
             assert!(d.claim("u", "A").await);
             assert!(d.claim("u", "B").await);
             assert!(d.claim("u", "A").await, "cache available: {available}");
@@ -167,9 +172,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn releasing_a_location_keeps_the_window_another_location_took_since() {
         for available in [true, false] {
-            let cache = Arc::new(MemoryCache::default());
-            cache.set_available(available);
-            let d = dedup(cache, 10);
+            let d = dedup_on(available);
             assert!(d.claim("u", "A").await);
             assert!(d.claim("u", "B").await);
             // A's send failed after B was claimed: B's window stays.

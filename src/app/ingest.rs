@@ -381,8 +381,15 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_batch_emits_the_latest_ticker_per_product_and_every_other_event_in_order() {
+    /// An ingestor on in-memory adapters, with the fanout that records what it emits.
+    fn recording_ingestor(
+        bus: crate::adapters::memory::MemoryBus,
+        conflate_after: Duration,
+    ) -> (
+        Ingestor,
+        Arc<crate::adapters::memory::RecordingFanout>,
+        CancellationToken,
+    ) {
         let fanout = Arc::new(crate::adapters::memory::RecordingFanout::default());
         let stop = CancellationToken::new();
         let (writer, _) = SnapshotWriter::spawn(
@@ -390,11 +397,20 @@ mod tests {
             stop.clone(),
         );
         let ingestor = Ingestor::new(
-            Arc::new(crate::adapters::memory::MemoryBus::new()),
+            Arc::new(bus),
             fanout.clone(),
             writer,
             Arc::new(Health::new()),
             Duration::from_secs(1),
+            conflate_after,
+        );
+        (ingestor, fanout, stop)
+    }
+
+    #[tokio::test]
+    async fn a_batch_emits_the_latest_ticker_per_product_and_every_other_event_in_order() {
+        let (ingestor, fanout, stop) = recording_ingestor(
+            crate::adapters::memory::MemoryBus::new(),
             Duration::from_millis(50),
         );
         let batch = [
@@ -435,20 +451,7 @@ mod tests {
     /// prices it emitted, once the last one is out.
     async fn emitted_prices_of_a_burst(conflate_after: Duration) -> Vec<String> {
         let bus = crate::adapters::memory::MemoryBus::new();
-        let fanout = Arc::new(crate::adapters::memory::RecordingFanout::default());
-        let stop = CancellationToken::new();
-        let (writer, _) = SnapshotWriter::spawn(
-            Arc::new(crate::adapters::memory::MemoryCache::new(16)),
-            stop.clone(),
-        );
-        let ingestor = Ingestor::new(
-            Arc::new(bus.clone()),
-            fanout.clone(),
-            writer,
-            Arc::new(Health::new()),
-            Duration::from_secs(1),
-            conflate_after,
-        );
+        let (ingestor, fanout, stop) = recording_ingestor(bus.clone(), conflate_after);
         let mut subscribed = ingestor.subscribed();
         let consumer = tokio::spawn(ingestor.run(stop.clone()));
         subscribed.wait_for(|s| *s).await.unwrap();
