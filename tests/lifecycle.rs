@@ -54,6 +54,16 @@ async fn wait_healthy(port: u16) {
     panic!("the gateway on port {port} never became healthy");
 }
 
+/// The gateway's `/metrics` text.
+async fn metrics(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[test]
 fn help_lists_the_configuration() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
@@ -162,12 +172,7 @@ async fn metrics_show_connected_sockets_and_room_members() {
 
     let deadline = Instant::now() + Duration::from_secs(8);
     let metrics = loop {
-        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics(port).await;
         if m.contains(r#"flux_room_members{room="crypto.global"} 1"#) {
             break m;
         }
@@ -229,12 +234,7 @@ async fn a_flood_of_malformed_events_is_counted_in_full_and_logged_in_moderation
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics(port).await;
         let rejected: f64 = m
             .lines()
             .filter(|l| {
