@@ -11,7 +11,7 @@ step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 SECONDS=0
 
 # Disk: a clean run writes 1.8 GB under target/ (debug builds without dependency debug
-# info, no incremental cache: see [profile.dev] in Cargo.toml), plus ~3 GB of temporary
+# info, no incremental cache: see [profile.dev] in Cargo.toml), plus 1.4 GB of temporary
 # build the first time tansu is installed. CI once ran out of disk with 6.3 GB of target/.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 target_dir="${CARGO_TARGET_DIR:-target}"
