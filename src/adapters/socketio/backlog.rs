@@ -36,6 +36,31 @@ impl Backlog {
     fn is_empty(&self) -> bool {
         self.urgent.is_empty() && self.latest.is_empty()
     }
+
+    /// The latest `key` message is now `event` with `payload`: it replaces the one held for
+    /// that key in place (nothing allocated), or is added if under `max_keys`.
+    fn put_latest(&mut self, event: &str, payload: &Payload, key: &str, max_keys: usize) -> Pushed {
+        if let Some(slot) = self
+            .latest
+            .iter_mut()
+            .find(|p| p.key.as_deref() == Some(key))
+        {
+            slot.payload = payload.clone();
+            if slot.event != event {
+                event.clone_into(&mut slot.event);
+            }
+            return Pushed::Conflated;
+        }
+        if self.latest.len() >= max_keys {
+            return Pushed::Overflow;
+        }
+        self.latest.push(Pending {
+            event: event.to_owned(),
+            payload: payload.clone(),
+            key: Some(key.to_owned()),
+        });
+        Pushed::Queued
+    }
 }
 
 /// What [`Backlogs::push`] did.
@@ -107,28 +132,15 @@ impl Backlogs {
             }
         });
         match &message.key {
-            Some(key) => {
-                if let Some(slot) = backlog
-                    .latest
-                    .iter_mut()
-                    .find(|p| p.key.as_deref() == Some(key))
-                {
-                    *slot = message;
-                    return Pushed::Conflated;
-                }
-                if backlog.latest.len() >= self.max_keys {
-                    return Pushed::Overflow;
-                }
-                backlog.latest.push(message);
-            }
+            Some(key) => backlog.put_latest(&message.event, &message.payload, key, self.max_keys),
             None => {
                 if backlog.urgent.len() >= self.max_urgent {
                     return Pushed::Overflow;
                 }
                 backlog.urgent.push_back(message);
+                Pushed::Queued
             }
         }
-        Pushed::Queued
     }
 
     /// The latest `key` message of `room` is `payload` for every lagging socket in `room`:
@@ -146,25 +158,10 @@ impl Backlogs {
             if !backlog.rooms.iter().any(|r| r == room) {
                 continue;
             }
-            if let Some(slot) = backlog
-                .latest
-                .iter_mut()
-                .find(|p| p.key.as_deref() == Some(key))
-            {
-                slot.payload = payload.clone();
-                if slot.event != event {
-                    event.clone_into(&mut slot.event);
-                }
-                done.conflated += 1;
-            } else if backlog.latest.len() >= self.max_keys {
-                done.overflowed.push(*sid);
-            } else {
-                backlog.latest.push(Pending {
-                    event: event.to_owned(),
-                    payload: payload.clone(),
-                    key: Some(key.to_owned()),
-                });
-                done.queued += 1;
+            match backlog.put_latest(event, payload, key, self.max_keys) {
+                Pushed::Queued => done.queued += 1,
+                Pushed::Conflated => done.conflated += 1,
+                Pushed::Overflow => done.overflowed.push(*sid),
             }
         }
         done
