@@ -283,6 +283,15 @@ mod tests {
         json!({"city":"Pune","region":"Maharashtra","country":"IN","lat":18.52,"lon":73.85,"ip":"49.36.112.10"})
     }
 
+    /// A sink whose one send fails: the broker is down.
+    fn sink_failing_once() -> MockCommandSink {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .times(1)
+            .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
+        sink
+    }
+
     fn service(
         cache: Arc<dyn SnapshotCache>,
         sink: MockCommandSink,
@@ -333,10 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_error_on_a_cold_news_request_gives_the_contract_error_reply() {
-        let mut sink = MockCommandSink::new();
-        sink.expect_send()
-            .times(1)
-            .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
+        let sink = sink_failing_once();
         let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
         svc.snapshot_request(&who(), SnapshotRequest::News).await;
         let got = fanout.delivered();
@@ -351,10 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cold_movers_request_replies_loading_first_then_error_when_the_refresh_fails() {
-        let mut sink = MockCommandSink::new();
-        sink.expect_send()
-            .times(1)
-            .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
+        let sink = sink_failing_once();
         let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
         svc.snapshot_request(&who(), SnapshotRequest::TopMovers)
             .await;

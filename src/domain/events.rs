@@ -472,6 +472,14 @@ mod tests {
         assert_eq!(d.conflation_key.as_deref(), Some("BTC-USD"));
     }
 
+    fn news_delivery() -> Delivery {
+        route(
+            NEWS_EVENTS,
+            Some(&compact(&fixture("news.service.event.updated.json"))),
+        )
+        .unwrap()
+    }
+
     fn tick(product: &str, price: &str) -> Delivery {
         let value = json!({"data": {"type": "ticker", "product_id": product, "price": price}});
         route(TICKER_EVENTS, Some(&compact(&value))).unwrap()
@@ -493,11 +501,7 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_only_the_latest_ticker_per_product_and_everything_else_in_order() {
-        let news = route(
-            NEWS_EVENTS,
-            Some(&compact(&fixture("news.service.event.updated.json"))),
-        )
-        .unwrap();
+        let news = news_delivery();
         let mut batch = vec![
             tick("BTC-USD", "1"),
             tick("ETH-USD", "2"),
@@ -572,11 +576,7 @@ mod tests {
         let mut one = vec![tick("BTC-USD", "1")];
         assert_eq!(conflate(&mut one), 0);
         assert_eq!(prices(&one), ["BTC-USD:1"]);
-        let news = route(
-            NEWS_EVENTS,
-            Some(&compact(&fixture("news.service.event.updated.json"))),
-        )
-        .unwrap();
+        let news = news_delivery();
         let mut batch = vec![news.clone(), news];
         assert_eq!(conflate(&mut batch), 0);
         assert_eq!(batch.iter().map(|d| d.emits.len()).sum::<usize>(), 2);
