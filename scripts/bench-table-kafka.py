@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown table of flux-loadgen fanout/slow results of the Kafka path (--kafka / --spawn-tansu).
+"""Markdown table of flux-loadgen fanout/slow results of the Kafka path (--kafka / --spawn-kafka).
 
 Runs with the same fetch max wait, scenario, clients and rate are grouped; each cell is the
 median over the group, and the p99 columns also list every run's p99. "broker alone" is the
@@ -29,7 +29,7 @@ def probe(r, field):
 
 print("| fetch max wait | clients | events/s | delivered/s (steady) | missing | p50 ms | p90 ms "
       "| p99 ms | max ms | broker alone p50 / p99 ms | gateway share of p50 ms "
-      "| produce per tick p99 ms | gateway CPU % | gateway µs CPU/delivery | tansu CPU % "
+      "| produce per tick p99 ms | gateway CPU % | gateway µs CPU/delivery | broker CPU % "
       "| loadgen CPU % | runs |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 for (wait, scenario, clients, rate, share), rs in groups.items():

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of flux-bff on a fresh machine, installing what the tests need:
-# redis-server (Debian package), tansu (Kafka-protocol broker, cargo install, cached in
-# ~/.cargo/bin), chromium and the npm packages of tests/node. The integration tests start
-# their own redis-server and tansu processes on free loopback ports and fail (never skip)
-# when they cannot.
+# redis-server (Debian package), Apache Kafka 4 (broker jars from Maven Central through
+# scripts/kafka.sh, cached in ~/.cache/flux-bff; java and mvn from Debian if missing),
+# chromium and the npm packages of tests/node. The integration tests start their own
+# redis-server and Kafka broker processes on free loopback ports and fail (never skip) when
+# they cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +12,8 @@ step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 SECONDS=0
 
 # Disk: a clean run writes 1.8 GB under target/ (debug builds without dependency debug
-# info, no incremental cache: see [profile.dev] in Cargo.toml), plus 1.4 GB of temporary
-# build the first time tansu is installed. CI once ran out of disk with 6.3 GB of target/.
+# info, no incremental cache: see [profile.dev] in Cargo.toml), plus 54 MB of Kafka jars.
+# CI once ran out of disk with 6.3 GB of target/.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"
@@ -26,6 +27,8 @@ fi
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certificates for the rediss:// tests
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)  # the Kafka broker
+command -v mvn >/dev/null || need_apt+=(maven)  # fetches the Kafka broker's jars
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,15 +37,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 export FLUX_TEST_REDIS_SERVER="${FLUX_TEST_REDIS_SERVER:-$(command -v redis-server)}"
 
-# tansu: a Kafka-protocol broker in Rust (the memory storage needs the dynostore feature).
-# About 13 minutes to build the first time, then cached in ~/.cargo/bin.
-tansu_bin="$(command -v tansu || echo "$HOME/.cargo/bin/tansu")"
-if [ ! -x "$tansu_bin" ] || ! "$tansu_bin" --version 2>/dev/null | grep -q '0\.6\.0'; then
-  step "installing tansu 0.6.0 (cargo install, ~13 min the first time; progress below)"
-  cargo install tansu --locked --version 0.6.0 --no-default-features --features dynostore
-  tansu_bin="$HOME/.cargo/bin/tansu"
-fi
-export FLUX_TEST_TANSU="${FLUX_TEST_TANSU:-$tansu_bin}"
+# Apache Kafka 4.1 (compose.yaml's version): the Kafka tests and flux-loadgen start their own
+# single-node KRaft brokers from these jars (scripts/kafka.sh run).
+step "Apache Kafka broker jars (scripts/kafka.sh fetch: Maven Central, ~10 s the first time, then cached)"
+bash scripts/kafka.sh fetch
 
 step "compose.yaml parses (docker compose config; no engine needed)"
 if docker compose version >/dev/null 2>&1; then

@@ -1,10 +1,10 @@
-//! The Kafka adapters against a real Kafka-protocol broker: tansu with in-memory storage,
-//! spawned on a free loopback port per test (see `support/tansu.rs` for the install hint).
+//! The Kafka adapters against a real Apache Kafka 4 broker (single-node KRaft),
+//! spawned on a free loopback port per test (see `support/kafka_broker.rs` for the install hint).
 
 #[path = "support/event_bus_contract.rs"]
 mod event_bus_contract;
-#[path = "support/tansu.rs"]
-mod tansu;
+#[path = "support/kafka_broker.rs"]
+mod kafka_broker;
 #[path = "support/tcp_proxy.rs"]
 mod tcp_proxy;
 
@@ -21,11 +21,11 @@ use flux_bff::ports::{
     RecordStream,
 };
 use futures::StreamExt;
+use kafka_broker::KafkaBroker;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record as KafkaRecord;
 use serde_json::Value;
-use tansu::Tansu;
 use tcp_proxy::TcpProxy;
 
 /// The client id of the test's own producer: the fault-injection proxy never cuts it.
@@ -42,10 +42,10 @@ fn settings(bootstrap: String) -> KafkaSettings {
     }
 }
 
-async fn connect(tansu: &Tansu) -> KafkaClient {
-    kafka::connect(&settings(tansu.bootstrap()))
+async fn connect(broker: &KafkaBroker) -> KafkaClient {
+    kafka::connect(&settings(broker.bootstrap()))
         .await
-        .expect("the adapter connects to tansu")
+        .expect("the adapter connects to the broker")
 }
 
 fn unique(name: &str) -> String {
@@ -166,8 +166,8 @@ fn fixture_messages() -> Vec<(String, Option<String>, Option<Vec<u8>>)> {
 
 #[tokio::test]
 async fn every_fixture_is_read_back_with_identical_bytes_and_key() {
-    let tansu = Tansu::start().await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
     let messages = fixture_messages();
     let topics: Vec<String> = messages
         .iter()
@@ -181,9 +181,9 @@ async fn every_fixture_is_read_back_with_identical_bytes_and_key() {
         "a tombstone fixture"
     );
     for topic in &topics {
-        tansu.create_topic(&direct, topic, 1).await;
+        broker.create_topic(&direct, topic, 1).await;
     }
-    let source = KafkaEventSource::new(connect(&tansu).await);
+    let source = KafkaEventSource::new(connect(&broker).await);
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut stream = source
         .subscribe(&names, &Positions::default())
@@ -232,8 +232,8 @@ async fn every_fixture_is_read_back_with_identical_bytes_and_key() {
 
 #[tokio::test]
 async fn kafka_honours_the_event_bus_contract() {
-    let tansu = Tansu::start().await;
-    let client = connect(&tansu).await;
+    let broker = KafkaBroker::start().await;
+    let client = connect(&broker).await;
     let topic = unique("contract");
     kafka::ensure_topics(&client, &[&topic], 3, 1)
         .await
@@ -252,16 +252,16 @@ async fn the_in_memory_bus_honours_the_event_bus_contract() {
 
 #[tokio::test]
 async fn a_new_subscription_starts_after_the_records_already_in_the_log() {
-    let tansu = Tansu::start().await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("latest");
-    tansu.create_topic(&direct, &topic, 1).await;
+    broker.create_topic(&direct, &topic, 1).await;
     // Several records per batch: tansu's ListOffsets(latest) then answers below the log end
     // (the last batch's base offset + 1), which a naive start position would replay.
     produce(&direct, &topic, 0, &["old-0", "old-1", "old-2"]).await;
     produce(&direct, &topic, 0, &["old-3", "old-4", "old-5"]).await;
 
-    let source = KafkaEventSource::new(connect(&tansu).await);
+    let source = KafkaEventSource::new(connect(&broker).await);
     let mut stream = source
         .subscribe(&[&topic], &Positions::default())
         .await
@@ -276,14 +276,14 @@ async fn a_new_subscription_starts_after_the_records_already_in_the_log() {
 
 #[tokio::test]
 async fn resuming_from_positions_delivers_each_record_from_there_exactly_once() {
-    let tansu = Tansu::start().await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("resume");
-    tansu.create_topic(&direct, &topic, 1).await;
+    broker.create_topic(&direct, &topic, 1).await;
     produce(&direct, &topic, 0, &["r0", "r1", "r2", "r3"]).await;
     produce(&direct, &topic, 0, &["r4", "r5", "r6"]).await;
 
-    let source = KafkaEventSource::new(connect(&tansu).await);
+    let source = KafkaEventSource::new(connect(&broker).await);
     let mut from = Positions::default();
     from.set(&topic, 0, 2); // r2 is the next one to read: in the middle of the first batch
     let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
@@ -305,13 +305,13 @@ async fn resuming_from_positions_delivers_each_record_from_there_exactly_once() 
 
 #[tokio::test]
 async fn resuming_inside_the_last_batch_delivers_the_rest_of_it() {
-    let tansu = Tansu::start().await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("resume-last");
-    tansu.create_topic(&direct, &topic, 1).await;
+    broker.create_topic(&direct, &topic, 1).await;
     produce(&direct, &topic, 0, &["x0", "x1", "x2", "x3"]).await;
 
-    let source = KafkaEventSource::new(connect(&tansu).await);
+    let source = KafkaEventSource::new(connect(&broker).await);
     let mut from = Positions::default();
     from.set(&topic, 0, 1);
     let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
@@ -322,15 +322,15 @@ async fn resuming_inside_the_last_batch_delivers_the_rest_of_it() {
 
 #[tokio::test]
 async fn every_partition_is_read_completely_by_every_subscriber() {
-    let tansu = Tansu::start().await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("partitions");
-    tansu.create_topic(&direct, &topic, 3).await;
+    broker.create_topic(&direct, &topic, 3).await;
     produce(&direct, &topic, 1, &["before"]).await;
 
     // Two independent gateway instances (own client each) and no consumer group.
-    let first: Arc<dyn EventSource> = Arc::new(KafkaEventSource::new(connect(&tansu).await));
-    let second: Arc<dyn EventSource> = Arc::new(connect(&tansu).await.event_source());
+    let first: Arc<dyn EventSource> = Arc::new(KafkaEventSource::new(connect(&broker).await));
+    let second: Arc<dyn EventSource> = Arc::new(connect(&broker).await.event_source());
     let mut a = first
         .subscribe(&[&topic], &Positions::default())
         .await
@@ -373,10 +373,10 @@ async fn every_partition_is_read_completely_by_every_subscriber() {
 
 #[tokio::test]
 async fn subscribing_to_a_missing_topic_names_it_when_topic_creation_is_off() {
-    let tansu = Tansu::start().await;
+    let broker = KafkaBroker::start().await;
     let client = kafka::connect(&KafkaSettings {
         create_topics: false,
-        ..settings(tansu.bootstrap())
+        ..settings(broker.bootstrap())
     })
     .await
     .unwrap();
@@ -402,10 +402,10 @@ async fn subscribing_to_a_missing_topic_names_it_when_topic_creation_is_off() {
 
 #[tokio::test]
 async fn missing_topics_are_created_with_the_configured_partitions() {
-    let tansu = Tansu::start().await;
+    let broker = KafkaBroker::start().await;
     let client = kafka::connect(&KafkaSettings {
         topic_partitions: 2,
-        ..settings(tansu.bootstrap())
+        ..settings(broker.bootstrap())
     })
     .await
     .unwrap();
@@ -425,7 +425,7 @@ async fn missing_topics_are_created_with_the_configured_partitions() {
         let topic = topics.iter().find(|t| &t.name == name).expect("created");
         assert_eq!(topic.partitions.len(), 2, "{name}");
     }
-    let direct = tansu.client(DIRECT).await;
+    let direct = broker.client(DIRECT).await;
     produce(&direct, &events, 1, &["e0"]).await;
     assert_eq!(
         values(&take(&mut stream, 1, Duration::from_secs(5)).await),
@@ -435,11 +435,11 @@ async fn missing_topics_are_created_with_the_configured_partitions() {
 
 #[tokio::test]
 async fn ensure_topics_creates_the_missing_ones_only() {
-    let tansu = Tansu::start().await;
-    let client = connect(&tansu).await;
+    let broker = KafkaBroker::start().await;
+    let client = connect(&broker).await;
     let rskafka = client.rskafka().await.unwrap();
     let (a, b) = (unique("ensure-a"), unique("ensure-b"));
-    tansu.create_topic(&rskafka, &a, 1).await;
+    broker.create_topic(&rskafka, &a, 1).await;
     let created = kafka::ensure_topics(&client, &[&a, &b], 2, 1)
         .await
         .unwrap();
@@ -460,7 +460,7 @@ async fn ensure_topics_creates_the_missing_ones_only() {
 
 #[tokio::test]
 async fn the_ports_exist_before_any_broker_answers_and_work_once_one_does() {
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
     let client = KafkaClient::new(&settings(addr.to_string())).expect("no I/O in new");
     let source = client.event_source();
     let sink = client.command_sink();
@@ -486,7 +486,7 @@ async fn the_ports_exist_before_any_broker_answers_and_work_once_one_does() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 
-    let _tansu = Tansu::start_advertising(addr, addr).await;
+    let _broker = KafkaBroker::start_advertising(addr, addr).await;
     let mut stream = source
         .subscribe(&[&topic], &Positions::default())
         .await
@@ -516,11 +516,11 @@ async fn read_all(client: &Client, topic: &str, partitions: i32) -> Vec<(i32, Ka
 
 #[tokio::test]
 async fn commands_land_in_the_original_partition_with_key_value_and_idempotency_header() {
-    let tansu = Tansu::start().await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("commands");
-    tansu.create_topic(&direct, &topic, 3).await;
-    let sink = KafkaCommandSink::new(connect(&tansu).await);
+    broker.create_topic(&direct, &topic, 3).await;
+    let sink = KafkaCommandSink::new(connect(&broker).await);
 
     // kafkajs' LegacyPartitioner (the original BFF's) on "foobar", from kafkajs 2.2.4 itself;
     // Kafka's own partitioner would pick partition 0.
@@ -559,16 +559,16 @@ async fn commands_land_in_the_original_partition_with_key_value_and_idempotency_
 
 #[tokio::test]
 async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_outage_once() {
-    // tansu listens behind the proxy and advertises the proxy: every client goes through it.
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    // The broker listens behind the proxy and advertises the proxy: every client goes through it.
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
     let proxy = TcpProxy::start(listen).await;
     proxy.spare(DIRECT);
-    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("outage");
-    tansu.create_topic(&direct, &topic, 2).await;
+    broker.create_topic(&direct, &topic, 2).await;
 
-    let client = connect(&tansu).await;
+    let client = connect(&broker).await;
     let source = KafkaEventSource::new(client.clone());
     let sink = KafkaCommandSink::new(client);
     // Seeded with the log ends, so that partition 1, which delivers nothing before the cut,
@@ -640,17 +640,17 @@ async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_o
 
 #[tokio::test]
 async fn a_send_during_a_short_outage_is_retried_under_the_same_idempotency_key() {
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], tansu::free_port()).into();
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
     let proxy = TcpProxy::start(listen).await;
     proxy.spare(DIRECT);
-    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
-    let direct = tansu.client(DIRECT).await;
+    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+    let direct = broker.client(DIRECT).await;
     let topic = unique("retry");
-    tansu.create_topic(&direct, &topic, 1).await;
+    broker.create_topic(&direct, &topic, 1).await;
     let sink = KafkaCommandSink::new(
         kafka::connect(&KafkaSettings {
             send_timeout: Duration::from_secs(10),
-            ..settings(tansu.bootstrap())
+            ..settings(broker.bootstrap())
         })
         .await
         .unwrap(),
@@ -691,7 +691,7 @@ async fn a_send_during_a_short_outage_is_retried_under_the_same_idempotency_key(
 
 #[tokio::test]
 async fn connect_fails_in_bounded_time_naming_the_broker_when_none_answers() {
-    let broker = format!("127.0.0.1:{}", tansu::free_port());
+    let broker = format!("127.0.0.1:{}", kafka_broker::free_port());
     let started = Instant::now();
     let error = kafka::connect(&settings(broker.clone())).await.unwrap_err();
     assert!(

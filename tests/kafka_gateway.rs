@@ -5,8 +5,8 @@
 mod support {
     pub mod app;
 }
-#[path = "support/tansu.rs"]
-mod tansu;
+#[path = "support/kafka_broker.rs"]
+mod kafka_broker;
 #[path = "support/tcp_proxy.rs"]
 mod tcp_proxy;
 
@@ -21,9 +21,9 @@ use flux_bff::app::{Ports, Settings};
 use flux_bff::domain::topics::*;
 use flux_bff::ports::{Command as KafkaCommand, CommandSink, EventSource, Positions};
 use futures::StreamExt;
+use kafka_broker::KafkaBroker;
 use serde_json::{Value, json};
 use support::app::*;
-use tansu::Tansu;
 use tcp_proxy::TcpProxy;
 
 /// The test's own producer: the proxy never cuts it.
@@ -92,9 +92,9 @@ impl Producer {
 
 #[tokio::test]
 async fn every_fixture_reaches_its_room_and_every_invalid_record_is_skipped() {
-    let tansu = Tansu::start().await;
-    let app = gateway(&tansu.bootstrap(), "bff-fixtures").await;
-    let producer = Producer::new(&tansu.bootstrap());
+    let broker = KafkaBroker::start().await;
+    let app = gateway(&broker.bootstrap(), "bff-fixtures").await;
+    let producer = Producer::new(&broker.bootstrap());
     let c = TestClient::connect(&app, Some("kafka-user")).await;
     c.emit("userLocationUpdate", pune()).await;
     // Joined once a weather probe arrives through Kafka.
@@ -205,12 +205,12 @@ async fn every_fixture_reaches_its_room_and_every_invalid_record_is_skipped() {
 
 #[tokio::test]
 async fn commands_land_in_their_topics_with_keys_and_the_original_partitions() {
-    let tansu = Tansu::start().await;
-    let app = gateway(&tansu.bootstrap(), "bff-commands").await;
+    let broker = KafkaBroker::start().await;
+    let app = gateway(&broker.bootstrap(), "bff-commands").await;
     let c = TestClient::connect(&app, Some("cmd-user")).await;
     c.emit("userLocationUpdate", pune()).await;
 
-    let reader = KafkaClient::new(&kafka_settings(&tansu.bootstrap(), DIRECT))
+    let reader = KafkaClient::new(&kafka_settings(&broker.bootstrap(), DIRECT))
         .unwrap()
         .event_source();
     let mut from = Positions::default();
@@ -250,19 +250,19 @@ async fn commands_land_in_their_topics_with_keys_and_the_original_partitions() {
 
 #[tokio::test]
 async fn two_replicas_on_a_multi_partition_topic_each_deliver_every_event() {
-    let tansu = Tansu::start().await;
-    let producer = Producer::new(&tansu.bootstrap());
+    let broker = KafkaBroker::start().await;
+    let producer = Producer::new(&broker.bootstrap());
     // Three partitions: the producer's default for new topics is one, so create them first.
     let setup = KafkaClient::new(&KafkaSettings {
         topic_partitions: 3,
-        ..kafka_settings(&tansu.bootstrap(), DIRECT)
+        ..kafka_settings(&broker.bootstrap(), DIRECT)
     })
     .unwrap();
     flux_bff::adapters::kafka::ensure_topics(&setup, &[TICKER_EVENTS], 3, 1)
         .await
         .unwrap();
-    let a = gateway(&tansu.bootstrap(), "bff-a").await;
-    let b = gateway(&tansu.bootstrap(), "bff-b").await;
+    let a = gateway(&broker.bootstrap(), "bff-a").await;
+    let b = gateway(&broker.bootstrap(), "bff-b").await;
     let on_a = TestClient::connect(&a, Some("ra")).await;
     let on_b = TestClient::connect(&b, Some("rb")).await;
     on_a.emit("userLocationUpdate", location("Kochi")).await;
@@ -311,13 +311,13 @@ async fn two_replicas_on_a_multi_partition_topic_each_deliver_every_event() {
 
 #[tokio::test]
 async fn a_cut_network_is_a_degraded_mode_and_the_events_of_the_cut_arrive_once() {
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], tansu::free_port()));
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], kafka_broker::free_port()));
     let proxy = TcpProxy::start(listen).await;
     proxy.spare(DIRECT);
-    let tansu = Tansu::start_advertising(listen, proxy.addr).await;
-    let producer = Producer::new(&tansu.bootstrap());
+    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+    let producer = Producer::new(&broker.bootstrap());
     producer.send_news_fixture().await;
-    let app = gateway(&tansu.bootstrap(), "bff-cut").await;
+    let app = gateway(&broker.bootstrap(), "bff-cut").await;
     let c = TestClient::connect(&app, Some("cut-user")).await;
     c.emit("userLocationUpdate", location("Surat")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -370,12 +370,12 @@ async fn a_cut_network_is_a_degraded_mode_and_the_events_of_the_cut_arrive_once(
 
 #[test]
 fn start_up_with_no_reachable_broker_exits_1_within_the_deadline() {
-    let dead = format!("127.0.0.1:{}", tansu::free_port());
+    let dead = format!("127.0.0.1:{}", kafka_broker::free_port());
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_flux-bff"))
         .env_clear()
         .env("FLUX_HTTP__HOST", "127.0.0.1")
-        .env("FLUX_HTTP__PORT", tansu::free_port().to_string())
+        .env("FLUX_HTTP__PORT", kafka_broker::free_port().to_string())
         .env("KAFKA_BROKER_ADDRESS", &dead)
         .env("FLUX_VALKEY__ENABLED", "false")
         .env("FLUX_LIFECYCLE__STARTUP_DEADLINE", "3s")
@@ -400,12 +400,12 @@ fn start_up_with_no_reachable_broker_exits_1_within_the_deadline() {
 
 #[tokio::test]
 async fn flux_sim_plays_the_domain_services_over_kafka() {
-    let tansu = Tansu::start().await;
+    let broker = KafkaBroker::start().await;
     let mut sim = Command::new(env!("CARGO_BIN_EXE_flux-sim"))
         .env_clear()
         .env(
             "FLUX_KAFKA__BROKERS",
-            format!("[\"{}\"]", tansu.bootstrap()),
+            format!("[\"{}\"]", broker.bootstrap()),
         )
         .env("FLUX_KAFKA__FETCH_MAX_WAIT", "100ms")
         .env("FLUX_SIM__TICKER_INTERVAL", "200ms")
@@ -414,7 +414,7 @@ async fn flux_sim_plays_the_domain_services_over_kafka() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let app = gateway(&tansu.bootstrap(), "bff-sim").await;
+    let app = gateway(&broker.bootstrap(), "bff-sim").await;
     let c = TestClient::connect(&app, Some("sim-user")).await;
     c.emit("userLocationUpdate", location("Jaipur")).await;
     let tick = c

@@ -1,10 +1,10 @@
 //! End to end: `flux-loadgen` spawns the real `flux-bff` in embedded benchmark mode and
 //! drives a small fanout, connect and idle run through it, then the same in Kafka mode
-//! against tansu (the figures are not asserted, only that the instrument works: every
+//! against Apache Kafka (the figures are not asserted, only that the instrument works: every
 //! delivery arrives and is counted).
 
-#[path = "support/tansu.rs"]
-mod tansu;
+#[path = "support/kafka_broker.rs"]
+mod kafka_broker;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -76,8 +76,8 @@ fn connect_and_idle_report_handshakes_and_memory() {
 }
 
 #[tokio::test]
-async fn kafka_injection_through_tansu_reaches_every_client() {
-    let broker = tansu::Tansu::start().await;
+async fn kafka_injection_reaches_every_client() {
+    let broker = kafka_broker::KafkaBroker::start().await;
     let bootstrap = broker.bootstrap();
     let r = tokio::task::spawn_blocking(move || {
         run_loadgen(&[
@@ -116,12 +116,10 @@ async fn kafka_injection_through_tansu_reaches_every_client() {
 }
 
 #[test]
-fn spawn_tansu_runs_the_slow_scenario_in_kafka_mode() {
-    let mut args = vec!["--spawn-tansu", "--fetch-max-wait", "10ms"];
-    let tansu_bin = std::env::var("FLUX_TEST_TANSU").unwrap_or_default();
-    if !tansu_bin.is_empty() {
-        args.extend(["--tansu-bin", tansu_bin.as_str()]);
-    }
+fn spawn_kafka_runs_the_slow_scenario_in_kafka_mode() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let mut args = vec!["--spawn-kafka", "--kafka-script", script];
+    args.extend(["--fetch-max-wait", "10ms"]);
     args.extend([
         "slow",
         "--clients",

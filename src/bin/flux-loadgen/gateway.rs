@@ -21,7 +21,7 @@ pub struct Gateway {
     /// Present when this tool spawned the gateway; killed on drop.
     child: Option<Child>,
     /// A broker this tool started for the run; stopped after the gateway.
-    tansu: Option<crate::kafka::TansuProcess>,
+    broker: Option<crate::kafka::KafkaProcess>,
 }
 
 impl Gateway {
@@ -32,19 +32,19 @@ impl Gateway {
             pid,
             kafka: None,
             child: None,
-            tansu: None,
+            broker: None,
         }
     }
 
-    /// Events go to `bootstrap` through Kafka; `tansu` (if this tool started it) lives as
+    /// Events go to `bootstrap` through Kafka; `broker` (if this tool started it) lives as
     /// long as the gateway.
     pub fn with_kafka(
         mut self,
         bootstrap: String,
-        tansu: Option<crate::kafka::TansuProcess>,
+        broker: Option<crate::kafka::KafkaProcess>,
     ) -> Self {
         self.kafka = Some(bootstrap);
-        self.tansu = tansu;
+        self.broker = broker;
         self
     }
 
@@ -129,13 +129,13 @@ impl Gateway {
             pid,
             kafka: kafka.map(str::to_owned),
             child: Some(child),
-            tansu: None,
+            broker: None,
         })
     }
 
     /// The pid of the broker this tool started, if any.
     pub fn broker_pid(&self) -> Option<u32> {
-        self.tansu.as_ref().and_then(|t| t.pid)
+        self.broker.as_ref().and_then(|t| t.pid)
     }
 
     /// Stops a spawned gateway (SIGKILL; its shutdown path is not what is measured here).

@@ -1,6 +1,6 @@
 //! The Kafka injection path: records produced to the gateway's event topics through the
 //! crate's own Kafka client (many records per produce request), a probe consumer that times
-//! the broker alone, and a tansu broker spawned on a free loopback port for the run.
+//! the broker alone, and an Apache Kafka broker spawned on a free loopback port for the run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,8 +31,8 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 /// the length, which Linux may delay by 40 ms. Smaller requests leave in one write.
 pub const MAX_REQUEST_BYTES: usize = 7 * 1024;
 
-/// How tansu is installed, for error messages.
-pub const TANSU_HINT: &str = "install tansu with `cargo install tansu --locked --version 0.6.0 --no-default-features --features dynostore`, or pass --tansu-bin PATH";
+/// How the broker is had, for error messages.
+pub const KAFKA_HINT: &str = "--spawn-kafka runs Apache Kafka through scripts/kafka.sh of the source tree (run from there, or pass --kafka-script PATH); it needs java 17+ and mvn on PATH, and fetches the broker's jars once (`bash scripts/kafka.sh fetch`)";
 
 /// Produces records to the event topics, one produce request per (topic, partition) per call.
 /// The partition of a keyed record is Kafka's default (murmur2 of the key), as the domain
@@ -271,87 +271,100 @@ fn partition_of(partitions: i32, key: Option<&str>, seq: usize) -> i32 {
     }
 }
 
-/// A tansu broker (in-memory storage) started by this tool; killed on drop, and by the kernel
-/// if this tool dies.
-pub struct TansuProcess {
+/// An Apache Kafka broker (single-node KRaft, `scripts/kafka.sh run`) started by this tool
+/// with its data in a temporary directory; killed on drop, and by the kernel if this tool dies.
+pub struct KafkaProcess {
     pub bootstrap: String,
     pub pid: Option<u32>,
-    _child: Child,
+    child: Child,
+    dir: PathBuf,
 }
 
-impl TansuProcess {
-    /// Starts `bin` (or `tansu` from PATH / `~/.cargo/bin`) on a free loopback port and waits
-    /// (up to 20 s) until it accepts connections. Its output goes to `log` or is discarded.
-    pub async fn spawn(bin: Option<&Path>, log: Option<&Path>) -> anyhow::Result<Self> {
-        let bin = match bin {
-            Some(b) => b.to_path_buf(),
-            None => find_tansu().with_context(|| format!("tansu not found; {TANSU_HINT}"))?,
+impl KafkaProcess {
+    /// Runs `script` (default: [`find_kafka_script`]) on a free loopback port and waits (up to
+    /// 90 s) until the broker says it started. Its output goes to `log`, else to a file in its
+    /// temporary directory that is removed with it.
+    pub async fn spawn(script: Option<&Path>, log: Option<&Path>) -> anyhow::Result<Self> {
+        let script = match script {
+            Some(s) => s.to_path_buf(),
+            None => find_kafka_script()
+                .with_context(|| format!("scripts/kafka.sh not found; {KAFKA_HINT}"))?,
         };
-        let port = crate::gateway::free_port().context("no free loopback port for tansu")?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("broker")
-            .arg("--listener-url")
-            .arg(&url)
-            .arg("--advertised-listener-url")
-            .arg(&url)
-            .arg("--storage-engine")
-            .arg("memory://tansu/")
-            .env_remove("LISTENER_URL")
-            .env_remove("ADVERTISED_LISTENER_URL")
-            .env_remove("STORAGE_ENGINE")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "warn")
+        let port = crate::gateway::free_port().context("no free loopback port for Kafka")?;
+        let dir = std::env::temp_dir().join(format!("flux-loadgen-kafka-{port}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the broker's directory {}", dir.display()))?;
+        let log = log.map_or_else(|| dir.join("broker.log"), Path::to_path_buf);
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create the broker log {}", log.display()))?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .arg("run")
+            .arg(&dir)
+            .arg(port.to_string())
             .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
             .kill_on_drop(true);
-        match log {
-            Some(path) => {
-                let file = std::fs::File::create(path)
-                    .with_context(|| format!("cannot create tansu log {}", path.display()))?;
-                cmd.stdout(file.try_clone()?).stderr(file);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
         crate::gateway::die_with_parent(&mut cmd);
+        // `run` execs the JVM: the child's pid is the broker's, for CPU sampling.
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {}; {TANSU_HINT}", bin.display()))?;
+            .with_context(|| format!("cannot run {}; {KAFKA_HINT}", script.display()))?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(status) = child.try_wait()? {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 bail!(
-                    "tansu exited during start-up with {status}; rerun with --tansu-log FILE to see why"
+                    "the Kafka broker exited during start-up with {status}; {KAFKA_HINT}. Its log ({}) ends:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let started =
+                std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Kafka Server started"));
+            if started && tokio::net::TcpStream::connect(addr).await.is_ok() {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("tansu did not listen on {addr} within 20 s");
+                bail!(
+                    "the Kafka broker did not start on {addr} within 90 s; see {}",
+                    log.display()
+                );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(Self {
             bootstrap: addr.to_string(),
             pid: child.id(),
-            _child: child,
+            child,
+            dir,
         })
     }
 }
 
-fn find_tansu() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("tansu"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
-    on_path.into_iter().chain(cargo_bin).find(|p| p.is_file())
+impl Drop for KafkaProcess {
+    fn drop(&mut self) {
+        // The child is killed on drop (kill_on_drop) right after this; its data goes now.
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `scripts/kafka.sh` of the source tree: under the working directory, else above the
+/// executable (`target/<profile>/flux-loadgen`).
+pub fn find_kafka_script() -> Option<PathBuf> {
+    let here = std::env::current_dir()
+        .ok()
+        .map(|d| d.join("scripts/kafka.sh"));
+    let beside_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .nth(3)
+            .map(|root| root.join("scripts/kafka.sh"))
+    });
+    here.into_iter().chain(beside_exe).find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `flux-loadgen`: the load generator and measuring instrument for flux-bff (issue 5).
 //! Speaks just enough Engine.IO 4 / Socket.IO 5 over a lean WebSocket client to drive many
 //! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`; events injected
-//! through the embedded bus's admin hook or produced to Kafka (`--kafka`, `--spawn-tansu`).
+//! through the embedded bus's admin hook or produced to Kafka (`--kafka`, `--spawn-kafka`).
 //! See BENCHMARKS.md.
 
 mod client;
@@ -21,7 +21,7 @@ use scenario::fanout::{FanoutArgs, SlowArgs};
 use scenario::idle::IdleArgs;
 
 /// Load generator for flux-bff: Socket.IO clients on loopback, events injected through the
-/// embedded bus's admin hook (or produced to Kafka with --kafka / --spawn-tansu),
+/// embedded bus's admin hook (or produced to Kafka with --kafka / --spawn-kafka),
 /// latency/throughput/CPU/RSS printed as a table and a JSON line.
 #[derive(Debug, Parser)]
 #[command(name = "flux-loadgen", version)]
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(cli.common.gateway_fetch_max_wait().as_deref(), Some("20ms"));
         let cli = Cli::try_parse_from([
             "flux-loadgen",
-            "--spawn-tansu",
+            "--spawn-kafka",
             "--fetch-max-wait",
             "5ms",
             "slow",
@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(cli.common.injection(), "kafka");
         assert_eq!(cli.common.gateway_fetch_max_wait().as_deref(), Some("5ms"));
         assert!(
-            Cli::try_parse_from(["flux-loadgen", "--kafka", "a:1", "--spawn-tansu", "fanout"])
+            Cli::try_parse_from(["flux-loadgen", "--kafka", "a:1", "--spawn-kafka", "fanout"])
                 .is_err(),
             "a given broker and a spawned one exclude each other"
         );

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, ClientError, SioClient};
 use crate::gateway::{Gateway, Publisher};
-use crate::kafka::{KafkaInjector, TansuProcess};
+use crate::kafka::{KafkaInjector, KafkaProcess};
 use crate::procfs::{CpuMeter, ProcSample};
 
 pub const TICKER_TOPIC: &str = "crypto.ticker.event.updated";
@@ -70,20 +70,21 @@ pub struct Common {
     pub json: Option<PathBuf>,
     /// Kafka mode: produce the events to this bootstrap broker (`host:port`) instead of
     /// `POST /admin/publish`; with --spawn, the gateway runs in Kafka mode against it.
-    #[arg(long, global = true, conflicts_with = "spawn_tansu")]
+    #[arg(long, global = true, conflicts_with = "spawn_kafka")]
     pub kafka: Option<String>,
-    /// Kafka mode against a tansu broker (in-memory storage) started on a free loopback
-    /// port for the run and stopped at the end.
-    #[arg(long = "spawn-tansu", global = true)]
-    pub spawn_tansu: bool,
-    /// The tansu binary for --spawn-tansu (default: `tansu` on PATH, else ~/.cargo/bin).
-    #[arg(long = "tansu-bin", global = true)]
-    pub tansu_bin: Option<PathBuf>,
-    /// Write the spawned tansu's stdout/stderr here.
-    #[arg(long = "tansu-log", global = true)]
-    pub tansu_log: Option<PathBuf>,
-    /// Kafka mode: the spawned gateway's `FLUX_KAFKA__FETCH_MAX_WAIT` (e.g. `20ms`), the
-    /// fetch long-poll that dominates delivery latency on tansu. Default: the gateway's.
+    /// Kafka mode against an Apache Kafka broker (`scripts/kafka.sh run`, data in a temporary
+    /// directory) started on a free loopback port for the run and stopped at the end.
+    #[arg(long = "spawn-kafka", global = true)]
+    pub spawn_kafka: bool,
+    /// The script for --spawn-kafka (default: scripts/kafka.sh under the working directory,
+    /// else in the source tree the executable was built in).
+    #[arg(long = "kafka-script", global = true)]
+    pub kafka_script: Option<PathBuf>,
+    /// Write the spawned broker's output here.
+    #[arg(long = "kafka-log", global = true)]
+    pub kafka_log: Option<PathBuf>,
+    /// Kafka mode: the spawned gateway's `FLUX_KAFKA__FETCH_MAX_WAIT` (e.g. `20ms`), how long
+    /// the broker may hold a fetch that finds nothing new. Default: the gateway's.
     #[arg(long = "fetch-max-wait", global = true)]
     pub fetch_max_wait: Option<String>,
 }
@@ -91,7 +92,7 @@ pub struct Common {
 impl Common {
     /// How events reach the gateway: `kafka` or `admin-publish`.
     pub fn injection(&self) -> &'static str {
-        if self.kafka.is_some() || self.spawn_tansu {
+        if self.kafka.is_some() || self.spawn_kafka {
             "kafka"
         } else {
             "admin-publish"
@@ -110,11 +111,11 @@ impl Common {
 
 /// The gateway resolved from the options.
 pub async fn target(common: &Common) -> anyhow::Result<Gateway> {
-    let tansu = if common.spawn_tansu {
-        let t =
-            TansuProcess::spawn(common.tansu_bin.as_deref(), common.tansu_log.as_deref()).await?;
+    let broker = if common.spawn_kafka {
+        let t = KafkaProcess::spawn(common.kafka_script.as_deref(), common.kafka_log.as_deref())
+            .await?;
         eprintln!(
-            "flux-loadgen: spawned tansu (pid {}) on {}",
+            "flux-loadgen: spawned Apache Kafka (pid {}) on {}",
             t.pid.unwrap_or(0),
             t.bootstrap
         );
@@ -122,7 +123,7 @@ pub async fn target(common: &Common) -> anyhow::Result<Gateway> {
     } else {
         None
     };
-    let kafka = tansu
+    let kafka = broker
         .as_ref()
         .map(|t| t.bootstrap.clone())
         .or_else(|| common.kafka.clone());
@@ -150,7 +151,7 @@ pub async fn target(common: &Common) -> anyhow::Result<Gateway> {
         None => Gateway::attach(common.addr, common.pid),
     };
     Ok(match kafka {
-        Some(k) => gw.with_kafka(k, tansu),
+        Some(k) => gw.with_kafka(k, broker),
         None => gw,
     })
 }
@@ -263,7 +264,8 @@ pub async fn seed_snapshots(
         )
         .await
         .context("seeding the news snapshot")?;
-        // The consumers see them after up to one fetch max wait (tansu holds every fetch).
+        // The consumers see them within a fetch max wait; the gateway's snapshot consumers may
+        // still be starting.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         return Ok(Some(k));
     }

@@ -103,7 +103,7 @@ pub struct FanoutReport {
     /// How long each tick's injection took until acknowledged (admin POST answered, or
     /// Kafka produce acknowledged): the part of the latency before the gateway's consumer.
     pub inject_request: LatencySummary,
-    /// Kafka mode with --spawn-tansu: the broker's CPU, % of one core, during injection.
+    /// Kafka mode with --spawn-kafka: the broker's CPU, % of one core, during injection.
     pub broker_cpu_pct_avg: Option<f64>,
     /// Kafka mode: fetch time − `lg_ts` seen by a plain consumer of the ticker topic with the
     /// gateway's fetch max wait (`kafka_probe_max_wait_ms`): the broker's share of the latency.
