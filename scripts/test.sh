@@ -62,8 +62,12 @@ step "cargo test (unit, fixtures, gateway over TCP, lifecycle, integration)"
 cargo test --all-targets --locked 2>&1
 
 step "patched engineioxide: upstream's own test suite (vendor/README.md)"
-CARGO_TARGET_DIR="$target_dir/vendor-engineioxide" CARGO_PROFILE_DEV_DEBUG=0 \
+CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/engineioxide/Cargo.toml --locked --features __test_harness 2>&1
+
+step "patched rskafka: upstream's unit tests (vendor/README.md)"
+CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
+  cargo test --manifest-path vendor/rskafka/Cargo.toml --locked --lib 2>&1
 
 step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
 bash scripts/node-tests.sh
