@@ -17,6 +17,8 @@
 #       the broker answers on PORT, or fails with the log's tail.
 #   scripts/kafka.sh stop DIR
 #       Stops the broker started by `start` in DIR (SIGTERM, then SIGKILL after 20 s).
+#   scripts/kafka.sh tool CLASS ARGS...
+#       Runs one of Kafka's tools by class, e.g. org.apache.kafka.tools.ProducerPerformance.
 #   scripts/kafka.sh topics ARGS...
 #       Kafka's kafka-topics.sh (TopicCommand), e.g.
 #       `scripts/kafka.sh topics --bootstrap-server 127.0.0.1:9092 --alter --topic t --partitions 3`.
@@ -167,16 +169,19 @@ stop() {
   rm -f "$dir/broker.pid"
 }
 
-topics() {
+tool() {
   [ -f "$LIBS/.complete" ] || fetch >/dev/null
-  exec "$JAVA" -Xmx128m -Dlog4j2.level=ERROR -cp "$LIBS/*" org.apache.kafka.tools.TopicCommand "$@"
+  local class="${1:?usage: kafka.sh tool CLASS ARGS...}"
+  shift
+  exec "$JAVA" -Xmx128m -Dlog4j2.level=ERROR -cp "$LIBS/*" "$class" "$@"
 }
 
 case "${1:-}" in
   fetch) fetch ;;
-  topics) shift; topics "$@" ;;
+  topics) shift; tool org.apache.kafka.tools.TopicCommand "$@" ;;
+  tool) shift; tool "$@" ;;
   run) shift; run "$@" ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
-  *) die "usage: kafka.sh fetch | run DIR PORT [ADVERTISED] | start DIR PORT | stop DIR | topics ARGS..." ;;
+  *) die "usage: kafka.sh fetch | run DIR PORT [ADVERTISED] | start DIR PORT | stop DIR | topics ARGS... | tool CLASS ARGS..." ;;
 esac

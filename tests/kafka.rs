@@ -256,8 +256,7 @@ async fn a_new_subscription_starts_after_the_records_already_in_the_log() {
     let direct = broker.client(DIRECT).await;
     let topic = unique("latest");
     broker.create_topic(&direct, &topic, 1).await;
-    // Several records per batch: tansu's ListOffsets(latest) then answers below the log end
-    // (the last batch's base offset + 1), which a naive start position would replay.
+    // Several records per batch: the start position is the log end, not the last batch's base.
     produce(&direct, &topic, 0, &["old-0", "old-1", "old-2"]).await;
     produce(&direct, &topic, 0, &["old-3", "old-4", "old-5"]).await;
 
@@ -701,4 +700,147 @@ async fn connect_fails_in_bounded_time_naming_the_broker_when_none_answers() {
     );
     assert!(matches!(error, KafkaError::Unreachable { .. }), "{error}");
     assert!(error.to_string().contains(&broker), "{error}");
+}
+
+#[tokio::test]
+async fn a_partition_ending_in_a_transaction_marker_is_read_past_it_without_spinning() {
+    // Through a proxy that counts what the adapter sends: a fetch loop stuck on the marker
+    // would fetch again at once, without the broker holding the request.
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
+    let proxy = TcpProxy::start(listen).await;
+    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("txn");
+    broker.create_topic(&direct, &topic, 1).await;
+    // Kafka's own producer, in one committed transaction: records 0..=2, the marker at 3.
+    let args = [
+        "--topic",
+        &topic,
+        "--num-records",
+        "3",
+        "--record-size",
+        "8",
+        "--throughput",
+        "-1",
+        "--transactional-id",
+        "flux-test-txn",
+        "--producer-props",
+        &format!("bootstrap.servers={}", broker.bootstrap()),
+    ];
+    broker
+        .tool(
+            "org.apache.kafka.tools.ProducerPerformance",
+            args.iter().map(|a| (*a).to_owned()).collect(),
+        )
+        .await;
+
+    // A long fetch max wait: an idle partition costs two fetches a second, a spinning loop
+    // about 40 (a round trip takes ~25 ms here).
+    let client = kafka::connect(&KafkaSettings {
+        fetch_max_wait: Duration::from_millis(500),
+        ..settings(broker.bootstrap())
+    })
+    .await
+    .unwrap();
+    let source = KafkaEventSource::new(client);
+    let end = source.latest_positions(&[&topic]).await.unwrap();
+    assert_eq!(end.get(&topic, 0), Some(4), "three records and the marker");
+    let mut from = Positions::default();
+    from.set(&topic, 0, 0);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let got = take(&mut stream, 3, Duration::from_secs(10)).await;
+    assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2]);
+    let at_marker = bytes_up_in(&proxy, Duration::from_secs(2)).await;
+
+    produce(&direct, &topic, 0, &["after"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!((got[0].offset, values(&got)), (4, vec!["after".to_owned()]));
+    let at_end = bytes_up_in(&proxy, Duration::from_secs(2)).await;
+    assert!(
+        at_marker < at_end * 3,
+        "a partition ending in a marker is fetched like any idle one, not in a loop: \
+         {at_marker} bytes in 2 s there, {at_end} at the log end"
+    );
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+/// What clients send through `proxy` in `window`, after a settling pause.
+async fn bytes_up_in(proxy: &TcpProxy, window: Duration) -> u64 {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = proxy.bytes_up();
+    tokio::time::sleep(window).await;
+    proxy.bytes_up() - before
+}
+
+/// Produces `values` to partition 0 with the record timestamps `at`.
+async fn produce_at(
+    client: &Client,
+    topic: &str,
+    values: &[(&str, rskafka::chrono::DateTime<rskafka::chrono::Utc>)],
+) {
+    let partition_client = client
+        .partition_client(topic, 0, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let records = values
+        .iter()
+        .map(|(v, at)| KafkaRecord {
+            timestamp: *at,
+            ..record(None, Some(v.as_bytes()))
+        })
+        .collect();
+    partition_client
+        .produce(records, Compression::NoCompression)
+        .await
+        .expect("produce");
+}
+
+#[tokio::test]
+async fn a_log_that_went_back_is_resumed_after_the_last_record_delivered() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("went-back");
+    broker.create_topic(&direct, &topic, 1).await;
+    let now = flux_bff::adapters::kafka::record_timestamp_now();
+    let at = |s: i64| now - rskafka::chrono::TimeDelta::seconds(60 - s);
+    let old: Vec<(String, _)> = (0..8).map(|i| (format!("a{i}"), at(i))).collect();
+    let old_refs: Vec<(&str, _)> = old.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+    produce_at(&direct, &topic, &old_refs).await;
+
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 0);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let mut positions = Positions::default();
+    for r in take(&mut stream, 8, Duration::from_secs(5)).await {
+        positions.advance(&r);
+    }
+    drop(stream);
+    assert_eq!(positions.get(&topic, 0), Some(8));
+
+    // The log goes back: the topic is deleted and created again with the first three records
+    // as they were (a truncated log keeps what it had), then two new ones.
+    let controller = direct.controller_client().unwrap();
+    controller.delete_topic(&topic, 5_000).await.unwrap();
+    let started = Instant::now();
+    while let Err(e) = controller.create_topic(&topic, 1, 1, 5_000).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "recreate {topic}: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.wait_partitions(&direct, &topic, 1).await;
+    produce_at(&direct, &topic, &old_refs[..3]).await;
+    produce_at(&direct, &topic, &[("new-0", at(59)), ("new-1", at(59))]).await;
+
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    let got = take(&mut stream, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        values(&got),
+        ["new-0", "new-1"],
+        "nothing again, nothing lost"
+    );
+    assert_eq!(got[0].offset, 3);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }

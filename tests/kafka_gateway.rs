@@ -1,4 +1,4 @@
-//! The gateway on a real Kafka-protocol broker (tansu, spawned per test): fixtures to rooms,
+//! The gateway on Apache Kafka 4 (a broker spawned per test): fixtures to rooms,
 //! rejected records skipped, commands in their partitions, two replicas each serving every
 //! event, a cut network (degraded mode, nothing lost), and start-up with no broker.
 
@@ -77,7 +77,7 @@ impl Producer {
                 value.to_vec(),
             ))
             .await
-            .expect("produce to tansu");
+            .expect("produce to the broker");
     }
 
     async fn send_news_fixture(&self) {

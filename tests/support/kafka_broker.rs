@@ -211,27 +211,33 @@ impl KafkaBroker {
     /// Runs Kafka's own kafka-topics (TopicCommand) against this broker, e.g.
     /// `["--alter", "--topic", t, "--partitions", "3"]`; panics with its output if it fails.
     pub async fn topics(&self, args: &[&str]) -> String {
+        let mut all = vec!["--bootstrap-server".to_owned(), self.listen.to_string()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        self.tool("org.apache.kafka.tools.TopicCommand", all).await
+    }
+
+    /// Runs one of Kafka's tools (`scripts/kafka.sh tool CLASS ARGS`); panics with its output
+    /// if it fails, else returns it.
+    pub async fn tool(&self, class: &str, args: Vec<String>) -> String {
         let script = script();
-        let listen = self.listen.to_string();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let class = class.to_owned();
         let output = tokio::task::spawn_blocking(move || {
             Command::new("bash")
                 .arg(script)
-                .arg("topics")
-                .arg("--bootstrap-server")
-                .arg(listen)
+                .arg("tool")
+                .arg(class)
                 .args(&args)
                 .output()
         })
         .await
-        .expect("kafka-topics task")
-        .unwrap_or_else(|e| panic!("cannot run scripts/kafka.sh topics: {e}; {HINT}"));
+        .expect("kafka tool task")
+        .unwrap_or_else(|e| panic!("cannot run scripts/kafka.sh tool: {e}; {HINT}"));
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(output.status.success(), "kafka-topics failed: {text}");
+        assert!(output.status.success(), "kafka tool failed: {text}");
         text
     }
 }

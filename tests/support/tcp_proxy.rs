@@ -5,11 +5,14 @@
 //! proxy and every client goes through it. To still reach the broker while cut (to produce
 //! "during the outage"), connections of a spared Kafka `client_id` survive cuts: the proxy reads
 //! the client id from the header of the first request of each connection.
+//!
+//! `bytes_up()` counts what clients sent to the server through the proxy: a test can tell a
+//! client that polls once per long-poll from one that spins.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +28,7 @@ pub struct TcpProxy {
 struct Shared {
     upstream: Mutex<SocketAddr>,
     cut: AtomicBool,
+    bytes_up: AtomicU64,
     spared: Mutex<Vec<String>>,
     // std Mutex: never held across an .await
     connections: Mutex<Vec<(Option<String>, AbortHandle)>>,
@@ -44,6 +48,7 @@ impl TcpProxy {
         let shared = Arc::new(Shared {
             upstream: Mutex::new(upstream),
             cut: AtomicBool::new(false),
+            bytes_up: AtomicU64::new(0),
             spared: Mutex::default(),
             connections: Mutex::default(),
         });
@@ -84,6 +89,11 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Bytes clients have sent to the server through the proxy so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.shared.bytes_up.load(Ordering::SeqCst)
     }
 }
 
@@ -139,7 +149,24 @@ async fn serve(
     let _ = id_tx.send(client_id);
     server.write_all(&len).await?;
     server.write_all(&frame).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    shared
+        .bytes_up
+        .fetch_add((len.len() + frame.len()) as u64, Ordering::SeqCst);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return server_write.shutdown().await;
+            }
+            shared.bytes_up.fetch_add(n as u64, Ordering::SeqCst);
+            server_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::try_join!(up, down)?;
     Ok(())
 }
 

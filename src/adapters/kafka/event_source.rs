@@ -11,35 +11,74 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
+use rskafka::chrono::{self, DateTime, Utc};
 use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
-use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::{KafkaClient, KafkaError, Trouble, bounded};
+use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now};
 use crate::ports::{EventSource, EventSourceError, Positions, Record, RecordStream};
 
 /// Records buffered between the fetch loops and the consumer of the stream.
 const CHANNEL_CAPACITY: usize = 1024;
 
 type Item = Result<Record, EventSourceError>;
-type Watermarks = Arc<Mutex<HashMap<(String, i32), i64>>>;
+type Seen = Arc<Mutex<HashMap<(String, i32), PartitionSeen>>>;
+
+/// What the fetch loops of a source have seen of one partition, across subscriptions.
+#[derive(Clone, Copy, Debug)]
+struct PartitionSeen {
+    /// The high watermark of the latest fetch.
+    high_watermark: i64,
+    /// The timestamp of the latest record delivered, else when the partition was first opened:
+    /// where to resume when the log went back behind our position.
+    since: DateTime<Utc>,
+}
 
 /// Reads event topics from Kafka. Cheap to clone; every subscription has its own fetch loops.
 #[derive(Clone, Debug)]
 pub struct KafkaEventSource {
     client: KafkaClient,
     // std Mutex: never held across an .await
-    high_watermarks: Watermarks,
+    seen: Seen,
 }
 
 impl KafkaEventSource {
     pub fn new(client: KafkaClient) -> Self {
         Self {
             client,
-            high_watermarks: Arc::default(),
+            seen: Arc::default(),
         }
+    }
+
+    /// Notes a fetch of `topic`/`partition`: its high watermark, and the timestamp of the last
+    /// record it delivered.
+    fn saw(
+        &self,
+        topic: &str,
+        partition: i32,
+        high_watermark: i64,
+        last_timestamp: Option<DateTime<Utc>>,
+    ) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| PartitionSeen {
+                high_watermark,
+                since: record_timestamp_now(),
+            });
+        entry.high_watermark = high_watermark;
+        if let Some(at) = last_timestamp {
+            entry.since = at;
+        }
+    }
+
+    /// Where to resume `topic`/`partition` by time if its log went back: see [`PartitionSeen`].
+    fn since(&self, topic: &str, partition: i32) -> DateTime<Utc> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&(topic.to_owned(), partition))
+            .map_or_else(record_timestamp_now, |s| s.since)
     }
 
     async fn open(
@@ -127,32 +166,24 @@ impl EventSource for KafkaEventSource {
 
     /// From the high watermarks of the latest fetches of this source's subscriptions.
     async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {
-        let watermarks = self
-            .high_watermarks
+        let seen = self
+            .seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         positions
             .iter()
             .filter_map(|(topic, partition, next)| {
-                let high = watermarks.get(&(topic.to_owned(), partition))?;
+                let high = seen.get(&(topic.to_owned(), partition))?.high_watermark;
                 Some((topic.to_owned(), partition, (high - next).max(0)))
             })
             .collect()
     }
 }
 
-/// The next offset that will be written to the partition (Kafka's "log end offset").
-///
-/// Not `ListOffsets(latest)` alone: Kafka answers the log end offset there, but tansu 0.6
-/// answers the base offset of the last record batch plus one (checked: after a batch holding
-/// offsets 3..=5 it answers 4, Kafka 6), which would replay the end of that batch. The high
-/// watermark of a fetch is the log end offset on both, so we list the latest offset only to
-/// have a valid place to fetch from, and take the high watermark of that fetch
-/// (`min_bytes = 0`, `max_wait = 0`: both brokers answer at once).
+/// The next offset that will be written to the partition (Kafka's "log end offset", its
+/// high watermark for a consumer).
 async fn latest(client: &PartitionClient, limit: Duration) -> Result<i64, RsError> {
-    let listed = bounded(limit, client.get_offset(OffsetAt::Latest)).await?;
-    let (_, high_watermark) = bounded(limit, client.fetch_records(listed.max(0), 0..1, 0)).await?;
-    Ok(high_watermark)
+    bounded(limit, client.get_offset(OffsetAt::Latest)).await
 }
 
 /// Starts one fetch loop per partition, then re-reads partition counts periodically.
@@ -235,23 +266,36 @@ async fn fetch_loop(
     let topic: Arc<str> = Arc::from(client.topic());
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
-    let mut empty_behind = 0u32;
     loop {
         let fetched = bounded(
             settings.fetch_timeout(),
             client.fetch_records(offset, 1..settings.fetch_max_bytes, max_wait_ms),
         )
         .await;
-        let (mut records, mut high_watermark) = match fetched {
+        let (records, high_watermark) = match fetched {
             Ok(fetched) => fetched,
             Err(RsError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
                 ..
-            }) => match out_of_range(&client, offset, settings.request_timeout * 2).await {
+            }) => match out_of_range(
+                &client,
+                offset,
+                source.since(&topic, partition),
+                settings.request_timeout * 2,
+            )
+            .await
+            {
                 Ok(moved) => {
-                    metrics::counter!("flux_kafka_fetch_errors_total", "topic" => topic.to_string())
+                    metrics::counter!("flux_kafka_offset_resets_total", "topic" => topic.to_string())
                         .increment(1);
-                    tracing::warn!(%topic, partition, from = offset, to = moved, "offset out of range, moved");
+                    tracing::warn!(
+                        %topic,
+                        partition,
+                        from = offset,
+                        to = moved,
+                        "kafka offset out of range (log truncated, removed by retention, or the \
+                         broker lost its data): reading on from {moved}"
+                    );
                     offset = moved;
                     continue;
                 }
@@ -265,31 +309,20 @@ async fn fetch_loop(
                 return;
             }
         };
-        let skipped_ahead = match records.first() {
-            Some(first) => first.offset > offset,
-            None => high_watermark > offset,
-        };
-        // Whether the broker showed that nothing readable sits at `offset`.
-        let mut gap_confirmed = offset == 0;
-        if offset > 0 && skipped_ahead {
-            let limit = settings.fetch_timeout();
-            let bytes = 1..settings.fetch_max_bytes;
-            if let Some((again, again_high)) =
-                refetch_from_before(&client, offset, bytes, max_wait_ms, limit).await
-            {
-                gap_confirmed = true;
-                // The answer may stop short of `offset` (max bytes): then keep the first one.
-                if again.iter().any(|r| r.offset >= offset) {
-                    (records, high_watermark) = (again, again_high);
-                }
-            }
+        // Kafka answers a fetch below the high watermark with at least one batch (KIP-74), and
+        // rskafka drops control batches (transaction markers): an empty answer means such a
+        // marker sits at `offset`. Without this step a partition ending in one would be
+        // fetched forever, without waiting.
+        if records.is_empty() && high_watermark > offset {
+            offset += 1;
         }
-        let before = offset;
+        let mut last_timestamp = None;
         for record in records {
             if record.offset < offset {
                 continue;
             }
             offset = record.offset + 1;
+            last_timestamp = Some(record.record.timestamp);
             let item = Record {
                 topic: Arc::clone(&topic),
                 partition,
@@ -301,72 +334,35 @@ async fn fetch_loop(
                 return;
             }
         }
-        source
-            .high_watermarks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert((topic.to_string(), partition), high_watermark);
-        // Kafka hides control records (transaction markers) from us but counts them in the high
-        // watermark: without this step a partition ending in one would be fetched forever.
-        if offset == before && high_watermark > offset && gap_confirmed {
-            empty_behind += 1;
-            if empty_behind >= 3 {
-                offset += 1;
-                empty_behind = 0;
-            }
-        } else {
-            empty_behind = 0;
-        }
-    }
-}
-
-/// Fetches again from before `offset` when a fetch skipped ahead of it.
-///
-/// Kafka answers a fetch from the middle of a record batch with that whole batch (rskafka then
-/// drops the records before `offset`). tansu 0.6 answers with the NEXT batch instead (or with
-/// nothing when it was the last one), which would silently skip the rest of the batch, e.g.
-/// when resuming from a position in the middle of one. So we step back (1, 2, 4, … offsets)
-/// until the answer starts below `offset`: Kafka needs one step and then shows the gap is
-/// real (compaction, transaction markers). `None` when no answer reached below `offset`.
-async fn refetch_from_before(
-    client: &PartitionClient,
-    offset: i64,
-    bytes: std::ops::Range<i32>,
-    max_wait_ms: i32,
-    limit: Duration,
-) -> Option<(Vec<RecordAndOffset>, i64)> {
-    let mut step = 1;
-    loop {
-        let probe = (offset - step).max(0);
-        let (records, high_watermark) = bounded(
-            limit,
-            client.fetch_records(probe, bytes.clone(), max_wait_ms),
-        )
-        .await
-        .ok()?;
-        if records.iter().any(|r| r.offset < offset) {
-            return Some((records, high_watermark));
-        }
-        if probe == 0 {
-            return None;
-        }
-        step *= 2;
+        source.saw(&topic, partition, high_watermark, last_timestamp);
     }
 }
 
 /// Where to go on after `OffsetOutOfRange`: to the earliest offset when `offset` was removed
-/// by retention, else (a position beyond the log, e.g. the broker lost its data) to the end.
+/// by retention. Beyond the log end (the broker lost its data, the topic was deleted and
+/// created again, or the log was truncated), to the first record newer than `since`, the last
+/// one delivered from this partition: after a data loss every record of the new log is new and
+/// is delivered; after a truncation the records already delivered are not delivered again.
+/// To the log end when no record is newer.
 async fn out_of_range(
     client: &PartitionClient,
     offset: i64,
+    since: DateTime<Utc>,
     limit: Duration,
 ) -> Result<i64, RsError> {
     let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
     if offset < earliest {
-        Ok(earliest)
-    } else {
-        latest(client, limit).await
+        return Ok(earliest);
     }
+    let end = latest(client, limit).await?;
+    let after = since + chrono::TimeDelta::milliseconds(1);
+    let newer = bounded(limit, client.get_offset(OffsetAt::Timestamp(after))).await?;
+    // Kafka answers -1 when no record is that new.
+    Ok(if (earliest..end).contains(&newer) {
+        newer
+    } else {
+        end
+    })
 }
 
 async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsError) {
