@@ -844,3 +844,50 @@ async fn a_log_that_went_back_is_resumed_after_the_last_record_delivered() {
     assert_eq!(got[0].offset, 3);
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
+
+#[tokio::test]
+async fn a_log_replaced_and_refilled_past_the_position_is_read_from_its_first_new_record() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("refilled");
+    broker.create_topic(&direct, &topic, 1).await;
+    let now = flux_bff::adapters::kafka::record_timestamp_now();
+    let at = |s: i64| now - rskafka::chrono::TimeDelta::seconds(60 - s);
+    let old: Vec<(String, _)> = (0..5).map(|i| (format!("a{i}"), at(i))).collect();
+    let old_refs: Vec<(&str, _)> = old.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+    produce_at(&direct, &topic, &old_refs).await;
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 0);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let mut positions = Positions::default();
+    for r in take(&mut stream, 5, Duration::from_secs(5)).await {
+        positions.advance(&r);
+    }
+    drop(stream);
+
+    // The log is replaced by one that already holds more records than our position (5):
+    // a fetch at 5 is valid there, and offsets alone would skip n0..=n4.
+    let controller = direct.controller_client().unwrap();
+    controller.delete_topic(&topic, 5_000).await.unwrap();
+    let started = Instant::now();
+    while let Err(e) = controller.create_topic(&topic, 1, 1, 5_000).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "recreate {topic}: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.wait_partitions(&direct, &topic, 1).await;
+    let new: Vec<(String, _)> = (0..8).map(|i| (format!("n{i}"), at(50))).collect();
+    let new_refs: Vec<(&str, _)> = new.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+    produce_at(&direct, &topic, &new_refs).await;
+
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    let got = take(&mut stream, 8, Duration::from_secs(10)).await;
+    assert_eq!(
+        values(&got),
+        ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"]
+    );
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}

@@ -4,6 +4,7 @@
 
 mod support {
     pub mod app;
+    pub mod kafka_app;
 }
 #[path = "support/kafka_broker.rs"]
 mod kafka_broker;
@@ -11,84 +12,18 @@ mod kafka_broker;
 mod tcp_proxy;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
-use flux_bff::adapters::memory::MemoryCache;
 use flux_bff::adapters::partitioner::{legacy_partition, murmur2_partition};
-use flux_bff::app::{Ports, Settings};
 use flux_bff::domain::topics::*;
-use flux_bff::ports::{Command as KafkaCommand, CommandSink, EventSource, Positions};
+use flux_bff::ports::{EventSource, Positions};
 use futures::StreamExt;
 use kafka_broker::KafkaBroker;
 use serde_json::{Value, json};
 use support::app::*;
+use support::kafka_app::*;
 use tcp_proxy::TcpProxy;
-
-/// The test's own producer: the proxy never cuts it.
-const DIRECT: &str = "flux-test-direct";
-
-fn kafka_settings(bootstrap: &str, client_id: &str) -> KafkaSettings {
-    KafkaSettings {
-        brokers: vec![bootstrap.to_owned()],
-        client_id: client_id.to_owned(),
-        topic_partitions: 1,
-        fetch_max_wait: Duration::from_millis(100),
-        request_timeout: Duration::from_secs(1),
-        send_timeout: Duration::from_secs(3),
-        metadata_refresh: Duration::from_secs(1),
-        ..KafkaSettings::default()
-    }
-}
-
-fn gateway_settings() -> Settings {
-    let mut s = Settings::default();
-    s.lifecycle.max_backoff = Duration::from_millis(500);
-    s
-}
-
-async fn gateway(bootstrap: &str, client_id: &str) -> TestApp {
-    let client = KafkaClient::new(&kafka_settings(bootstrap, client_id)).unwrap();
-    let ports = Ports {
-        source: Arc::new(client.event_source()),
-        sink: Arc::new(client.command_sink()),
-        cache: Arc::new(MemoryCache::default()),
-        bus: None,
-        source_name: format!("Kafka brokers {bootstrap}"),
-    };
-    TestApp::spawn_ports(gateway_settings(), ports).await
-}
-
-/// A producer playing the domain services.
-struct Producer(KafkaClient);
-
-impl Producer {
-    fn new(bootstrap: &str) -> Self {
-        Self(KafkaClient::new(&kafka_settings(bootstrap, DIRECT)).unwrap())
-    }
-
-    async fn send(&self, topic: &str, key: Option<&str>, value: &[u8]) {
-        self.0
-            .command_sink()
-            .send(KafkaCommand::new(
-                topic,
-                key.map(str::to_owned),
-                value.to_vec(),
-            ))
-            .await
-            .expect("produce to the broker");
-    }
-
-    async fn send_news_fixture(&self) {
-        let news = fixture("news.service.event.updated.json");
-        self.send_json(NEWS_EVENTS, Some("globalnews"), &news).await;
-    }
-
-    async fn send_json(&self, topic: &str, key: Option<&str>, value: &Value) {
-        self.send(topic, key, value.to_string().as_bytes()).await;
-    }
-}
 
 #[tokio::test]
 async fn every_fixture_reaches_its_room_and_every_invalid_record_is_skipped() {
@@ -434,4 +369,102 @@ async fn flux_sim_plays_the_domain_services_over_kafka() {
         .unwrap();
     let status = sim.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_partition_added_while_clients_are_connected_is_read_within_metadata_refresh() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let app = gateway(&broker.bootstrap(), "bff-grow").await;
+    let c = TestClient::connect(&app, Some("grow")).await;
+    c.emit("userLocationUpdate", location("Kochi")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    produce_to(&direct, TICKER_EVENTS, 0, &tick("BTC-USD", 0)).await;
+    assert!(
+        c.wait_nth(EV_TICKER, 1, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "live on the first partition"
+    );
+
+    // Act: Kafka's own kafka-topics grows the topic from 1 to 3 partitions.
+    broker
+        .topics(&["--alter", "--topic", TICKER_EVENTS, "--partitions", "3"])
+        .await;
+    broker.wait_partitions(&direct, TICKER_EVENTS, 3).await;
+    let grown = Instant::now();
+    produce_to(&direct, TICKER_EVENTS, 1, &tick("ETH-USD", 1)).await;
+    produce_to(&direct, TICKER_EVENTS, 2, &tick("SOL-USD", 2)).await;
+
+    assert!(
+        c.wait_nth(EV_TICKER, 3, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "events on the new partitions arrive: {:?}",
+        ticks(&c)
+    );
+    let took = grown.elapsed();
+    // metadata_refresh is 1 s here, fetch_max_wait 100 ms.
+    assert!(
+        took < Duration::from_secs(3),
+        "within metadata_refresh and a fetch: {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = ticks(&c);
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2], "each event once");
+}
+
+#[tokio::test]
+async fn a_broker_restart_that_keeps_its_data_loses_and_repeats_nothing() {
+    let mut broker = KafkaBroker::start().await;
+    let producer = Producer::new(&broker.bootstrap());
+    let app = gateway(&broker.bootstrap(), "bff-restart").await;
+    let c = TestClient::connect(&app, Some("restart")).await;
+    c.emit("userLocationUpdate", location("Kochi")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..5 {
+        producer
+            .send_json(TICKER_EVENTS, Some("BTC-USD"), &tick("BTC-USD", n))
+            .await;
+    }
+    assert!(
+        c.wait_nth(EV_TICKER, 5, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+
+    // Act: a clean restart on the same port with the same data; the gateway produces nothing
+    // while it is down and reconnects on its own.
+    broker.restart().await;
+    for n in 5..10 {
+        producer
+            .send_json(TICKER_EVENTS, Some("BTC-USD"), &tick("BTC-USD", n))
+            .await;
+    }
+
+    assert!(
+        c.wait_nth(EV_TICKER, 10, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the events after the restart arrive: {:?}",
+        ticks(&c)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ticks(&c),
+        (0..10).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    let metrics = app.metrics().await;
+    let resets = counter(&metrics, "flux_kafka_offset_resets_total", &[]);
+    assert_eq!(
+        resets,
+        0.0,
+        "the kept log needs no offset reset: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("flux_kafka_offset_resets_total"))
+            .collect::<Vec<_>>()
+    );
 }

@@ -34,6 +34,9 @@ struct PartitionSeen {
     /// The timestamp of the latest record delivered, else when the partition was first opened:
     /// where to resume when the log went back behind our position.
     since: DateTime<Utc>,
+    /// The offset of the latest record delivered: reading it again, with the timestamp
+    /// `since`, shows that the log is the one we read (see [`resume_check`]).
+    last_offset: Option<i64>,
 }
 
 /// Reads event topics from Kafka. Cheap to clone; every subscription has its own fetch loops.
@@ -59,7 +62,7 @@ impl KafkaEventSource {
         topic: &str,
         partition: i32,
         high_watermark: i64,
-        last_timestamp: Option<DateTime<Utc>>,
+        last: Option<(i64, DateTime<Utc>)>,
     ) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let entry = seen
@@ -67,11 +70,20 @@ impl KafkaEventSource {
             .or_insert_with(|| PartitionSeen {
                 high_watermark,
                 since: record_timestamp_now(),
+                last_offset: None,
             });
         entry.high_watermark = high_watermark;
-        if let Some(at) = last_timestamp {
+        if let Some((offset, at)) = last {
             entry.since = at;
+            entry.last_offset = Some(offset);
         }
+    }
+
+    /// The offset and timestamp of the latest record delivered from `topic`/`partition`.
+    fn last_delivered(&self, topic: &str, partition: i32) -> Option<(i64, DateTime<Utc>)> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.get(&(topic.to_owned(), partition))?;
+        Some((entry.last_offset?, entry.since))
     }
 
     /// Where to resume `topic`/`partition` by time if its log went back: see [`PartitionSeen`].
@@ -266,6 +278,12 @@ async fn fetch_loop(
     let topic: Arc<str> = Arc::from(client.topic());
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+    if let Some(moved) = resume_check(&source, &client, offset).await
+        && moved != offset
+    {
+        reset(&topic, partition, offset, moved);
+        offset = moved;
+    }
     loop {
         let fetched = bounded(
             settings.fetch_timeout(),
@@ -286,16 +304,7 @@ async fn fetch_loop(
             .await
             {
                 Ok(moved) => {
-                    metrics::counter!("flux_kafka_offset_resets_total", "topic" => topic.to_string())
-                        .increment(1);
-                    tracing::warn!(
-                        %topic,
-                        partition,
-                        from = offset,
-                        to = moved,
-                        "kafka offset out of range (log truncated, removed by retention, or the \
-                         broker lost its data): reading on from {moved}"
-                    );
+                    reset(&topic, partition, offset, moved);
                     offset = moved;
                     continue;
                 }
@@ -316,13 +325,13 @@ async fn fetch_loop(
         if records.is_empty() && high_watermark > offset {
             offset += 1;
         }
-        let mut last_timestamp = None;
+        let mut last = None;
         for record in records {
             if record.offset < offset {
                 continue;
             }
             offset = record.offset + 1;
-            last_timestamp = Some(record.record.timestamp);
+            last = Some((record.offset, record.record.timestamp));
             let item = Record {
                 topic: Arc::clone(&topic),
                 partition,
@@ -334,7 +343,56 @@ async fn fetch_loop(
                 return;
             }
         }
-        source.saw(&topic, partition, high_watermark, last_timestamp);
+        source.saw(&topic, partition, high_watermark, last);
+    }
+}
+
+/// Counts and logs a position moved because the log is not where it was.
+fn reset(topic: &str, partition: i32, from: i64, to: i64) {
+    metrics::counter!("flux_kafka_offset_resets_total", "topic" => topic.to_owned()).increment(1);
+    tracing::warn!(
+        topic,
+        partition,
+        from,
+        to,
+        "kafka log is not where the gateway left it (truncated, removed by retention, or the \
+         broker lost its data): reading on from {to}"
+    );
+}
+
+/// On resuming a partition right after the last record this source delivered from it, reads
+/// that record again: if it is gone or is another record (another timestamp), the log was
+/// replaced since (a broker that lost its data and was refilled past our position before we
+/// came back, a topic deleted and created again), and offsets alone cannot show it. Then the
+/// position to resume from, found as for a log that went back ([`resume_by_time`]). `None`
+/// when the log is the one we read, or when the check cannot tell (the fetch loop then
+/// meets any error itself).
+async fn resume_check(
+    source: &KafkaEventSource,
+    client: &PartitionClient,
+    offset: i64,
+) -> Option<i64> {
+    let (last, at) = source.last_delivered(client.topic(), client.partition())?;
+    if last + 1 != offset {
+        return None;
+    }
+    let limit = source.client.settings().request_timeout * 2;
+    match bounded(limit, client.fetch_records(last, 1..64 * 1024, 0)).await {
+        Ok((records, _)) => {
+            let same = records
+                .iter()
+                .find(|r| r.offset == last)
+                .is_some_and(|r| r.record.timestamp == at);
+            if same {
+                return None;
+            }
+            resume_by_time(client, at, limit).await.ok()
+        }
+        Err(RsError::ServerError {
+            protocol_error: ProtocolError::OffsetOutOfRange,
+            ..
+        }) => out_of_range(client, offset, at, limit).await.ok(),
+        Err(_) => None,
     }
 }
 
@@ -354,6 +412,16 @@ async fn out_of_range(
     if offset < earliest {
         return Ok(earliest);
     }
+    resume_by_time(client, since, limit).await
+}
+
+/// The first record newer than `since`, else the log end.
+async fn resume_by_time(
+    client: &PartitionClient,
+    since: DateTime<Utc>,
+    limit: Duration,
+) -> Result<i64, RsError> {
+    let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
     let end = latest(client, limit).await?;
     let after = since + chrono::TimeDelta::milliseconds(1);
     let newer = bounded(limit, client.get_offset(OffsetAt::Timestamp(after))).await?;
