@@ -11,7 +11,9 @@
 #       DIR keeps the data: a broker restart), and execs the broker in the foreground on
 #       127.0.0.1:PORT (its controller on a free port). ADVERTISED (host:port, default
 #       127.0.0.1:PORT) is what it tells clients to connect to, e.g. a proxy in front of it.
-#       Used by the Rust tests and flux-loadgen, which own the process.
+#       Used by the Rust tests and flux-loadgen, which own the process. A second node joins
+#       with KAFKA_NODE_ID=2 KAFKA_JOIN=127.0.0.1:<DIR1/controller.port>
+#       KAFKA_CLUSTER_ID=<cluster.id of DIR1/data/meta.properties> (a broker-only node).
 #   scripts/kafka.sh start DIR PORT
 #       `run` in the background (log in DIR/broker.log, pid in DIR/broker.pid); returns once
 #       the broker answers on PORT, or fails with the log's tail.
@@ -92,14 +94,27 @@ run() {
   [ -f "$LIBS/.complete" ] || fetch >/dev/null
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
-  local controller
-  controller="$(free_port)"
-  # A restart keeps node, cluster and data; only the ports change with each run.
+  local node="${KAFKA_NODE_ID:-1}" roles voters listeners
+  if [ -n "${KAFKA_JOIN:-}" ]; then
+    # A broker-only node of the cluster whose controller answers at KAFKA_JOIN.
+    roles=broker
+    voters="1@$KAFKA_JOIN"
+    listeners="PLAINTEXT://127.0.0.1:$port"
+  else
+    # The controller's port is kept across restarts, for nodes that joined this one.
+    [ -s "$dir/controller.port" ] || free_port >"$dir/controller.port"
+    local controller
+    controller="$(cat "$dir/controller.port")"
+    roles=broker,controller
+    voters="$node@127.0.0.1:$controller"
+    listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller"
+  fi
+  # A restart keeps node, cluster and data.
   cat >"$dir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+process.roles=$roles
+node.id=$node
+controller.quorum.voters=$voters
+listeners=$listeners
 advertised.listeners=PLAINTEXT://$advertised
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -113,13 +128,15 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-# Quick shutdown and quick metadata in tests; the rest is Kafka's defaults.
+# Quick shutdown in tests, and a stopped follower leaves the ISR within 5 s (Kafka: 30 s);
+# the rest is Kafka's defaults.
 controlled.shutdown.enable=false
+replica.lag.time.max.ms=5000
 EOF
   local cp="$LIBS/*"
   if [ ! -f "$dir/data/meta.properties" ]; then
-    local cluster
-    cluster="$("$JAVA" -cp "$cp" kafka.tools.StorageTool random-uuid)"
+    local cluster="${KAFKA_CLUSTER_ID:-}"
+    [ -n "$cluster" ] || cluster="$("$JAVA" -cp "$cp" kafka.tools.StorageTool random-uuid)"
     "$JAVA" -cp "$cp" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
       || { cat "$dir/format.log" >&2; die "formatting the KRaft storage in $dir/data failed (log above)"; }
   fi

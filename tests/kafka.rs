@@ -891,3 +891,100 @@ async fn a_log_replaced_and_refilled_past_the_position_is_read_from_its_first_ne
     );
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
+
+/// The in-sync replicas of partition 0 of `topic`, as Kafka's kafka-topics describes them.
+async fn in_sync(broker: &KafkaBroker, topic: &str) -> String {
+    let text = broker.topics(&["--describe", "--topic", topic]).await;
+    text.split("Isr: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no Isr in {text}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_command_refused_for_too_few_in_sync_replicas_fails_in_time_then_lands_once_allowed() {
+    let leader = KafkaBroker::start().await;
+    let mut follower = leader.start_follower().await;
+    let direct = leader.client(DIRECT).await;
+    let topic = unique("isr");
+    // Two replicas, led by node 1; rskafka produces with acks=all, which Kafka refuses with
+    // NOT_ENOUGH_REPLICAS while fewer than min.insync.replicas (2) are in sync.
+    leader
+        .topics(&[
+            "--create",
+            "--topic",
+            &topic,
+            "--replica-assignment",
+            "1:2",
+            "--config",
+            "min.insync.replicas=2",
+        ])
+        .await;
+    leader.wait_partitions(&direct, &topic, 1).await;
+    let sink = KafkaCommandSink::new(
+        kafka::connect(&KafkaSettings {
+            send_timeout: Duration::from_secs(30),
+            ..settings(leader.bootstrap())
+        })
+        .await
+        .unwrap(),
+    );
+    let short = KafkaCommandSink::new(connect(&leader).await); // send_timeout 3 s
+    short
+        .send(Command::new(&topic, Some("in-sync".into()), "{}"))
+        .await
+        .expect("both replicas in sync");
+
+    // Act: the follower stops; the leader drops it from the ISR (replica.lag.time.max.ms).
+    follower.stop(false);
+    let started = Instant::now();
+    while in_sync(&leader, &topic).await != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the ISR never shrank"
+        );
+    }
+    let started = Instant::now();
+    match short
+        .send(Command::new(&topic, Some("refused".into()), "{}"))
+        .await
+    {
+        Err(CommandSinkError::Unavailable(reason)) => {
+            assert!(
+                reason.contains("NotEnoughReplicas"),
+                "names the cause: {reason}"
+            );
+        }
+        other => panic!("expected Unavailable naming NotEnoughReplicas, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "retried within send_timeout (3 s), no longer: {took:?}"
+    );
+
+    // A send in flight lands once the follower is back in sync.
+    let pending = tokio::spawn({
+        let sink = sink.clone();
+        let command = Command::new(&topic, Some("allowed".into()), "{}");
+        async move { sink.send(command).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "still retrying");
+    follower.restart().await;
+    pending
+        .await
+        .unwrap()
+        .expect("acknowledged once min.insync.replicas is met again");
+    let all = read_all(&direct, &topic, 1).await;
+    let keys: Vec<_> = all
+        .iter()
+        .map(|(_, r)| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        ["in-sync", "allowed"],
+        "the refused one never written, the other once"
+    );
+}

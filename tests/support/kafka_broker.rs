@@ -26,6 +26,8 @@ pub struct KafkaBroker {
     /// What the broker tells clients to connect to (its own address, or a proxy in front).
     pub advertised: SocketAddr,
     dir: PathBuf,
+    /// `scripts/kafka.sh run`'s environment: a node that joins another one.
+    env: Vec<(&'static str, String)>,
 }
 
 /// A free loopback port (bound then released; a race with another process is unlikely).
@@ -49,6 +51,14 @@ impl KafkaBroker {
 
     /// A broker listening on `listen` that tells clients to connect to `advertised`.
     pub async fn start_advertising(listen: SocketAddr, advertised: SocketAddr) -> Self {
+        Self::start_with(listen, advertised, Vec::new()).await
+    }
+
+    async fn start_with(
+        listen: SocketAddr,
+        advertised: SocketAddr,
+        env: Vec<(&'static str, String)>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "flux-test-kafka-{}-{}",
             listen.port(),
@@ -60,9 +70,33 @@ impl KafkaBroker {
             listen,
             advertised,
             dir,
+            env,
         };
         broker.spawn().await;
         broker
+    }
+
+    /// A second broker (node 2, broker only) in this one's cluster: for topics with two
+    /// replicas, whose follower can be stopped.
+    pub async fn start_follower(&self) -> Self {
+        let read = |name: &str| {
+            std::fs::read_to_string(self.dir.join(name))
+                .unwrap_or_else(|e| panic!("{name} of the first broker: {e}"))
+        };
+        let controller = read("controller.port").trim().to_owned();
+        let meta = read("data/meta.properties");
+        let cluster = meta
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster.id="))
+            .expect("cluster.id in meta.properties")
+            .to_owned();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let env = vec![
+            ("KAFKA_NODE_ID", "2".to_owned()),
+            ("KAFKA_JOIN", format!("127.0.0.1:{controller}")),
+            ("KAFKA_CLUSTER_ID", cluster),
+        ];
+        Self::start_with(addr, addr, env).await
     }
 
     async fn spawn(&mut self) {
@@ -73,6 +107,7 @@ impl KafkaBroker {
             .arg(&self.dir)
             .arg(self.listen.port().to_string())
             .arg(self.advertised.to_string())
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -141,7 +176,8 @@ impl KafkaBroker {
         let _ = child.wait();
     }
 
-    /// Stops the broker cleanly and starts it again on the same port with the same data.
+    /// Stops the broker cleanly (if it runs) and starts it again on the same port with the
+    /// same data.
     pub async fn restart(&mut self) {
         self.stop(true);
         self.spawn().await;
