@@ -54,6 +54,7 @@ fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 rustfmt --check --edition 2024 vendor/engineioxide/src/lib.rs
+rustfmt --check --edition 2024 fuzz/fuzz_targets/*.rs
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
@@ -74,5 +75,8 @@ bash scripts/node-tests.sh
 
 step "benchmark smoke run (flux-loadgen; figures printed, not asserted)"
 BENCH_SMOKE_PROFILE=dev bash scripts/bench-smoke.sh
+
+step "fuzz targets: ${FUZZ_SECONDS:-20} s each from fuzz/corpus (scripts/fuzz.sh; libFuzzer, nightly)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
 
 step "all checks passed in ${SECONDS}s"

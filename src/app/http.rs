@@ -167,6 +167,14 @@ fn detach_head(mut req: Request) -> Request {
     req
 }
 
+/// What the server does to a request head before any handler sees it: [`detach_head`], then
+/// [`trim_socketio_head`] (a layer of the router) on Socket.IO paths. For the fuzz target
+/// `request_head` (`fuzz/`).
+#[doc(hidden)]
+pub fn prepare_head(req: Request) -> Request {
+    trim_socketio_head(detach_head(req))
+}
+
 /// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake
 /// and the polling transport, and what the gateway reads (`x-forwarded-for`). A header the
 /// gateway starts to read must be added here.

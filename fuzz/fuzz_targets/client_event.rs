@@ -1,0 +1,24 @@
+//! What a Socket.IO client sends: the argument of `userLocationUpdate` (interpreted, hashed
+//! for dedup), the handshake's `auth` (the guest id), an event name (the request events), and
+//! an `X-Forwarded-For` value (the client's address). Nothing may panic.
+#![no_main]
+
+use flux_bff::domain::{identity, location, replies, topics};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = identity::client_ip(Some(text), None);
+        let _ = identity::client_ip(Some(text), Some([127, 0, 0, 1].into()));
+        let _ = replies::SnapshotRequest::from_event(text);
+        let _ = topics::weather_room(text);
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let intent = location::interpret(Some(&value));
+    let _ = format!("{intent:?}");
+    let _ = location::canonical_hash(&value);
+    let _ = identity::accept_guest_id(Some(&value));
+});
