@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -33,6 +34,18 @@ pub struct HttpSettings {
     pub port: u16,
     /// Origin allowed for Socket.IO polling requests (`FRONTEND_URL`); none means same origin.
     pub cors_origin: Option<String>,
+    /// Open connections at most; a connection over it is closed at once.
+    pub max_connections: usize,
+    /// Open connections at most per client address ([`Self::trusted_proxies`]); 0: no limit.
+    pub max_connections_per_client: usize,
+    /// Proxies whose `X-Forwarded-For` names the client, for per-client limits: addresses or
+    /// networks (`10.0.0.0/8`). Default: loopback and the private ranges.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time a client has to send a whole request head (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Largest request head, in bytes (at least 8192); a larger one gets 431.
+    pub max_head_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -122,6 +135,15 @@ impl Default for HttpSettings {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 3000,
             cors_origin: None,
+            max_connections: 100_000,
+            max_connections_per_client: 1_000,
+            trusted_proxies: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12"]
+                .into_iter()
+                .chain(["192.168.0.0/16", "fc00::/7"])
+                .map(|net| net.parse().expect("a valid network"))
+                .collect(),
+            header_timeout: Duration::from_secs(10),
+            max_head_bytes: 16 * 1024,
         }
     }
 }
@@ -251,6 +273,18 @@ impl Config {
         if s.socketio.rate_per_second == 0 || s.socketio.burst == 0 {
             problems
                 .push("socketio.rate_per_second and socketio.burst: must be at least 1".to_owned());
+        }
+        if s.http.max_connections == 0 {
+            problems.push("http.max_connections: must be at least 1".to_owned());
+        }
+        if s.http.max_head_bytes < 8192 {
+            problems.push(format!(
+                "http.max_head_bytes: must be at least 8192 (hyper's smallest read buffer), got {}",
+                s.http.max_head_bytes
+            ));
+        }
+        if s.http.header_timeout.is_zero() {
+            problems.push("http.header_timeout: must be more than 0".to_owned());
         }
         if s.limits.local_dedup_entries == 0 {
             problems.push("limits.local_dedup_entries: must be at least 1".to_owned());

@@ -1,8 +1,11 @@
 //! The HTTP surface (axum): health, readiness, metrics, the Socket.IO layer, and the optional
 //! admin publish hook of embedded mode.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,7 +15,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::json;
 use socketioxide::layer::SocketIoLayer;
@@ -24,8 +28,9 @@ use tower_http::cors::CorsLayer;
 use crate::adapters::memory::MemoryBus;
 use crate::ports::SnapshotCache;
 
-use super::config::Settings;
+use super::config::{HttpSettings, Settings};
 use super::health::Health;
+use crate::domain::identity;
 
 #[derive(Clone)]
 struct AppState {
@@ -90,6 +95,20 @@ pub fn router(
 /// Each request carries `ConnectInfo<SocketAddr>` as with
 /// `into_make_service_with_connect_info`, and every accepted socket gets TCP_NODELAY.
 pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    serve_with(listener, router, stop, HttpSettings::default()).await;
+}
+
+/// [`serve`] with the connection limits of `settings` (`[http]`): open connections in total
+/// and per client address, the time a request head may take (slowloris) and its size. Over a
+/// limit the connection is closed (or answered 429 / 431), never the process; each refusal is
+/// counted in `flux_http_connections_refused_total{reason}`.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    settings: HttpSettings,
+) {
+    let limits = Arc::new(Limits::new(&settings));
     // Every connection task holds a receiver; `closed()` resolves when the last one is gone.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     loop {
@@ -103,18 +122,37 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
                 }
             },
         };
+        let Some(slot) = limits.admit(peer.ip()) else {
+            continue; // dropping the socket closes it
+        };
         // Small frames go out at once: Nagle would add up to 40 ms to every push.
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let stop = stop.clone();
         let open = open_rx.clone();
+        let limits = Arc::clone(&limits);
         tokio::spawn(async move {
+            // The per-client slot of a connection through a trusted proxy is taken on its
+            // first request head, which names the client; it lives as long as the connection.
+            let slot = Arc::new(std::sync::Mutex::new(slot));
+            let (header_timeout, max_head_bytes) = (limits.header_timeout, limits.max_head_bytes);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut req = detach_head(req.map(Body::new));
                 req.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(req)
+                let admitted = limits.admit_forwarded(&slot, &req, peer.ip());
+                let router = router.clone();
+                async move {
+                    if admitted {
+                        router.oneshot(req).await
+                    } else {
+                        Ok(too_many_connections())
+                    }
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_head_bytes)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -126,6 +164,16 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
                 }
             };
             if let Err(e) = result {
+                let reason = if e.is_timeout() {
+                    Some("header_timeout")
+                } else if e.is_parse_too_large() {
+                    Some("head_too_large")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+                }
                 tracing::trace!(%peer, error = %e, "HTTP connection ended with an error");
             }
             drop(open);
@@ -134,6 +182,134 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
     drop(listener);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// Connections refused or closed by a limit, by `reason`.
+const CONNECTIONS_REFUSED: &str = "flux_http_connections_refused_total";
+/// Connections open now.
+const CONNECTIONS_OPEN: &str = "flux_http_connections_open";
+
+/// The connection limits and what they count.
+struct Limits {
+    max_connections: usize,
+    max_per_client: usize,
+    trusted_proxies: Vec<IpNet>,
+    header_timeout: Duration,
+    max_head_bytes: usize,
+    open: AtomicUsize,
+    // std Mutex: never held across an .await
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place under the limits, given back when dropped.
+struct Slot {
+    limits: Arc<Limits>,
+    client: Option<IpAddr>,
+    /// Whether the client still has to be named by the first request (trusted proxy).
+    pending: bool,
+}
+
+impl Limits {
+    fn new(settings: &HttpSettings) -> Self {
+        Self {
+            max_connections: settings.max_connections,
+            max_per_client: settings.max_connections_per_client,
+            trusted_proxies: settings.trusted_proxies.clone(),
+            header_timeout: settings.header_timeout,
+            max_head_bytes: settings.max_head_bytes.max(8192),
+            open: AtomicUsize::new(0),
+            per_client: Mutex::default(),
+        }
+    }
+
+    /// A new connection from `peer`: its slot, or `None` (counted) when a limit refuses it.
+    /// A peer that is not a trusted proxy is the client and is counted now.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+            return None;
+        }
+        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        let mut slot = Slot {
+            limits: Arc::clone(self),
+            client: None,
+            pending: false,
+        };
+        if self.trusted_proxies.iter().any(|net| net.contains(&peer)) {
+            slot.pending = self.max_per_client > 0;
+        } else if !self.take_client(&mut slot, peer) {
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// On each request of a connection: names the client of a connection through a trusted
+    /// proxy on its first one. `false` when that client is over its limit.
+    fn admit_forwarded(&self, slot: &std::sync::Mutex<Slot>, req: &Request, peer: IpAddr) -> bool {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.pending {
+            return true;
+        }
+        slot.pending = false;
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = forwarded.join(",");
+        let client = identity::limit_address(Some(&forwarded), peer, &self.trusted_proxies);
+        self.take_client(&mut slot, client)
+    }
+
+    /// Counts the connection against `client`; `false` (counted) when over the limit.
+    fn take_client(&self, slot: &mut Slot, client: IpAddr) -> bool {
+        if self.max_per_client == 0 {
+            return true;
+        }
+        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_client.entry(client).or_insert(0);
+        if *count >= self.max_per_client {
+            drop(per_client);
+            metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections_per_client")
+                .increment(1);
+            return false;
+        }
+        *count += 1;
+        slot.client = Some(client);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+        if let Some(client) = self.client {
+            let mut per_client = self
+                .limits
+                .per_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = per_client.get_mut(&client) {
+                *count -= 1;
+                if *count == 0 {
+                    per_client.remove(&client);
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request whose client has too many connections open; the connection closes.
+fn too_many_connections() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::CONNECTION, "close")],
+        "too many connections from this client address\n",
+    )
+        .into_response()
 }
 
 /// What `axum::serve` does with accept errors: a peer that went away is nothing; anything

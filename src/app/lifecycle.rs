@@ -145,7 +145,12 @@ impl Application {
         let consumers = tokio::spawn(ingestor.run(background.clone()));
 
         let http_stop = CancellationToken::new();
-        let server = tokio::spawn(super::http::serve(listener, router, http_stop.clone()));
+        let server = tokio::spawn(super::http::serve_with(
+            listener,
+            router,
+            http_stop.clone(),
+            settings.http.clone(),
+        ));
 
         // Consumers first, then the start-up refreshes, once per process (D12).
         let startup = tokio::time::timeout(

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 /// Longest accepted guest id, in UTF-16 code units as the original counted them (D10).
 pub const MAX_GUEST_ID_LEN: usize = 128;
 
@@ -32,6 +34,28 @@ pub fn client_ip(forwarded_for: Option<&str>, peer: Option<IpAddr>) -> Option<St
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .or_else(|| peer.map(|p| p.to_string()))
+}
+
+/// The address a connection counts against for per-client limits: the peer, unless the peer is
+/// one of the `trusted` proxies; then the nearest address of `X-Forwarded-For` (read from the
+/// right, the hop the proxy added last) that is not a trusted proxy. A hop that is not an
+/// address ends the walk at the last trusted one: a client cannot hide behind garbage.
+pub fn limit_address(forwarded_for: Option<&str>, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut nearest = peer;
+    for hop in forwarded_for.unwrap_or_default().rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            return nearest;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        nearest = ip;
+    }
+    nearest
 }
 
 #[cfg(test)]
@@ -83,5 +107,27 @@ mod tests {
             Some("10.0.0.9")
         );
         assert_eq!(client_ip(None, None), None);
+    }
+
+    #[test]
+    fn the_limit_address_honours_forwarded_for_from_trusted_proxies_only() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let outsider: IpAddr = "198.51.100.4".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // An untrusted peer is itself, whatever it forwards.
+        assert_eq!(limit_address(Some("1.2.3.4"), outsider, &trusted), outsider);
+        // Through a trusted proxy: the nearest untrusted hop, from the right.
+        assert_eq!(
+            limit_address(Some("1.2.3.4, 203.0.113.7, 10.1.1.1"), proxy, &trusted),
+            ip("203.0.113.7")
+        );
+        // Garbage ends the walk at the last trusted hop; no header is the proxy itself.
+        assert_eq!(
+            limit_address(Some("1.2.3.4, junk, 10.1.1.1"), proxy, &trusted),
+            ip("10.1.1.1")
+        );
+        assert_eq!(limit_address(None, proxy, &trusted), proxy);
+        assert_eq!(limit_address(Some(""), proxy, &trusted), proxy);
     }
 }

@@ -66,6 +66,9 @@ impl Gateway {
             .env("FLUX_HTTP__PORT", port.to_string())
             .env("FLUX_ADMIN__PUBLISH", "true")
             .env("FLUX_SIM__ENABLED", "false")
+            // Every client of this tool comes from 127.0.0.1: no per-address connection limit
+            // (--gateway-env FLUX_HTTP__MAX_CONNECTIONS_PER_CLIENT=N puts one back).
+            .env("FLUX_HTTP__MAX_CONNECTIONS_PER_CLIENT", "0")
             .env_remove("KAFKA_BROKER_ADDRESS")
             .env_remove("FLUX_KAFKA__BROKERS")
             .env(
