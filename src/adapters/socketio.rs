@@ -33,7 +33,7 @@ use crate::ports::{ClientFanout, FanoutError, Payload};
 mod backlog;
 
 use backlog::{Backlogs, LatestByRoom, Pending, Pushed};
-use socketioxide::{BroadcastError, SendError, SocketError};
+use socketioxide::{BroadcastError, ParserConfig, SendError, SocketError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,15 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
         .ws_max_frame_size(settings.max_payload as usize)
         .max_buffer_size(settings.max_buffer)
         .ws_read_buffer_size(settings.ws_read_buffer)
+        // socketioxide's defaults let each socket buffer 10 MB of binary attachments for up
+        // to 60 s; the gateway takes none (socketio.max_attachments).
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(settings.max_attachments)
+                .max_incoming_binary_buf_size(settings.max_payload as usize)
+                .packet_completion_timeout(Duration::from_secs(5)),
+        )
+        .connect_timeout(settings.connect_timeout)
         .build_layer()
 }
 
@@ -346,6 +355,8 @@ struct Session {
     who: Arc<ClientIdentity>,
     limiter: Arc<DefaultDirectRateLimiter>,
     init: Arc<Once>,
+    /// `socketio.max_event_name`.
+    max_event_name: usize,
 }
 
 /// Registers the default namespace: identity, `session:init`, and every client event.
@@ -353,12 +364,13 @@ pub fn register(io: &SocketIo, service: Arc<ClientService>, settings: &SocketIoS
     let rate = NonZeroU32::new(settings.rate_per_second.max(1)).expect("at least one");
     let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least one");
     let quota = Quota::per_second(rate).allow_burst(burst);
+    let max_event_name = settings.max_event_name;
     // The middleware runs before the connect packet is sent, so the event handlers exist when
     // the client's first event arrives; it never rejects a handshake (D1).
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let service = service.clone();
         async move {
-            prepare(s, auth.ok(), service, quota);
+            prepare(s, auth.ok(), service, quota, max_event_name);
             Ok::<(), std::convert::Infallible>(())
         }
     };
@@ -382,7 +394,13 @@ fn session_init(s: &SocketRef, session: &Session) {
     });
 }
 
-fn prepare(s: SocketRef, auth: Option<Value>, service: Arc<ClientService>, quota: Quota) {
+fn prepare(
+    s: SocketRef,
+    auth: Option<Value>,
+    service: Arc<ClientService>,
+    quota: Quota,
+    max_event_name: usize,
+) {
     let parts = s.req_parts();
     let forwarded = parts
         .headers
@@ -406,6 +424,7 @@ fn prepare(s: SocketRef, auth: Option<Value>, service: Arc<ClientService>, quota
         who,
         limiter: Arc::new(RateLimiter::direct(quota)),
         init: Arc::new(Once::new()),
+        max_event_name,
     });
 
     s.on_fallback(
@@ -428,6 +447,10 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
         return;
     };
     session_init(&s, &session);
+    if event.len() > session.max_event_name {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "event_name_too_long").increment(1);
+        return;
+    }
     if session.limiter.check().is_err() {
         metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "rate_limited").increment(1);
         return;

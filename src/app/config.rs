@@ -75,6 +75,15 @@ pub struct SocketIoSettings {
     /// city was read with it: the bound on the consumer's lag when events outrun the fan-out.
     #[serde(with = "humantime_serde")]
     pub conflate_after: Duration,
+    /// Binary attachments a client packet may carry: the contract has none, so a packet with
+    /// more closes the socket. Their bytes are bounded by `max_payload`.
+    pub max_attachments: usize,
+    /// Time from the Engine.IO handshake to the namespace connect; a session that has not
+    /// joined by then (a half-open WebSocket) is closed.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest client event name, in bytes; a longer event is dropped and counted.
+    pub max_event_name: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -160,6 +169,9 @@ impl Default for SocketIoSettings {
             max_backlog: 256,
             ws_read_buffer: 512,
             conflate_after: Duration::from_millis(50),
+            max_attachments: 0,
+            connect_timeout: Duration::from_secs(10),
+            max_event_name: 64,
         }
     }
 }

@@ -1,0 +1,129 @@
+//! Socket.IO limits against hostile clients (issue 13): binary attachments (the contract has
+//! none), a session that never joins the namespace (a half-open WebSocket), an event name too
+//! long. Over a limit the socket is closed or the event dropped and counted; other clients
+//! are served meanwhile.
+
+mod support {
+    pub mod app;
+}
+
+use std::time::Duration;
+
+use flux_bff::app::Settings;
+use flux_bff::domain::topics::*;
+use rust_socketio::Payload;
+use serde_json::json;
+use support::app::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn a_packet_with_binary_attachments_closes_its_socket_only() {
+    let app = TestApp::spawn().await;
+    let hostile = TestClient::connect(&app, Some("binary")).await;
+    let other = TestClient::connect(&app, Some("other")).await;
+    hostile
+        .client
+        .emit(REQ_LOCATION, Payload::Binary(vec![0u8; 1024].into()))
+        .await
+        .expect("emit");
+    // The gateway closes it as a packet it cannot parse (rust_socketio does not report a
+    // close it did not ask for, so the gateway's count is what shows it).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let metrics = app.metrics().await;
+        if counter(
+            &metrics,
+            "flux_socket_disconnects_total",
+            &["packet_parsing_error"],
+        ) >= 1.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the socket that sent an attachment is closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        hostile.client.emit(REQ_TOPCOINS, json!({})).await.is_err(),
+        "the hostile client's connection is gone"
+    );
+    other.emit_empty(REQ_TOPCOINS).await;
+    assert!(
+        other.wait_nth(EV_TOPCOINS, 1, WAIT).await.is_some(),
+        "the others are served"
+    );
+}
+
+/// Sends `GET target` on a new connection and returns the status and the body.
+async fn http_get(app: &TestApp, target: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn an_engine_io_session_that_never_joins_the_namespace_is_closed_after_connect_timeout() {
+    let mut settings = Settings::default();
+    settings.socketio.connect_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(settings).await;
+    // The Engine.IO handshake, then nothing: no namespace connect ("40").
+    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {body}"))
+        .to_owned();
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = http_get(
+        &app,
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+    )
+    .await;
+    assert!(
+        status == 400 || body.starts_with('1'),
+        "the session is gone after connect_timeout: {status} {body:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_name_over_max_event_name_is_dropped_and_counted() {
+    let app = TestApp::spawn().await;
+    let c = TestClient::connect(&app, Some("long-name")).await;
+    let long = format!("{REQ_TOPCOINS}{}", "x".repeat(100));
+    c.emit(&long, json!({})).await;
+    c.emit_empty(REQ_TOPCOINS).await;
+    assert!(
+        c.wait_nth(EV_TOPCOINS, 1, WAIT).await.is_some(),
+        "the socket goes on"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            "flux_client_events_dropped_total",
+            &["event_name_too_long"]
+        ) >= 1.0,
+        "counted"
+    );
+}
