@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod snapshots;
 pub mod telemetry;
+pub mod weather;
 pub mod wiring;
 
 pub use config::Settings;

@@ -8,5 +8,6 @@ pub mod identity;
 pub mod location;
 pub mod replies;
 pub mod topics;
+pub mod weather;
 
 pub use events::{Delivery, Emit, Rejection, SnapshotWrite, conflate, route};

@@ -11,5 +11,7 @@ pub mod snapshot_cache;
 
 pub use client_fanout::{ClientFanout, FanoutError, Payload};
 pub use command_sink::{Command, CommandSink, CommandSinkError};
-pub use event_source::{EventSource, EventSourceError, Positions, Record, RecordStream};
+pub use event_source::{
+    Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
+};
 pub use snapshot_cache::{CacheError, SnapshotCache};

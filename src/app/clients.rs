@@ -16,9 +16,11 @@ use super::dedup::Deduplicator;
 use super::health::Health;
 use super::metrics::{
     COMMANDS_FAILED, COMMANDS_PRODUCED, COMMANDS_REFUSED, DEDUP_HITS, LOCATIONS_INVALID, REPLIES,
-    ROOM_JOINS, SNAPSHOT_LOOKUPS,
+    ROOM_JOINS, SNAPSHOT_LOOKUPS, WEATHER_JOINS,
 };
+use super::snapshots::LocalSnapshots;
 use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
+use super::weather::{Found, WeatherDesk};
 
 /// Who is asking: the transport's socket id and the resolved guest identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,10 +32,13 @@ pub struct ClientIdentity {
 }
 
 pub struct ClientService {
+    /// The in-process tier of snapshots, read before the cache (D24).
+    local: Arc<LocalSnapshots>,
     cache: Arc<dyn SnapshotCache>,
     sink: Arc<dyn CommandSink>,
     fanout: Arc<dyn ClientFanout>,
     health: Arc<Health>,
+    weather: Arc<WeatherDesk>,
     dedup: Deduplicator,
     throttle: Mutex<RefreshThrottle>, // std Mutex: never held across an .await
     /// "command not sent" lines per topic (every client request fails during an outage).
@@ -42,10 +47,12 @@ pub struct ClientService {
 
 impl ClientService {
     pub fn new(
+        local: Arc<LocalSnapshots>,
         cache: Arc<dyn SnapshotCache>,
         sink: Arc<dyn CommandSink>,
         fanout: Arc<dyn ClientFanout>,
         health: Arc<Health>,
+        weather: Arc<WeatherDesk>,
         limits: &super::config::LimitSettings,
     ) -> Self {
         Self {
@@ -56,10 +63,12 @@ impl ClientService {
             ),
             throttle: Mutex::new(RefreshThrottle::new(limits.refresh_interval)),
             failure_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
+            local,
             cache,
             sink,
             fanout,
             health,
+            weather,
         }
     }
 
@@ -79,18 +88,34 @@ impl ClientService {
     }
 
     /// `userLocationUpdate`: switch the weather room, join the global rooms, hydrate every
-    /// cached snapshot (D4), then send the weather command unless it is invalid, a duplicate
-    /// within the window, or Kafka is down.
+    /// cached snapshot (D4) and the city's weather when it is fresh (D23), then send the
+    /// weather command unless the city's weather is fresh or already asked for, or the
+    /// location is invalid, a duplicate within the window, or Kafka is down.
     pub async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
         let intent = location::interpret(arg);
         self.switch_rooms(who, &intent.room).await;
         self.hydrate(who).await;
+        let city = intent.city().to_owned();
+        let city = city.as_str();
+        let found = self.weather.on_join(city).await;
+        if let Found::Fresh(payload) = &found {
+            let event = topics::weather_event(city);
+            self.reply(who, &event, payload, "weather", "fresh").await;
+        }
         match intent.forward {
             Err(reason) => {
                 metrics::counter!(LOCATIONS_INVALID, "reason" => reason).increment(1);
                 tracing::debug!(socket = %who.socket_id, reason, "location not forwarded");
             }
-            Ok(location) => self.send_weather_command(who, &location).await,
+            Ok(location) => match found {
+                Found::Fresh(_) => {
+                    metrics::counter!(WEATHER_JOINS, "outcome" => "fresh").increment(1);
+                }
+                Found::InFlight => {
+                    metrics::counter!(WEATHER_JOINS, "outcome" => "in_flight").increment(1);
+                }
+                Found::Nothing => self.send_weather_command(who, city, &location).await,
+            },
         }
     }
 
@@ -165,9 +190,14 @@ impl ClientService {
         }
     }
 
-    /// The cached snapshot as a success reply; a cache error or timeout counts as a miss.
+    /// The snapshot as a success reply: the process's own first, else the cache's (D24); a
+    /// cache error or timeout counts as a miss.
     async fn lookup(&self, request: SnapshotRequest) -> Option<Payload> {
         let key = request.snapshot().key;
+        if let Some(hit) = self.local.get(key).and_then(|text| request.hit(&text)) {
+            metrics::counter!(SNAPSHOT_LOOKUPS, "key" => key, "result" => "local").increment(1);
+            return Some(hit);
+        }
         let (result, hit) = match self.cache.get(key).await {
             Ok(Some(text)) => match request.hit(&text) {
                 Some(p) => ("hit", Some(p)),
@@ -183,19 +213,28 @@ impl ClientService {
         hit
     }
 
-    async fn send_weather_command(&self, who: &ClientIdentity, location: &Value) {
+    /// One command per city outstanding (D23), then the per-user dedup window (D15) for the
+    /// command that would go; whatever stops it gives the city's claim back.
+    async fn send_weather_command(&self, who: &ClientIdentity, city: &str, location: &Value) {
         if !self.health.consuming() {
             metrics::counter!(COMMANDS_REFUSED, "topic" => topics::WEATHER_FETCH).increment(1);
             return;
         }
+        let Some(claim) = self.weather.claim(city) else {
+            metrics::counter!(WEATHER_JOINS, "outcome" => "in_flight").increment(1);
+            return;
+        };
+        metrics::counter!(WEATHER_JOINS, "outcome" => "command").increment(1);
         let hash = canonical_hash(location);
         if !self.dedup.claim(&who.user_id, &hash).await {
+            self.weather.release(city, claim);
             metrics::counter!(DEDUP_HITS).increment(1);
             return;
         }
         let command =
             commands::weather_fetch(&who.socket_id, &who.user_id, location, SystemTime::now());
         if self.send(command).await.is_err() {
+            self.weather.release(city, claim);
             self.dedup.release(&who.user_id, &hash).await;
         }
     }
@@ -300,12 +339,16 @@ mod tests {
         fanout.connect("s1");
         let health = Arc::new(Health::new());
         health.set_consuming(true);
+        let limits = LimitSettings::default();
+        let weather = Arc::new(WeatherDesk::new(cache.clone(), &limits));
         let svc = ClientService::new(
+            Arc::default(),
             cache,
             Arc::new(sink),
             fanout.clone(),
             health,
-            &LimitSettings::default(),
+            weather,
+            &limits,
         );
         (svc, fanout)
     }
@@ -432,6 +475,66 @@ mod tests {
         let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
         svc.location_update(&who(), Some(&pune())).await;
         svc.location_update(&who(), Some(&pune())).await;
+    }
+
+    fn who_else(user: &str) -> ClientIdentity {
+        ClientIdentity {
+            socket_id: "s1".into(),
+            user_id: user.into(),
+            ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_while_the_citys_command_is_outstanding_sends_nothing() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .withf(|c| c.topic == topics::WEATHER_FETCH)
+            .times(1)
+            .returning(|_| Ok(()));
+        let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
+        svc.location_update(&who_else("u1"), Some(&pune())).await;
+        svc.location_update(&who_else("u2"), Some(&pune())).await;
+        svc.location_update(&who_else("u3"), Some(&pune())).await;
+    }
+
+    #[tokio::test]
+    async fn a_dedup_hit_gives_the_citys_claim_back() {
+        let mut cache = MockSnapshotCache::new();
+        cache.expect_get().returning(|_| Ok(None));
+        let mut claims = 0;
+        cache.expect_set_unless_same().returning(move |_, _, _| {
+            claims += 1;
+            Ok(claims > 1) // the first user's location is a duplicate
+        });
+        let mut sink = MockCommandSink::new();
+        sink.expect_send()
+            .withf(|c| serde_json::from_slice::<Value>(&c.value).is_ok_and(|v| v["userId"] == "u2"))
+            .times(1)
+            .returning(|_| Ok(()));
+        let (svc, _) = service(Arc::new(cache), sink);
+        svc.location_update(&who_else("u1"), Some(&pune())).await;
+        svc.location_update(&who_else("u2"), Some(&pune())).await;
+    }
+
+    #[tokio::test]
+    async fn a_fresh_result_goes_to_the_joining_socket_only_and_no_command() {
+        let mut sink = MockCommandSink::new();
+        sink.expect_send().never();
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
+        let payload = Payload::new(&json!({"data": {"city": "Pune"}, "status": "success"}));
+        svc.weather
+            .record(&crate::domain::weather::WeatherResult {
+                city: "Pune".into(),
+                latest: Some(payload.clone()),
+            })
+            .unwrap();
+        svc.location_update(&who(), Some(&pune())).await;
+        let got = fanout.delivered();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].target, Target::Socket("s1".into()));
+        assert_eq!(got[0].event, "weather.Pune.update");
+        assert_eq!(got[0].payload, payload);
     }
 
     #[tokio::test]

@@ -128,6 +128,14 @@ pub struct LimitSettings {
     pub refresh_interval: Duration,
     /// Entries of the in-process dedup window used while the cache is down (D15).
     pub local_dedup_entries: usize,
+    /// How long a city's latest weather result is served at once to a joining socket, with
+    /// no weather command (D23). At most 10 minutes, the time results are cached.
+    #[serde(with = "humantime_serde")]
+    pub weather_fresh: Duration,
+    /// How long a city's weather command counts as outstanding when no result comes: until
+    /// then, joins in that city send no other command (D23).
+    #[serde(with = "humantime_serde")]
+    pub weather_in_flight: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
@@ -201,6 +209,8 @@ impl Default for LimitSettings {
             dedup_window: Duration::from_secs(2),
             refresh_interval: Duration::from_secs(5),
             local_dedup_entries: 10_000,
+            weather_fresh: Duration::from_secs(300),
+            weather_in_flight: Duration::from_secs(30),
         }
     }
 }
@@ -300,6 +310,16 @@ impl Config {
         }
         if s.limits.local_dedup_entries == 0 {
             problems.push("limits.local_dedup_entries: must be at least 1".to_owned());
+        }
+        if s.limits.weather_fresh > crate::domain::weather::WEATHER_TTL {
+            problems.push(format!(
+                "limits.weather_fresh: must be at most {:?} (how long results are cached), got {:?}",
+                crate::domain::weather::WEATHER_TTL,
+                s.limits.weather_fresh
+            ));
+        }
+        if s.limits.weather_in_flight.is_zero() {
+            problems.push("limits.weather_in_flight: must be more than 0".to_owned());
         }
         if let Some(origin) = &s.http.cors_origin
             && !(origin.starts_with("http://") || origin.starts_with("https://"))
@@ -465,6 +485,23 @@ mod tests {
                 .map_err(|e| e.to_string())?;
             assert_eq!(c.settings.http.port, 5001);
             assert_eq!(c.settings.limits.dedup_window, Duration::from_secs(3));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn weather_limits_are_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_LIMITS__WEATHER_FRESH", "90s");
+            jail.set_env("FLUX_LIMITS__WEATHER_IN_FLIGHT", "5s");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.limits.weather_fresh, Duration::from_secs(90));
+            assert_eq!(c.settings.limits.weather_in_flight, Duration::from_secs(5));
+            jail.set_env("FLUX_LIMITS__WEATHER_FRESH", "11m");
+            jail.set_env("FLUX_LIMITS__WEATHER_IN_FLIGHT", "0s");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("limits.weather_fresh"), "{err}");
+            assert!(err.contains("limits.weather_in_flight"), "{err}");
             Ok(())
         });
     }

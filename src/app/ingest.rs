@@ -25,6 +25,7 @@ use super::health::Health;
 use super::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG};
 use super::snapshots::SnapshotWriter;
 use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
+use super::weather::WeatherDesk;
 
 /// How often consumer lag is exported.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -44,6 +45,7 @@ pub struct Ingestor {
     source: Arc<dyn EventSource>,
     fanout: Arc<dyn ClientFanout>,
     snapshots: SnapshotWriter,
+    weather: Arc<WeatherDesk>,
     health: Arc<Health>,
     max_backoff: Duration,
     /// How long the consumer may stay busy before superseded tickers are skipped.
@@ -61,6 +63,7 @@ impl Ingestor {
         source: Arc<dyn EventSource>,
         fanout: Arc<dyn ClientFanout>,
         snapshots: SnapshotWriter,
+        weather: Arc<WeatherDesk>,
         health: Arc<Health>,
         max_backoff: Duration,
         conflate_after: Duration,
@@ -69,6 +72,7 @@ impl Ingestor {
             source,
             fanout,
             snapshots,
+            weather,
             health,
             max_backoff,
             conflate_after,
@@ -244,6 +248,13 @@ impl Ingestor {
             metrics::counter!(EVENTS_CONFLATED).increment(conflated as u64);
         }
         for (stream, delivery) in streams.into_iter().zip(deliveries) {
+            // A weather result is recorded before its room emit: a socket that joins meanwhile
+            // may get it twice (at once and from the room), never miss it (D23).
+            if let Some(result) = &delivery.weather
+                && let Some(value) = self.weather.record(result)
+            {
+                self.snapshots.submit_weather(&result.city, value);
+            }
             // Emit first: the cache write happens in the background and never delays it.
             for emit in &delivery.emits {
                 let sent = match &delivery.conflation_key {
@@ -310,6 +321,13 @@ mod tests {
         }
     }
 
+    fn weather_desk() -> Arc<WeatherDesk> {
+        Arc::new(WeatherDesk::new(
+            Arc::new(crate::adapters::memory::MemoryCache::default()),
+            &crate::app::config::LimitSettings::default(),
+        ))
+    }
+
     fn ingestor(
         fanout: MockClientFanout,
         cache: MockSnapshotCache,
@@ -320,6 +338,7 @@ mod tests {
             Arc::new(crate::adapters::memory::MemoryBus::new()),
             Arc::new(fanout),
             writer,
+            weather_desk(),
             Arc::new(Health::new()),
             Duration::from_secs(1),
             Duration::from_millis(50),
@@ -400,6 +419,7 @@ mod tests {
             Arc::new(bus),
             fanout.clone(),
             writer,
+            weather_desk(),
             Arc::new(Health::new()),
             Duration::from_secs(1),
             conflate_after,

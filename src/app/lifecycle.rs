@@ -23,7 +23,8 @@ use super::clients::ClientService;
 use super::config::{Config, Settings};
 use super::health::Health;
 use super::ingest::Ingestor;
-use super::snapshots::SnapshotWriter;
+use super::snapshots::{LocalSnapshots, SnapshotWriter};
+use super::weather::WeatherDesk;
 
 /// The adapters the application runs on.
 #[derive(Clone)]
@@ -61,6 +62,8 @@ pub struct Application {
     router: axum::Router,
     service: Arc<ClientService>,
     fanout: SocketIoFanout,
+    weather: Arc<WeatherDesk>,
+    local: Arc<LocalSnapshots>,
 }
 
 impl Application {
@@ -78,11 +81,15 @@ impl Application {
         let health = Arc::new(Health::new());
         let (layer, io) = socketio::layer(&settings.socketio);
         let fanout = SocketIoFanout::new(io.clone(), &settings.socketio);
+        let weather = Arc::new(WeatherDesk::new(ports.cache.clone(), &settings.limits));
+        let local = Arc::new(LocalSnapshots::default());
         let service = Arc::new(ClientService::new(
+            local.clone(),
             ports.cache.clone(),
             ports.sink.clone(),
             Arc::new(fanout.clone()),
             health.clone(),
+            weather.clone(),
             &settings.limits,
         ));
         socketio::register(&io, service.clone(), &settings.socketio);
@@ -102,6 +109,8 @@ impl Application {
             router,
             service,
             fanout,
+            weather,
+            local,
         })
     }
 
@@ -128,14 +137,25 @@ impl Application {
             router,
             service,
             fanout,
+            weather,
+            local,
         } = self;
         let background = CancellationToken::new();
-        let (snapshots, writer) = SnapshotWriter::spawn(ports.cache.clone(), background.clone());
+        let (snapshots, writer) =
+            SnapshotWriter::spawn_with(ports.cache.clone(), local.clone(), background.clone());
+        // The in-process tier first hears of each snapshot from the end of its topic (D24).
+        tokio::spawn(super::snapshots::warm_up(
+            ports.source.clone(),
+            local,
+            settings.lifecycle.max_backoff,
+            background.clone(),
+        ));
         tokio::spawn(fanout.clone().run_drainer(background.clone()));
         let ingestor = Ingestor::new(
             ports.source.clone(),
             Arc::new(fanout),
             snapshots,
+            weather,
             health.clone(),
             settings.lifecycle.max_backoff,
             settings.socketio.conflate_after,

@@ -20,12 +20,14 @@ pub const COMMANDS_PRODUCED: &str = "flux_commands_produced_total";
 pub const COMMANDS_FAILED: &str = "flux_commands_failed_total";
 pub const COMMANDS_REFUSED: &str = "flux_commands_refused_total";
 pub const LOCATIONS_INVALID: &str = "flux_locations_invalid_total";
+pub const WEATHER_JOINS: &str = "flux_weather_joins_total";
 pub const DEDUP_HITS: &str = "flux_dedup_hits_total";
 pub const DEDUP_FALLBACK: &str = "flux_dedup_local_fallback_total";
 pub const CLIENT_EVENTS: &str = "flux_client_events_total";
 pub const CLIENT_EVENTS_DROPPED: &str = "flux_client_events_dropped_total";
 pub const SNAPSHOT_LOOKUPS: &str = "flux_snapshot_lookups_total";
 pub const SNAPSHOT_WRITES: &str = "flux_snapshot_writes_total";
+pub const SNAPSHOT_WARMUPS: &str = "flux_snapshot_warmups_total";
 pub const KAFKA_LAG: &str = "flux_kafka_lag";
 pub const FANOUT_BACKLOGGED: &str = "flux_fanout_backlogged_total";
 pub const FANOUT_CONFLATED: &str = "flux_fanout_conflated_total";
@@ -88,6 +90,10 @@ fn describe() {
     );
     describe_counter!(LOCATIONS_INVALID, "Locations not forwarded, by reason.");
     describe_counter!(
+        WEATHER_JOINS,
+        "Location updates by what the city's weather called for: fresh (served at once), in_flight (a command is outstanding), command (one may be sent)."
+    );
+    describe_counter!(
         DEDUP_HITS,
         "Location updates suppressed by the dedup window."
     );
@@ -102,6 +108,10 @@ fn describe() {
         "Snapshot cache lookups, by key and result."
     );
     describe_counter!(SNAPSHOT_WRITES, "Snapshot cache writes, by key and result.");
+    describe_counter!(
+        SNAPSHOT_WARMUPS,
+        "Start-up reads of the last valid snapshot from the end of each snapshot topic, by stream and outcome (warmed, skipped: expired or already consumed live, none)."
+    );
     describe_gauge!(KAFKA_LAG, "Records not yet read, by topic and partition.");
     describe_counter!(
         FANOUT_BACKLOGGED,

@@ -1,23 +1,134 @@
-//! Snapshot writes off the real-time path: ingestion hands each write to one background
-//! writer and goes on emitting; a slow or failing cache never delays a live push (D16).
-//! Pending writes are conflated per key (the newest snapshot wins), and one writer keeps
-//! them in order, so an older snapshot never overwrites a newer one.
+//! Snapshots in two tiers (D24): the newest valid snapshot of each snapshot topic this process
+//! has seen, in memory, read first; and the shared cache, written off the real-time path:
+//! ingestion hands each write to one background writer and goes on emitting; a slow or failing
+//! cache never delays a live push (D16). Pending writes are conflated per key (the newest
+//! snapshot wins), and one writer keeps them in order, so an older snapshot never overwrites a
+//! newer one. At start-up the in-process tier is warmed from the end of each snapshot topic.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::SnapshotWrite;
-use crate::ports::SnapshotCache;
+use crate::domain::{self, SnapshotWrite, topics};
+use crate::ports::{EventSource, Record, SnapshotCache};
 
-use super::metrics::SNAPSHOT_WRITES;
+use super::metrics::{SNAPSHOT_WARMUPS, SNAPSHOT_WRITES};
+
+/// The in-process tier: per snapshot key, the newest valid snapshot seen and when it expires
+/// (as its cache key would). Time is tokio's clock, so paused-time tests can move it.
+#[derive(Debug, Default)]
+pub struct LocalSnapshots {
+    entries: Mutex<HashMap<&'static str, (String, Instant)>>, // std Mutex: never held across an .await
+}
+
+impl LocalSnapshots {
+    /// A snapshot consumed live: it replaces what is held.
+    pub fn put(&self, write: &SnapshotWrite) {
+        let expires = Instant::now() + write.key.ttl;
+        self.lock()
+            .insert(write.key.key, (write.value.clone(), expires));
+    }
+
+    /// A snapshot read back from the log at start-up, produced at `produced_at` (now when
+    /// unknown): kept only when nothing was consumed meanwhile and it has not expired yet.
+    /// Returns whether it was kept.
+    pub fn warm(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
+        let age = produced_at
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .unwrap_or_default();
+        let Some(left) = write.key.ttl.checked_sub(age).filter(|l| !l.is_zero()) else {
+            return false;
+        };
+        let mut entries = self.lock();
+        if entries.contains_key(write.key.key) {
+            return false;
+        }
+        entries.insert(write.key.key, (write.value, Instant::now() + left));
+        true
+    }
+
+    /// The snapshot held under `key`, unless it expired.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let entries = self.lock();
+        let (value, expires) = entries.get(key)?;
+        (Instant::now() < *expires).then(|| value.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, (String, Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Warms `local` from the end of each snapshot topic: the newest record that is a valid
+/// snapshot (a bad record is read past, never kept). Retries a topic with back-off while the
+/// source is unavailable, until `shutdown`.
+pub async fn warm_up(
+    source: Arc<dyn EventSource>,
+    local: Arc<LocalSnapshots>,
+    max_backoff: Duration,
+    shutdown: CancellationToken,
+) {
+    let warm_one = |topic: &'static str| {
+        let (source, local, shutdown) = (source.clone(), local.clone(), shutdown.clone());
+        async move {
+            let accept = move |r: &Record| snapshot_of(topic, r).is_some();
+            let mut delays = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(max_backoff)
+                .with_jitter()
+                .without_max_times()
+                .build();
+            loop {
+                let outcome = match source.last_accepted(topic, &accept).await {
+                    Ok(Some(tail)) => {
+                        let kept = snapshot_of(topic, &tail.record)
+                            .is_some_and(|write| local.warm(write, tail.produced_at));
+                        if kept { "warmed" } else { "skipped" }
+                    }
+                    Ok(None) => "none",
+                    Err(e) => {
+                        tracing::debug!(topic, error = %e, "snapshot warm-up failed; retrying");
+                        let delay = delays.next().unwrap_or(max_backoff);
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                };
+                tracing::debug!(topic, outcome, "snapshot warm-up");
+                metrics::counter!(SNAPSHOT_WARMUPS, "stream" => topics::stream_name(topic), "outcome" => outcome)
+                    .increment(1);
+                return;
+            }
+        }
+    };
+    futures::future::join_all(topics::SNAPSHOT_TOPICS.map(warm_one)).await;
+}
+
+/// The snapshot a record of `topic` carries, if it is valid.
+fn snapshot_of(topic: &str, record: &Record) -> Option<SnapshotWrite> {
+    domain::route(topic, record.value.as_deref()).ok()?.snapshot
+}
 
 /// Hands snapshot writes to the background writer.
 #[derive(Clone)]
 pub struct SnapshotWriter {
-    tx: mpsc::Sender<SnapshotWrite>,
+    tx: mpsc::Sender<Write>,
+    local: Arc<LocalSnapshots>,
+}
+
+/// One queued write: the key (relative to the cache prefix), the value, its expiry, and the
+/// `key` label of its metrics (weather keys are client-chosen, so they share one label).
+struct Write {
+    key: String,
+    label: &'static str,
+    value: String,
+    ttl: Duration,
 }
 
 impl SnapshotWriter {
@@ -27,14 +138,43 @@ impl SnapshotWriter {
         cache: Arc<dyn SnapshotCache>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(run(cache, rx, shutdown));
-        (Self { tx }, task)
+        Self::spawn_with(cache, Arc::default(), shutdown)
     }
 
-    /// Queues a write; when the queue is full (the cache is stalled) the write is dropped
-    /// and counted, never waited for.
+    /// As [`SnapshotWriter::spawn`], keeping every snapshot in `local` too.
+    pub fn spawn_with(
+        cache: Arc<dyn SnapshotCache>,
+        local: Arc<LocalSnapshots>,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(run(cache, rx, shutdown));
+        (Self { tx, local }, task)
+    }
+
+    /// Keeps the snapshot in process at once, and queues its cache write; when the queue is
+    /// full (the cache is stalled) the write is dropped and counted, never waited for.
     pub fn submit(&self, write: SnapshotWrite) {
+        self.local.put(&write);
+        self.queue(Write {
+            key: write.key.key.to_owned(),
+            label: write.key.key,
+            value: write.value,
+            ttl: write.key.ttl,
+        });
+    }
+
+    /// Queues a city's latest weather result (D23), as [`SnapshotWriter::submit`].
+    pub fn submit_weather(&self, city: &str, value: String) {
+        self.queue(Write {
+            key: crate::domain::weather::cache_key(city),
+            label: "weather",
+            value,
+            ttl: crate::domain::weather::WEATHER_TTL,
+        });
+    }
+
+    fn queue(&self, write: Write) {
         if self.tx.try_send(write).is_err() {
             metrics::counter!(SNAPSHOT_WRITES, "result" => "dropped").increment(1);
         }
@@ -43,10 +183,10 @@ impl SnapshotWriter {
 
 async fn run(
     cache: Arc<dyn SnapshotCache>,
-    mut rx: mpsc::Receiver<SnapshotWrite>,
+    mut rx: mpsc::Receiver<Write>,
     shutdown: CancellationToken,
 ) {
-    let mut pending: HashMap<&'static str, SnapshotWrite> = HashMap::new();
+    let mut pending: HashMap<String, Write> = HashMap::new();
     loop {
         let first = tokio::select! {
             w = rx.recv() => w,
@@ -56,19 +196,85 @@ async fn run(
             }
         };
         let Some(first) = first else { break };
-        pending.insert(first.key.key, first);
+        pending.insert(first.key.clone(), first);
         while let Ok(w) = rx.try_recv() {
-            pending.insert(w.key.key, w);
+            pending.insert(w.key.clone(), w);
         }
         for (_, w) in pending.drain() {
-            let result = match cache.set(w.key.key, &w.value, w.key.ttl).await {
+            let result = match cache.set(&w.key, &w.value, w.ttl).await {
                 Ok(()) => "ok",
                 Err(e) => {
-                    tracing::debug!(key = w.key.key, error = %e, "snapshot write failed");
+                    tracing::debug!(key = %w.key, error = %e, "snapshot write failed");
                     "error"
                 }
             };
-            metrics::counter!(SNAPSHOT_WRITES, "key" => w.key.key, "result" => result).increment(1);
+            metrics::counter!(SNAPSHOT_WRITES, "key" => w.label, "result" => result).increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::topics::{SNAP_NEWS, SNAP_TOPCOINS};
+
+    fn write(key: crate::domain::topics::SnapshotKey, value: &str) -> SnapshotWrite {
+        SnapshotWrite {
+            key,
+            value: value.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_is_held_until_it_would_expire_from_the_cache() {
+        let local = LocalSnapshots::default();
+        local.put(&write(SNAP_NEWS, "[1]"));
+        assert_eq!(local.get(SNAP_NEWS.key).as_deref(), Some("[1]"));
+        assert_eq!(local.get(SNAP_TOPCOINS.key), None);
+        tokio::time::advance(SNAP_NEWS.ttl - Duration::from_millis(1)).await;
+        assert!(local.get(SNAP_NEWS.key).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(local.get(SNAP_NEWS.key), None, "expired like its cache key");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warmed_snapshot_never_replaces_one_consumed_live_and_keeps_its_age() {
+        let local = LocalSnapshots::default();
+        local.put(&write(SNAP_NEWS, "[\"live\"]"));
+        assert!(!local.warm(write(SNAP_NEWS, "[\"log\"]"), None));
+        assert_eq!(local.get(SNAP_NEWS.key).as_deref(), Some("[\"live\"]"));
+
+        let produced = SystemTime::now() - (SNAP_TOPCOINS.ttl - Duration::from_secs(10));
+        assert!(local.warm(write(SNAP_TOPCOINS, "{}"), Some(produced)));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(local.get(SNAP_TOPCOINS.key), None, "expired with its age");
+
+        let local = LocalSnapshots::default();
+        let too_old = SystemTime::now() - SNAP_TOPCOINS.ttl;
+        assert!(!local.warm(write(SNAP_TOPCOINS, "{}"), Some(too_old)));
+        assert_eq!(local.get(SNAP_TOPCOINS.key), None);
+    }
+
+    #[tokio::test]
+    async fn warm_up_keeps_the_newest_valid_snapshot_of_each_topic_and_never_a_bad_one() {
+        let bus = crate::adapters::memory::MemoryBus::new();
+        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[1]}"#));
+        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[2]}"#));
+        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[]}"#));
+        bus.publish(topics::TOPCOINS_EVENTS, None, Some(b"not json"));
+        bus.publish(topics::NEWS_EVENTS, None, Some(b"not json"));
+        let local = Arc::new(LocalSnapshots::default());
+        warm_up(
+            Arc::new(bus),
+            local.clone(),
+            Duration::from_secs(1),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            local.get(SNAP_TOPCOINS.key).as_deref(),
+            Some(r#"{"topCoins":[2]}"#)
+        );
+        assert_eq!(local.get(SNAP_NEWS.key), None);
     }
 }

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::topics::*;
+use super::weather::WeatherResult;
 use crate::ports::Payload;
 
 /// One emit to a room.
@@ -33,6 +34,9 @@ pub struct Delivery {
     /// event and key makes this one's emits pointless ([`conflate`]): tickers (per product)
     /// and weather (per city: each result is the whole current weather of its room).
     pub supersede_key: Option<String>,
+    /// For weather results that name their city: what the result means for the city's
+    /// latest result and outstanding command (D23).
+    pub weather: Option<WeatherResult>,
 }
 
 /// Why a record was refused. `reason` is a short, stable label used in metrics.
@@ -100,6 +104,10 @@ fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
         let payload = json!({"status": "unavailable", "reason": reason});
         let mut delivery = one(weather_room(city), weather_event(city), &payload, None);
         delivery.supersede_key = Some(city.to_owned());
+        delivery.weather = Some(WeatherResult {
+            city: city.to_owned(),
+            latest: None,
+        });
         return Ok(delivery);
     }
     let mut data = match obj.remove("data") {
@@ -121,12 +129,17 @@ fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     if status.as_deref() == Some("success") {
         payload.insert("status".into(), Value::from("success"));
     }
+    let success = status.as_deref() == Some("success");
     let mut delivery = one(
         weather_room(&city),
         weather_event(&city),
         &Value::Object(payload),
         None,
     );
+    delivery.weather = Some(WeatherResult {
+        city: city.clone(),
+        latest: success.then(|| delivery.emits[0].payload.clone()),
+    });
     delivery.supersede_key = Some(city);
     Ok(delivery)
 }
@@ -314,6 +327,7 @@ fn one(room: String, event: String, payload: &Value, snapshot: Option<SnapshotWr
         snapshot,
         conflation_key: None,
         supersede_key: None,
+        weather: None,
     }
 }
 
@@ -625,6 +639,31 @@ mod tests {
             serde_json::json!({"status":"unavailable","reason":"timeout"})
         );
         assert!(d.snapshot.is_none());
+        assert_eq!(
+            d.weather,
+            Some(WeatherResult {
+                city: "Pune".into(),
+                latest: None
+            }),
+            "ends the city's command, is not kept (D23)"
+        );
+    }
+
+    #[test]
+    fn a_success_weather_result_is_the_citys_latest_and_one_without_status_is_not() {
+        let mut v = fixture("weather.service.event.updated.json");
+        let d = route(WEATHER_EVENTS, Some(&compact(&v))).unwrap();
+        let result = d.weather.unwrap();
+        assert_eq!(result.city, "Pune");
+        assert_eq!(result.latest, Some(d.emits[0].payload.clone()));
+        v.as_object_mut().unwrap().remove("status");
+        let d = route(WEATHER_EVENTS, Some(&compact(&v))).unwrap();
+        assert_eq!(d.weather.unwrap().latest, None);
+        let d = route(
+            MOVERS_EVENTS,
+            Some(&compact(&fixture("crypto.movers.event.updated.json"))),
+        );
+        assert_eq!(d.unwrap().weather, None);
     }
 
     #[test]

@@ -18,6 +18,13 @@ pub struct LocationIntent {
     pub forward: Result<Value, &'static str>,
 }
 
+impl LocationIntent {
+    /// The city of the weather room, verbatim.
+    pub fn city(&self) -> &str {
+        self.room.strip_prefix("weather.").unwrap_or(&self.room)
+    }
+}
+
 /// Interprets the argument of `userLocationUpdate`. Missing, `null` or non-object arguments
 /// count as `{}` (D6): the default city's room, nothing forwarded.
 pub fn interpret(arg: Option<&Value>) -> LocationIntent {

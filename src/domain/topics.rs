@@ -19,6 +19,10 @@ pub const EVENT_TOPICS: [&str; 6] = [
     STOCK_EVENTS,
 ];
 
+/// The event topics whose records are snapshots (cached, hydrated): news, movers, top coins,
+/// stocks.
+pub const SNAPSHOT_TOPICS: [&str; 4] = [NEWS_EVENTS, MOVERS_EVENTS, TOPCOINS_EVENTS, STOCK_EVENTS];
+
 pub const WEATHER_FETCH: &str = "weather.service.command.fetch";
 pub const TOPCOINS_REFRESH: &str = "crypto.service.command.topcoins.refresh";
 pub const TOPMOVERS_REFRESH: &str = "crypto.service.command.topmovers.refresh";

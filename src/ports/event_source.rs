@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +18,17 @@ pub struct Record {
     /// `None` for a tombstone (null value).
     pub value: Option<Bytes>,
 }
+
+/// A record read back from the end of a topic, with the time it was produced when the adapter
+/// knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TailRecord {
+    pub record: Record,
+    pub produced_at: Option<SystemTime>,
+}
+
+/// Tells a usable record from one to read past, for [`EventSource::last_accepted`].
+pub type Accept<'a> = &'a (dyn Fn(&Record) -> bool + Send + Sync);
 
 /// The next offset to read, per topic partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,6 +113,24 @@ pub trait EventSource: Send + Sync {
     /// # Errors
     /// MUST return [`EventSourceError::Unavailable`] when no broker answers.
     async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError>;
+
+    /// The newest record of `topic` that `accept` takes, read backwards from the end of the log
+    /// (start-up warm-up: the last valid snapshot already produced).
+    ///
+    /// - Each partition MUST be read from its end towards its start, a few records at a time,
+    ///   and no further back than its newest accepted record or its log start.
+    /// - Of the partitions' newest accepted records, the one produced last MUST be returned
+    ///   (the highest partition wins when the adapter cannot tell).
+    /// - `Ok(None)` when no record is accepted or the topic does not exist. Nothing is created
+    ///   and no subscription position changes.
+    ///
+    /// # Errors
+    /// MUST return [`EventSourceError::Unavailable`] when no broker answers.
+    async fn last_accepted(
+        &self,
+        topic: &str,
+        accept: Accept<'_>,
+    ) -> Result<Option<TailRecord>, EventSourceError>;
 
     /// The lag (records not yet read) per topic partition for the given positions, when the
     /// adapter can tell. Used for metrics only; the default knows nothing.

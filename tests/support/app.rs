@@ -337,12 +337,14 @@ impl TestClient {
         self.wait_in_room(app, city).await;
     }
 
-    /// Waits until this socket receives `city`'s weather, publishing probes meanwhile.
+    /// Waits until this socket receives `city`'s weather, publishing probes meanwhile. A probe
+    /// is a result without `status`: it ends the city's outstanding command but is not kept
+    /// as the city's latest result (D23), so it never makes a later join find fresh weather.
     pub async fn wait_in_room(&self, app: &TestApp, city: &str) {
         let event = format!("weather.{city}.update");
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            app.publish(WEATHER, None, &weather(city));
+            app.publish(WEATHER, None, &probe(city));
             if self
                 .wait_nth(&event, 1, Duration::from_millis(50))
                 .await
@@ -365,6 +367,13 @@ pub const WEATHER: &str = "weather.service.event.updated";
 pub fn weather(city: &str) -> Value {
     let mut v = fixture("weather.service.event.updated.json");
     v["data"]["city"] = Value::from(city);
+    v
+}
+
+/// A weather result for `city` without `status` (the room gets `{data}` only; not kept).
+pub fn probe(city: &str) -> Value {
+    let mut v = weather(city);
+    v.as_object_mut().unwrap().remove("status");
     v
 }
 

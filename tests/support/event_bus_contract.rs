@@ -114,3 +114,61 @@ pub async fn event_bus_contract(source: &dyn EventSource, sink: &dyn CommandSink
     assert_eq!(values(&next_records(&mut fresh, 1).await), ["v-i"]);
     quiet(&mut fresh).await;
 }
+
+/// `last_accepted` (start-up warm-up, D24): the newest accepted record of the topic, read back
+/// past records it does not accept, across partitions by production time. The caller creates
+/// `topic` with 3 partitions (and no records).
+pub async fn tail_contract(source: &dyn EventSource, sink: &dyn CommandSink, topic: &str) {
+    use flux_bff::ports::Record;
+    let good = |r: &Record| r.value.as_deref().is_some_and(|v| v.starts_with(b"good"));
+    assert_eq!(
+        source.last_accepted(topic, &good).await.expect("read"),
+        None,
+        "an empty topic"
+    );
+    let key_for = |partition: i32| {
+        (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| legacy_partition(k.as_bytes(), 3) == partition)
+            .expect("a key for every partition")
+    };
+    let (low, high) = (key_for(0), key_for(2));
+    let put = |key: &str, value: &str| Command::new(topic, Some(key.to_owned()), value.to_owned());
+    // Partition 2: an old good record, then one produced later, then more bad ones than a
+    // small read-back step.
+    sink.send(put(&high, "good-old")).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sink.send(put(&high, "good-2")).await.expect("send");
+    for i in 0..40 {
+        sink.send(put(&high, &format!("bad-{i}")))
+            .await
+            .expect("send");
+    }
+    let found = source.last_accepted(topic, &good).await.expect("read");
+    let found = found.expect("a good record");
+    assert_eq!(found.record.value.as_deref(), Some(&b"good-2"[..]));
+    assert_eq!(found.record.partition, 2);
+    // Partition 0, produced last: it wins over the higher partition.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sink.send(put(&low, "good-0")).await.expect("send");
+    sink.send(put(&low, "bad-last")).await.expect("send");
+    let found = source.last_accepted(topic, &good).await.expect("read");
+    let found = found.expect("a good record");
+    assert_eq!(found.record.value.as_deref(), Some(&b"good-0"[..]));
+    assert_eq!(found.record.partition, 0);
+    assert!(found.produced_at.is_some());
+    // Nothing accepted: the whole log is read back, nothing is found.
+    let none = |_: &Record| false;
+    assert_eq!(
+        source.last_accepted(topic, &none).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        source
+            .last_accepted(&format!("{topic}-absent"), &good)
+            .await
+            .expect("read"),
+        None,
+        "an unknown topic"
+    );
+}

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now};
-use crate::ports::{EventSource, EventSourceError, Positions, Record, RecordStream};
+use crate::ports::{
+    Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
+};
 
 /// Records buffered between the fetch loops and the consumer of the stream.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -176,6 +178,37 @@ impl EventSource for KafkaEventSource {
         Ok(positions)
     }
 
+    /// Reads each partition backwards from its end ([`partition_tail`]); of the partitions'
+    /// newest accepted records, the one with the latest record timestamp wins.
+    #[tracing::instrument(skip_all, fields(topic), err(Display))]
+    async fn last_accepted(
+        &self,
+        topic: &str,
+        accept: Accept<'_>,
+    ) -> Result<Option<TailRecord>, EventSourceError> {
+        let counts = self
+            .client
+            .partition_counts()
+            .await
+            .map_err(|e| to_port_error(e.into()))?;
+        let Some(&count) = counts.get(topic) else {
+            return Ok(None);
+        };
+        let mut newest: Option<(DateTime<Utc>, TailRecord)> = None;
+        for partition in 0..count {
+            let client = self.open(topic, partition).await?;
+            let found = partition_tail(&client, self.client.settings(), accept)
+                .await
+                .map_err(|e| to_source_error(topic, partition, &e))?;
+            if let Some((at, tail)) = found
+                && newest.as_ref().is_none_or(|(seen, _)| at >= *seen)
+            {
+                newest = Some((at, tail));
+            }
+        }
+        Ok(newest.map(|(_, tail)| tail))
+    }
+
     /// From the high watermarks of the latest fetches of this source's subscriptions.
     async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {
         let seen = self
@@ -196,6 +229,87 @@ impl EventSource for KafkaEventSource {
 /// high watermark for a consumer).
 async fn latest(client: &PartitionClient, limit: Duration) -> Result<i64, RsError> {
     bounded(limit, client.get_offset(OffsetAt::Latest)).await
+}
+
+/// Records read back per step by [`partition_tail`] at first; each step doubles, up to
+/// [`TAIL_STEP_MAX`].
+const TAIL_STEP: i64 = 8;
+const TAIL_STEP_MAX: i64 = 512;
+
+/// The newest record of one partition that `accept` takes, with its timestamp: reads windows
+/// of offsets backwards from the log end (small at first) until one holds an accepted record or
+/// the log start is reached. Gaps (compaction, transaction markers) are stepped over.
+async fn partition_tail(
+    client: &PartitionClient,
+    settings: &super::KafkaSettings,
+    accept: Accept<'_>,
+) -> Result<Option<(DateTime<Utc>, TailRecord)>, RsError> {
+    let limit = settings.request_timeout * 2;
+    let end = latest(client, limit).await?;
+    let start = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
+    let topic: Arc<str> = Arc::from(client.topic());
+    let partition = client.partition();
+    let mut upper = end;
+    let mut step = TAIL_STEP;
+    while upper > start {
+        let lower = (upper - step).max(start);
+        let mut window = Vec::new();
+        let mut cursor = lower;
+        while cursor < upper {
+            let fetched = bounded(
+                settings.fetch_timeout(),
+                client.fetch_records(cursor, 1..settings.fetch_max_bytes, 0),
+            )
+            .await;
+            let records = match fetched {
+                Ok((records, _)) => records,
+                // Retention removed the window meanwhile: the log start is reached.
+                Err(RsError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let before = cursor;
+            let mut past = false;
+            for r in records {
+                if r.offset >= upper {
+                    past = true;
+                } else if r.offset >= cursor {
+                    cursor = r.offset + 1;
+                    window.push(r);
+                }
+            }
+            if past {
+                break;
+            }
+            if cursor == before {
+                cursor += 1;
+            }
+        }
+        for r in window.into_iter().rev() {
+            let at = r.record.timestamp;
+            let record = Record {
+                topic: Arc::clone(&topic),
+                partition,
+                offset: r.offset,
+                key: r.record.key.map(Bytes::from),
+                value: r.record.value.map(Bytes::from),
+            };
+            if accept(&record) {
+                let tail = TailRecord {
+                    record,
+                    produced_at: u64::try_from(at.timestamp_millis())
+                        .ok()
+                        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+                };
+                return Ok(Some((at, tail)));
+            }
+        }
+        upper = lower;
+        step = (step * 2).min(TAIL_STEP_MAX);
+    }
+    Ok(None)
 }
 
 /// Starts one fetch loop per partition, then re-reads partition counts periodically.

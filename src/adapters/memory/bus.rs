@@ -6,8 +6,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::ports::{
-    Command, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record,
-    RecordStream,
+    Accept, Command, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions,
+    Record, RecordStream, TailRecord,
 };
 
 /// Records kept per partition; older ones are dropped (like Kafka retention), offsets go on.
@@ -40,6 +40,8 @@ struct Partition {
     base: i64,
     records: std::collections::VecDeque<Record>,
     headers: std::collections::VecDeque<Option<uuid::Uuid>>,
+    /// When each record was appended (Kafka's record timestamp).
+    produced: std::collections::VecDeque<std::time::SystemTime>,
 }
 
 impl Partition {
@@ -162,9 +164,11 @@ impl MemoryBus {
             value,
         });
         part.headers.push_back(idem);
+        part.produced.push_back(std::time::SystemTime::now());
         if part.records.len() > RETENTION {
             part.records.pop_front();
             part.headers.pop_front();
+            part.produced.pop_front();
             part.base += 1;
         }
         self.bump(&mut st);
@@ -241,6 +245,36 @@ impl EventSource for MemoryBus {
             }
         }
         Ok(positions)
+    }
+
+    async fn last_accepted(
+        &self,
+        topic: &str,
+        accept: Accept<'_>,
+    ) -> Result<Option<TailRecord>, EventSourceError> {
+        let st = self.lock();
+        if !st.available {
+            return Err(EventSourceError::Unavailable(
+                "in-memory bus is offline".into(),
+            ));
+        }
+        let Some(parts) = st.topics.get(topic) else {
+            return Ok(None);
+        };
+        let newest = parts
+            .iter()
+            .filter_map(|part| {
+                part.records
+                    .iter()
+                    .zip(&part.produced)
+                    .rev()
+                    .find(|(record, _)| accept(record))
+            })
+            .max_by_key(|(record, at)| (**at, record.partition));
+        Ok(newest.map(|(record, at)| TailRecord {
+            record: record.clone(),
+            produced_at: Some(*at),
+        }))
     }
 
     async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {

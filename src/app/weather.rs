@@ -1,0 +1,124 @@
+//! Weather per city (D23): the latest result each city got, kept in process and in the shared
+//! cache, served at once to a socket that joins while it is fresh; and at most one weather
+//! command per city outstanding, until its result arrives or the in-flight timeout.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::domain::weather::{self, Gate, WeatherBook, WeatherResult};
+use crate::ports::{Payload, SnapshotCache};
+
+use super::config::LimitSettings;
+use super::metrics::SNAPSHOT_LOOKUPS;
+
+/// Cities followed at once; the least recently used goes first (city names are client-chosen).
+const CITIES: usize = 10_000;
+
+/// What a join in a city finds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Found {
+    /// A fresh result, to send to the joining socket.
+    Fresh(Payload),
+    /// A command for the city is outstanding.
+    InFlight,
+    /// Nothing fresh and nothing outstanding.
+    Nothing,
+}
+
+pub struct WeatherDesk {
+    book: Mutex<WeatherBook>, // std Mutex: never held across an .await
+    cache: Arc<dyn SnapshotCache>,
+}
+
+impl WeatherDesk {
+    pub fn new(cache: Arc<dyn SnapshotCache>, limits: &LimitSettings) -> Self {
+        Self {
+            book: Mutex::new(WeatherBook::new(
+                CITIES,
+                limits.weather_fresh,
+                limits.weather_in_flight,
+            )),
+            cache,
+        }
+    }
+
+    /// What a join in `city` finds: the process's own view first; the shared cache only when
+    /// this process holds no result for the city and no command is outstanding (every replica
+    /// consumes every result, so the cache is newer only for a city this one never saw).
+    pub async fn on_join(&self, city: &str) -> Found {
+        match self.lock().gate(city, now()) {
+            Gate::Fresh(payload) => return Found::Fresh(payload),
+            Gate::InFlight => return Found::InFlight,
+            Gate::Stale => return Found::Nothing,
+            Gate::Unknown => {}
+        }
+        let Some((payload, received_ms)) = self.load(city).await else {
+            return Found::Nothing;
+        };
+        let age = Duration::from_millis(epoch_ms(SystemTime::now()).saturating_sub(received_ms));
+        let mut book = self.lock();
+        let now = now();
+        if let Some(at) = now.checked_sub(age) {
+            book.adopt(city, payload, at);
+        }
+        match book.gate(city, now) {
+            Gate::Fresh(payload) => Found::Fresh(payload),
+            Gate::InFlight => Found::InFlight,
+            Gate::Stale | Gate::Unknown => Found::Nothing,
+        }
+    }
+
+    /// Claims the city's one outstanding command; `Some(claim)` when the caller may send it.
+    pub fn claim(&self, city: &str) -> Option<Instant> {
+        let at = now();
+        self.lock().claim(city, at).then_some(at)
+    }
+
+    /// Gives back a claim whose command was not sent.
+    pub fn release(&self, city: &str, claim: Instant) {
+        self.lock().release(city, claim);
+    }
+
+    /// A consumed result: ends the city's outstanding command and keeps a success result as
+    /// the latest. Returns the value to write to the shared cache, if any.
+    pub fn record(&self, result: &WeatherResult) -> Option<String> {
+        self.lock().record(result, now());
+        result
+            .latest
+            .as_ref()
+            .map(|payload| weather::cache_value(payload, epoch_ms(SystemTime::now())))
+    }
+
+    async fn load(&self, city: &str) -> Option<(Payload, u64)> {
+        let (result, found) = match self.cache.get(&weather::cache_key(city)).await {
+            Ok(Some(text)) => match weather::parse_cached(city, &text) {
+                Some(found) => ("hit", Some(found)),
+                None => {
+                    tracing::warn!(city, "cached weather result unreadable; treated as a miss");
+                    ("corrupt", None)
+                }
+            },
+            Ok(None) => ("miss", None),
+            Err(e) => {
+                tracing::debug!(city, error = %e, "weather lookup failed; treated as a miss");
+                ("error", None)
+            }
+        };
+        metrics::counter!(SNAPSHOT_LOOKUPS, "key" => "weather", "result" => result).increment(1);
+        found
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WeatherBook> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// tokio's clock, so that paused-time tests can move it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
