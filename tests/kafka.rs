@@ -772,12 +772,10 @@ async fn bytes_up_in(proxy: &TcpProxy, window: Duration) -> u64 {
     proxy.bytes_up() - before
 }
 
-/// Produces `values` to partition 0 with the record timestamps `at`.
-async fn produce_at(
-    client: &Client,
-    topic: &str,
-    values: &[(&str, rskafka::chrono::DateTime<rskafka::chrono::Utc>)],
-) {
+type Stamp = rskafka::chrono::DateTime<rskafka::chrono::Utc>;
+
+/// Produces `values` to partition 0 with their record timestamps.
+async fn produce_at(client: &Client, topic: &str, values: &[(impl AsRef<str>, Stamp)]) {
     let partition_client = client
         .partition_client(topic, 0, UnknownTopicHandling::Retry)
         .await
@@ -786,13 +784,46 @@ async fn produce_at(
         .iter()
         .map(|(v, at)| KafkaRecord {
             timestamp: *at,
-            ..record(None, Some(v.as_bytes()))
+            ..record(None, Some(v.as_ref().as_bytes()))
         })
         .collect();
     partition_client
         .produce(records, Compression::NoCompression)
         .await
         .expect("produce");
+}
+
+/// `prefix0`, `prefix1`, … stamped by `at(i)`.
+fn stamped(prefix: &str, n: i64, at: impl Fn(i64) -> Stamp) -> Vec<(String, Stamp)> {
+    (0..n).map(|i| (format!("{prefix}{i}"), at(i))).collect()
+}
+
+/// Reads `n` records of `topic` from its start and returns the positions after them.
+async fn read_from_start(source: &KafkaEventSource, topic: &str, n: usize) -> Positions {
+    let mut from = Positions::default();
+    from.set(topic, 0, 0);
+    let mut stream = source.subscribe(&[topic], &from).await.unwrap();
+    let mut positions = Positions::default();
+    for r in take(&mut stream, n, Duration::from_secs(5)).await {
+        positions.advance(&r);
+    }
+    positions
+}
+
+/// Deletes `topic` and creates it again with one partition (Kafka deletes in the background:
+/// the creation is retried until it goes through).
+async fn recreate(broker: &KafkaBroker, direct: &Client, topic: &str) {
+    let controller = direct.controller_client().unwrap();
+    controller.delete_topic(topic, 5_000).await.unwrap();
+    let started = Instant::now();
+    while let Err(e) = controller.create_topic(topic, 1, 1, 5_000).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "recreate {topic}: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.wait_partitions(direct, topic, 1).await;
 }
 
 #[tokio::test]
@@ -803,35 +834,16 @@ async fn a_log_that_went_back_is_resumed_after_the_last_record_delivered() {
     broker.create_topic(&direct, &topic, 1).await;
     let now = flux_bff::adapters::kafka::record_timestamp_now();
     let at = |s: i64| now - rskafka::chrono::TimeDelta::seconds(60 - s);
-    let old: Vec<(String, _)> = (0..8).map(|i| (format!("a{i}"), at(i))).collect();
-    let old_refs: Vec<(&str, _)> = old.iter().map(|(v, t)| (v.as_str(), *t)).collect();
-    produce_at(&direct, &topic, &old_refs).await;
-
+    let old = stamped("a", 8, at);
+    produce_at(&direct, &topic, &old).await;
     let source = KafkaEventSource::new(connect(&broker).await);
-    let mut from = Positions::default();
-    from.set(&topic, 0, 0);
-    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
-    let mut positions = Positions::default();
-    for r in take(&mut stream, 8, Duration::from_secs(5)).await {
-        positions.advance(&r);
-    }
-    drop(stream);
+    let positions = read_from_start(&source, &topic, 8).await;
     assert_eq!(positions.get(&topic, 0), Some(8));
 
     // The log goes back: the topic is deleted and created again with the first three records
     // as they were (a truncated log keeps what it had), then two new ones.
-    let controller = direct.controller_client().unwrap();
-    controller.delete_topic(&topic, 5_000).await.unwrap();
-    let started = Instant::now();
-    while let Err(e) = controller.create_topic(&topic, 1, 1, 5_000).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "recreate {topic}: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    broker.wait_partitions(&direct, &topic, 1).await;
-    produce_at(&direct, &topic, &old_refs[..3]).await;
+    recreate(&broker, &direct, &topic).await;
+    produce_at(&direct, &topic, &old[..3]).await;
     produce_at(&direct, &topic, &[("new-0", at(59)), ("new-1", at(59))]).await;
 
     let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
@@ -853,35 +865,14 @@ async fn a_log_replaced_and_refilled_past_the_position_is_read_from_its_first_ne
     broker.create_topic(&direct, &topic, 1).await;
     let now = flux_bff::adapters::kafka::record_timestamp_now();
     let at = |s: i64| now - rskafka::chrono::TimeDelta::seconds(60 - s);
-    let old: Vec<(String, _)> = (0..5).map(|i| (format!("a{i}"), at(i))).collect();
-    let old_refs: Vec<(&str, _)> = old.iter().map(|(v, t)| (v.as_str(), *t)).collect();
-    produce_at(&direct, &topic, &old_refs).await;
+    produce_at(&direct, &topic, &stamped("a", 5, at)).await;
     let source = KafkaEventSource::new(connect(&broker).await);
-    let mut from = Positions::default();
-    from.set(&topic, 0, 0);
-    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
-    let mut positions = Positions::default();
-    for r in take(&mut stream, 5, Duration::from_secs(5)).await {
-        positions.advance(&r);
-    }
-    drop(stream);
+    let positions = read_from_start(&source, &topic, 5).await;
 
     // The log is replaced by one that already holds more records than our position (5):
     // a fetch at 5 is valid there, and offsets alone would skip n0..=n4.
-    let controller = direct.controller_client().unwrap();
-    controller.delete_topic(&topic, 5_000).await.unwrap();
-    let started = Instant::now();
-    while let Err(e) = controller.create_topic(&topic, 1, 1, 5_000).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "recreate {topic}: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    broker.wait_partitions(&direct, &topic, 1).await;
-    let new: Vec<(String, _)> = (0..8).map(|i| (format!("n{i}"), at(50))).collect();
-    let new_refs: Vec<(&str, _)> = new.iter().map(|(v, t)| (v.as_str(), *t)).collect();
-    produce_at(&direct, &topic, &new_refs).await;
+    recreate(&broker, &direct, &topic).await;
+    produce_at(&direct, &topic, &stamped("n", 8, |_| at(50))).await;
 
     let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
     let got = take(&mut stream, 8, Duration::from_secs(10)).await;

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
@@ -295,12 +294,7 @@ impl Ingestor {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(self.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        super::lifecycle::reconnect_backoff(self.max_backoff)
     }
 }
 

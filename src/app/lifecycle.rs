@@ -253,6 +253,18 @@ async fn export_room_sizes(io: SocketIo, stop: CancellationToken) {
     }
 }
 
+/// The delays of every retry loop after a lost dependency (consumers, start-up refreshes,
+/// snapshot warm-up): from 200 ms, doubling to `max_backoff` (`lifecycle.max_backoff`), with
+/// jitter, for ever.
+pub(crate) fn reconnect_backoff(max_backoff: Duration) -> impl Iterator<Item = Duration> + use<> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Sends the four start-up refreshes in order, retrying each with back-off (reusing its
 /// idempotency key) until it is accepted or the process stops.
 async fn send_startup_refreshes(
@@ -261,12 +273,7 @@ async fn send_startup_refreshes(
     max_backoff: Duration,
 ) {
     for command in commands::startup_refreshes(SystemTime::now()) {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays = reconnect_backoff(max_backoff);
         while service.send(command.clone()).await.is_err() {
             let delay = delays.next().unwrap_or(max_backoff);
             tokio::select! {

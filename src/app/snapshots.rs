@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -77,12 +76,7 @@ pub async fn warm_up(
         let (source, local, shutdown) = (source.clone(), local.clone(), shutdown.clone());
         async move {
             let accept = move |r: &Record| snapshot_of(topic, r).is_some();
-            let mut delays = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(max_backoff)
-                .with_jitter()
-                .without_max_times()
-                .build();
+            let mut delays = super::lifecycle::reconnect_backoff(max_backoff);
             loop {
                 let outcome = match source.last_accepted(topic, &accept).await {
                     Ok(Some(tail)) => {

@@ -14,6 +14,7 @@ use futures::Stream;
 use rskafka::chrono::{self, DateTime, Utc};
 use rskafka::client::error::{Error as RsError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -289,13 +290,7 @@ async fn partition_tail(
         }
         for r in window.into_iter().rev() {
             let at = r.record.timestamp;
-            let record = Record {
-                topic: Arc::clone(&topic),
-                partition,
-                offset: r.offset,
-                key: r.record.key.map(Bytes::from),
-                value: r.record.value.map(Bytes::from),
-            };
+            let record = port_record(&topic, partition, r);
             if accept(&record) {
                 let tail = TailRecord {
                     record,
@@ -446,13 +441,7 @@ async fn fetch_loop(
             }
             offset = record.offset + 1;
             last = Some((record.offset, record.record.timestamp));
-            let item = Record {
-                topic: Arc::clone(&topic),
-                partition,
-                offset: record.offset,
-                key: record.record.key.map(Bytes::from),
-                value: record.record.value.map(Bytes::from),
-            };
+            let item = port_record(&topic, partition, record);
             if tx.send(Ok(item)).await.is_err() {
                 return;
             }
@@ -545,6 +534,17 @@ async fn resume_by_time(
     } else {
         end
     })
+}
+
+/// An rskafka record as the port's [`Record`].
+fn port_record(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Record {
+    Record {
+        topic: Arc::clone(topic),
+        partition,
+        offset: r.offset,
+        key: r.record.key.map(Bytes::from),
+        value: r.record.value.map(Bytes::from),
+    }
 }
 
 async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsError) {
