@@ -246,3 +246,34 @@ async fn an_untrusted_peer_is_its_own_client_whatever_it_forwards() {
         "counted against 127.0.0.1 at accept, X-Forwarded-For ignored"
     );
 }
+
+#[tokio::test]
+async fn an_upgraded_websocket_keeps_its_place_under_the_limits() {
+    // hyper hands an upgraded socket over and ends its HTTP connection: the place must stay
+    // taken as long as the WebSocket lives.
+    let mut settings = Settings::default();
+    settings.http.max_connections = 2;
+    let app = TestApp::spawn_with(settings).await;
+    let first = TestClient::connect(&app, Some("ws-1")).await;
+    let _second = TestClient::connect(&app, Some("ws-2")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = connect(&app).await;
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).await,
+        "two WebSockets hold the two places"
+    );
+
+    first.client.disconnect().await.expect("disconnect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect(&app).await;
+        if get(&mut again, "/healthz", None).await == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a WebSocket that ended gives its place back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

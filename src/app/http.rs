@@ -133,8 +133,13 @@ pub async fn serve_with(
         let limits = Arc::clone(&limits);
         tokio::spawn(async move {
             // The per-client slot of a connection through a trusted proxy is taken on its
-            // first request head, which names the client; it lives as long as the connection.
+            // first request head, which names the client. The slot lives as long as the
+            // socket: an upgraded WebSocket outlives this task (hyper hands the socket over).
             let slot = Arc::new(std::sync::Mutex::new(slot));
+            let tcp = Held {
+                io: tcp,
+                _slot: Arc::clone(&slot),
+            };
             let (header_timeout, max_head_bytes) = (limits.header_timeout, limits.max_head_bytes);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut req = detach_head(req.map(Body::new));
@@ -182,6 +187,59 @@ pub async fn serve_with(
     drop(listener);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// A socket with its place under the limits: given back when the socket is dropped, which
+/// for a WebSocket is when the upgraded connection ends, long after its HTTP request.
+struct Held {
+    io: tokio::net::TcpStream,
+    _slot: Arc<Mutex<Slot>>,
+}
+
+impl tokio::io::AsyncRead for Held {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Held {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// Connections refused or closed by a limit, by `reason`.
