@@ -1,6 +1,6 @@
 //! `flux-loadgen`: the load generator and measuring instrument for flux-bff (issue 5).
 //! Speaks just enough Engine.IO 4 / Socket.IO 5 over a lean WebSocket client to drive many
-//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`; events injected
+//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`, `hostile`; events injected
 //! through the embedded bus's admin hook or produced to Kafka (`--kafka`, `--spawn-kafka`).
 //! See BENCHMARKS.md.
 
@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use scenario::Common;
 use scenario::connect::ConnectArgs;
 use scenario::fanout::{FanoutArgs, SlowArgs};
+use scenario::hostile::HostileArgs;
 use scenario::idle::IdleArgs;
 
 /// Load generator for flux-bff: Socket.IO clients on loopback, events injected through the
@@ -42,6 +43,10 @@ enum Scenario {
     Idle(IdleArgs),
     /// Like fanout, but a share of the clients stop reading their socket.
     Slow(SlowArgs),
+    /// Attacks at once (half-open WebSockets, slowloris, 10 MB frames, deep JSON, an event
+    /// flood, stalled readers) while an observer receives tickers: its longest gap, the
+    /// gateway's RSS peak and counters.
+    Hostile(HostileArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -107,6 +112,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Idle(a) => {
             let r = scenario::idle::run(common, a).await?;
             scenario::idle::print(&r);
+            scenario::write_json(common, &r)?;
+        }
+        Scenario::Hostile(a) => {
+            let r = scenario::hostile::run(common, a).await?;
+            scenario::hostile::print(&r);
             scenario::write_json(common, &r)?;
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod fanout;
+pub mod hostile;
 pub mod idle;
 
 use std::net::SocketAddr;
