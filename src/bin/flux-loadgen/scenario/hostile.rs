@@ -71,7 +71,10 @@ pub struct HostileReport {
     pub params: HostileArgs,
     pub ticks_injected: u64,
     pub observer_ticks: u64,
+    /// The longest time between two tickers (and from the last one to the end).
     pub observer_max_gap_ms: f64,
+    /// From the start (attacks starting meanwhile) to the observer's first ticker.
+    pub observer_first_tick_ms: Option<f64>,
     pub observer_connected: bool,
     pub gw_rss_mb_start: f64,
     pub gw_rss_mb_peak: f64,
@@ -230,16 +233,17 @@ async fn run_against(
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
     }
-    let (observer_ticks, max_gap, observer_connected) = observed.await?;
+    let observed = observed.await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_end = meter.sample().map_or(0.0, |s| s.rss_mb);
     Ok(HostileReport {
         scenario: "hostile",
         params: args.clone(),
         ticks_injected: ticks,
-        observer_ticks,
-        observer_max_gap_ms: max_gap.as_secs_f64() * 1000.0,
-        observer_connected,
+        observer_ticks: observed.ticks,
+        observer_max_gap_ms: observed.max_gap.as_secs_f64() * 1000.0,
+        observer_first_tick_ms: observed.first.map(|d| d.as_secs_f64() * 1000.0),
+        observer_connected: observed.connected,
         gw_rss_mb_start: rss_start,
         gw_rss_mb_peak: rss_peak.max(rss_end),
         gw_rss_mb_end: rss_end,
@@ -259,10 +263,27 @@ async fn run_against(
     })
 }
 
-/// Receives until `stop`: tickers counted, the longest gap between two (or since the start),
-/// and whether the observer stayed connected.
-async fn observe(mut c: SioClient, stop: CancellationToken) -> (u64, Duration, bool) {
-    let (mut ticks, mut max_gap, mut last) = (0u64, Duration::ZERO, Instant::now());
+/// What the observer saw.
+struct Observed {
+    ticks: u64,
+    /// The longest time between two tickers, and from the last one to the end.
+    max_gap: Duration,
+    /// From the start of the observation to the first ticker (attacks starting meanwhile).
+    first: Option<Duration>,
+    connected: bool,
+}
+
+/// Receives until `stop`: tickers counted, the longest gap between two, and whether the
+/// observer stayed connected.
+async fn observe(mut c: SioClient, stop: CancellationToken) -> Observed {
+    let started = Instant::now();
+    let mut seen = Observed {
+        ticks: 0,
+        max_gap: Duration::ZERO,
+        first: None,
+        connected: true,
+    };
+    let mut last: Option<Instant> = None;
     loop {
         let mut got = 0u64;
         let batch = c.next_batch(|p| {
@@ -273,16 +294,23 @@ async fn observe(mut c: SioClient, stop: CancellationToken) -> (u64, Duration, b
             }
         });
         let result = tokio::select! {
-            () = stop.cancelled() => return (ticks, max_gap.max(last.elapsed()), true),
-            r = batch => r,
+            () = stop.cancelled() => None,
+            r = batch => Some(r),
         };
-        if result.is_err() {
-            return (ticks, max_gap.max(last.elapsed()), false);
+        if !matches!(result, Some(Ok(_))) {
+            seen.connected = result.is_none();
+            if let Some(last) = last {
+                seen.max_gap = seen.max_gap.max(last.elapsed());
+            }
+            return seen;
         }
         if got > 0 {
-            max_gap = max_gap.max(last.elapsed());
-            last = Instant::now();
-            ticks += got;
+            match last {
+                Some(last) => seen.max_gap = seen.max_gap.max(last.elapsed()),
+                None => seen.first = Some(started.elapsed()),
+            }
+            last = Some(Instant::now());
+            seen.ticks += got;
         }
     }
 }
@@ -492,8 +520,12 @@ async fn gateway_counters(
 
 pub fn print(r: &HostileReport) {
     println!(
-        "observer: {} of {} tickers, longest gap {:.0} ms, connected to the end: {}",
-        r.observer_ticks, r.ticks_injected, r.observer_max_gap_ms, r.observer_connected
+        "observer: {} of {} tickers, longest gap {:.0} ms, first after {:.0} ms, connected to the end: {}",
+        r.observer_ticks,
+        r.ticks_injected,
+        r.observer_max_gap_ms,
+        r.observer_first_tick_ms.unwrap_or(f64::NAN),
+        r.observer_connected
     );
     println!(
         "gateway RSS: {:.1} MB at start, {:.1} MB peak, {:.1} MB at end; CPU {:.0} %",
