@@ -1,5 +1,6 @@
 //! Services, configuration, wiring and lifecycle: everything between the ports and `main`.
 
+pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod dedup;

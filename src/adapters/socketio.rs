@@ -1,8 +1,9 @@
 //! The Socket.IO side, on socketioxide: the `ClientFanout` port over a `SocketIo` handle, and
 //! the inbound handlers that turn client events into calls on the client service.
 //!
-//! Per socket: the identity resolved at the handshake (never rejected, D1), a token-bucket
-//! rate limit on client events (D10), and `session:init` as the first event.
+//! Per socket: the identity resolved at the handshake (never rejected, D1, unless
+//! `auth.token` verification is on, D25), a token-bucket rate limit on client events (D10),
+//! and `session:init` as the first event.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -19,6 +20,7 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Sid};
 use socketioxide::{SocketIo, TransportType};
 
+use crate::app::auth::{Authenticator, Refusal};
 use crate::app::clients::{ClientIdentity, ClientService};
 use crate::app::config::SocketIoSettings;
 use crate::app::metrics::{
@@ -359,19 +361,31 @@ struct Session {
     max_event_name: usize,
 }
 
-/// Registers the default namespace: identity, `session:init`, and every client event.
-pub fn register(io: &SocketIo, service: Arc<ClientService>, settings: &SocketIoSettings) {
+/// Registers the default namespace: identity, `session:init`, and every client event. With
+/// `auth`, a handshake without a valid `auth.token` is refused with a `connect_error` (D25).
+pub fn register(
+    io: &SocketIo,
+    service: Arc<ClientService>,
+    settings: &SocketIoSettings,
+    auth: Option<Arc<Authenticator>>,
+) {
     let rate = NonZeroU32::new(settings.rate_per_second.max(1)).expect("at least one");
     let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least one");
     let quota = Quota::per_second(rate).allow_burst(burst);
     let max_event_name = settings.max_event_name;
     // The middleware runs before the connect packet is sent, so the event handlers exist when
-    // the client's first event arrives; it never rejects a handshake (D1).
-    let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let service = service.clone();
+    // the client's first event arrives; it rejects a handshake only when auth is on (D1, D25).
+    let middleware = move |s: SocketRef, TryData(handshake): TryData<Value>| {
+        let (service, auth) = (service.clone(), auth.clone());
         async move {
-            prepare(s, auth.ok(), service, quota, max_event_name);
-            Ok::<(), std::convert::Infallible>(())
+            prepare(
+                s,
+                handshake.ok(),
+                auth.as_deref(),
+                service,
+                quota,
+                max_event_name,
+            )
         }
     };
     io.ns("/", on_connected.with(middleware));
@@ -396,11 +410,12 @@ fn session_init(s: &SocketRef, session: &Session) {
 
 fn prepare(
     s: SocketRef,
-    auth: Option<Value>,
+    handshake: Option<Value>,
+    auth: Option<&Authenticator>,
     service: Arc<ClientService>,
     quota: Quota,
     max_event_name: usize,
-) {
+) -> Result<(), Refusal> {
     let parts = s.req_parts();
     let forwarded = parts
         .headers
@@ -410,12 +425,16 @@ fn prepare(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let user_id = identity::accept_guest_id(auth.as_ref())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let ip = identity::client_ip(forwarded, peer);
+    let user_id = match auth {
+        Some(auth) => auth.admit(handshake.as_ref(), ip.as_deref())?,
+        None => identity::accept_guest_id(handshake.as_ref())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
     let who = Arc::new(ClientIdentity {
         socket_id: s.id.to_string(),
         user_id,
-        ip: identity::client_ip(forwarded, peer),
+        ip,
     });
     tracing::debug!(socket = %who.socket_id, user = %who.user_id, ip = ?who.ip, "client connected");
     metrics::gauge!(SOCKETS_CONNECTED).increment(1.0);
@@ -440,6 +459,7 @@ fn prepare(
         metrics::counter!(SOCKET_DISCONNECTS, "reason" => reason_label(reason)).increment(1);
         tracing::debug!(socket = %s.id, ?reason, "client disconnected");
     });
+    Ok(())
 }
 
 async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc<ClientService>) {

@@ -3,7 +3,7 @@
 //! nested with `__` (D21). Invalid values are reported with the field that holds them.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -23,6 +23,7 @@ pub struct Settings {
     pub lifecycle: LifecycleSettings,
     pub limits: LimitSettings,
     pub admin: AdminSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -144,6 +145,43 @@ pub struct AdminSettings {
     /// Enables `POST /admin/publish` (embedded mode only): appends a record to the in-process
     /// bus. For tests and benchmarks; never enable it on a reachable port in production.
     pub publish: bool,
+}
+
+/// Optional connection authentication (D25): on when `jwt_key_file` is set.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// `HS256` (the key file holds a shared secret) or `RS256` (a PEM public key).
+    pub jwt_algorithm: JwtAlgorithm,
+    /// The verification key; none (the default) leaves connections unauthenticated (D1).
+    pub jwt_key_file: Option<PathBuf>,
+    /// When set, a token's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    #[serde(alias = "hs256")]
+    HS256,
+    #[serde(alias = "rs256")]
+    RS256,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -328,6 +366,9 @@ impl Config {
                 "http.cors_origin (FRONTEND_URL): expected an http:// or https:// URL, got {origin:?}"
             ));
         }
+        if let Err(e) = super::auth::TokenVerifier::from_settings(&s.auth) {
+            problems.push(e.to_string());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -502,6 +543,47 @@ mod tests {
             let err = Config::from_parts(None, &[]).unwrap_err().to_string();
             assert!(err.contains("limits.weather_fresh"), "{err}");
             assert!(err.contains("limits.weather_in_flight"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn auth_is_read_from_flux_variables_and_a_bad_key_file_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("jwt.key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.set_env("FLUX_AUTH__JWT_KEY_FILE", "jwt.key");
+            jail.set_env("FLUX_AUTH__JWT_AUDIENCE", "flux");
+            jail.set_env("FLUX_AUTH__LEEWAY", "5s");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.auth.jwt_algorithm, JwtAlgorithm::HS256);
+            assert_eq!(c.settings.auth.jwt_key_file, Some(PathBuf::from("jwt.key")));
+            assert_eq!(c.settings.auth.jwt_audience.as_deref(), Some("flux"));
+            assert_eq!(c.settings.auth.leeway, Duration::from_secs(5));
+
+            // The algorithm does not fit the key: exit 2 naming the key, the file, the fix.
+            jail.set_env("FLUX_AUTH__JWT_ALGORITHM", "RS256");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: auth.jwt_key_file: jwt.key")
+                    && err.contains("FLUX_AUTH__JWT_ALGORITHM=HS256"),
+                "{err}"
+            );
+
+            jail.set_env("FLUX_AUTH__JWT_ALGORITHM", "HS256");
+            jail.set_env("FLUX_AUTH__JWT_KEY_FILE", "missing.key");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains("auth.jwt_key_file: cannot read missing.key")
+                    && err.contains("FLUX_AUTH__JWT_KEY_FILE"),
+                "{err}"
+            );
+
+            jail.set_env("FLUX_AUTH__JWT_ALGORITHM", "ES256");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains("auth.jwt_algorithm") && err.contains("FLUX_AUTH__JWT_ALGORITHM"),
+                "{err}"
+            );
             Ok(())
         });
     }

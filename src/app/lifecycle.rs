@@ -70,7 +70,7 @@ impl Application {
     /// Binds the listener and wires the services on `ports`.
     ///
     /// # Errors
-    /// When the address cannot be bound (names it).
+    /// When the address cannot be bound (names it), or the `auth` key cannot be loaded.
     pub async fn build(settings: Settings, ports: Ports) -> anyhow::Result<Self> {
         let addr = SocketAddr::new(settings.http.host, settings.http.port);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -92,7 +92,8 @@ impl Application {
             weather.clone(),
             &settings.limits,
         ));
-        socketio::register(&io, service.clone(), &settings.socketio);
+        let auth = super::auth::Authenticator::from_settings(&settings.auth)?.map(Arc::new);
+        socketio::register(&io, service.clone(), &settings.socketio, auth);
         let router = super::http::router(
             &settings,
             health.clone(),

@@ -35,6 +35,7 @@ pub const FANOUT_DROPPED: &str = "flux_fanout_ticker_drops_total";
 pub const LAGGING_SOCKETS: &str = "flux_lagging_sockets";
 pub const SLOW_DISCONNECTS: &str = "flux_slow_socket_disconnects_total";
 pub const DEGRADED: &str = "flux_degraded";
+pub const AUTH_REFUSED: &str = "flux_auth_refused_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -59,6 +60,10 @@ pub fn render() -> String {
 fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(SOCKETS_CONNECTED, "Socket.IO clients connected now.");
+    describe_counter!(
+        AUTH_REFUSED,
+        "Socket.IO connections refused by auth.token verification (D25), by reason."
+    );
     describe_counter!(SOCKET_DISCONNECTS, "Socket disconnections, by reason.");
     describe_counter!(ROOM_JOINS, "Room joins.");
     describe_gauge!(

@@ -17,7 +17,12 @@ fn is_js_whitespace(c: char) -> bool {
 /// trimmed length is 1 to 128 UTF-16 code units. Anything else gives `None`, and the caller
 /// mints a fresh UUID v4 instead (a handshake is never rejected, D1).
 pub fn accept_guest_id(auth: Option<&serde_json::Value>) -> Option<String> {
-    let raw = auth?.get("guestId")?.as_str()?;
+    accept_user_id(auth?.get("guestId")?.as_str()?)
+}
+
+/// A user id from the client (`auth.guestId`, or a verified token's `sub`), trimmed, if its
+/// trimmed length is 1 to 128 UTF-16 code units (D10).
+pub fn accept_user_id(raw: &str) -> Option<String> {
     let trimmed = raw.trim_matches(is_js_whitespace);
     let len = trimmed.encode_utf16().count();
     (1..=MAX_GUEST_ID_LEN)
