@@ -127,3 +127,73 @@ async fn an_event_name_over_max_event_name_is_dropped_and_counted() {
         "counted"
     );
 }
+
+/// Sends `POST target` with `body` on a new connection and returns the status.
+async fn http_post(app: &TestApp, target: &str, body: &str) -> u16 {
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nHost: test\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("an answer")
+        .expect("read");
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn polling_handshakes_beyond_max_polling_sessions_are_refused_websockets_are_not() {
+    let mut settings = Settings::default();
+    settings.socketio.max_polling_sessions = 1;
+    let app = TestApp::spawn_with(settings).await;
+    // One client on the polling transport, joined to the namespace, never upgrading.
+    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("sid")
+        .to_owned();
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(
+        http_post(&app, &target, "40").await,
+        200,
+        "namespace connect"
+    );
+
+    // The count is refreshed every second.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+        if status == 503 {
+            assert!(body.contains("websocket"), "names the way out: {body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second polling session is refused, got {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ws = TestClient::connect(&app, Some("on-websocket")).await;
+    ws.emit_empty(REQ_TOPCOINS).await;
+    assert!(
+        ws.wait_nth(EV_TOPCOINS, 1, WAIT).await.is_some(),
+        "WebSockets still connect"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            "flux_http_connections_refused_total",
+            &["max_polling_sessions"]
+        ) >= 1.0
+    );
+}

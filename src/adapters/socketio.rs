@@ -351,6 +351,31 @@ impl ClientFanout for SocketIoFanout {
     }
 }
 
+/// Counts the sockets on the polling transport (Engine.IO sessions that have not upgraded to
+/// WebSocket) into `polling`, once a second until `stop`: the HTTP layer refuses new polling
+/// handshakes beyond `socketio.max_polling_sessions`. Also the gauge `flux_polling_sessions`.
+pub async fn count_polling(
+    io: SocketIo,
+    polling: Arc<std::sync::atomic::AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = io
+            .sockets()
+            .iter()
+            .filter(|s| s.transport_type() == TransportType::Polling)
+            .count();
+        polling.store(now, Ordering::Relaxed);
+        metrics::gauge!("flux_polling_sessions").set(now as f64);
+    }
+}
+
 /// Per-socket state kept in the socket's extensions.
 #[derive(Clone)]
 struct Session {

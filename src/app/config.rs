@@ -85,6 +85,9 @@ pub struct SocketIoSettings {
     pub connect_timeout: Duration,
     /// Longest client event name, in bytes; a longer event is dropped and counted.
     pub max_event_name: usize,
+    /// Sockets on the polling transport (not upgraded to WebSocket) at most; beyond, a new
+    /// polling handshake is refused with 503. 0: no limit.
+    pub max_polling_sessions: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -218,6 +221,7 @@ impl Default for SocketIoSettings {
             max_attachments: 0,
             connect_timeout: Duration::from_secs(10),
             max_event_name: 64,
+            max_polling_sessions: 2_000,
         }
     }
 }

@@ -12,6 +12,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
@@ -47,7 +48,9 @@ pub fn router(
     cache: Arc<dyn SnapshotCache>,
     bus: Option<MemoryBus>,
     socketio: SocketIoLayer,
+    polling_sessions: Arc<AtomicUsize>,
 ) -> Router {
+    let max_polling = settings.socketio.max_polling_sessions;
     let bus = bus.filter(|_| settings.admin.publish);
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -62,7 +65,26 @@ pub fn router(
         .with_state(AppState { health, cache, bus })
         .layer(socketio)
         // Inside CORS, which still sees every header.
-        .layer(tower::util::MapRequestLayer::new(trim_socketio_head));
+        .layer(tower::util::MapRequestLayer::new(trim_socketio_head))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let over = max_polling > 0
+                    && is_polling_handshake(&req)
+                    && polling_sessions.load(Ordering::Relaxed) >= max_polling;
+                async move {
+                    if over {
+                        metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_polling_sessions")
+                            .increment(1);
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many polling sessions; connect with the websocket transport\n",
+                        )
+                            .into_response();
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
     if let Some(origin) = settings
         .http
         .cors_origin
@@ -407,6 +429,15 @@ fn detach_head(mut req: Request) -> Request {
 #[doc(hidden)]
 pub fn prepare_head(req: Request) -> Request {
     trim_socketio_head(detach_head(req))
+}
+
+/// A new Engine.IO session on the polling transport: `transport=polling` and no `sid`.
+fn is_polling_handshake(req: &Request) -> bool {
+    req.uri().path().starts_with("/socket.io/")
+        && req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| kv == "transport=polling")
+                && !q.split('&').any(|kv| kv.starts_with("sid="))
+        })
 }
 
 /// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake

@@ -64,6 +64,8 @@ pub struct Application {
     fanout: SocketIoFanout,
     weather: Arc<WeatherDesk>,
     local: Arc<LocalSnapshots>,
+    /// Sockets on the polling transport, recounted every second (`socketio.max_polling_sessions`).
+    polling_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Application {
@@ -94,12 +96,14 @@ impl Application {
         ));
         let auth = super::auth::Authenticator::from_settings(&settings.auth)?.map(Arc::new);
         socketio::register(&io, service.clone(), &settings.socketio, auth);
+        let polling_sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let router = super::http::router(
             &settings,
             health.clone(),
             ports.cache.clone(),
             ports.bus.clone(),
             layer,
+            polling_sessions.clone(),
         );
         Ok(Self {
             settings,
@@ -112,6 +116,7 @@ impl Application {
             fanout,
             weather,
             local,
+            polling_sessions,
         })
     }
 
@@ -140,6 +145,7 @@ impl Application {
             fanout,
             weather,
             local,
+            polling_sessions,
         } = self;
         let background = CancellationToken::new();
         let (snapshots, writer) =
@@ -152,6 +158,11 @@ impl Application {
             background.clone(),
         ));
         tokio::spawn(fanout.clone().run_drainer(background.clone()));
+        tokio::spawn(socketio::count_polling(
+            io.clone(),
+            polling_sessions,
+            background.clone(),
+        ));
         let ingestor = Ingestor::new(
             ports.source.clone(),
             Arc::new(fanout),
