@@ -197,3 +197,57 @@ async fn polling_handshakes_beyond_max_polling_sessions_are_refused_websockets_a
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_half_open_websocket_is_closed_after_connect_timeout_and_counted() {
+    let mut settings = Settings::default();
+    settings.socketio.connect_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(settings).await;
+    let never_joined = |m: &str| counter(m, "flux_ws_sessions_never_joined_total", &[]);
+    let before = never_joined(&app.metrics().await);
+
+    // A joined client's session is not counted when it ends.
+    let joined = TestClient::connect(&app, Some("joined")).await;
+    joined.client.disconnect().await.expect("disconnect");
+
+    // The upgrade, the engine's open packet, then nothing.
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: test\r\n\
+              Upgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the half-open WebSocket is still open after 5 s"),
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+        "it was upgraded"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = never_joined(&app.metrics().await);
+        if now >= before + 1.0 {
+            assert_eq!(now, before + 1.0, "only the half-open one is counted");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -442,6 +442,9 @@ fn prepare(
     max_event_name: usize,
 ) -> Result<(), Refusal> {
     let parts = s.req_parts();
+    if let Some(joined) = parts.extensions.get::<crate::app::http::Joined>() {
+        joined.mark();
+    }
     let forwarded = parts
         .headers
         .get("x-forwarded-for")

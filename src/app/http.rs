@@ -158,14 +158,20 @@ pub async fn serve_with(
             // first request head, which names the client. The slot lives as long as the
             // socket: an upgraded WebSocket outlives this task (hyper hands the socket over).
             let slot = Arc::new(std::sync::Mutex::new(slot));
+            let session = Arc::new(SessionWatch::default());
             let tcp = Held {
                 io: tcp,
                 _slot: Arc::clone(&slot),
+                session: Arc::clone(&session),
             };
             let (header_timeout, max_head_bytes) = (limits.header_timeout, limits.max_head_bytes);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut req = detach_head(req.map(Body::new));
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if is_websocket_handshake(&req) {
+                    session.websocket.store(true, Ordering::Relaxed);
+                }
+                req.extensions_mut().insert(Joined(Arc::clone(&session)));
                 let admitted = limits.admit_forwarded(&slot, &req, peer.ip());
                 let router = router.clone();
                 async move {
@@ -216,6 +222,50 @@ pub async fn serve_with(
 struct Held {
     io: tokio::net::TcpStream,
     _slot: Arc<Mutex<Slot>>,
+    session: Arc<SessionWatch>,
+}
+
+/// Whether a connection opened an Engine.IO session over WebSocket, and whether that session
+/// joined the namespace: one that never did (a half-open WebSocket, closed by
+/// `socketio.connect_timeout`, or dropped by its client) is counted when the socket ends.
+#[derive(Debug, Default)]
+pub struct SessionWatch {
+    websocket: std::sync::atomic::AtomicBool,
+    joined: std::sync::atomic::AtomicBool,
+}
+
+/// The request extension through which the namespace connect marks its connection joined.
+#[derive(Clone, Debug)]
+pub struct Joined(Arc<SessionWatch>);
+
+impl Joined {
+    /// The connection's Engine.IO session joined the namespace.
+    pub fn mark(&self) {
+        self.0.joined.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.session.websocket.load(Ordering::Relaxed)
+            && !self.session.joined.load(Ordering::Relaxed)
+        {
+            metrics::counter!(WS_NEVER_JOINED).increment(1);
+        }
+    }
+}
+
+/// WebSocket sessions that ended without joining the namespace.
+const WS_NEVER_JOINED: &str = "flux_ws_sessions_never_joined_total";
+
+/// A new Engine.IO session on the WebSocket transport: `transport=websocket` and no `sid`
+/// (an upgrade of a polling session carries its `sid`).
+fn is_websocket_handshake(req: &Request) -> bool {
+    req.uri().path().starts_with("/socket.io/")
+        && req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| kv == "transport=websocket")
+                && !q.split('&').any(|kv| kv.starts_with("sid="))
+        })
 }
 
 impl tokio::io::AsyncRead for Held {
