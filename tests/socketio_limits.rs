@@ -57,10 +57,14 @@ async fn a_packet_with_binary_attachments_closes_its_socket_only() {
     );
 }
 
-/// Sends `GET target` on a new connection and returns the status and the body.
-async fn http_get(app: &TestApp, target: &str) -> (u16, String) {
+/// Sends `method target` (with `body`) on a new connection; the status and the body.
+async fn http(app: &TestApp, method: &str, target: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-    let head = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut text = String::new();
     tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
@@ -79,20 +83,28 @@ async fn http_get(app: &TestApp, target: &str) -> (u16, String) {
     (status, body)
 }
 
+async fn http_get(app: &TestApp, target: &str) -> (u16, String) {
+    http(app, "GET", target, "").await
+}
+
+/// Opens an Engine.IO session on the polling transport; its `sid`.
+async fn polling_session(app: &TestApp) -> String {
+    let (status, body) = http_get(app, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    body.split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {body}"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn an_engine_io_session_that_never_joins_the_namespace_is_closed_after_connect_timeout() {
     let mut settings = Settings::default();
     settings.socketio.connect_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_with(settings).await;
     // The Engine.IO handshake, then nothing: no namespace connect ("40").
-    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
-    assert_eq!(status, 200, "{body}");
-    let sid = body
-        .split("\"sid\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no sid in {body}"))
-        .to_owned();
+    let sid = polling_session(&app).await;
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, body) = http_get(
@@ -128,42 +140,16 @@ async fn an_event_name_over_max_event_name_is_dropped_and_counted() {
     );
 }
 
-/// Sends `POST target` with `body` on a new connection and returns the status.
-async fn http_post(app: &TestApp, target: &str, body: &str) -> u16 {
-    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-    let head = format!(
-        "POST {target} HTTP/1.1\r\nHost: test\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
-        .await
-        .expect("an answer")
-        .expect("read");
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn polling_handshakes_beyond_max_polling_sessions_are_refused_websockets_are_not() {
     let mut settings = Settings::default();
     settings.socketio.max_polling_sessions = 1;
     let app = TestApp::spawn_with(settings).await;
     // One client on the polling transport, joined to the namespace, never upgrading.
-    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
-    assert_eq!(status, 200, "{body}");
-    let sid = body
-        .split("\"sid\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("sid")
-        .to_owned();
+    let sid = polling_session(&app).await;
     let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     assert_eq!(
-        http_post(&app, &target, "40").await,
+        http(&app, "POST", &target, "40").await.0,
         200,
         "namespace connect"
     );
