@@ -69,7 +69,7 @@ pub fn router(
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let over = max_polling > 0
-                    && is_polling_handshake(&req)
+                    && engine_handshake(&req) == Some("polling")
                     && polling_sessions.load(Ordering::Relaxed) >= max_polling;
                 async move {
                     if over {
@@ -168,7 +168,7 @@ pub async fn serve_with(
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut req = detach_head(req.map(Body::new));
                 req.extensions_mut().insert(ConnectInfo(peer));
-                if is_websocket_handshake(&req) {
+                if engine_handshake(&req) == Some("websocket") {
                     session.websocket.store(true, Ordering::Relaxed);
                 }
                 req.extensions_mut().insert(Joined(Arc::clone(&session)));
@@ -257,16 +257,6 @@ impl Drop for Held {
 
 /// WebSocket sessions that ended without joining the namespace.
 const WS_NEVER_JOINED: &str = "flux_ws_sessions_never_joined_total";
-
-/// A new Engine.IO session on the WebSocket transport: `transport=websocket` and no `sid`
-/// (an upgrade of a polling session carries its `sid`).
-fn is_websocket_handshake(req: &Request) -> bool {
-    req.uri().path().starts_with("/socket.io/")
-        && req.uri().query().is_some_and(|q| {
-            q.split('&').any(|kv| kv == "transport=websocket")
-                && !q.split('&').any(|kv| kv.starts_with("sid="))
-        })
-}
 
 impl tokio::io::AsyncRead for Held {
     fn poll_read(
@@ -481,13 +471,19 @@ pub fn prepare_head(req: Request) -> Request {
     trim_socketio_head(detach_head(req))
 }
 
-/// A new Engine.IO session on the polling transport: `transport=polling` and no `sid`.
-fn is_polling_handshake(req: &Request) -> bool {
-    req.uri().path().starts_with("/socket.io/")
-        && req.uri().query().is_some_and(|q| {
-            q.split('&').any(|kv| kv == "transport=polling")
-                && !q.split('&').any(|kv| kv.starts_with("sid="))
-        })
+/// The transport (`polling`, `websocket`) of a request that opens a new Engine.IO session:
+/// a `/socket.io/` request without `sid` (an upgrade or a poll of a session carries its `sid`).
+fn engine_handshake(req: &Request) -> Option<&str> {
+    if !req.uri().path().starts_with("/socket.io/") {
+        return None;
+    }
+    let query = req.uri().query()?;
+    if query.split('&').any(|kv| kv.starts_with("sid=")) {
+        return None;
+    }
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("transport="))
 }
 
 /// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake
