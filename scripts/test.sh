@@ -66,6 +66,11 @@ step "patched engineioxide: upstream's own test suite (vendor/README.md)"
 CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/engineioxide/Cargo.toml --locked --features __test_harness 2>&1
 
+step "patched socketioxide: upstream's own test suite (vendor/README.md)"
+CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
+  cargo test --manifest-path vendor/socketioxide/Cargo.toml --locked \
+  --features __test_harness,extensions,state,tracing --lib --tests 2>&1
+
 step "patched rskafka: upstream's unit tests (vendor/README.md)"
 CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/rskafka/Cargo.toml --locked --lib 2>&1
