@@ -9,6 +9,7 @@ pub mod http;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod recovery;
 pub mod snapshots;
 pub mod telemetry;
 pub mod weather;

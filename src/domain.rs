@@ -6,6 +6,7 @@ pub mod commands;
 pub mod events;
 pub mod identity;
 pub mod location;
+pub mod recovery;
 pub mod replies;
 pub mod topics;
 pub mod weather;

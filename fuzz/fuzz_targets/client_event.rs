@@ -1,8 +1,11 @@
 //! What a Socket.IO client sends: the argument of `userLocationUpdate` (interpreted, hashed
 //! for dedup), the handshake's `auth` (the guest id), an event name (the request events), and
-//! an `X-Forwarded-For` value (the client's address). Nothing may panic.
+//! an `X-Forwarded-For` value (the client's address), and the recovery session id and offset
+//! a reconnecting client sends back (D26). Nothing may panic; an offset that decodes encodes
+//! back to one that decodes the same.
 #![no_main]
 
+use flux_bff::domain::recovery::{Cut, SessionClaims};
 use flux_bff::domain::{identity, location, replies, topics};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -13,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = identity::client_ip(Some(text), Some([127, 0, 0, 1].into()));
         let _ = replies::SnapshotRequest::from_event(text);
         let _ = topics::weather_room(text);
+        let _ = SessionClaims::verify(text, b"fuzz secret", 0);
+        if let Some(cut) = Cut::decode(text) {
+            assert_eq!(Cut::decode(&cut.encode()), Some(cut));
+        }
     }
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return;

@@ -27,7 +27,9 @@ use crate::app::metrics::{
     CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, FANOUT_BACKLOGGED, FANOUT_CONFLATED, FANOUT_DROPPED,
     LAGGING_SOCKETS, SLOW_DISCONNECTS, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
 };
+use crate::app::recovery::Recovery;
 use crate::domain::identity;
+use crate::domain::recovery::Cut;
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
 use crate::ports::{ClientFanout, FanoutError, Payload};
@@ -125,9 +127,10 @@ impl SocketIoFanout {
         event: &str,
         payload: &Payload,
         key: Option<&str>,
+        offset: Option<&Arc<str>>,
     ) {
         if !self.backlogs.is_lagging(s.id) {
-            match s.emit(event, payload) {
+            match send(s, event, payload, offset) {
                 Ok(()) => return,
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
                 Err(_) => return, // closed: the socket is going away
@@ -150,6 +153,7 @@ impl SocketIoFanout {
             event: event.to_owned(),
             payload: payload.clone(),
             key: key.map(str::to_owned),
+            offset: offset.cloned(),
         };
         self.backlog(s, pending);
     }
@@ -187,9 +191,16 @@ impl SocketIoFanout {
         }
     }
 
-    fn to_room_each(&self, room: &str, event: &str, payload: &Payload, key: Option<&str>) {
+    fn to_room_each(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: Option<&str>,
+        offset: Option<&Arc<str>>,
+    ) {
         for s in self.io.to(room.to_owned()).sockets() {
-            self.deliver(&s, Some(room), event, payload, key);
+            self.deliver(&s, Some(room), event, payload, key, offset);
         }
     }
 
@@ -228,16 +239,21 @@ impl SocketIoFanout {
         event: &str,
         payload: &Payload,
         key: &str,
+        offset: Option<&Arc<str>>,
     ) -> Result<(), FanoutError> {
-        self.latest.record(room, event, payload, key);
+        self.latest.record(room, event, payload, key, offset);
         if self.take_probe() {
-            self.to_room_each(room, event, payload, Some(key));
+            self.to_room_each(room, event, payload, Some(key), offset);
             return Ok(());
         }
         let lagging = self.backlogs.lagging() > 0;
         let op = self.io.to(room.to_owned());
         let op = if lagging { op.except(LAGGING_ROOM) } else { op };
-        match op.emit(event, payload).await {
+        let sent = match offset {
+            Some(offset) => op.emit(event, &(payload, &**offset)).await,
+            None => op.emit(event, payload).await,
+        };
+        match sent {
             Ok(()) => {}
             Err(BroadcastError::Socket(errors)) => {
                 let full = errors
@@ -255,7 +271,9 @@ impl SocketIoFanout {
             // One pass over the lagging sockets' backlogs (they are in the lagging room, so
             // the broadcast skipped them): no socket lookup, nothing allocated per socket
             // that already has this key waiting.
-            let pushed = self.backlogs.push_latest_to_room(room, event, payload, key);
+            let pushed = self
+                .backlogs
+                .push_latest_to_room(room, event, payload, key, offset);
             if pushed.queued > 0 {
                 metrics::counter!(FANOUT_BACKLOGGED, "kind" => "latest")
                     .increment(pushed.queued as u64);
@@ -290,7 +308,7 @@ impl SocketIoFanout {
                         // broadcasts would skip it for good once it is not lagging.
                         self.backlogs.drain(
                             sid,
-                            |p| s.emit(&p.event, &p.payload).is_ok(),
+                            |p| send(&s, &p.event, &p.payload, p.offset.as_ref()).is_ok(),
                             || s.leave(LAGGING_ROOM),
                         );
                     }
@@ -305,7 +323,7 @@ impl SocketIoFanout {
 #[async_trait]
 impl ClientFanout for SocketIoFanout {
     async fn to_room(&self, room: &str, event: &str, payload: &Payload) -> Result<(), FanoutError> {
-        self.to_room_each(room, event, payload, None);
+        self.to_room_each(room, event, payload, None, None);
         Ok(())
     }
 
@@ -316,7 +334,30 @@ impl ClientFanout for SocketIoFanout {
         payload: &Payload,
         key: &str,
     ) -> Result<(), FanoutError> {
-        self.broadcast_latest(room, event, payload, key).await
+        self.broadcast_latest(room, event, payload, key, None).await
+    }
+
+    async fn to_room_at(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.to_room_each(room, event, payload, None, Some(offset));
+        Ok(())
+    }
+
+    async fn to_room_latest_at(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+        offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.broadcast_latest(room, event, payload, key, Some(offset))
+            .await
     }
 
     async fn to_socket(
@@ -326,7 +367,19 @@ impl ClientFanout for SocketIoFanout {
         payload: &Payload,
     ) -> Result<(), FanoutError> {
         let s = self.socket(socket)?;
-        self.deliver(&s, None, event, payload, None);
+        self.deliver(&s, None, event, payload, None, None);
+        Ok(())
+    }
+
+    async fn to_socket_at(
+        &self,
+        socket: &str,
+        event: &str,
+        payload: &Payload,
+        offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        let s = self.socket(socket)?;
+        self.deliver(&s, None, event, payload, None, Some(offset));
         Ok(())
     }
 
@@ -384,42 +437,69 @@ struct Session {
     init: Arc<Once>,
     /// `socketio.max_event_name`.
     max_event_name: usize,
+    /// Connection-state recovery (D26): the replay owed to a recovered socket, done once before
+    /// anything else reaches it (its client events wait for it).
+    resume: Option<Arc<Resume>>,
+}
+
+/// A recovered session's replay, run once by whichever comes first: the connect handler or
+/// the socket's first event.
+struct Resume {
+    recovery: Arc<Recovery>,
+    fanout: SocketIoFanout,
+    cut: Cut,
+    done: tokio::sync::OnceCell<()>,
+}
+
+/// What the namespace handlers share.
+#[derive(Clone)]
+struct Handlers {
+    service: Arc<ClientService>,
+    auth: Option<Arc<Authenticator>>,
+    recovery: Option<Arc<Recovery>>,
+    fanout: SocketIoFanout,
+    quota: Quota,
+    max_event_name: usize,
 }
 
 /// Registers the default namespace: identity, `session:init`, and every client event. With
 /// `auth`, a handshake without a valid `auth.token` is refused with a `connect_error` (D25).
+/// With `recovery`, the CONNECT reply carries a session id and a recovered session is
+/// replayed what it missed (D26).
 pub fn register(
     io: &SocketIo,
     service: Arc<ClientService>,
     settings: &SocketIoSettings,
     auth: Option<Arc<Authenticator>>,
+    recovery: Option<Arc<Recovery>>,
+    fanout: SocketIoFanout,
 ) {
     let rate = NonZeroU32::new(settings.rate_per_second.max(1)).expect("at least one");
     let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least one");
-    let quota = Quota::per_second(rate).allow_burst(burst);
-    let max_event_name = settings.max_event_name;
+    let handlers = Handlers {
+        service,
+        auth,
+        recovery,
+        fanout,
+        quota: Quota::per_second(rate).allow_burst(burst),
+        max_event_name: settings.max_event_name,
+    };
     // The middleware runs before the connect packet is sent, so the event handlers exist when
     // the client's first event arrives; it rejects a handshake only when auth is on (D1, D25).
+    let shared = handlers.clone();
     let middleware = move |s: SocketRef, TryData(handshake): TryData<Value>| {
-        let (service, auth) = (service.clone(), auth.clone());
-        async move {
-            prepare(
-                s,
-                handshake.ok(),
-                auth.as_deref(),
-                service,
-                quota,
-                max_event_name,
-            )
-        }
+        let handlers = shared.clone();
+        async move { prepare(s, handshake.ok(), handlers).await }
     };
     io.ns("/", on_connected.with(middleware));
 }
 
-/// Runs once the client has the connect packet: `session:init` goes first.
+/// Runs once the client has the connect packet: `session:init` goes first, then a recovered
+/// session's replay.
 async fn on_connected(s: SocketRef) {
     if let Some(session) = s.extensions.get::<Session>() {
         session_init(&s, &session);
+        resume(&s, &session).await;
     }
 }
 
@@ -433,13 +513,28 @@ fn session_init(s: &SocketRef, session: &Session) {
     });
 }
 
-fn prepare(
+/// Replays what a recovered session missed and puts it back in its rooms, once.
+async fn resume(s: &SocketRef, session: &Session) {
+    let Some(resume) = &session.resume else {
+        return;
+    };
+    resume
+        .done
+        .get_or_init(|| async {
+            // A refusal is counted by `resume`; the socket stays a normal connection.
+            let sid = s.id.to_string();
+            let _ = resume
+                .recovery
+                .resume(&resume.fanout, &sid, &resume.cut)
+                .await;
+        })
+        .await;
+}
+
+async fn prepare(
     s: SocketRef,
     handshake: Option<Value>,
-    auth: Option<&Authenticator>,
-    service: Arc<ClientService>,
-    quota: Quota,
-    max_event_name: usize,
+    handlers: Handlers,
 ) -> Result<(), Refusal> {
     let parts = s.req_parts();
     if let Some(joined) = parts.extensions.get::<crate::app::http::Joined>() {
@@ -454,11 +549,24 @@ fn prepare(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let ip = identity::client_ip(forwarded, peer);
-    let user_id = match auth {
+    let user_id = match &handlers.auth {
         Some(auth) => auth.admit(handshake.as_ref(), ip.as_deref())?,
         None => identity::accept_guest_id(handshake.as_ref())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     };
+    let mut resume = None;
+    if let Some(recovery) = &handlers.recovery {
+        let admission = recovery.admit(handshake.as_ref(), &user_id).await;
+        s.set_connect_pid(admission.pid);
+        resume = admission.resume.map(|cut| {
+            Arc::new(Resume {
+                recovery: recovery.clone(),
+                fanout: handlers.fanout.clone(),
+                cut,
+                done: tokio::sync::OnceCell::new(),
+            })
+        });
+    }
     let who = Arc::new(ClientIdentity {
         socket_id: s.id.to_string(),
         user_id,
@@ -469,11 +577,13 @@ fn prepare(
 
     s.extensions.insert(Session {
         who,
-        limiter: Arc::new(RateLimiter::direct(quota)),
+        limiter: Arc::new(RateLimiter::direct(handlers.quota)),
         init: Arc::new(Once::new()),
-        max_event_name,
+        max_event_name: handlers.max_event_name,
+        resume,
     });
 
+    let service = handlers.service;
     s.on_fallback(
         // `TryData<Value>` is the first argument only: socketioxide skips the others (such as
         // the legacy second argument of `userLocationUpdate`, contract §c.4).
@@ -495,6 +605,7 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
         return;
     };
     session_init(&s, &session);
+    resume(&s, &session).await;
     if event.len() > session.max_event_name {
         metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "event_name_too_long").increment(1);
         return;
@@ -515,6 +626,19 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>, service: Arc
         service.user_id(who).await;
     } else {
         metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "unknown_event").increment(1);
+    }
+}
+
+/// Emits `event` to one socket, with the recovery `offset` as its last argument when given.
+fn send(
+    s: &SocketRef,
+    event: &str,
+    payload: &Payload,
+    offset: Option<&Arc<str>>,
+) -> Result<(), SendError> {
+    match offset {
+        Some(offset) => s.emit(event, &(payload, &**offset)),
+        None => s.emit(event, payload),
     }
 }
 

@@ -88,6 +88,42 @@ pub struct SocketIoSettings {
     /// Sockets on the polling transport (not upgraded to WebSocket) at most; beyond, a new
     /// polling handshake is refused with 503. 0: no limit.
     pub max_polling_sessions: usize,
+    /// Connection-state recovery (D26): how long after the last event it received a client
+    /// that reconnects gets what it missed, replayed. `0s` turns recovery off (no session id,
+    /// no offset argument on room events).
+    #[serde(with = "humantime_serde")]
+    pub recovery_window: Duration,
+    /// The HMAC secret that signs recovery session ids. Every replica behind one load
+    /// balancer needs the same one (or the same `recovery_secret_file`); without either, a
+    /// random secret per process: sessions then recover only on the replica that issued them.
+    pub recovery_secret: Option<Secret>,
+    /// A file holding the recovery secret (trimmed), instead of `recovery_secret`.
+    pub recovery_secret_file: Option<std::path::PathBuf>,
+    /// How long a recovery session id stays valid after its connection began.
+    #[serde(with = "humantime_serde")]
+    pub recovery_token_ttl: Duration,
+    /// Most events replayed to one recovering client; beyond, tickers are conflated to the
+    /// latest per product, and if still beyond, the client gets a normal connection.
+    pub replay_budget: usize,
+    /// Most emits the recovery journal keeps (the window bounds it too).
+    pub recovery_max_events: usize,
+}
+
+/// A secret read from the configuration: never shown in logs or dumps.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -222,6 +258,12 @@ impl Default for SocketIoSettings {
             connect_timeout: Duration::from_secs(10),
             max_event_name: 64,
             max_polling_sessions: 2_000,
+            recovery_window: Duration::from_secs(120),
+            recovery_secret: None,
+            recovery_secret_file: None,
+            recovery_token_ttl: Duration::from_secs(24 * 3600),
+            replay_budget: 200,
+            recovery_max_events: 100_000,
         }
     }
 }
@@ -337,6 +379,25 @@ impl Config {
         if s.socketio.rate_per_second == 0 || s.socketio.burst == 0 {
             problems
                 .push("socketio.rate_per_second and socketio.burst: must be at least 1".to_owned());
+        }
+        if !s.socketio.recovery_window.is_zero() {
+            if s.socketio.recovery_secret.is_some() && s.socketio.recovery_secret_file.is_some() {
+                problems.push(
+                    "socketio.recovery_secret and socketio.recovery_secret_file: set one, not both"
+                        .to_owned(),
+                );
+            }
+            if let Some(Secret(secret)) = &s.socketio.recovery_secret
+                && secret.trim().len() < 32
+            {
+                problems.push(format!(
+                    "socketio.recovery_secret (FLUX_SOCKETIO__RECOVERY_SECRET): must be at least 32 characters, got {} (e.g. `openssl rand -hex 32`)",
+                    secret.trim().len()
+                ));
+            }
+            if s.socketio.recovery_max_events == 0 {
+                problems.push("socketio.recovery_max_events: must be at least 1".to_owned());
+            }
         }
         if s.http.max_connections == 0 {
             problems.push("http.max_connections: must be at least 1".to_owned());

@@ -17,11 +17,13 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::recovery::{Journal, Position};
 use crate::domain::{self, topics};
 use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
 
 use super::health::Health;
 use super::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG};
+use super::recovery::{Recovery, now_ms};
 use super::snapshots::SnapshotWriter;
 use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 use super::weather::WeatherDesk;
@@ -55,6 +57,46 @@ pub struct Ingestor {
     subscribed: watch::Sender<bool>,
     /// Why the last subscription attempt failed, for the start-up failure message.
     last_error: watch::Sender<Option<String>>,
+    /// Connection-state recovery's journal of emits (D26), when on.
+    recovery: Option<Arc<Recovery>>,
+    /// Where live reading began, per partition: records before it were read back at start-up
+    /// for the recovery journal only (not emitted again, not cached).
+    live_from: std::sync::Mutex<Positions>,
+}
+
+/// Journals the emits of `record`'s delivery and returns their offset strings.
+fn journal_emits(
+    journal: &mut Journal,
+    record: &Record,
+    delivery: &domain::Delivery,
+    now: u64,
+) -> Vec<Arc<str>> {
+    let Some(topic) = topics::event_topic_index(&record.topic) else {
+        return Vec::new();
+    };
+    let count = delivery.emits.len();
+    delivery
+        .emits
+        .iter()
+        .enumerate()
+        .map(|(i, emit)| {
+            let pos = Position {
+                topic,
+                partition: record.partition,
+                offset: record.offset,
+                emit: i as u32,
+            };
+            journal.append(
+                pos,
+                i + 1 == count,
+                &emit.room,
+                &emit.event,
+                &emit.payload,
+                delivery.conflation_key.as_deref(),
+                now,
+            )
+        })
+        .collect()
 }
 
 impl Ingestor {
@@ -78,7 +120,17 @@ impl Ingestor {
             rejection_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
             subscribed: watch::channel(false).0,
             last_error: watch::channel(None).0,
+            recovery: None,
+            live_from: std::sync::Mutex::new(Positions::default()),
         }
+    }
+
+    /// Journals every emit for connection-state recovery, and reads the recovery window of
+    /// the log back at start-up (D26).
+    #[must_use]
+    pub fn with_recovery(mut self, recovery: Option<Arc<Recovery>>) -> Self {
+        self.recovery = recovery;
+        self
     }
 
     /// Resolves to `true` once the consumers have run once.
@@ -201,11 +253,43 @@ impl Ingestor {
         positions: &mut Positions,
     ) -> Result<crate::ports::RecordStream, crate::ports::EventSourceError> {
         if positions.is_empty() {
-            *positions = self.source.latest_positions(&topics::EVENT_TOPICS).await?;
+            let live = self.source.latest_positions(&topics::EVENT_TOPICS).await?;
+            *positions = match &self.recovery {
+                Some(recovery) => {
+                    let since = std::time::SystemTime::now() - recovery.window();
+                    let back = self
+                        .source
+                        .positions_since(&topics::EVENT_TOPICS, since)
+                        .await?;
+                    let mut journal = recovery.journal().await;
+                    let mut from = Positions::default();
+                    for (topic, partition, live_at) in live.iter() {
+                        let at = back.get(topic, partition).unwrap_or(live_at).min(live_at);
+                        from.set(topic, partition, at);
+                        if let Some(t) = topics::event_topic_index(topic) {
+                            journal.start(t, partition, at);
+                        }
+                    }
+                    from
+                }
+                None => live.clone(),
+            };
+            *self.live_from.lock().unwrap_or_else(|e| e.into_inner()) = live;
         }
         self.source
             .subscribe(&topics::EVENT_TOPICS, positions)
             .await
+    }
+
+    /// Whether `record` was read back for the recovery journal only (before live reading).
+    fn is_history(&self, record: &Record) -> bool {
+        self.recovery.is_some()
+            && self
+                .live_from
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&record.topic, record.partition)
+                .is_some_and(|live| record.offset < live)
     }
 
     /// Validates records read together and fans them out, in order; when the consumer is
@@ -214,13 +298,18 @@ impl Ingestor {
     pub async fn handle(&self, records: &[Record], behind: bool) {
         let mut streams = Vec::with_capacity(records.len());
         let mut deliveries = Vec::with_capacity(records.len());
+        let mut origins = Vec::with_capacity(records.len());
         for record in records {
             let stream = topics::stream_name(&record.topic);
+            let history = self.is_history(record);
             match domain::route(&record.topic, record.value.as_deref()) {
                 Ok(delivery) => {
-                    metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
+                    if !history {
+                        metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
+                    }
                     streams.push(stream);
                     deliveries.push(delivery);
+                    origins.push((record, history));
                 }
                 Err(rejection) => {
                     metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
@@ -246,7 +335,22 @@ impl Ingestor {
         if conflated > 0 {
             metrics::counter!(EVENTS_CONFLATED).increment(conflated as u64);
         }
-        for (stream, delivery) in streams.into_iter().zip(deliveries) {
+        // Held while emitting: a recovering socket is replayed what was journaled and joins
+        // its rooms under this lock, so each emit reaches it exactly once (D26).
+        let mut journal = match &self.recovery {
+            Some(recovery) => Some(recovery.journal().await),
+            None => None,
+        };
+        let now = now_ms();
+        for ((stream, delivery), (record, history)) in
+            streams.into_iter().zip(deliveries).zip(origins)
+        {
+            let offsets = journal
+                .as_deref_mut()
+                .map(|j| journal_emits(j, record, &delivery, now));
+            if history {
+                continue;
+            }
             // A weather result is recorded before its room emit: a socket that joins meanwhile
             // may get it twice (at once and from the room), never miss it (D23).
             if let Some(result) = &delivery.weather
@@ -255,14 +359,25 @@ impl Ingestor {
                 self.snapshots.submit_weather(&result.city, value);
             }
             // Emit first: the cache write happens in the background and never delays it.
-            for emit in &delivery.emits {
-                let sent = match &delivery.conflation_key {
-                    Some(key) => {
+            for (i, emit) in delivery.emits.iter().enumerate() {
+                let offset = offsets.as_ref().and_then(|o| o.get(i));
+                let sent = match (&delivery.conflation_key, offset) {
+                    (Some(key), Some(offset)) => {
+                        self.fanout
+                            .to_room_latest_at(&emit.room, &emit.event, &emit.payload, key, offset)
+                            .await
+                    }
+                    (None, Some(offset)) => {
+                        self.fanout
+                            .to_room_at(&emit.room, &emit.event, &emit.payload, offset)
+                            .await
+                    }
+                    (Some(key), None) => {
                         self.fanout
                             .to_room_latest(&emit.room, &emit.event, &emit.payload, key)
                             .await
                     }
-                    None => {
+                    (None, None) => {
                         self.fanout
                             .to_room(&emit.room, &emit.event, &emit.payload)
                             .await
@@ -276,6 +391,15 @@ impl Ingestor {
             if let Some(write) = delivery.snapshot {
                 self.snapshots.submit(write);
             }
+        }
+        if let Some(journal) = journal.as_deref_mut() {
+            for record in records {
+                if let Some(t) = topics::event_topic_index(&record.topic) {
+                    journal.advance(t, record.partition, record.offset);
+                }
+            }
+            journal.evict(now);
+            Recovery::export(journal);
         }
     }
 
@@ -516,6 +640,71 @@ mod tests {
     async fn a_consumer_busy_past_the_threshold_emits_only_the_latest_ticker_of_what_waits() {
         let prices = emitted_prices_of_a_burst(Duration::ZERO).await;
         assert_eq!(prices, ["99"]);
+    }
+
+    #[tokio::test]
+    async fn with_recovery_the_window_is_read_back_into_the_journal_and_only_live_events_go_out() {
+        let bus = crate::adapters::memory::MemoryBus::new();
+        let ticker = |price: u32| {
+            format!(r#"{{"data":{{"type":"ticker","product_id":"BTC-USD","price":"{price}"}}}}"#)
+        };
+        // Produced before the gateway started, within the recovery window.
+        for price in 0..3 {
+            bus.publish(
+                topics::TICKER_EVENTS,
+                Some("BTC-USD"),
+                Some(ticker(price).as_bytes()),
+            );
+        }
+        let recovery = Arc::new(crate::app::recovery::Recovery::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            100,
+            1000,
+        ));
+        let (ingestor, fanout, stop) = recording_ingestor(bus.clone(), Duration::from_secs(3600));
+        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        let mut subscribed = ingestor.subscribed();
+        let consumer = tokio::spawn(ingestor.run(stop.clone()));
+        subscribed.wait_for(|s| *s).await.unwrap();
+        bus.publish(
+            topics::TICKER_EVENTS,
+            Some("BTC-USD"),
+            Some(ticker(3).as_bytes()),
+        );
+        fanout.wait_for(1, Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Only the live ticker is emitted, with its offset; the three before it are journaled.
+        let live: Vec<_> = fanout.delivered();
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert!(live[0].payload.as_str().contains(r#""price":"3""#));
+        let offset = live[0]
+            .offset
+            .clone()
+            .expect("a room event carries its offset");
+        assert_eq!(recovery.journal().await.len(), 4);
+        // A client whose last event was the first one read back gets the other three back;
+        // one that has the live one, nothing.
+        let journal = recovery.journal().await;
+        let first = journal.entries().next().unwrap().offset.clone();
+        let now = crate::app::recovery::now_ms();
+        let replay = |offset: &str| {
+            let cut = crate::domain::recovery::Cut::decode(offset).unwrap();
+            let replay = journal
+                .replay(&cut, &[topics::ROOM_CRYPTO], 100, now)
+                .unwrap();
+            replay
+                .entries
+                .iter()
+                .map(|e| e.payload.to_value()["data"]["data"]["price"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(replay(&first), ["1", "2", "3"]);
+        assert!(replay(&offset).is_empty());
+        drop(journal);
+        stop.cancel();
+        consumer.await.unwrap();
     }
 
     #[tokio::test]

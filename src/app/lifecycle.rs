@@ -64,6 +64,8 @@ pub struct Application {
     fanout: SocketIoFanout,
     weather: Arc<WeatherDesk>,
     local: Arc<LocalSnapshots>,
+    /// Connection-state recovery (D26), when on.
+    recovery: Option<Arc<super::recovery::Recovery>>,
     /// Sockets on the polling transport, recounted every second (`socketio.max_polling_sessions`).
     polling_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -95,7 +97,15 @@ impl Application {
             &settings.limits,
         ));
         let auth = super::auth::Authenticator::from_settings(&settings.auth)?.map(Arc::new);
-        socketio::register(&io, service.clone(), &settings.socketio, auth);
+        let recovery = super::recovery::Recovery::from_settings(&settings.socketio)?;
+        socketio::register(
+            &io,
+            service.clone(),
+            &settings.socketio,
+            auth,
+            recovery.clone(),
+            fanout.clone(),
+        );
         let polling_sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let router = super::http::router(
             &settings,
@@ -116,6 +126,7 @@ impl Application {
             fanout,
             weather,
             local,
+            recovery,
             polling_sessions,
         })
     }
@@ -145,6 +156,7 @@ impl Application {
             fanout,
             weather,
             local,
+            recovery,
             polling_sessions,
         } = self;
         let background = CancellationToken::new();
@@ -171,7 +183,8 @@ impl Application {
             health.clone(),
             settings.lifecycle.max_backoff,
             settings.socketio.conflate_after,
-        );
+        )
+        .with_recovery(recovery);
         let mut subscribed = ingestor.subscribed();
         let last_error = ingestor.last_error();
         let consumers = tokio::spawn(ingestor.run(background.clone()));

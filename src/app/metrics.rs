@@ -36,6 +36,11 @@ pub const LAGGING_SOCKETS: &str = "flux_lagging_sockets";
 pub const SLOW_DISCONNECTS: &str = "flux_slow_socket_disconnects_total";
 pub const DEGRADED: &str = "flux_degraded";
 pub const AUTH_REFUSED: &str = "flux_auth_refused_total";
+pub const RECOVERY_SESSIONS: &str = "flux_recovery_sessions_total";
+pub const RECOVERY_REFUSED: &str = "flux_recovery_refused_total";
+pub const RECOVERY_REPLAYED: &str = "flux_recovery_replayed_events_total";
+pub const RECOVERY_CONFLATED: &str = "flux_recovery_conflated_events_total";
+pub const RECOVERY_JOURNAL: &str = "flux_recovery_journal_events";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -60,6 +65,23 @@ pub fn render() -> String {
 fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(SOCKETS_CONNECTED, "Socket.IO clients connected now.");
+    describe_counter!(
+        RECOVERY_SESSIONS,
+        "Reconnections that asked for connection-state recovery, by outcome (recovered, refused)."
+    );
+    describe_counter!(
+        RECOVERY_REFUSED,
+        "Recovery attempts answered with a normal connection, by reason."
+    );
+    describe_counter!(
+        RECOVERY_REPLAYED,
+        "Events sent again to recovering clients."
+    );
+    describe_counter!(
+        RECOVERY_CONFLATED,
+        "Tickers left out of a replay over socketio.replay_budget (a newer one of the product followed)."
+    );
+    describe_gauge!(RECOVERY_JOURNAL, "Emits held by the recovery journal.");
     describe_counter!(
         AUTH_REFUSED,
         "Socket.IO connections refused by auth.token verification (D25), by reason."

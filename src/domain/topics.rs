@@ -19,6 +19,14 @@ pub const EVENT_TOPICS: [&str; 6] = [
     STOCK_EVENTS,
 ];
 
+/// The index of an event topic in [`EVENT_TOPICS`] (connection-state recovery's positions).
+pub fn event_topic_index(topic: &str) -> Option<u8> {
+    EVENT_TOPICS
+        .iter()
+        .position(|t| *t == topic)
+        .map(|i| i as u8)
+}
+
 /// The event topics whose records are snapshots (cached, hydrated): news, movers, top coins,
 /// stocks.
 pub const SNAPSHOT_TOPICS: [&str; 4] = [NEWS_EVENTS, MOVERS_EVENTS, TOPCOINS_EVENTS, STOCK_EVENTS];

@@ -89,6 +89,53 @@ pub trait ClientFanout: Send + Sync {
         self.to_room(room, event, payload).await
     }
 
+    /// Like [`ClientFanout::to_room`], with `offset` as the event's last argument: the
+    /// position socket.io-client hands back when it reconnects (connection-state recovery).
+    /// The default leaves the offset out.
+    ///
+    /// # Errors
+    /// As for [`ClientFanout::to_room`].
+    async fn to_room_at(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        _offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.to_room(room, event, payload).await
+    }
+
+    /// [`ClientFanout::to_room_latest`] with `offset` as the event's last argument. The
+    /// default leaves the offset out.
+    ///
+    /// # Errors
+    /// As for [`ClientFanout::to_room`].
+    async fn to_room_latest_at(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+        _offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.to_room_latest(room, event, payload, key).await
+    }
+
+    /// Like [`ClientFanout::to_socket`], with `offset` as the event's last argument (a room
+    /// event sent again to a recovering socket). The default leaves the offset out.
+    ///
+    /// # Errors
+    /// As for [`ClientFanout::to_socket`].
+    async fn to_socket_at(
+        &self,
+        socket: &str,
+        event: &str,
+        payload: &Payload,
+        _offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.to_socket(socket, event, payload).await
+    }
+
     /// Emits `event` with `payload` to one socket.
     ///
     /// # Errors

@@ -114,6 +114,21 @@ pub trait EventSource: Send + Sync {
     /// MUST return [`EventSourceError::Unavailable`] when no broker answers.
     async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError>;
 
+    /// Per partition of `topics`, the offset of the first record produced at or after `since`,
+    /// else the partition's latest offset: where reading must start to see what was produced
+    /// since then (connection-state recovery reads back its window at start-up). The default
+    /// knows no times and answers [`EventSource::latest_positions`].
+    ///
+    /// # Errors
+    /// MUST return [`EventSourceError::Unavailable`] when no broker answers.
+    async fn positions_since(
+        &self,
+        topics: &[&str],
+        _since: SystemTime,
+    ) -> Result<Positions, EventSourceError> {
+        self.latest_positions(topics).await
+    }
+
     /// The newest record of `topic` that `accept` takes, read backwards from the end of the log
     /// (start-up warm-up: the last valid snapshot already produced).
     ///

@@ -179,6 +179,39 @@ impl EventSource for KafkaEventSource {
         Ok(positions)
     }
 
+    /// ListOffsets by timestamp per partition (Kafka answers the first record at or after it),
+    /// kept within the log; the log end when no record is that new.
+    async fn positions_since(
+        &self,
+        topics: &[&str],
+        since: std::time::SystemTime,
+    ) -> Result<Positions, EventSourceError> {
+        let (_, opened) = self.open_all(topics, &Positions::default()).await?;
+        let ms = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let since = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
+        let limit = self.client.settings().request_timeout * 2;
+        let mut positions = Positions::default();
+        for (client, end) in opened {
+            let (topic, partition) = (client.topic(), client.partition());
+            let first = async {
+                let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
+                let at = bounded(limit, client.get_offset(OffsetAt::Timestamp(since))).await?;
+                Ok::<_, RsError>(if (earliest..end).contains(&at) {
+                    at
+                } else {
+                    end
+                })
+            };
+            let offset = first
+                .await
+                .map_err(|e| to_source_error(topic, partition, &e))?;
+            positions.set(topic, partition, offset);
+        }
+        Ok(positions)
+    }
+
     /// Reads each partition backwards from its end ([`partition_tail`]); of the partitions'
     /// newest accepted records, the one with the latest record timestamp wins.
     #[tracing::instrument(skip_all, fields(topic), err(Display))]

@@ -247,6 +247,24 @@ impl EventSource for MemoryBus {
         Ok(positions)
     }
 
+    async fn positions_since(
+        &self,
+        topics: &[&str],
+        since: std::time::SystemTime,
+    ) -> Result<Positions, EventSourceError> {
+        let mut positions = self.latest_positions(topics).await?;
+        let st = self.lock();
+        for topic in topics {
+            for (i, part) in st.topics.get(*topic).into_iter().flatten().enumerate() {
+                let newer = part.produced.iter().position(|at| *at >= since);
+                if let Some(n) = newer {
+                    positions.set(topic, i as i32, part.base + n as i64);
+                }
+            }
+        }
+        Ok(positions)
+    }
+
     async fn last_accepted(
         &self,
         topic: &str,

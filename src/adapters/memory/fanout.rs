@@ -1,5 +1,5 @@
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +20,8 @@ pub struct Delivered {
     pub target: Target,
     pub event: String,
     pub payload: Payload,
+    /// The recovery offset sent as the event's last argument, if any (D26).
+    pub offset: Option<String>,
 }
 
 /// A fanout that records every emit and keeps room membership like Socket.IO does, for tests.
@@ -75,10 +77,15 @@ impl RecordingFanout {
     }
 
     fn record(&self, target: Target, event: &str, payload: &Payload) {
+        self.record_at(target, event, payload, None);
+    }
+
+    fn record_at(&self, target: Target, event: &str, payload: &Payload, offset: Option<&str>) {
         self.lock().delivered.push(Delivered {
             target,
             event: event.to_owned(),
             payload: payload.clone(),
+            offset: offset.map(str::to_owned),
         });
         self.emitted.notify_waiters();
     }
@@ -91,6 +98,28 @@ impl ClientFanout for RecordingFanout {
         Ok(())
     }
 
+    async fn to_room_at(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.record_at(Target::Room(room.to_owned()), event, payload, Some(offset));
+        Ok(())
+    }
+
+    async fn to_room_latest_at(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        _key: &str,
+        offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        self.to_room_at(room, event, payload, offset).await
+    }
+
     async fn to_socket(
         &self,
         socket: &str,
@@ -101,6 +130,25 @@ impl ClientFanout for RecordingFanout {
             return Err(FanoutError::UnknownSocket(socket.to_owned()));
         }
         self.record(Target::Socket(socket.to_owned()), event, payload);
+        Ok(())
+    }
+
+    async fn to_socket_at(
+        &self,
+        socket: &str,
+        event: &str,
+        payload: &Payload,
+        offset: &Arc<str>,
+    ) -> Result<(), FanoutError> {
+        if !self.lock().rooms.contains_key(socket) {
+            return Err(FanoutError::UnknownSocket(socket.to_owned()));
+        }
+        self.record_at(
+            Target::Socket(socket.to_owned()),
+            event,
+            payload,
+            Some(offset),
+        );
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 //! price per product, never a growing queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use socketioxide::socket::Sid;
 
@@ -19,6 +19,8 @@ pub(crate) struct Pending {
     pub payload: Payload,
     /// The conflation key (a product id), if newer messages with the same key replace it.
     pub key: Option<String>,
+    /// The recovery offset sent as the event's last argument (room events, D26).
+    pub offset: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -39,13 +41,21 @@ impl Backlog {
 
     /// The latest `key` message is now `event` with `payload`: it replaces the one held for
     /// that key in place (nothing allocated), or is added if under `max_keys`.
-    fn put_latest(&mut self, event: &str, payload: &Payload, key: &str, max_keys: usize) -> Pushed {
+    fn put_latest(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+        offset: Option<&Arc<str>>,
+        max_keys: usize,
+    ) -> Pushed {
         if let Some(slot) = self
             .latest
             .iter_mut()
             .find(|p| p.key.as_deref() == Some(key))
         {
             slot.payload = payload.clone();
+            slot.offset = offset.cloned();
             if slot.event != event {
                 event.clone_into(&mut slot.event);
             }
@@ -58,6 +68,7 @@ impl Backlog {
             event: event.to_owned(),
             payload: payload.clone(),
             key: Some(key.to_owned()),
+            offset: offset.cloned(),
         });
         Pushed::Queued
     }
@@ -132,7 +143,13 @@ impl Backlogs {
             }
         });
         match &message.key {
-            Some(key) => backlog.put_latest(&message.event, &message.payload, key, self.max_keys),
+            Some(key) => backlog.put_latest(
+                &message.event,
+                &message.payload,
+                key,
+                message.offset.as_ref(),
+                self.max_keys,
+            ),
             None => {
                 if backlog.urgent.len() >= self.max_urgent {
                     return Pushed::Overflow;
@@ -151,6 +168,7 @@ impl Backlogs {
         event: &str,
         payload: &Payload,
         key: &str,
+        offset: Option<&Arc<str>>,
     ) -> RoomPush {
         let mut done = RoomPush::default();
         let mut map = self.lock();
@@ -158,7 +176,7 @@ impl Backlogs {
             if !backlog.rooms.iter().any(|r| r == room) {
                 continue;
             }
-            match backlog.put_latest(event, payload, key, self.max_keys) {
+            match backlog.put_latest(event, payload, key, offset, self.max_keys) {
                 Pushed::Queued => done.queued += 1,
                 Pushed::Conflated => done.conflated += 1,
                 Pushed::Overflow => done.overflowed.push(*sid),
@@ -247,7 +265,14 @@ impl LatestByRoom {
 
     /// Remembers `payload` as the latest of `key` in `room` (beyond `max_keys` keys per room,
     /// new keys are not remembered).
-    pub fn record(&self, room: &str, event: &str, payload: &Payload, key: &str) {
+    pub fn record(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &Payload,
+        key: &str,
+        offset: Option<&Arc<str>>,
+    ) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let keys = match map.get_mut(room) {
             Some(keys) => keys,
@@ -255,6 +280,7 @@ impl LatestByRoom {
         };
         if let Some(slot) = keys.get_mut(key) {
             slot.payload = payload.clone();
+            slot.offset = offset.cloned();
             if slot.event != event {
                 event.clone_into(&mut slot.event);
             }
@@ -265,6 +291,7 @@ impl LatestByRoom {
                     event: event.to_owned(),
                     payload: payload.clone(),
                     key: Some(key.to_owned()),
+                    offset: offset.cloned(),
                 },
             );
         }
@@ -288,6 +315,7 @@ mod tests {
             event: event.into(),
             payload: Payload::new(&n),
             key: key.map(str::to_owned),
+            offset: None,
         }
     }
 
@@ -346,11 +374,11 @@ mod tests {
     fn the_latest_per_room_and_key_is_remembered_within_bounds() {
         let latest = LatestByRoom::new(2);
         let p = |n: u32| Payload::new(&n);
-        latest.record("crypto", "t", &p(1), "BTC");
-        latest.record("crypto", "t", &p(2), "ETH");
-        latest.record("crypto", "t", &p(3), "BTC");
-        latest.record("crypto", "t", &p(4), "SOL"); // a third key: over the bound
-        latest.record("other", "t", &p(5), "BTC");
+        latest.record("crypto", "t", &p(1), "BTC", None);
+        latest.record("crypto", "t", &p(2), "ETH", None);
+        latest.record("crypto", "t", &p(3), "BTC", None);
+        latest.record("crypto", "t", &p(4), "SOL", None); // a third key: over the bound
+        latest.record("other", "t", &p(5), "BTC", None);
         let mut got: Vec<(String, String)> = latest
             .of("crypto")
             .into_iter()
@@ -375,13 +403,13 @@ mod tests {
         b.push_for(moved, msg("r", None, 0), || rooms(&["news"]));
         b.set_rooms(moved, rooms(&["crypto"]));
         let p = |n: u32| Payload::new(&n);
-        let first = b.push_latest_to_room("crypto", "t", &p(1), "BTC");
+        let first = b.push_latest_to_room("crypto", "t", &p(1), "BTC", None);
         assert_eq!((first.queued, first.conflated), (2, 0));
-        let second = b.push_latest_to_room("crypto", "t", &p(2), "BTC");
+        let second = b.push_latest_to_room("crypto", "t", &p(2), "BTC", None);
         assert_eq!((second.queued, second.conflated), (0, 2));
-        b.push_latest_to_room("crypto", "t", &p(3), "ETH");
+        b.push_latest_to_room("crypto", "t", &p(3), "ETH", None);
         // A third key is over the bound of two: those sockets must go.
-        let third = b.push_latest_to_room("crypto", "t", &p(4), "SOL");
+        let third = b.push_latest_to_room("crypto", "t", &p(4), "SOL", None);
         let mut over = third.overflowed.clone();
         over.sort();
         let mut expected = vec![in_room, moved];

@@ -1,0 +1,420 @@
+//! Connection-state recovery (issue 12, D26): session ids issued at connect, and the replay of
+//! what a reconnecting client missed, from this replica's journal.
+//!
+//! The journal is written by the event consumer ([`super::ingest`]) under the same lock that
+//! [`Recovery::resume`] holds while it sends a replay and joins the rooms: an event is either
+//! in the replay or reaches the socket live through its room, never both and never neither.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::domain::recovery::{Cut, Journal, Refusal, SessionClaims};
+use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
+use crate::ports::ClientFanout;
+
+use super::config::{Secret, SocketIoSettings};
+use super::metrics::{
+    RECOVERY_CONFLATED, RECOVERY_JOURNAL, RECOVERY_REFUSED, RECOVERY_REPLAYED, RECOVERY_SESSIONS,
+};
+
+/// The rooms a recovered socket is put back in. A client that holds an offset had received a
+/// room event, so it had sent `userLocationUpdate`, which joins these together (contract
+/// §c.4). Its weather room is not known here: the session id is sent before the client names
+/// its city; the frontend sends `userLocationUpdate` again on every connect, which joins it
+/// and serves the city's latest result (D23).
+pub const RECOVERED_ROOMS: [&str; 3] = [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK];
+
+/// How long a recovering handshake waits for this replica to have read as far as the client's
+/// offset (it came from a replica that was ahead, or this one is reading its window back at
+/// start-up).
+const CATCH_UP: Duration = Duration::from_secs(5);
+const CATCH_UP_POLL: Duration = Duration::from_millis(10);
+
+/// What the handshake decided.
+#[derive(Debug)]
+pub struct Admission {
+    /// The session id to send in the CONNECT reply.
+    pub pid: String,
+    /// Set when the client's session is recovered: replay from this cut once connected.
+    pub resume: Option<Cut>,
+}
+
+pub struct Recovery {
+    journal: Mutex<Journal>,
+    secret: Vec<u8>,
+    window: Duration,
+    token_ttl: Duration,
+    budget: usize,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Recovery {
+    /// Recovery as configured; `None` when `socketio.recovery_window` is 0.
+    ///
+    /// # Errors
+    /// When `socketio.recovery_secret_file` cannot be read or holds too short a secret (names
+    /// the file and the fix).
+    pub fn from_settings(settings: &SocketIoSettings) -> anyhow::Result<Option<Arc<Self>>> {
+        if settings.recovery_window.is_zero() {
+            return Ok(None);
+        }
+        let secret = match (&settings.recovery_secret, &settings.recovery_secret_file) {
+            (Some(Secret(secret)), _) => secret.trim().as_bytes().to_vec(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "socketio.recovery_secret_file: cannot read {}: {e} (give a readable file holding the recovery secret, or unset FLUX_SOCKETIO__RECOVERY_SECRET_FILE)",
+                        path.display()
+                    )
+                })?;
+                let secret = text.trim();
+                anyhow::ensure!(
+                    secret.len() >= 32,
+                    "socketio.recovery_secret_file: {} holds {} characters after trimming; the recovery secret needs at least 32 (e.g. `openssl rand -hex 32`)",
+                    path.display(),
+                    secret.len()
+                );
+                secret.as_bytes().to_vec()
+            }
+            (None, None) => {
+                tracing::info!(
+                    "connection-state recovery: no socketio.recovery_secret set; sessions recover on this replica only (set FLUX_SOCKETIO__RECOVERY_SECRET to the same value on every replica)"
+                );
+                let mut secret = vec![0u8; 32];
+                rand::fill(&mut secret[..]);
+                secret
+            }
+        };
+        Ok(Some(Arc::new(Self::new(
+            secret,
+            settings.recovery_window,
+            settings.recovery_token_ttl,
+            settings.replay_budget,
+            settings.recovery_max_events,
+        ))))
+    }
+
+    pub fn new(
+        secret: Vec<u8>,
+        window: Duration,
+        token_ttl: Duration,
+        budget: usize,
+        max_events: usize,
+    ) -> Self {
+        Self {
+            journal: Mutex::new(Journal::new(max_events, window.as_millis() as u64)),
+            secret,
+            window,
+            token_ttl,
+            budget,
+        }
+    }
+
+    /// The window of the journal: the event consumer reads this much of the log back at
+    /// start-up.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The journal, for the event consumer: hold the guard while emitting what was appended.
+    pub async fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().await
+    }
+
+    /// Exports the journal's size.
+    pub fn export(journal: &Journal) {
+        metrics::gauge!(RECOVERY_JOURNAL).set(journal.len() as f64);
+    }
+
+    /// A new session id for `user_id`.
+    pub fn issue(&self, user_id: &str) -> String {
+        let claims = SessionClaims {
+            user_id: user_id.to_owned(),
+            expires_ms: now_ms().saturating_add(self.token_ttl.as_millis() as u64),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        claims.sign(&self.secret)
+    }
+
+    /// Decides at the handshake whether the client's session is recovered: a session id this
+    /// deployment signed for the same user, not expired, and an offset this replica can replay
+    /// from within the budget (waiting up to 5 s for this replica to read as far). Anything
+    /// else is a normal connection with a new session id, counted with its reason.
+    pub async fn admit(&self, handshake: Option<&Value>, user_id: &str) -> Admission {
+        let field = |name: &str| handshake.and_then(|h| h.get(name)).and_then(Value::as_str);
+        let Some(pid) = field("pid") else {
+            return self.fresh(user_id, None);
+        };
+        let claims = match SessionClaims::verify(pid, &self.secret, now_ms()) {
+            Ok(claims) => claims,
+            Err(e) => return self.fresh(user_id, Some(e.label())),
+        };
+        if claims.user_id != user_id {
+            return self.fresh(user_id, Some("other_user"));
+        }
+        let Some(cut) = field("offset").and_then(Cut::decode) else {
+            return self.fresh(user_id, Some("no_offset"));
+        };
+        match self.check(&cut).await {
+            Ok(()) => Admission {
+                pid: pid.to_owned(),
+                resume: Some(cut),
+            },
+            Err(refusal) => self.fresh(user_id, Some(refusal.label())),
+        }
+    }
+
+    fn fresh(&self, user_id: &str, refused: Option<&'static str>) -> Admission {
+        if let Some(reason) = refused {
+            refuse(reason);
+        }
+        Admission {
+            pid: self.issue(user_id),
+            resume: None,
+        }
+    }
+
+    /// Whether a replay from `cut` would be accepted now, once this replica has read that far.
+    async fn check(&self, cut: &Cut) -> Result<(), Refusal> {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        loop {
+            {
+                let journal = self.journal.lock().await;
+                match journal.replay(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
+                    Err(Refusal::Ahead) => {}
+                    other => return other.map(|_| ()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Refusal::Ahead);
+            }
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
+    }
+
+    /// Sends `socket` every event of [`RECOVERED_ROOMS`] after `cut`, in order, and puts it
+    /// back in those rooms, atomically with respect to the event consumer. Returns how many
+    /// events were replayed.
+    ///
+    /// # Errors
+    /// The [`Refusal`] when the replay is no longer possible (the journal moved on since the
+    /// handshake); the socket is then left as a normal connection.
+    pub async fn resume(
+        &self,
+        fanout: &dyn ClientFanout,
+        socket: &str,
+        cut: &Cut,
+    ) -> Result<usize, Refusal> {
+        let journal = self.journal.lock().await;
+        let replay = match journal.replay(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
+            Ok(replay) => replay,
+            Err(refusal) => {
+                refuse(refusal.label());
+                return Err(refusal);
+            }
+        };
+        for entry in &replay.entries {
+            if let Err(e) = fanout
+                .to_socket_at(socket, &entry.event, &entry.payload, &entry.offset)
+                .await
+            {
+                tracing::debug!(socket, error = %e, "replay stopped: socket gone");
+                return Ok(0);
+            }
+        }
+        let rooms: Vec<String> = RECOVERED_ROOMS.iter().map(|r| (*r).to_owned()).collect();
+        if fanout.join(socket, &rooms).await.is_err() {
+            return Ok(0);
+        }
+        drop(journal);
+        metrics::counter!(RECOVERY_SESSIONS, "outcome" => "recovered").increment(1);
+        metrics::counter!(RECOVERY_REPLAYED).increment(replay.entries.len() as u64);
+        if replay.conflated > 0 {
+            metrics::counter!(RECOVERY_CONFLATED).increment(replay.conflated as u64);
+        }
+        tracing::debug!(
+            socket,
+            replayed = replay.entries.len(),
+            conflated = replay.conflated,
+            "session recovered"
+        );
+        Ok(replay.entries.len())
+    }
+}
+
+fn refuse(reason: &'static str) {
+    metrics::counter!(RECOVERY_SESSIONS, "outcome" => "refused").increment(1);
+    metrics::counter!(RECOVERY_REFUSED, "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::adapters::memory::RecordingFanout;
+    use crate::domain::recovery::Position;
+    use crate::domain::topics::EV_TICKER;
+    use crate::ports::Payload;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn recovery(window: Duration) -> Recovery {
+        Recovery::new(
+            SECRET.to_vec(),
+            window,
+            Duration::from_secs(3600),
+            100,
+            1000,
+        )
+    }
+
+    /// Journals tickers `range` (offsets of partition 0 of the ticker topic, one record each)
+    /// and returns their offset strings.
+    async fn ticks(r: &Recovery, range: Range<i64>) -> Vec<Arc<str>> {
+        let mut journal = r.journal().await;
+        journal.start(3, 0, range.start);
+        range
+            .map(|i| {
+                let pos = Position {
+                    topic: 3,
+                    partition: 0,
+                    offset: i,
+                    emit: 0,
+                };
+                let offset = journal.append(
+                    pos,
+                    true,
+                    ROOM_CRYPTO,
+                    EV_TICKER,
+                    &Payload::new(&i),
+                    Some("BTC"),
+                    now_ms(),
+                );
+                journal.advance(3, 0, i);
+                offset
+            })
+            .collect()
+    }
+
+    fn handshake(pid: &str, offset: &str) -> Value {
+        json!({"guestId": "u1", "pid": pid, "offset": offset})
+    }
+
+    #[tokio::test]
+    async fn a_valid_session_keeps_its_pid_and_gets_every_later_event_then_its_rooms() {
+        let r = recovery(Duration::from_secs(120));
+        let offsets = ticks(&r, 0..10).await;
+        let pid = r.issue("u1");
+        let admission = r.admit(Some(&handshake(&pid, &offsets[6])), "u1").await;
+        assert_eq!(admission.pid, pid);
+        let cut = admission.resume.expect("recovered");
+        // What the consumer emits between the handshake and the replay is in the replay too.
+        let later = ticks(&r, 10..12).await;
+        let fanout = RecordingFanout::default();
+        fanout.connect("s1");
+        assert_eq!(r.resume(&fanout, "s1", &cut).await, Ok(5));
+        let replayed: Vec<(String, Option<String>)> = fanout
+            .delivered()
+            .into_iter()
+            .map(|d| (d.payload.as_str().to_owned(), d.offset))
+            .collect();
+        let expected: Vec<(String, Option<String>)> = (7..12)
+            .map(|i: usize| {
+                let offset = if i < 10 { &offsets[i] } else { &later[i - 10] };
+                (i.to_string(), Some(offset.to_string()))
+            })
+            .collect();
+        assert_eq!(replayed, expected);
+        let mut rooms = fanout.rooms_of("s1").await.unwrap();
+        rooms.sort();
+        assert_eq!(rooms, [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK]);
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_a_normal_connection_with_a_new_session_id() {
+        let r = recovery(Duration::from_millis(300));
+        let offsets = ticks(&r, 0..3).await;
+        let pid = r.issue("u1");
+        let other_user = r.issue("u2");
+        let signed_elsewhere = Recovery::new(
+            b"another secret".to_vec(),
+            Duration::from_secs(9),
+            Duration::from_secs(9),
+            9,
+            9,
+        )
+        .issue("u1");
+        let mut forged = pid.clone().into_bytes();
+        let middle = forged.len() / 2;
+        forged[middle] = if forged[middle] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let cases = [
+            ("no pid", json!({"guestId": "u1"})),
+            ("forged pid", handshake(&forged, &offsets[1])),
+            (
+                "another deployment's pid",
+                handshake(&signed_elsewhere, &offsets[1]),
+            ),
+            ("another user's pid", handshake(&other_user, &offsets[1])),
+            ("no offset", json!({"pid": pid})),
+            (
+                "an offset that is not one",
+                handshake(&pid, "not-an-offset"),
+            ),
+            (
+                "a pid that is not a string",
+                json!({"pid": 7, "offset": &*offsets[1]}),
+            ),
+        ];
+        for (case, shake) in cases {
+            let admission = r.admit(Some(&shake), "u1").await;
+            assert!(admission.resume.is_none(), "{case}: recovered");
+            assert_ne!(admission.pid, pid, "{case}: same pid");
+            let claims = SessionClaims::verify(&admission.pid, SECRET, now_ms()).unwrap();
+            assert_eq!(claims.user_id, "u1", "{case}");
+        }
+        assert!(r.admit(None, "u1").await.resume.is_none());
+        // Outside the window.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let admission = r.admit(Some(&handshake(&pid, &offsets[1])), "u1").await;
+        assert!(
+            admission.resume.is_none(),
+            "an offset older than the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_offset_from_a_replica_further_ahead_waits_for_this_one_to_get_there() {
+        let ahead = recovery(Duration::from_secs(120));
+        let offsets = ticks(&ahead, 0..5).await;
+        let r = Arc::new(recovery(Duration::from_secs(120)));
+        ticks(&r, 0..3).await;
+        let pid = r.issue("u1");
+        let waiting = {
+            let (r, shake) = (r.clone(), handshake(&pid, &offsets[4]));
+            tokio::spawn(async move { r.admit(Some(&shake), "u1").await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        ticks(&r, 3..5).await;
+        assert!(waiting.await.unwrap().resume.is_some());
+        // One that this replica never reaches: refused after the catch-up wait.
+        let never = ticks(&ahead, 5..9).await;
+        let started = tokio::time::Instant::now();
+        let admission = r.admit(Some(&handshake(&pid, &never[3])), "u1").await;
+        assert!(admission.resume.is_none());
+        assert!(started.elapsed() >= CATCH_UP);
+    }
+}
