@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the real-client test suites in tests/node against the flux-bff binary:
 #   - contract.test.mjs: the wire contract with the official socket.io-client;
-#   - dashboard.e2e.test.mjs: the dashboard in headless Chromium (screenshot: target/dashboard.png).
+#   - dashboard.e2e.test.mjs: the dashboard in headless Chromium (screenshot: target/dashboard.png);
+#   - recovery.test.mjs: connection-state recovery through Apache Kafka (scripts/kafka.sh: java
+#     and the broker's jars, `bash scripts/kafka.sh fetch`) with socket.io-client and a TCP proxy.
 # Installs what is missing: Debian's chromium (apt) and the npm packages (npm ci), and builds the
 # binary (cargo build) unless FLUX_BFF_BIN names one. Needs node >= 20 and npm.
 # Environment: FLUX_BFF_BIN (binary to test), FLUX_CHROMIUM (browser, default /usr/bin/chromium),
