@@ -47,6 +47,8 @@ const MAX_CUT_CHARS: usize = 4096;
 /// Most partitions a decoded cut may name (over all topics).
 const MAX_CUT_PARTITIONS: usize = 4096;
 const CUT_VERSION: u8 = 1;
+/// Distinct room and event names the journal shares between entries.
+const MAX_NAMES: usize = 10_000;
 
 /// How far a stream of emits had got, per topic partition, and when.
 ///
@@ -239,6 +241,8 @@ pub struct Journal {
     low: BTreeMap<(u8, i32), Mark>,
     /// Per partition, how many of its emits the journal holds (none: not listed).
     held: HashMap<(u8, i32), usize>,
+    /// Room and event names shared by the entries (a handful, plus one room per city).
+    names: HashSet<Arc<str>>,
     max_entries: usize,
     window_ms: u64,
 }
@@ -251,6 +255,7 @@ impl Journal {
             head: Cut::default(),
             low: BTreeMap::new(),
             held: HashMap::new(),
+            names: HashSet::new(),
             max_entries: max_entries.max(1),
             window_ms,
         }
@@ -321,17 +326,31 @@ impl Journal {
         self.head.at_ms = now_ms;
         let offset: Arc<str> = Arc::from(self.head.encode());
         *self.held.entry((pos.topic, pos.partition)).or_default() += 1;
+        let (room, event) = (self.name(room), self.name(event));
         self.entries.push_back(Entry {
             pos,
             at_ms: now_ms,
-            room: Arc::from(room),
-            event: Arc::from(event),
+            room,
+            event,
             payload: payload.clone(),
             key: key.map(Arc::from),
             offset: Arc::clone(&offset),
         });
         self.evict(now_ms);
         offset
+    }
+
+    /// `name` as a shared string: one allocation per distinct room or event name (up to
+    /// [`MAX_NAMES`]), not one per entry.
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(name) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if self.names.len() < MAX_NAMES {
+            self.names.insert(Arc::clone(&shared));
+        }
+        shared
     }
 
     /// The record at `offset` is handled (emitted, rejected or skipped): the head moves past it.
