@@ -91,6 +91,11 @@ impl SioClient {
         Ok(client)
     }
 
+    /// Bytes read from the WebSocket since the upgrade.
+    pub fn read_bytes(&self) -> u64 {
+        self.ws.read_bytes()
+    }
+
     /// Emits `name` with an already serialised JSON payload.
     pub async fn emit(&mut self, name: &str, payload_json: &str) -> Result<(), ClientError> {
         self.ws

@@ -173,6 +173,8 @@ pub struct WsStream {
     frag: Vec<u8>,
     frag_active: bool,
     out: Vec<u8>,
+    /// Bytes read from the socket after the upgrade response (WebSocket frames as sent).
+    read_bytes: u64,
 }
 
 impl WsStream {
@@ -246,6 +248,7 @@ impl WsStream {
             frag: Vec::new(),
             frag_active: false,
             out: Vec::with_capacity(256),
+            read_bytes: (end - header_end) as u64,
         })
     }
 
@@ -298,7 +301,13 @@ impl WsStream {
             return Err(WsError::Closed);
         }
         self.end += n;
+        self.read_bytes += n as u64;
         Ok(())
+    }
+
+    /// Bytes read from the socket since the upgrade (what the server wrote to it).
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes
     }
 
     /// Parses complete frames from the buffer. Returns the text messages delivered and the

@@ -65,6 +65,8 @@ pub struct SlowArgs {
 #[derive(Debug, Default, Serialize)]
 struct ClientOutcome {
     received: u64,
+    /// Bytes read from the socket while deliveries were recorded.
+    read_bytes: u64,
     ready: bool,
     confirmed: bool,
     slow: bool,
@@ -90,6 +92,8 @@ pub struct FanoutReport {
     pub injection: &'static str,
     /// Kafka mode: the spawned gateway's `FLUX_KAFKA__FETCH_MAX_WAIT`, when set by this tool.
     pub kafka_fetch_max_wait: Option<String>,
+    /// The spawned gateway's extra environment (`--gateway-env`), to tell runs apart.
+    pub gateway_env: Vec<String>,
     pub params: FanoutArgs,
     pub slow_share: f64,
     pub clients_ready: u64,
@@ -124,6 +128,9 @@ pub struct FanoutReport {
     pub gw_cpu_pct_avg: f64,
     pub gw_cpu_us_per_delivery: f64,
     pub gw_rss_mb_max: f64,
+    /// Bytes the clients read from their sockets while deliveries were recorded (WebSocket
+    /// frames as the gateway wrote them, pings included), per delivery received.
+    pub client_read_bytes_per_delivery: f64,
     pub lg_cpu_pct_avg: f64,
     pub timeline: Vec<TimelineRow>,
 }
@@ -150,6 +157,7 @@ pub async fn run(
     } else {
         None
     };
+    report.gateway_env = common.gateway_env.clone();
     Ok(report)
 }
 
@@ -229,6 +237,7 @@ async fn run_against(
                     r = c.next_batch(|_| {}) => if let Err(e) = r { out.error = Some(e.kind()); return out; },
                 }
             };
+            let read_start = c.read_bytes();
             let mut batch: Vec<(u64, u64)> = Vec::with_capacity(64);
             loop {
                 let mut now = 0u64;
@@ -258,6 +267,7 @@ async fn run_against(
                     break;
                 }
             }
+            out.read_bytes = c.read_bytes() - read_start;
             out
         }));
     }
@@ -447,6 +457,7 @@ fn build_report(
     let mut connect_errors = ErrorCounts::default();
     let mut receive_errors = ErrorCounts::default();
     let (mut ready, mut slow, mut unconfirmed, mut received) = (0u64, 0u64, 0u64, 0u64);
+    let mut read_bytes = 0u64;
     let (mut min_c, mut max_c) = (u64::MAX, 0u64);
     for o in outcomes {
         match (o.ready, o.error) {
@@ -466,6 +477,7 @@ fn build_report(
             continue;
         }
         received += o.received;
+        read_bytes += o.read_bytes;
         min_c = min_c.min(o.received);
         max_c = max_c.max(o.received);
     }
@@ -515,6 +527,7 @@ fn build_report(
         scenario: name,
         injection: "admin-publish",
         kafka_fetch_max_wait: None,
+        gateway_env: Vec::new(),
         params: args.clone(),
         slow_share,
         clients_ready: ready,
@@ -556,6 +569,11 @@ fn build_report(
             0.0
         },
         gw_rss_mb_max: procs.iter().map(|p| p.0.rss_mb).fold(0.0, f64::max),
+        client_read_bytes_per_delivery: if received > 0 {
+            read_bytes as f64 / received as f64
+        } else {
+            0.0
+        },
         lg_cpu_pct_avg: avg(&|p| p.1.cpu_pct),
         timeline,
     }
@@ -644,6 +662,10 @@ pub fn print(r: &FanoutReport) {
     println!(
         "gateway CPU avg {:.0} %   {:.2} µs CPU/delivery   RSS max {:.1} MB   load generator CPU avg {:.0} %",
         r.gw_cpu_pct_avg, r.gw_cpu_us_per_delivery, r.gw_rss_mb_max, r.lg_cpu_pct_avg
+    );
+    println!(
+        "bytes per delivery: clients read {:.1} (the ticker's Socket.IO message alone: {} B)",
+        r.client_read_bytes_per_delivery, r.frame_bytes
     );
     println!();
     println!(
