@@ -41,6 +41,8 @@ pub const RECOVERY_REFUSED: &str = "flux_recovery_refused_total";
 pub const RECOVERY_REPLAYED: &str = "flux_recovery_replayed_events_total";
 pub const RECOVERY_CONFLATED: &str = "flux_recovery_conflated_events_total";
 pub const RECOVERY_JOURNAL: &str = "flux_recovery_journal_events";
+pub const RECOVERY_HANDSHAKE: &str = "flux_recovery_handshake_seconds";
+pub const RECOVERY_REPLAY: &str = "flux_recovery_replay_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -17,7 +17,8 @@ use crate::ports::ClientFanout;
 
 use super::config::{Secret, SocketIoSettings};
 use super::metrics::{
-    RECOVERY_CONFLATED, RECOVERY_JOURNAL, RECOVERY_REFUSED, RECOVERY_REPLAYED, RECOVERY_SESSIONS,
+    RECOVERY_CONFLATED, RECOVERY_HANDSHAKE, RECOVERY_JOURNAL, RECOVERY_REFUSED, RECOVERY_REPLAY,
+    RECOVERY_REPLAYED, RECOVERY_SESSIONS,
 };
 
 /// The rooms a recovered socket is put back in. A client that holds an offset had received a
@@ -154,6 +155,13 @@ impl Recovery {
         let Some(pid) = field("pid") else {
             return self.fresh(user_id, None);
         };
+        let started = std::time::Instant::now();
+        let admission = self.admit_session(pid, field("offset"), user_id).await;
+        metrics::histogram!(RECOVERY_HANDSHAKE).record(started.elapsed().as_secs_f64());
+        admission
+    }
+
+    async fn admit_session(&self, pid: &str, offset: Option<&str>, user_id: &str) -> Admission {
         let claims = match SessionClaims::verify(pid, &self.secret, now_ms()) {
             Ok(claims) => claims,
             Err(e) => return self.fresh(user_id, Some(e.label())),
@@ -161,7 +169,7 @@ impl Recovery {
         if claims.user_id != user_id {
             return self.fresh(user_id, Some("other_user"));
         }
-        let Some(cut) = field("offset").and_then(Cut::decode) else {
+        let Some(cut) = offset.and_then(Cut::decode) else {
             return self.fresh(user_id, Some("no_offset"));
         };
         match self.check(&cut).await {
@@ -214,6 +222,7 @@ impl Recovery {
         socket: &str,
         cut: &Cut,
     ) -> Result<usize, Refusal> {
+        let started = std::time::Instant::now();
         let journal = self.journal.lock().await;
         let replay = match journal.replay(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
             Ok(replay) => replay,
@@ -236,6 +245,7 @@ impl Recovery {
             return Ok(0);
         }
         drop(journal);
+        metrics::histogram!(RECOVERY_REPLAY).record(started.elapsed().as_secs_f64());
         metrics::counter!(RECOVERY_SESSIONS, "outcome" => "recovered").increment(1);
         metrics::counter!(RECOVERY_REPLAYED).increment(replay.entries.len() as u64);
         if replay.conflated > 0 {
