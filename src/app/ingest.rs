@@ -282,14 +282,21 @@ impl Ingestor {
     }
 
     /// Whether `record` was read back for the recovery journal only (before live reading).
+    /// Once a partition reaches its live position its read-back is over: a later record with
+    /// a lower offset (the log went back, issue 10) is live.
     fn is_history(&self, record: &Record) -> bool {
-        self.recovery.is_some()
-            && self
-                .live_from
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&record.topic, record.partition)
-                .is_some_and(|live| record.offset < live)
+        if self.recovery.is_none() {
+            return false;
+        }
+        let mut live_from = self.live_from.lock().unwrap_or_else(|e| e.into_inner());
+        match live_from.get(&record.topic, record.partition) {
+            Some(live) if record.offset < live => true,
+            Some(_) => {
+                live_from.remove(&record.topic, record.partition);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Validates records read together and fans them out, in order; when the consumer is
@@ -705,6 +712,41 @@ mod tests {
         drop(journal);
         stop.cancel();
         consumer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_the_read_back_a_log_that_went_back_is_live_again() {
+        let (ingestor, fanout, stop) = recording_ingestor(
+            crate::adapters::memory::MemoryBus::new(),
+            Duration::from_secs(3600),
+        );
+        let ingestor = ingestor.with_recovery(Some(Arc::new(crate::app::recovery::Recovery::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            100,
+            1000,
+        ))));
+        ingestor
+            .live_from
+            .lock()
+            .unwrap()
+            .set(topics::TICKER_EVENTS, 0, 10);
+        let at = |offset: i64, price: u32| Record {
+            offset,
+            ..tick("BTC-USD", price)
+        };
+        ingestor.handle(&[at(8, 1), at(9, 2)], false).await;
+        assert!(
+            fanout.delivered().is_empty(),
+            "read-back records are not emitted"
+        );
+        ingestor.handle(&[at(10, 3)], false).await;
+        assert_eq!(fanout.delivered().len(), 1);
+        // The broker lost its data: the log starts again below the first live position.
+        ingestor.handle(&[at(0, 4), at(1, 5)], false).await;
+        assert_eq!(fanout.delivered().len(), 3, "{:?}", fanout.delivered());
+        stop.cancel();
     }
 
     #[tokio::test]
