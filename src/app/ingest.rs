@@ -59,9 +59,18 @@ pub struct Ingestor {
     last_error: watch::Sender<Option<String>>,
     /// Connection-state recovery's journal of emits (D26), when on.
     recovery: Option<Arc<Recovery>>,
-    /// Where live reading began, per partition: records before it were read back at start-up
-    /// for the recovery journal only (not emitted again, not cached).
-    live_from: std::sync::Mutex<Positions>,
+    /// Per partition with records in the recovery window at start-up: those records, up to
+    /// where live reading began, are read back for the recovery journal only (not emitted
+    /// again, not cached).
+    read_back: std::sync::Mutex<std::collections::HashMap<(String, i32), ReadBack>>,
+}
+
+/// The part of a partition read back at start-up: from `next` (the next record expected) to
+/// `live` (where live reading began).
+#[derive(Debug)]
+struct ReadBack {
+    next: i64,
+    live: i64,
 }
 
 /// Journals the emits of `record`'s delivery and returns their offset strings.
@@ -121,7 +130,7 @@ impl Ingestor {
             subscribed: watch::channel(false).0,
             last_error: watch::channel(None).0,
             recovery: None,
-            live_from: std::sync::Mutex::new(Positions::default()),
+            read_back: std::sync::Mutex::default(),
         }
     }
 
@@ -262,19 +271,26 @@ impl Ingestor {
                         .positions_since(&topics::EVENT_TOPICS, since)
                         .await?;
                     let mut journal = recovery.journal().await;
+                    let mut read_back = self.read_back.lock().unwrap_or_else(|e| e.into_inner());
                     let mut from = Positions::default();
                     for (topic, partition, live_at) in live.iter() {
                         let at = back.get(topic, partition).unwrap_or(live_at).min(live_at);
                         from.set(topic, partition, at);
+                        if at < live_at {
+                            let range = ReadBack {
+                                next: at,
+                                live: live_at,
+                            };
+                            read_back.insert((topic.to_owned(), partition), range);
+                        }
                         if let Some(t) = topics::event_topic_index(topic) {
                             journal.start(t, partition, at);
                         }
                     }
                     from
                 }
-                None => live.clone(),
+                None => live,
             };
-            *self.live_from.lock().unwrap_or_else(|e| e.into_inner()) = live;
         }
         self.source
             .subscribe(&topics::EVENT_TOPICS, positions)
@@ -282,21 +298,23 @@ impl Ingestor {
     }
 
     /// Whether `record` was read back for the recovery journal only (before live reading).
-    /// Once a partition reaches its live position its read-back is over: a later record with
-    /// a lower offset (the log went back, issue 10) is live.
+    /// A partition's read-back ends at its live position, or as soon as its log goes back
+    /// (data loss, issue 10): what follows is live.
     fn is_history(&self, record: &Record) -> bool {
-        if self.recovery.is_none() {
+        let mut read_back = self.read_back.lock().unwrap_or_else(|e| e.into_inner());
+        if read_back.is_empty() {
             return false;
         }
-        let mut live_from = self.live_from.lock().unwrap_or_else(|e| e.into_inner());
-        match live_from.get(&record.topic, record.partition) {
-            Some(live) if record.offset < live => true,
-            Some(_) => {
-                live_from.remove(&record.topic, record.partition);
-                false
-            }
-            None => false,
+        let key = (record.topic.to_string(), record.partition);
+        let Some(range) = read_back.get_mut(&key) else {
+            return false;
+        };
+        if record.offset < range.next || record.offset >= range.live {
+            read_back.remove(&key);
+            return false;
         }
+        range.next = record.offset + 1;
+        true
     }
 
     /// Validates records read together and fans them out, in order; when the consumer is
@@ -727,11 +745,10 @@ mod tests {
             100,
             1000,
         ))));
-        ingestor
-            .live_from
-            .lock()
-            .unwrap()
-            .set(topics::TICKER_EVENTS, 0, 10);
+        ingestor.read_back.lock().unwrap().insert(
+            (topics::TICKER_EVENTS.to_owned(), 0),
+            ReadBack { next: 8, live: 10 },
+        );
         let at = |offset: i64, price: u32| Record {
             offset,
             ..tick("BTC-USD", price)
@@ -746,6 +763,22 @@ mod tests {
         // The broker lost its data: the log starts again below the first live position.
         ingestor.handle(&[at(0, 4), at(1, 5)], false).await;
         assert_eq!(fanout.delivered().len(), 3, "{:?}", fanout.delivered());
+        // The same during the read-back: the log went back before reaching the live position.
+        ingestor.read_back.lock().unwrap().insert(
+            (topics::TICKER_EVENTS.to_owned(), 0),
+            ReadBack { next: 8, live: 10 },
+        );
+        ingestor
+            .handle(&[at(8, 6), at(0, 7), at(1, 8)], false)
+            .await;
+        assert_eq!(fanout.delivered().len(), 5, "{:?}", fanout.delivered());
+        // A partition with nothing in the window at start-up has no read-back at all: an idle
+        // topic whose log went back is live at once.
+        let news = Record {
+            offset: 0,
+            ..record(topics::NEWS_EVENTS, r#"{"articles":[]}"#)
+        };
+        assert!(!ingestor.is_history(&news));
         stop.cancel();
     }
 

@@ -55,10 +55,6 @@ impl Positions {
         self.0.insert((topic.to_owned(), partition), next_offset);
     }
 
-    pub fn remove(&mut self, topic: &str, partition: i32) {
-        self.0.remove(&(topic.to_owned(), partition));
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
         self.0.iter().map(|((t, p), o)| (t.as_str(), *p, *o))
     }
