@@ -197,9 +197,9 @@ impl Recovery {
         loop {
             {
                 let journal = self.journal.lock().await;
-                match journal.replay(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
+                match journal.check(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
                     Err(Refusal::Ahead) => {}
-                    other => return other.map(|_| ()),
+                    other => return other,
                 }
             }
             if tokio::time::Instant::now() >= deadline {

@@ -394,13 +394,6 @@ impl Journal {
         }
     }
 
-    /// Whether this journal has handled everything up to `cut` on every partition it names.
-    pub fn reached(&self, cut: &Cut) -> bool {
-        cut.marks
-            .iter()
-            .all(|(tp, mark)| self.head.marks.get(tp).is_some_and(|head| head >= mark))
-    }
-
     /// The events of `rooms` beyond `cut`, in emission order. Beyond `budget` events, tickers
     /// (events with a key) are conflated to the latest per room, event and key.
     ///
@@ -414,6 +407,35 @@ impl Journal {
         budget: usize,
         now_ms: u64,
     ) -> Result<Replay, Refusal> {
+        let (entries, conflated) = self.select(cut, rooms, budget, now_ms)?;
+        Ok(Replay {
+            entries: entries.into_iter().cloned().collect(),
+            conflated,
+        })
+    }
+
+    /// Whether [`Journal::replay`] would succeed, without copying the events out.
+    ///
+    /// # Errors
+    /// The [`Refusal`] `replay` would return.
+    pub fn check(
+        &self,
+        cut: &Cut,
+        rooms: &[&str],
+        budget: usize,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        self.select(cut, rooms, budget, now_ms).map(|_| ())
+    }
+
+    /// The entries of a replay and how many tickers were conflated.
+    fn select(
+        &self,
+        cut: &Cut,
+        rooms: &[&str],
+        budget: usize,
+        now_ms: u64,
+    ) -> Result<(Vec<&Entry>, usize), Refusal> {
         // Older than the window, or from further in the future than clocks drift (the offset
         // is the client's to forge; a forged one gains nothing it could not have anyway).
         if now_ms.saturating_sub(cut.at_ms) > self.window_ms
@@ -472,8 +494,7 @@ impl Journal {
                 return Err(Refusal::OverBudget);
             }
         }
-        let entries = after.into_iter().cloned().collect();
-        Ok(Replay { entries, conflated })
+        Ok((after, conflated))
     }
 }
 
@@ -716,8 +737,7 @@ mod tests {
         // Ahead: another replica had read further.
         let (ahead, offsets_ahead) = ticks(12);
         let far = Cut::decode(&offsets_ahead[11]).unwrap();
-        assert!(!j.reached(&far));
-        assert!(ahead.reached(&far));
+        assert!(ahead.check(&far, &["crypto.global"], 100, 2000).is_ok());
         assert_eq!(
             j.replay(&far, &["crypto.global"], 100, 2000).unwrap_err(),
             Refusal::Ahead

@@ -80,6 +80,20 @@ impl RecordingFanout {
         self.record_at(target, event, payload, None);
     }
 
+    fn record_to_socket(
+        &self,
+        socket: &str,
+        event: &str,
+        payload: &Payload,
+        offset: Option<&str>,
+    ) -> Result<(), FanoutError> {
+        if !self.lock().rooms.contains_key(socket) {
+            return Err(FanoutError::UnknownSocket(socket.to_owned()));
+        }
+        self.record_at(Target::Socket(socket.to_owned()), event, payload, offset);
+        Ok(())
+    }
+
     fn record_at(&self, target: Target, event: &str, payload: &Payload, offset: Option<&str>) {
         self.lock().delivered.push(Delivered {
             target,
@@ -126,11 +140,7 @@ impl ClientFanout for RecordingFanout {
         event: &str,
         payload: &Payload,
     ) -> Result<(), FanoutError> {
-        if !self.lock().rooms.contains_key(socket) {
-            return Err(FanoutError::UnknownSocket(socket.to_owned()));
-        }
-        self.record(Target::Socket(socket.to_owned()), event, payload);
-        Ok(())
+        self.record_to_socket(socket, event, payload, None)
     }
 
     async fn to_socket_at(
@@ -140,16 +150,7 @@ impl ClientFanout for RecordingFanout {
         payload: &Payload,
         offset: &Arc<str>,
     ) -> Result<(), FanoutError> {
-        if !self.lock().rooms.contains_key(socket) {
-            return Err(FanoutError::UnknownSocket(socket.to_owned()));
-        }
-        self.record_at(
-            Target::Socket(socket.to_owned()),
-            event,
-            payload,
-            Some(offset),
-        );
-        Ok(())
+        self.record_to_socket(socket, event, payload, Some(offset))
     }
 
     async fn join(&self, socket: &str, rooms: &[String]) -> Result<(), FanoutError> {
