@@ -23,6 +23,28 @@ pub(crate) struct Pending {
     pub offset: Option<Arc<str>>,
 }
 
+impl Pending {
+    /// The latest message of `key`.
+    fn latest(event: &str, payload: &Payload, key: &str, offset: Option<&Arc<str>>) -> Self {
+        Self {
+            event: event.to_owned(),
+            payload: payload.clone(),
+            key: Some(key.to_owned()),
+            offset: offset.cloned(),
+        }
+    }
+
+    /// Becomes a newer message of the same key, in place (the event name is reused when it
+    /// is the same: nothing allocated).
+    fn supersede(&mut self, event: &str, payload: &Payload, offset: Option<&Arc<str>>) {
+        self.payload = payload.clone();
+        self.offset = offset.cloned();
+        if self.event != event {
+            event.clone_into(&mut self.event);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Backlog {
     /// Replies and snapshots, in order; never conflated.
@@ -54,22 +76,14 @@ impl Backlog {
             .iter_mut()
             .find(|p| p.key.as_deref() == Some(key))
         {
-            slot.payload = payload.clone();
-            slot.offset = offset.cloned();
-            if slot.event != event {
-                event.clone_into(&mut slot.event);
-            }
+            slot.supersede(event, payload, offset);
             return Pushed::Conflated;
         }
         if self.latest.len() >= max_keys {
             return Pushed::Overflow;
         }
-        self.latest.push(Pending {
-            event: event.to_owned(),
-            payload: payload.clone(),
-            key: Some(key.to_owned()),
-            offset: offset.cloned(),
-        });
+        self.latest
+            .push(Pending::latest(event, payload, key, offset));
         Pushed::Queued
     }
 }
@@ -279,21 +293,9 @@ impl LatestByRoom {
             None => map.entry(room.to_owned()).or_default(),
         };
         if let Some(slot) = keys.get_mut(key) {
-            slot.payload = payload.clone();
-            slot.offset = offset.cloned();
-            if slot.event != event {
-                event.clone_into(&mut slot.event);
-            }
+            slot.supersede(event, payload, offset);
         } else if keys.len() < self.max_keys {
-            keys.insert(
-                key.to_owned(),
-                Pending {
-                    event: event.to_owned(),
-                    payload: payload.clone(),
-                    key: Some(key.to_owned()),
-                    offset: offset.cloned(),
-                },
-            );
+            keys.insert(key.to_owned(), Pending::latest(event, payload, key, offset));
         }
     }
 
