@@ -3,6 +3,5 @@
 
 pub mod kafka;
 pub mod memory;
-pub mod partitioner;
 pub mod socketio;
 pub mod valkey;

@@ -9,8 +9,8 @@ pub mod command_sink;
 pub mod event_source;
 pub mod snapshot_cache;
 
-pub use client_fanout::{ClientFanout, FanoutError, Payload};
-pub use command_sink::{Command, CommandSink, CommandSinkError};
+pub use client_fanout::{ClientFanout, FanoutError};
+pub use command_sink::{CommandSink, CommandSinkError};
 pub use event_source::{
     Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
 };

@@ -25,8 +25,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::Command;
 use crate::domain::topics::*;
-use crate::ports::{Command, CommandSink, EventSource, Positions, Record};
+use crate::ports::{CommandSink, EventSource, Positions, Record};
 
 pub use market::max_products;
 

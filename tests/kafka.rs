@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use flux_bff::adapters::kafka::{
     self, KafkaClient, KafkaCommandSink, KafkaError, KafkaEventSource, KafkaSettings,
 };
-use flux_bff::adapters::partitioner::{legacy_partition, murmur2_legacy};
+use flux_bff::domain::Command;
+use flux_bff::domain::partitioner::{legacy_partition, murmur2_legacy};
 use flux_bff::ports::{
-    Command, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record,
-    RecordStream,
+    CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record, RecordStream,
 };
 use futures::StreamExt;
 use kafka_broker::KafkaBroker;

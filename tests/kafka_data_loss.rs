@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flux_bff::adapters::kafka::KafkaClient;
+use flux_bff::domain::Command as KafkaCommand;
 use flux_bff::domain::topics::*;
-use flux_bff::ports::{Command as KafkaCommand, CommandSink};
+use flux_bff::ports::CommandSink;
 use kafka_broker::KafkaBroker;
 use support::app::*;
 use support::kafka_app::*;

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
-use flux_bff::adapters::partitioner::{legacy_partition, murmur2_partition};
+use flux_bff::domain::partitioner::{legacy_partition, murmur2_partition};
 use flux_bff::domain::topics::*;
 use flux_bff::ports::{EventSource, Positions};
 use futures::StreamExt;

@@ -21,18 +21,20 @@ use socketioxide::socket::{DisconnectReason, Sid};
 use socketioxide::{SocketIo, TransportType};
 
 use crate::app::auth::{Authenticator, Refusal};
-use crate::app::clients::{ClientIdentity, ClientService};
+use crate::app::clients::ClientService;
 use crate::app::config::SocketIoSettings;
 use crate::app::metrics::{
     CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, FANOUT_BACKLOGGED, FANOUT_CONFLATED, FANOUT_DROPPED,
     LAGGING_SOCKETS, SLOW_DISCONNECTS, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
 };
 use crate::app::recovery::Recovery;
+use crate::domain::Payload;
 use crate::domain::identity;
+use crate::domain::identity::ClientIdentity;
 use crate::domain::recovery::Cut;
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
-use crate::ports::{ClientFanout, FanoutError, Payload};
+use crate::ports::{ClientFanout, FanoutError};
 
 mod backlog;
 

@@ -7,10 +7,12 @@ use std::time::{Instant, SystemTime};
 use serde_json::{Value, json};
 
 use crate::domain::commands::{self, Reason, Refresh, RefreshThrottle};
+use crate::domain::identity::ClientIdentity;
 use crate::domain::location::{self, canonical_hash};
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{self, EV_SESSION_INIT, EV_USER_UNIQUE_ID};
-use crate::ports::{ClientFanout, CommandSink, CommandSinkError, Payload, SnapshotCache};
+use crate::domain::{Command, Payload};
+use crate::ports::{ClientFanout, CommandSink, CommandSinkError, SnapshotCache};
 
 use super::dedup::Deduplicator;
 use super::health::Health;
@@ -21,15 +23,6 @@ use super::metrics::{
 use super::snapshots::LocalSnapshots;
 use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 use super::weather::{Found, WeatherDesk};
-
-/// Who is asking: the transport's socket id and the resolved guest identity.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity {
-    pub socket_id: String,
-    pub user_id: String,
-    /// Only logged at debug level; never sent anywhere.
-    pub ip: Option<String>,
-}
 
 pub struct ClientService {
     /// The in-process tier of snapshots, read before the cache (D24).
@@ -257,7 +250,7 @@ impl ClientService {
     }
 
     /// Sends a command and records the outcome in the metrics and the producer's health.
-    pub async fn send(&self, command: crate::ports::Command) -> Result<(), CommandSinkError> {
+    pub async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
         let topic = command.topic.clone();
         match self.sink.send(command).await {
             Ok(()) => {

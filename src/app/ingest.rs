@@ -450,9 +450,10 @@ impl Ingestor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Payload;
+    use crate::ports::CacheError;
     use crate::ports::client_fanout::MockClientFanout;
     use crate::ports::snapshot_cache::MockSnapshotCache;
-    use crate::ports::{CacheError, Payload};
 
     fn record(topic: &str, value: &str) -> Record {
         Record {

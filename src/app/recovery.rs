@@ -274,9 +274,9 @@ mod tests {
 
     use super::*;
     use crate::adapters::memory::RecordingFanout;
+    use crate::domain::Payload;
     use crate::domain::recovery::Position;
     use crate::domain::topics::EV_TICKER;
-    use crate::ports::Payload;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 

@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::domain::Payload;
 use crate::domain::weather::{self, Gate, WeatherBook, WeatherResult};
-use crate::ports::{Payload, SnapshotCache};
+use crate::ports::SnapshotCache;
 
 use super::config::LimitSettings;
 use super::metrics::SNAPSHOT_LOOKUPS;

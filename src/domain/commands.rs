@@ -7,8 +7,37 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Iso8601;
 
+use bytes::Bytes;
+use uuid::Uuid;
+
 use super::topics::*;
-use crate::ports::Command;
+
+/// A message to append to `topic`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub topic: String,
+    pub key: Option<String>,
+    pub value: Bytes,
+    /// Unique per logical command; a retried send MUST reuse it. Carried in the
+    /// `idempotency-key` record header so that consumers can drop duplicates.
+    pub idempotency_key: Uuid,
+}
+
+impl Command {
+    pub fn new(topic: impl Into<String>, key: Option<String>, value: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            key,
+            value: value.into(),
+            idempotency_key: Uuid::new_v4(),
+        }
+    }
+
+    /// The value as UTF-8 text (commands are JSON).
+    pub fn value_str(&self) -> &str {
+        std::str::from_utf8(&self.value).unwrap_or("")
+    }
+}
 
 /// `Date.prototype.toISOString()`: UTC, millisecond precision, `Z`.
 pub fn iso_timestamp(at: SystemTime) -> String {

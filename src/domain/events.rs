@@ -3,9 +3,9 @@
 
 use serde_json::{Map, Value, json};
 
+use super::payload::Payload;
 use super::topics::*;
 use super::weather::WeatherResult;
-use crate::ports::Payload;
 
 /// One emit to a room.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,6 +4,15 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// Who is asking: the transport's socket id and the resolved guest identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub socket_id: String,
+    pub user_id: String,
+    /// Only logged at debug level; never sent anywhere.
+    pub ip: Option<String>,
+}
+
 /// Longest accepted guest id, in UTF-16 code units as the original counted them (D10).
 pub const MAX_GUEST_ID_LEN: usize = 128;
 

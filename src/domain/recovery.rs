@@ -26,7 +26,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::ports::Payload;
+use super::payload::Payload;
 
 /// Where one emit comes from: the record's topic (its index in
 /// [`EVENT_TOPICS`](super::topics::EVENT_TOPICS)), partition and offset, and the emit's index

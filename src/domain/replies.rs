@@ -4,8 +4,8 @@
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::payload::Payload;
 use super::topics::*;
-use crate::ports::Payload;
 
 /// The four snapshot requests a client can make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

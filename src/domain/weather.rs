@@ -9,7 +9,7 @@ use lru::LruCache;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::ports::Payload;
+use super::payload::Payload;
 
 /// How long a city's latest result stays in the shared cache (D23).
 pub const WEATHER_TTL: Duration = Duration::from_secs(600);

@@ -1,35 +1,8 @@
 //! `CommandSink`: keyed messages sent to a topic (the BFF's commands to domain services).
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use uuid::Uuid;
 
-/// A message to append to `topic`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Command {
-    pub topic: String,
-    pub key: Option<String>,
-    pub value: Bytes,
-    /// Unique per logical command; a retried send MUST reuse it. Carried in the
-    /// `idempotency-key` record header so that consumers can drop duplicates.
-    pub idempotency_key: Uuid,
-}
-
-impl Command {
-    pub fn new(topic: impl Into<String>, key: Option<String>, value: impl Into<Bytes>) -> Self {
-        Self {
-            topic: topic.into(),
-            key,
-            value: value.into(),
-            idempotency_key: Uuid::new_v4(),
-        }
-    }
-
-    /// The value as UTF-8 text (commands are JSON).
-    pub fn value_str(&self) -> &str {
-        std::str::from_utf8(&self.value).unwrap_or("")
-    }
-}
+use crate::domain::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandSinkError {

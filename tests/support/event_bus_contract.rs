@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use flux_bff::adapters::partitioner::legacy_partition;
-use flux_bff::ports::{Command, CommandSink, EventSource, Positions, Record, RecordStream};
+use flux_bff::domain::Command;
+use flux_bff::domain::partitioner::legacy_partition;
+use flux_bff::ports::{CommandSink, EventSource, Positions, Record, RecordStream};
 use futures::StreamExt;
 
 async fn next_records(stream: &mut RecordStream, n: usize) -> Vec<Record> {

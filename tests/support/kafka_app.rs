@@ -10,8 +10,9 @@ use std::time::Duration;
 use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
 use flux_bff::adapters::memory::MemoryCache;
 use flux_bff::app::{Ports, Settings};
+use flux_bff::domain::Command as KafkaCommand;
 use flux_bff::domain::topics::*;
-use flux_bff::ports::{Command as KafkaCommand, CommandSink};
+use flux_bff::ports::CommandSink;
 use serde_json::{Value, json};
 
 use super::app::*;

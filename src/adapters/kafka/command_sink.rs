@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{KafkaClient, Trouble, bounded};
-use crate::adapters::partitioner::legacy_partition;
-use crate::ports::{Command, CommandSink, CommandSinkError};
+use crate::domain::Command;
+use crate::domain::partitioner::legacy_partition;
+use crate::ports::{CommandSink, CommandSinkError};
 
 /// The record header carrying [`Command::idempotency_key`].
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -238,7 +239,7 @@ mod tests {
         // kafkajs' LegacyPartitioner (the original's producer) among 3 partitions, for the
         // four start-up refresh keys and a socket id (vectors from kafkajs 2.2.4 on Node 20).
         let sink_partition =
-            |key: &str| crate::adapters::partitioner::legacy_partition(key.as_bytes(), 3);
+            |key: &str| crate::domain::partitioner::legacy_partition(key.as_bytes(), 3);
         assert_eq!(sink_partition("cryptotopcoins"), 1);
         assert_eq!(sink_partition("cryptotopmovers"), 2);
         assert_eq!(sink_partition("stocktopperformers"), 1);
@@ -246,7 +247,7 @@ mod tests {
         assert_eq!(sink_partition("Zq3_xY9-AbCdEfGhIjKl"), 1);
         // Kafka's own partitioner would put two of these elsewhere.
         assert_ne!(
-            crate::adapters::partitioner::murmur2_partition(b"cryptotopcoins", 3),
+            crate::domain::partitioner::murmur2_partition(b"cryptotopcoins", 3),
             1
         );
     }

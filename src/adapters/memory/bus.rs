@@ -5,9 +5,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::domain::Command;
 use crate::ports::{
-    Accept, Command, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions,
-    Record, RecordStream, TailRecord,
+    Accept, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record,
+    RecordStream, TailRecord,
 };
 
 /// Records kept per partition; older ones are dropped (like Kafka retention), offsets go on.
@@ -88,7 +89,7 @@ impl MemoryBus {
             value.map(Bytes::copy_from_slice),
             None,
             // Domain services produce with kafkajs 2's default, Kafka's own partitioner.
-            crate::adapters::partitioner::murmur2_partition,
+            crate::domain::partitioner::murmur2_partition,
         )
     }
 
@@ -190,7 +191,7 @@ impl CommandSink for MemoryBus {
             Some(command.value),
             Some(command.idempotency_key),
             // As the Kafka sink: the original BFF's partitioner for commands.
-            crate::adapters::partitioner::legacy_partition,
+            crate::domain::partitioner::legacy_partition,
         );
         Ok(())
     }

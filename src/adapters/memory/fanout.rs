@@ -5,7 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::ports::{ClientFanout, FanoutError, Payload};
+use crate::domain::Payload;
+use crate::ports::{ClientFanout, FanoutError};
 
 /// Where an emit went.
 #[derive(Clone, Debug, PartialEq, Eq)]

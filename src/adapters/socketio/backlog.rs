@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use socketioxide::socket::Sid;
 
-use crate::ports::Payload;
+use crate::domain::Payload;
 
 /// One message waiting for a lagging socket.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings, record_timestamp_now};
-use flux_bff::adapters::partitioner::murmur2_partition;
+use flux_bff::domain::partitioner::murmur2_partition;
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
