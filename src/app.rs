@@ -8,10 +8,8 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod lifecycle;
-pub mod metrics;
 pub mod recovery;
 pub mod snapshots;
-pub mod telemetry;
 pub mod weather;
 pub mod wiring;
 

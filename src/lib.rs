@@ -11,3 +11,4 @@ pub mod app;
 pub mod domain;
 pub mod ports;
 pub mod sim;
+pub mod telemetry;

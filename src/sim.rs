@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::Command;
 use crate::domain::topics::*;
 use crate::ports::{CommandSink, EventSource, Positions, Record};
+use crate::telemetry::metrics::{SIM_COMMANDS, SIM_EVENTS_PUBLISHED, SIM_PUBLISH_FAILURES};
 
 pub use market::max_products;
 
@@ -304,8 +305,7 @@ impl World {
     /// What the services publish in answer to one command record. Like the real services, the
     /// refresh commands' content is ignored; a weather fetch is answered for its city.
     fn answer(&mut self, record: &Record) -> Vec<Command> {
-        metrics::counter!("flux_sim_commands_total", "topic" => record.topic.to_string())
-            .increment(1);
+        metrics::counter!(SIM_COMMANDS, "topic" => record.topic.to_string()).increment(1);
         match record.topic.as_ref() {
             WEATHER_FETCH => {
                 let command: Value = record
@@ -336,14 +336,14 @@ impl World {
             let stream = stream_name(&command.topic);
             match sink.send(command).await {
                 Ok(()) => {
-                    metrics::counter!("flux_sim_events_published_total", "stream" => stream)
+                    metrics::counter!(SIM_EVENTS_PUBLISHED, "stream" => stream)
                         .increment(1);
                     if self.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!("simulator publishes events again");
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("flux_sim_publish_failures_total", "stream" => stream)
+                    metrics::counter!(SIM_PUBLISH_FAILURES, "stream" => stream)
                         .increment(1);
                     if !self.failing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(stream, error = %e, "simulator cannot publish events; dropping them until the broker is back");

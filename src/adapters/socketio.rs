@@ -23,10 +23,6 @@ use socketioxide::{SocketIo, TransportType};
 use crate::app::auth::{Authenticator, Refusal};
 use crate::app::clients::ClientService;
 use crate::app::config::SocketIoSettings;
-use crate::app::metrics::{
-    CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, FANOUT_BACKLOGGED, FANOUT_CONFLATED, FANOUT_DROPPED,
-    LAGGING_SOCKETS, SLOW_DISCONNECTS, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
-};
 use crate::app::recovery::Recovery;
 use crate::domain::Payload;
 use crate::domain::identity;
@@ -35,6 +31,10 @@ use crate::domain::recovery::Cut;
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
 use crate::ports::{ClientFanout, FanoutError};
+use crate::telemetry::metrics::{
+    CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, FANOUT_BACKLOGGED, FANOUT_CONFLATED, FANOUT_DROPPED,
+    LAGGING_SOCKETS, POLLING_SESSIONS, SLOW_DISCONNECTS, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
+};
 
 mod backlog;
 
@@ -427,7 +427,7 @@ pub async fn count_polling(
             .filter(|s| s.transport_type() == TransportType::Polling)
             .count();
         polling.store(now, Ordering::Relaxed);
-        metrics::gauge!("flux_polling_sessions").set(now as f64);
+        metrics::gauge!(POLLING_SESSIONS).set(now as f64);
     }
 }
 

@@ -10,9 +10,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::config::{AuthSettings, JwtAlgorithm};
-use super::metrics::AUTH_REFUSED;
-use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 use crate::domain::identity;
+use crate::telemetry::metrics::AUTH_REFUSED;
+use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 /// Shortest HS256 secret: RFC 7518 §3.2 wants a key at least as long as the hash (256 bits).
 pub const MIN_HS256_SECRET: usize = 32;

@@ -16,13 +16,13 @@ use crate::ports::{ClientFanout, CommandSink, CommandSinkError, SnapshotCache};
 
 use super::dedup::Deduplicator;
 use super::health::Health;
-use super::metrics::{
+use super::snapshots::LocalSnapshots;
+use super::weather::{Found, WeatherDesk};
+use crate::telemetry::metrics::{
     COMMANDS_FAILED, COMMANDS_PRODUCED, COMMANDS_REFUSED, DEDUP_HITS, LOCATIONS_INVALID, REPLIES,
     ROOM_JOINS, SNAPSHOT_LOOKUPS, WEATHER_JOINS,
 };
-use super::snapshots::LocalSnapshots;
-use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
-use super::weather::{Found, WeatherDesk};
+use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 pub struct ClientService {
     /// The in-process tier of snapshots, read before the cache (D24).

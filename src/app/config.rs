@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::telemetry::logging::LogSettings;
+
 /// The gateway's own settings. Adapter sections (`kafka`, `valkey`, `sim`) are read by
 /// [`Config::section`] with the adapter's own type.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -124,23 +126,6 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")
     }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct LogSettings {
-    /// A tracing filter such as `info` or `flux_bff=debug`; `RUST_LOG` wins when set.
-    pub level: String,
-    /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON lines otherwise).
-    pub format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Auto,
-    Json,
-    Pretty,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -264,15 +249,6 @@ impl Default for SocketIoSettings {
             recovery_token_ttl: Duration::from_secs(24 * 3600),
             replay_budget: 200,
             recovery_max_events: 100_000,
-        }
-    }
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Auto,
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::ports::SnapshotCache;
 
-use super::metrics::DEDUP_FALLBACK;
+use crate::telemetry::metrics::DEDUP_FALLBACK;
 
 pub struct Deduplicator {
     cache: Arc<dyn SnapshotCache>,

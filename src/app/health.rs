@@ -19,14 +19,14 @@ impl Health {
 
     pub fn set_consuming(&self, up: bool) {
         if self.consuming.swap(up, Ordering::SeqCst) != up {
-            metrics::gauge!(super::metrics::DEGRADED, "dependency" => "kafka_consumer")
+            metrics::gauge!(crate::telemetry::metrics::DEGRADED, "dependency" => "kafka_consumer")
                 .set(if up { 0.0 } else { 1.0 });
         }
     }
 
     pub fn set_producing(&self, up: bool) {
         if self.producing.swap(up, Ordering::SeqCst) != up {
-            metrics::gauge!(super::metrics::DEGRADED, "dependency" => "kafka_producer")
+            metrics::gauge!(crate::telemetry::metrics::DEGRADED, "dependency" => "kafka_producer")
                 .set(if up { 0.0 } else { 1.0 });
         }
     }

@@ -32,6 +32,7 @@ use crate::ports::SnapshotCache;
 use super::config::{HttpSettings, Settings};
 use super::health::Health;
 use crate::domain::identity;
+use crate::telemetry::metrics::{HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED, WS_NEVER_JOINED};
 
 #[derive(Clone)]
 struct AppState {
@@ -73,7 +74,7 @@ pub fn router(
                     && polling_sessions.load(Ordering::Relaxed) >= max_polling;
                 async move {
                     if over {
-                        metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_polling_sessions")
+                        metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_polling_sessions")
                             .increment(1);
                         return (
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,7 +206,7 @@ pub async fn serve_with(
                     None
                 };
                 if let Some(reason) = reason {
-                    metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+                    metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => reason).increment(1);
                 }
                 tracing::trace!(%peer, error = %e, "HTTP connection ended with an error");
             }
@@ -255,9 +256,6 @@ impl Drop for Held {
     }
 }
 
-/// WebSocket sessions that ended without joining the namespace.
-const WS_NEVER_JOINED: &str = "flux_ws_sessions_never_joined_total";
-
 impl tokio::io::AsyncRead for Held {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
@@ -304,11 +302,6 @@ impl tokio::io::AsyncWrite for Held {
     }
 }
 
-/// Connections refused or closed by a limit, by `reason`.
-const CONNECTIONS_REFUSED: &str = "flux_http_connections_refused_total";
-/// Connections open now.
-const CONNECTIONS_OPEN: &str = "flux_http_connections_open";
-
 /// The connection limits and what they count.
 struct Limits {
     max_connections: usize,
@@ -347,10 +340,10 @@ impl Limits {
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+            metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
             return None;
         }
-        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        metrics::gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
         let mut slot = Slot {
             limits: Arc::clone(self),
             client: None,
@@ -392,7 +385,7 @@ impl Limits {
         let count = per_client.entry(client).or_insert(0);
         if *count >= self.max_per_client {
             drop(per_client);
-            metrics::counter!(CONNECTIONS_REFUSED, "reason" => "max_connections_per_client")
+            metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_connections_per_client")
                 .increment(1);
             return false;
         }
@@ -405,7 +398,7 @@ impl Limits {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.limits.open.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+        metrics::gauge!(HTTP_CONNECTIONS_OPEN).decrement(1.0);
         if let Some(client) = self.client {
             let mut per_client = self
                 .limits
@@ -577,7 +570,7 @@ async fn metrics() -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render(),
+        crate::telemetry::metrics::render(),
     )
         .into_response()
 }

@@ -22,11 +22,13 @@ use crate::domain::{self, topics};
 use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
 
 use super::health::Health;
-use super::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG};
 use super::recovery::{Recovery, now_ms};
 use super::snapshots::SnapshotWriter;
-use super::telemetry::{LOG_BURST, LOG_PERIOD, LogThrottle};
 use super::weather::WeatherDesk;
+use crate::telemetry::metrics::{
+    DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG,
+};
+use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 /// How often consumer lag is exported.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);

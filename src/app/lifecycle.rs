@@ -264,7 +264,8 @@ async fn export_room_sizes(io: SocketIo, stop: CancellationToken) {
         }
         for room in [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK] {
             let members = io.to(room).sockets().len();
-            metrics::gauge!(super::metrics::ROOM_MEMBERS, "room" => room).set(members as f64);
+            metrics::gauge!(crate::telemetry::metrics::ROOM_MEMBERS, "room" => room)
+                .set(members as f64);
         }
         let weather: usize = match io.rooms().await {
             Ok(rooms) => rooms
@@ -274,7 +275,8 @@ async fn export_room_sizes(io: SocketIo, stop: CancellationToken) {
                 .sum(),
             Err(_) => 0,
         };
-        metrics::gauge!(super::metrics::ROOM_MEMBERS, "room" => "weather.*").set(weather as f64);
+        metrics::gauge!(crate::telemetry::metrics::ROOM_MEMBERS, "room" => "weather.*")
+            .set(weather as f64);
     }
 }
 
@@ -365,8 +367,8 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    super::telemetry::init(&config.settings.log);
-    let _ = super::metrics::handle();
+    crate::telemetry::logging::init(&config.settings.log);
+    let _ = crate::telemetry::metrics::handle();
     match run(config, adapters).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -422,7 +424,7 @@ pub async fn sim_entry(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    super::telemetry::init(&config.settings.log);
+    crate::telemetry::logging::init(&config.settings.log);
     let deadline = config.settings.lifecycle.startup_deadline;
     let client = match tokio::time::timeout(deadline, kafka::connect(&kafka_settings)).await {
         Ok(Ok(client)) => client,

@@ -16,7 +16,7 @@ use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
 use crate::ports::ClientFanout;
 
 use super::config::{Secret, SocketIoSettings};
-use super::metrics::{
+use crate::telemetry::metrics::{
     RECOVERY_CONFLATED, RECOVERY_HANDSHAKE, RECOVERY_JOURNAL, RECOVERY_REFUSED, RECOVERY_REPLAY,
     RECOVERY_REPLAYED, RECOVERY_SESSIONS,
 };

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{self, SnapshotWrite, topics};
 use crate::ports::{EventSource, Record, SnapshotCache};
 
-use super::metrics::{SNAPSHOT_WARMUPS, SNAPSHOT_WRITES};
+use crate::telemetry::metrics::{SNAPSHOT_WARMUPS, SNAPSHOT_WRITES};
 
 /// The in-process tier: per snapshot key, the newest valid snapshot seen and when it expires
 /// (as its cache key would). Time is tokio's clock, so paused-time tests can move it.

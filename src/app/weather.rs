@@ -10,7 +10,7 @@ use crate::domain::weather::{self, Gate, WeatherBook, WeatherResult};
 use crate::ports::SnapshotCache;
 
 use super::config::LimitSettings;
-use super::metrics::SNAPSHOT_LOOKUPS;
+use crate::telemetry::metrics::SNAPSHOT_LOOKUPS;
 
 /// Cities followed at once; the least recently used goes first (city names are client-chosen).
 const CITIES: usize = 10_000;

@@ -74,7 +74,7 @@ impl TestApp {
     }
 
     async fn start(mut settings: Settings, ports: Ports, bus: MemoryBus) -> Self {
-        let _ = flux_bff::app::metrics::handle();
+        let _ = flux_bff::telemetry::metrics::handle();
         settings.http.host = [127, 0, 0, 1].into();
         settings.http.port = 0;
         let cache = ports.cache.clone();

@@ -17,6 +17,9 @@ use super::{KafkaClient, Trouble, bounded};
 use crate::domain::Command;
 use crate::domain::partitioner::legacy_partition;
 use crate::ports::{CommandSink, CommandSinkError};
+use crate::telemetry::metrics::{
+    KAFKA_PRODUCE_ERRORS, KAFKA_PRODUCE_RETRIES, KAFKA_RECORDS_PRODUCED,
+};
 
 /// The record header carrying [`Command::idempotency_key`].
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -192,13 +195,12 @@ impl CommandSink for KafkaCommandSink {
                 .await
             {
                 Ok(Ok(())) => {
-                    metrics::counter!("flux_kafka_records_produced_total", "topic" => topic)
-                        .increment(1);
+                    metrics::counter!(KAFKA_RECORDS_PRODUCED, "topic" => topic).increment(1);
                     return Ok(());
                 }
                 // A broker verdict is final; transport trouble and stale metadata are not.
                 Ok(Err(Trouble::Refused(reason))) => {
-                    metrics::counter!("flux_kafka_produce_errors_total", "topic" => topic.clone(), "reason" => "rejected")
+                    metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic" => topic.clone(), "reason" => "rejected")
                         .increment(1);
                     return Err(CommandSinkError::Rejected(reason));
                 }
@@ -208,7 +210,7 @@ impl CommandSink for KafkaCommandSink {
             };
             self.forget(&topic);
             if Instant::now() + pause >= deadline {
-                metrics::counter!("flux_kafka_produce_errors_total", "topic" => topic.clone(), "reason" => "unavailable")
+                metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic" => topic.clone(), "reason" => "unavailable")
                     .increment(1);
                 return Err(CommandSinkError::Unavailable(format!(
                     "{topic}: not acknowledged within {}: {reason}",
@@ -216,8 +218,7 @@ impl CommandSink for KafkaCommandSink {
                 )));
             }
             tracing::debug!(%reason, retry_in = ?pause, "command send failed, retrying with the same idempotency key");
-            metrics::counter!("flux_kafka_produce_retries_total", "topic" => topic.clone())
-                .increment(1);
+            metrics::counter!(KAFKA_PRODUCE_RETRIES, "topic" => topic.clone()).increment(1);
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RETRY);
         }

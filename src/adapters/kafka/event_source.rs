@@ -22,6 +22,7 @@ use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now};
 use crate::ports::{
     Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
 };
+use crate::telemetry::metrics::{KAFKA_FETCH_ERRORS, KAFKA_OFFSET_RESETS};
 
 /// Records buffered between the fetch loops and the consumer of the stream.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -485,7 +486,7 @@ async fn fetch_loop(
 
 /// Counts and logs a position moved because the log is not where it was.
 fn reset(topic: &str, partition: i32, from: i64, to: i64) {
-    metrics::counter!("flux_kafka_offset_resets_total", "topic" => topic.to_owned()).increment(1);
+    metrics::counter!(KAFKA_OFFSET_RESETS, "topic" => topic.to_owned()).increment(1);
     tracing::warn!(
         topic,
         partition,
@@ -581,7 +582,7 @@ fn port_record(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Record {
 }
 
 async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsError) {
-    metrics::counter!("flux_kafka_fetch_errors_total", "topic" => topic.to_owned()).increment(1);
+    metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_owned()).increment(1);
     tracing::warn!(topic, partition, error = %error, "kafka fetch failed, ending the subscription");
     let _ = tx.send(Err(to_source_error(topic, partition, error))).await;
 }

@@ -14,6 +14,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use super::connection::{ConnectErrors, Connector, Failure};
 use super::settings::{ValkeySettings, describe_addr};
 use crate::ports::{CacheError, SnapshotCache};
+use crate::telemetry::metrics::{CACHE_REQUESTS, CACHE_UP};
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -94,7 +95,7 @@ impl ValkeySnapshotCache {
             cause: Mutex::new(String::new()),
             probing: AtomicBool::new(false),
         });
-        metrics::gauge!("flux_cache_up").set(0.0);
+        metrics::gauge!(CACHE_UP).set(0.0);
         shared.spawn_probe();
         Ok(Self { shared })
     }
@@ -120,7 +121,7 @@ impl std::fmt::Debug for ValkeySnapshotCache {
 }
 
 fn record(op: &'static str, result: &'static str) {
-    metrics::counter!("flux_cache_requests_total", "op" => op, "result" => result).increment(1);
+    metrics::counter!(CACHE_REQUESTS, "op" => op, "result" => result).increment(1);
 }
 
 fn outcome<T>(result: &Result<T, CacheError>) -> &'static str {
@@ -314,7 +315,7 @@ impl Shared {
         if previous == UP {
             return;
         }
-        metrics::gauge!("flux_cache_up").set(1.0);
+        metrics::gauge!(CACHE_UP).set(1.0);
         self.connect_errors.clear();
         if previous == DOWN {
             tracing::info!(host = %self.host, "valkey reachable again, leaving degraded mode");
@@ -332,7 +333,7 @@ impl Shared {
         };
         let previous = self.state.swap(DOWN, Ordering::SeqCst);
         if previous != DOWN {
-            metrics::gauge!("flux_cache_up").set(0.0);
+            metrics::gauge!(CACHE_UP).set(0.0);
             tracing::warn!(
                 host = %self.host,
                 error = %cause,

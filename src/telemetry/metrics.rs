@@ -1,7 +1,8 @@
-//! Prometheus metrics (D20): the recorder, installed once per process, and the names used.
+//! Prometheus metrics (D20): every metric name of the crate with its description, and the
+//! exporter, installed once per process.
 //!
-//! Counters and gauges are recorded with the `metrics` macros where things happen; this
-//! module only owns the exporter and documents the names.
+//! Counters, gauges and histograms are recorded with the `metrics` macros where things
+//! happen, always under a name from here: this file is the list an operator reads.
 
 use std::sync::OnceLock;
 
@@ -43,6 +44,20 @@ pub const RECOVERY_CONFLATED: &str = "flux_recovery_conflated_events_total";
 pub const RECOVERY_JOURNAL: &str = "flux_recovery_journal_events";
 pub const RECOVERY_HANDSHAKE: &str = "flux_recovery_handshake_seconds";
 pub const RECOVERY_REPLAY: &str = "flux_recovery_replay_seconds";
+pub const POLLING_SESSIONS: &str = "flux_polling_sessions";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "flux_http_connections_refused_total";
+pub const HTTP_CONNECTIONS_OPEN: &str = "flux_http_connections_open";
+pub const WS_NEVER_JOINED: &str = "flux_ws_sessions_never_joined_total";
+pub const KAFKA_RECORDS_PRODUCED: &str = "flux_kafka_records_produced_total";
+pub const KAFKA_PRODUCE_ERRORS: &str = "flux_kafka_produce_errors_total";
+pub const KAFKA_PRODUCE_RETRIES: &str = "flux_kafka_produce_retries_total";
+pub const KAFKA_OFFSET_RESETS: &str = "flux_kafka_offset_resets_total";
+pub const KAFKA_FETCH_ERRORS: &str = "flux_kafka_fetch_errors_total";
+pub const CACHE_REQUESTS: &str = "flux_cache_requests_total";
+pub const CACHE_UP: &str = "flux_cache_up";
+pub const SIM_COMMANDS: &str = "flux_sim_commands_total";
+pub const SIM_EVENTS_PUBLISHED: &str = "flux_sim_events_published_total";
+pub const SIM_PUBLISH_FAILURES: &str = "flux_sim_publish_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -65,7 +80,7 @@ pub fn render() -> String {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge};
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(SOCKETS_CONNECTED, "Socket.IO clients connected now.");
     describe_counter!(
         RECOVERY_SESSIONS,
@@ -160,4 +175,59 @@ fn describe() {
         "Sockets disconnected because their backlog overflowed."
     );
     describe_gauge!(DEGRADED, "1 while a dependency is down, by dependency.");
+    describe_histogram!(
+        RECOVERY_HANDSHAKE,
+        "Time a recovering handshake took to decide, in seconds."
+    );
+    describe_histogram!(
+        RECOVERY_REPLAY,
+        "Time a recovered session's replay took, in seconds."
+    );
+    describe_gauge!(
+        POLLING_SESSIONS,
+        "Sockets on the polling transport (not upgraded to WebSocket)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused or closed by a limit, by reason."
+    );
+    describe_gauge!(HTTP_CONNECTIONS_OPEN, "HTTP connections open now.");
+    describe_counter!(
+        WS_NEVER_JOINED,
+        "WebSocket sessions that ended without joining the namespace."
+    );
+    describe_counter!(
+        KAFKA_RECORDS_PRODUCED,
+        "Records acknowledged by Kafka, by topic."
+    );
+    describe_counter!(
+        KAFKA_PRODUCE_ERRORS,
+        "Records Kafka did not acknowledge, by topic and reason."
+    );
+    describe_counter!(
+        KAFKA_PRODUCE_RETRIES,
+        "Produce attempts retried under the same idempotency key, by topic."
+    );
+    describe_counter!(
+        KAFKA_OFFSET_RESETS,
+        "Read positions moved because the log was not where it was (data loss), by topic."
+    );
+    describe_counter!(
+        KAFKA_FETCH_ERRORS,
+        "Fetches that failed and ended the subscription, by topic."
+    );
+    describe_counter!(CACHE_REQUESTS, "Valkey calls, by operation and result.");
+    describe_gauge!(CACHE_UP, "1 while Valkey is reachable.");
+    describe_counter!(
+        SIM_COMMANDS,
+        "Commands the built-in simulator answered, by topic."
+    );
+    describe_counter!(
+        SIM_EVENTS_PUBLISHED,
+        "Events the built-in simulator published, by stream."
+    );
+    describe_counter!(
+        SIM_PUBLISH_FAILURES,
+        "Events the built-in simulator could not publish, by stream."
+    );
 }
