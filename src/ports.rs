@@ -9,7 +9,7 @@ pub mod command_sink;
 pub mod event_source;
 pub mod snapshot_cache;
 
-pub use client_fanout::{ClientFanout, FanoutError};
+pub use client_fanout::{ClientFanout, EmitOptions, FanoutError};
 pub use command_sink::{CommandSink, CommandSinkError};
 pub use event_source::{
     Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,

@@ -30,7 +30,7 @@ use crate::domain::identity::ClientIdentity;
 use crate::domain::recovery::Cut;
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
-use crate::ports::{ClientFanout, FanoutError};
+use crate::ports::{ClientFanout, EmitOptions, FanoutError};
 use crate::telemetry::metrics::{
     CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, FANOUT_BACKLOGGED, FANOUT_CONFLATED, FANOUT_DROPPED,
     LAGGING_SOCKETS, POLLING_SESSIONS, SLOW_DISCONNECTS, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
@@ -324,64 +324,34 @@ impl SocketIoFanout {
 
 #[async_trait]
 impl ClientFanout for SocketIoFanout {
-    async fn to_room(&self, room: &str, event: &str, payload: &Payload) -> Result<(), FanoutError> {
-        self.to_room_each(room, event, payload, None, None);
-        Ok(())
-    }
-
-    async fn to_room_latest(
+    async fn to_room<'a>(
         &self,
         room: &str,
         event: &str,
         payload: &Payload,
-        key: &str,
+        options: EmitOptions<'a>,
     ) -> Result<(), FanoutError> {
-        self.broadcast_latest(room, event, payload, key, None).await
+        match options.latest {
+            Some(key) => {
+                self.broadcast_latest(room, event, payload, key, options.offset)
+                    .await
+            }
+            None => {
+                self.to_room_each(room, event, payload, None, options.offset);
+                Ok(())
+            }
+        }
     }
 
-    async fn to_room_at(
-        &self,
-        room: &str,
-        event: &str,
-        payload: &Payload,
-        offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.to_room_each(room, event, payload, None, Some(offset));
-        Ok(())
-    }
-
-    async fn to_room_latest_at(
-        &self,
-        room: &str,
-        event: &str,
-        payload: &Payload,
-        key: &str,
-        offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.broadcast_latest(room, event, payload, key, Some(offset))
-            .await
-    }
-
-    async fn to_socket(
+    async fn to_socket<'a>(
         &self,
         socket: &str,
         event: &str,
         payload: &Payload,
+        options: EmitOptions<'a>,
     ) -> Result<(), FanoutError> {
         let s = self.socket(socket)?;
-        self.deliver(&s, None, event, payload, None, None);
-        Ok(())
-    }
-
-    async fn to_socket_at(
-        &self,
-        socket: &str,
-        event: &str,
-        payload: &Payload,
-        offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        let s = self.socket(socket)?;
-        self.deliver(&s, None, event, payload, None, Some(offset));
+        self.deliver(&s, None, event, payload, options.latest, options.offset);
         Ok(())
     }
 

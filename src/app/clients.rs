@@ -12,7 +12,7 @@ use crate::domain::location::{self, canonical_hash};
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{self, EV_SESSION_INIT, EV_USER_UNIQUE_ID};
 use crate::domain::{Command, Payload};
-use crate::ports::{ClientFanout, CommandSink, CommandSinkError, SnapshotCache};
+use crate::ports::{ClientFanout, CommandSink, CommandSinkError, EmitOptions, SnapshotCache};
 
 use super::dedup::Deduplicator;
 use super::health::Health;
@@ -281,7 +281,7 @@ impl ClientService {
     ) {
         if self
             .fanout
-            .to_socket(&who.socket_id, event, payload)
+            .to_socket(&who.socket_id, event, payload, EmitOptions::PLAIN)
             .await
             .is_ok()
         {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::recovery::{Journal, Position};
 use crate::domain::{self, topics};
-use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
+use crate::ports::{ClientFanout, EmitOptions, EventSource, Positions, Record, RecordStream};
 
 use super::health::Health;
 use super::recovery::{Recovery, now_ms};
@@ -388,28 +388,14 @@ impl Ingestor {
             // Emit first: the cache write happens in the background and never delays it.
             for (i, emit) in delivery.emits.iter().enumerate() {
                 let offset = offsets.as_ref().and_then(|o| o.get(i));
-                let sent = match (&delivery.conflation_key, offset) {
-                    (Some(key), Some(offset)) => {
-                        self.fanout
-                            .to_room_latest_at(&emit.room, &emit.event, &emit.payload, key, offset)
-                            .await
-                    }
-                    (None, Some(offset)) => {
-                        self.fanout
-                            .to_room_at(&emit.room, &emit.event, &emit.payload, offset)
-                            .await
-                    }
-                    (Some(key), None) => {
-                        self.fanout
-                            .to_room_latest(&emit.room, &emit.event, &emit.payload, key)
-                            .await
-                    }
-                    (None, None) => {
-                        self.fanout
-                            .to_room(&emit.room, &emit.event, &emit.payload)
-                            .await
-                    }
+                let options = EmitOptions {
+                    latest: delivery.conflation_key.as_deref(),
+                    offset,
                 };
+                let sent = self
+                    .fanout
+                    .to_room(&emit.room, &emit.event, &emit.payload, options)
+                    .await;
                 if let Err(e) = sent {
                     tracing::warn!(room = %emit.room, error = %e, "room emit failed");
                 }
@@ -497,9 +483,9 @@ mod tests {
         let mut fanout = MockClientFanout::new();
         fanout
             .expect_to_room()
-            .withf(|room, event, _| room == "crypto.global" && event == "cryptoTopCoinsResponse")
+            .withf(|room, event, _, _| room == "crypto.global" && event == "cryptoTopCoinsResponse")
             .times(1)
-            .returning(|_, _, _| Ok(()));
+            .returning(|_, _, _, _| Ok(()));
         let mut cache = MockSnapshotCache::new();
         cache
             .expect_set()
@@ -791,7 +777,7 @@ mod tests {
         fanout
             .expect_to_room()
             .times(1)
-            .returning(|_, _, _| Err(crate::ports::FanoutError::Transport("boom".into())));
+            .returning(|_, _, _, _| Err(crate::ports::FanoutError::Transport("boom".into())));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut cache = MockSnapshotCache::new();
         cache.expect_set().times(1).returning(move |k, _, _| {

@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::domain::recovery::{Cut, Journal, Refusal, SessionClaims};
 use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
-use crate::ports::ClientFanout;
+use crate::ports::{ClientFanout, EmitOptions};
 
 use super::config::{Secret, SocketIoSettings};
 use crate::telemetry::metrics::{
@@ -233,7 +233,12 @@ impl Recovery {
         };
         for entry in &replay.entries {
             if let Err(e) = fanout
-                .to_socket_at(socket, &entry.event, &entry.payload, &entry.offset)
+                .to_socket(
+                    socket,
+                    &entry.event,
+                    &entry.payload,
+                    replayed(&entry.offset),
+                )
                 .await
             {
                 tracing::debug!(socket, error = %e, "replay stopped: socket gone");
@@ -258,6 +263,15 @@ impl Recovery {
             "session recovered"
         );
         Ok(replay.entries.len())
+    }
+}
+
+/// A replayed event carries its offset, as it did live; every replayed event is owed (the
+/// budget already conflated what may be).
+fn replayed(offset: &Arc<str>) -> EmitOptions<'_> {
+    EmitOptions {
+        latest: None,
+        offset: Some(offset),
     }
 }
 

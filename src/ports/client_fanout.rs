@@ -16,91 +16,56 @@ pub enum FanoutError {
     Transport(String),
 }
 
+/// How an event is delivered, beyond its room or socket, name and payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmitOptions<'a> {
+    /// The event is one of a stream where only the latest value per key matters (tickers,
+    /// keyed by product): a socket that falls behind MAY be sent only the latest payload per
+    /// key instead of every one. `None`: every one is owed, in order.
+    pub latest: Option<&'a str>,
+    /// The connection-state recovery offset (D26), sent as the event's last argument: the
+    /// position socket.io-client hands back when it reconnects. `None`: no extra argument.
+    pub offset: Option<&'a Arc<str>>,
+}
+
+impl<'a> EmitOptions<'a> {
+    /// Every payload owed, in order, with no offset argument (replies, snapshots).
+    pub const PLAIN: Self = Self {
+        latest: None,
+        offset: None,
+    };
+}
+
 /// Delivers events to connected clients. Socket ids are the transport's ids.
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait ClientFanout: Send + Sync {
-    /// Emits `event` with `payload` to every socket in `room` (none is fine).
+    /// Emits `event` with `payload` to every socket in `room` (none is fine), as `options` say.
     ///
-    /// MUST NOT wait for slow clients: a socket that cannot keep up loses its own messages,
-    /// never delays the others.
+    /// MUST NOT wait for slow clients: a socket that cannot keep up loses its own messages
+    /// (only those `options.latest` allows it to lose, or it is disconnected), never delays
+    /// the others.
     ///
     /// # Errors
     /// [`FanoutError::Transport`] when the transport refused the broadcast as a whole.
-    async fn to_room(&self, room: &str, event: &str, payload: &Payload) -> Result<(), FanoutError>;
-
-    /// Like [`ClientFanout::to_room`] for a stream where only the latest value per `key`
-    /// matters (tickers, keyed by product): a socket that falls behind MAY be sent only the
-    /// latest payload per key instead of every one. The default sends every one.
-    ///
-    /// # Errors
-    /// As for [`ClientFanout::to_room`].
-    async fn to_room_latest(
+    async fn to_room<'a>(
         &self,
         room: &str,
         event: &str,
         payload: &Payload,
-        _key: &str,
-    ) -> Result<(), FanoutError> {
-        self.to_room(room, event, payload).await
-    }
+        options: EmitOptions<'a>,
+    ) -> Result<(), FanoutError>;
 
-    /// Like [`ClientFanout::to_room`], with `offset` as the event's last argument: the
-    /// position socket.io-client hands back when it reconnects (connection-state recovery).
-    /// The default leaves the offset out.
-    ///
-    /// # Errors
-    /// As for [`ClientFanout::to_room`].
-    async fn to_room_at(
-        &self,
-        room: &str,
-        event: &str,
-        payload: &Payload,
-        _offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.to_room(room, event, payload).await
-    }
-
-    /// [`ClientFanout::to_room_latest`] with `offset` as the event's last argument. The
-    /// default leaves the offset out.
-    ///
-    /// # Errors
-    /// As for [`ClientFanout::to_room`].
-    async fn to_room_latest_at(
-        &self,
-        room: &str,
-        event: &str,
-        payload: &Payload,
-        key: &str,
-        _offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.to_room_latest(room, event, payload, key).await
-    }
-
-    /// Like [`ClientFanout::to_socket`], with `offset` as the event's last argument (a room
-    /// event sent again to a recovering socket). The default leaves the offset out.
-    ///
-    /// # Errors
-    /// As for [`ClientFanout::to_socket`].
-    async fn to_socket_at(
-        &self,
-        socket: &str,
-        event: &str,
-        payload: &Payload,
-        _offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.to_socket(socket, event, payload).await
-    }
-
-    /// Emits `event` with `payload` to one socket.
+    /// Emits `event` with `payload` to one socket, as `options` say.
     ///
     /// # Errors
     /// [`FanoutError::UnknownSocket`] when the socket is gone.
-    async fn to_socket(
+    async fn to_socket<'a>(
         &self,
         socket: &str,
         event: &str,
         payload: &Payload,
+        options: EmitOptions<'a>,
     ) -> Result<(), FanoutError>;
 
     /// Adds the socket to each room (joining a room twice is a no-op).

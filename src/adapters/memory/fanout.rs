@@ -1,12 +1,12 @@
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::domain::Payload;
-use crate::ports::{ClientFanout, FanoutError};
+use crate::ports::{ClientFanout, EmitOptions, FanoutError};
 
 /// Where an emit went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Delivered {
     pub target: Target,
     pub event: String,
     pub payload: Payload,
+    /// The conflation key the emit carried ([`EmitOptions::latest`]).
+    pub latest: Option<String>,
     /// The recovery offset sent as the event's last argument, if any (D26).
     pub offset: Option<String>,
 }
@@ -77,30 +79,13 @@ impl RecordingFanout {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, target: Target, event: &str, payload: &Payload) {
-        self.record_at(target, event, payload, None);
-    }
-
-    fn record_to_socket(
-        &self,
-        socket: &str,
-        event: &str,
-        payload: &Payload,
-        offset: Option<&str>,
-    ) -> Result<(), FanoutError> {
-        if !self.lock().rooms.contains_key(socket) {
-            return Err(FanoutError::UnknownSocket(socket.to_owned()));
-        }
-        self.record_at(Target::Socket(socket.to_owned()), event, payload, offset);
-        Ok(())
-    }
-
-    fn record_at(&self, target: Target, event: &str, payload: &Payload, offset: Option<&str>) {
+    fn record(&self, target: Target, event: &str, payload: &Payload, options: EmitOptions<'_>) {
         self.lock().delivered.push(Delivered {
             target,
             event: event.to_owned(),
             payload: payload.clone(),
-            offset: offset.map(str::to_owned),
+            latest: options.latest.map(str::to_owned),
+            offset: options.offset.map(|o| o.to_string()),
         });
         self.emitted.notify_waiters();
     }
@@ -108,50 +93,29 @@ impl RecordingFanout {
 
 #[async_trait]
 impl ClientFanout for RecordingFanout {
-    async fn to_room(&self, room: &str, event: &str, payload: &Payload) -> Result<(), FanoutError> {
-        self.record(Target::Room(room.to_owned()), event, payload);
-        Ok(())
-    }
-
-    async fn to_room_at(
+    async fn to_room<'a>(
         &self,
         room: &str,
         event: &str,
         payload: &Payload,
-        offset: &Arc<str>,
+        options: EmitOptions<'a>,
     ) -> Result<(), FanoutError> {
-        self.record_at(Target::Room(room.to_owned()), event, payload, Some(offset));
+        self.record(Target::Room(room.to_owned()), event, payload, options);
         Ok(())
     }
 
-    async fn to_room_latest_at(
-        &self,
-        room: &str,
-        event: &str,
-        payload: &Payload,
-        _key: &str,
-        offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.to_room_at(room, event, payload, offset).await
-    }
-
-    async fn to_socket(
+    async fn to_socket<'a>(
         &self,
         socket: &str,
         event: &str,
         payload: &Payload,
+        options: EmitOptions<'a>,
     ) -> Result<(), FanoutError> {
-        self.record_to_socket(socket, event, payload, None)
-    }
-
-    async fn to_socket_at(
-        &self,
-        socket: &str,
-        event: &str,
-        payload: &Payload,
-        offset: &Arc<str>,
-    ) -> Result<(), FanoutError> {
-        self.record_to_socket(socket, event, payload, Some(offset))
+        if !self.lock().rooms.contains_key(socket) {
+            return Err(FanoutError::UnknownSocket(socket.to_owned()));
+        }
+        self.record(Target::Socket(socket.to_owned()), event, payload, options);
+        Ok(())
     }
 
     async fn join(&self, socket: &str, rooms: &[String]) -> Result<(), FanoutError> {
