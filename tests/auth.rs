@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flux_bff::app::Settings;
-use flux_bff::app::config::JwtAlgorithm;
+use flux_bff::app::auth::JwtAlgorithm;
+use flux_bff::boot::Settings;
 use futures::FutureExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use rust_socketio::asynchronous::{Client, ClientBuilder};

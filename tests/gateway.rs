@@ -7,7 +7,7 @@ mod support {
 
 use std::time::Duration;
 
-use flux_bff::app::Settings;
+use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use serde_json::{Value, json};
 use support::app::*;

@@ -9,7 +9,7 @@ mod support {
 
 use std::time::{Duration, Instant};
 
-use flux_bff::app::Settings;
+use flux_bff::boot::Settings;
 use support::app::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

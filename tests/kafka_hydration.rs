@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use flux_bff::adapters::kafka::KafkaClient;
 use flux_bff::adapters::memory::MemoryBus;
 use flux_bff::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
-use flux_bff::app::Ports;
+use flux_bff::boot::Ports;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::SnapshotCache;
 use kafka_broker::KafkaBroker;
@@ -34,7 +34,7 @@ async fn replica(bootstrap: &str, client_id: &str, cache: Arc<dyn SnapshotCache>
         source: Arc::new(client.event_source()),
         sink: Arc::new(client.command_sink()),
         cache,
-        bus: None,
+        publisher: None,
         source_name: format!("Kafka brokers {bootstrap}"),
     };
     TestApp::spawn_ports(gateway_settings(), ports).await

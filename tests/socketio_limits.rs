@@ -9,7 +9,7 @@ mod support {
 
 use std::time::Duration;
 
-use flux_bff::app::Settings;
+use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use rust_socketio::Payload;
 use serde_json::json;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flux_bff::adapters::memory::MemoryBus;
 use flux_bff::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
-use flux_bff::app::Settings;
+use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::SnapshotCache;
 use redis_server::RedisServer;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flux_bff::adapters::memory::{MemoryBus, MemoryCache};
-use flux_bff::app::Settings;
+use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::SnapshotCache;
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@
 
 use flux_bff::adapters::kafka::KafkaSettings;
 use flux_bff::adapters::valkey::ValkeySettings;
-use flux_bff::app::config::Config;
+use flux_bff::boot::Config;
 use flux_bff::sim::SimSettings;
 use libfuzzer_sys::fuzz_target;
 

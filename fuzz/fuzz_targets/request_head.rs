@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::http::Request;
-use flux_bff::app::http::prepare_head;
+use flux_bff::adapters::http::prepare_head;
 use flux_bff::domain::identity;
 use libfuzzer_sys::fuzz_target;
 

@@ -1,75 +1,59 @@
 //! Optional connection authentication (D25): the handshake's `auth.token` verified as a JWT,
 //! whose `sub` becomes the user id. Off unless `auth.jwt_key_file` is set. No Socket.IO types
-//! here: the adapter's connect middleware calls [`Authenticator::admit`].
+//! here: the adapter's connect middleware calls it through the [`Authenticate`] port.
 
-use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::config::{AuthSettings, JwtAlgorithm};
 use crate::domain::identity;
+use crate::ports::{AuthRefusal as Refusal, Authenticate};
 use crate::telemetry::metrics::AUTH_REFUSED;
 use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
+/// Optional connection authentication (D25): on when `jwt_key_file` is set.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// `HS256` (the key file holds a shared secret) or `RS256` (a PEM public key).
+    pub jwt_algorithm: JwtAlgorithm,
+    /// The verification key; none (the default) leaves connections unauthenticated (D1).
+    pub jwt_key_file: Option<PathBuf>,
+    /// When set, a token's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    #[serde(alias = "hs256")]
+    HS256,
+    #[serde(alias = "rs256")]
+    RS256,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Shortest HS256 secret: RFC 7518 §3.2 wants a key at least as long as the hash (256 bits).
 pub const MIN_HS256_SECRET: usize = 32;
-
-/// Why a handshake was refused; [`Refusal::reason`] is the metric label, and the client's
-/// `connect_error` message is `unauthorized: <reason>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// No `auth.token` (absent, `null` or an empty string).
-    Missing,
-    /// Not a string, or not a well-formed JWT.
-    Malformed,
-    /// Not signed by the configured key with the configured algorithm.
-    Signature,
-    /// `exp` is past, beyond the leeway.
-    Expired,
-    /// `nbf` is ahead, beyond the leeway.
-    NotYetValid,
-    /// A required claim (`exp`, `sub`) missing or ill-typed, the wrong `iss` or `aud`, or a
-    /// `sub` that is not an acceptable user id.
-    Claims,
-}
-
-impl Refusal {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::Malformed => "malformed",
-            Self::Signature => "signature",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::Claims => "claims",
-        }
-    }
-
-    fn of(kind: &ErrorKind) -> Self {
-        match kind {
-            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => Self::Signature,
-            ErrorKind::ExpiredSignature => Self::Expired,
-            ErrorKind::ImmatureSignature => Self::NotYetValid,
-            ErrorKind::InvalidIssuer
-            | ErrorKind::InvalidAudience
-            | ErrorKind::InvalidSubject
-            | ErrorKind::MissingRequiredClaim(_)
-            | ErrorKind::InvalidClaimFormat(_) => Self::Claims,
-            _ => Self::Malformed,
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unauthorized: {}", self.reason())
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// A verification key with the claims it requires.
 pub struct TokenVerifier {
@@ -137,7 +121,7 @@ impl TokenVerifier {
     /// Why the token is refused.
     pub fn verify(&self, token: &str) -> Result<String, Refusal> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| Refusal::of(e.kind()))?;
+            .map_err(|e| refusal_of(e.kind()))?;
         data.claims
             .get("sub")
             .and_then(Value::as_str)
@@ -177,12 +161,10 @@ impl Authenticator {
             refusal_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
         }))
     }
+}
 
-    /// The user id of a handshake, or why it is refused. `ip` is only logged.
-    ///
-    /// # Errors
-    /// As for [`authenticate`].
-    pub fn admit(&self, auth: Option<&Value>, ip: Option<&str>) -> Result<String, Refusal> {
+impl Authenticate for Authenticator {
+    fn admit(&self, auth: Option<&Value>, ip: Option<&str>) -> Result<String, Refusal> {
         authenticate(auth, &self.verifier).inspect_err(|refusal| {
             let reason = refusal.reason();
             metrics::counter!(AUTH_REFUSED, "reason" => reason).increment(1);
@@ -190,6 +172,21 @@ impl Authenticator {
                 tracing::warn!(reason, ip, held_back, "connection refused: bad auth.token");
             }
         })
+    }
+}
+
+/// The refusal a token verification error stands for.
+fn refusal_of(kind: &ErrorKind) -> Refusal {
+    match kind {
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => Refusal::Signature,
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidIssuer
+        | ErrorKind::InvalidAudience
+        | ErrorKind::InvalidSubject
+        | ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_) => Refusal::Claims,
+        _ => Refusal::Malformed,
     }
 }
 

@@ -2,9 +2,11 @@
 //! snapshot requests, and the legacy `getUserId`. Replies go to the asking socket only.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use async_trait::async_trait;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::commands::{self, Reason, Refresh, RefreshThrottle};
 use crate::domain::identity::ClientIdentity;
@@ -12,10 +14,14 @@ use crate::domain::location::{self, canonical_hash};
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{self, EV_SESSION_INIT, EV_USER_UNIQUE_ID};
 use crate::domain::{Command, Payload};
-use crate::ports::{ClientFanout, CommandSink, CommandSinkError, EmitOptions, SnapshotCache};
+use crate::ports::{
+    ClientFanout, ClientRequests, CommandSink, CommandSinkError, EmitOptions, SnapshotCache,
+};
 
 use super::dedup::Deduplicator;
 use super::health::Health;
+use super::limits::LimitSettings;
+use super::retry::reconnect_backoff;
 use super::snapshots::LocalSnapshots;
 use super::weather::{Found, WeatherDesk};
 use crate::telemetry::metrics::{
@@ -46,7 +52,7 @@ impl ClientService {
         fanout: Arc<dyn ClientFanout>,
         health: Arc<Health>,
         weather: Arc<WeatherDesk>,
-        limits: &super::config::LimitSettings,
+        limits: &LimitSettings,
     ) -> Self {
         Self {
             dedup: Deduplicator::new(
@@ -62,91 +68,6 @@ impl ClientService {
             fanout,
             health,
             weather,
-        }
-    }
-
-    /// The first event of every connection (D1).
-    pub fn session_init(who: &ClientIdentity) -> (&'static str, Payload) {
-        (
-            EV_SESSION_INIT,
-            Payload::new(&json!({"userId": who.user_id, "userType": "guest"})),
-        )
-    }
-
-    /// `getUserId` (legacy): answered with `userUniqueId` carrying the same id.
-    pub async fn user_id(&self, who: &ClientIdentity) {
-        let payload = Payload::new(&who.user_id);
-        self.reply(who, EV_USER_UNIQUE_ID, &payload, "userId", "ok")
-            .await;
-    }
-
-    /// `userLocationUpdate`: switch the weather room, join the global rooms, hydrate every
-    /// cached snapshot (D4) and the city's weather when it is fresh (D23), then send the
-    /// weather command unless the city's weather is fresh or already asked for, or the
-    /// location is invalid, a duplicate within the window, or Kafka is down.
-    pub async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
-        let intent = location::interpret(arg);
-        self.switch_rooms(who, &intent.room).await;
-        self.hydrate(who).await;
-        let city = intent.city().to_owned();
-        let city = city.as_str();
-        let found = self.weather.on_join(city).await;
-        if let Found::Fresh(payload) = &found {
-            let event = topics::weather_event(city);
-            self.reply(who, &event, payload, "weather", "fresh").await;
-        }
-        match intent.forward {
-            Err(reason) => {
-                metrics::counter!(LOCATIONS_INVALID, "reason" => reason).increment(1);
-                tracing::debug!(socket = %who.socket_id, reason, "location not forwarded");
-            }
-            Ok(location) => match found {
-                Found::Fresh(_) => {
-                    metrics::counter!(WEATHER_JOINS, "outcome" => "fresh").increment(1);
-                }
-                Found::InFlight => {
-                    metrics::counter!(WEATHER_JOINS, "outcome" => "in_flight").increment(1);
-                }
-                Found::Nothing => self.send_weather_command(who, city, &location).await,
-            },
-        }
-    }
-
-    /// One of the four snapshot requests: the cached snapshot, or `loading` and (for movers
-    /// and news) one throttled refresh command, or `error` when that command failed.
-    pub async fn snapshot_request(&self, who: &ClientIdentity, request: SnapshotRequest) {
-        let name = request.reply_event();
-        if let Some(hit) = self.lookup(request).await {
-            self.reply(who, name, &hit, name, "hit").await;
-            return;
-        }
-        match request {
-            // Movers: `loading` at once, then the refresh; a failed send adds an `error`.
-            SnapshotRequest::TopMovers => {
-                self.reply(who, name, &request.miss(), name, "loading")
-                    .await;
-                if let Err(e) = self.refresh(Refresh::TopMovers, Reason::Startup).await {
-                    let payload = request.error(&e.to_string());
-                    self.reply(who, name, &payload, name, "error").await;
-                }
-            }
-            // News: the refresh first, then `loading`, or only `error` when the send failed.
-            SnapshotRequest::News => {
-                match self.refresh(Refresh::News, Reason::RefreshCache).await {
-                    Ok(()) => {
-                        self.reply(who, name, &request.miss(), name, "loading")
-                            .await;
-                    }
-                    Err(e) => {
-                        let payload = request.error(&e.to_string());
-                        self.reply(who, name, &payload, name, "error").await;
-                    }
-                }
-            }
-            SnapshotRequest::TopCoins | SnapshotRequest::Stocks => {
-                self.reply(who, name, &request.miss(), name, "loading")
-                    .await;
-            }
         }
     }
 
@@ -249,6 +170,22 @@ impl ClientService {
         result
     }
 
+    /// Sends the four start-up refreshes in order (D12), retrying each with back-off (reusing
+    /// its idempotency key) until it is accepted or `stop` fires.
+    pub async fn send_startup_refreshes(&self, stop: CancellationToken, max_backoff: Duration) {
+        for command in commands::startup_refreshes(SystemTime::now()) {
+            let mut delays = reconnect_backoff(max_backoff);
+            while self.send(command.clone()).await.is_err() {
+                let delay = delays.next().unwrap_or(max_backoff);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        tracing::info!("start-up refresh commands sent");
+    }
+
     /// Sends a command and records the outcome in the metrics and the producer's health.
     pub async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
         let topic = command.topic.clone();
@@ -294,11 +231,99 @@ impl ClientService {
     }
 }
 
+#[async_trait]
+impl ClientRequests for ClientService {
+    /// The first event of every connection (D1).
+    fn session_init(&self, who: &ClientIdentity) -> (&'static str, Payload) {
+        (
+            EV_SESSION_INIT,
+            Payload::new(&json!({"userId": who.user_id, "userType": "guest"})),
+        )
+    }
+
+    /// `getUserId` (legacy): answered with `userUniqueId` carrying the same id.
+    async fn user_id(&self, who: &ClientIdentity) {
+        let payload = Payload::new(&who.user_id);
+        self.reply(who, EV_USER_UNIQUE_ID, &payload, "userId", "ok")
+            .await;
+    }
+
+    /// `userLocationUpdate`: switch the weather room, join the global rooms, hydrate every
+    /// cached snapshot (D4) and the city's weather when it is fresh (D23), then send the
+    /// weather command unless the city's weather is fresh or already asked for, or the
+    /// location is invalid, a duplicate within the window, or Kafka is down.
+    async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
+        let intent = location::interpret(arg);
+        self.switch_rooms(who, &intent.room).await;
+        self.hydrate(who).await;
+        let city = intent.city().to_owned();
+        let city = city.as_str();
+        let found = self.weather.on_join(city).await;
+        if let Found::Fresh(payload) = &found {
+            let event = topics::weather_event(city);
+            self.reply(who, &event, payload, "weather", "fresh").await;
+        }
+        match intent.forward {
+            Err(reason) => {
+                metrics::counter!(LOCATIONS_INVALID, "reason" => reason).increment(1);
+                tracing::debug!(socket = %who.socket_id, reason, "location not forwarded");
+            }
+            Ok(location) => match found {
+                Found::Fresh(_) => {
+                    metrics::counter!(WEATHER_JOINS, "outcome" => "fresh").increment(1);
+                }
+                Found::InFlight => {
+                    metrics::counter!(WEATHER_JOINS, "outcome" => "in_flight").increment(1);
+                }
+                Found::Nothing => self.send_weather_command(who, city, &location).await,
+            },
+        }
+    }
+
+    /// One of the four snapshot requests: the cached snapshot, or `loading` and (for movers
+    /// and news) one throttled refresh command, or `error` when that command failed.
+    async fn snapshot_request(&self, who: &ClientIdentity, request: SnapshotRequest) {
+        let name = request.reply_event();
+        if let Some(hit) = self.lookup(request).await {
+            self.reply(who, name, &hit, name, "hit").await;
+            return;
+        }
+        match request {
+            // Movers: `loading` at once, then the refresh; a failed send adds an `error`.
+            SnapshotRequest::TopMovers => {
+                self.reply(who, name, &request.miss(), name, "loading")
+                    .await;
+                if let Err(e) = self.refresh(Refresh::TopMovers, Reason::Startup).await {
+                    let payload = request.error(&e.to_string());
+                    self.reply(who, name, &payload, name, "error").await;
+                }
+            }
+            // News: the refresh first, then `loading`, or only `error` when the send failed.
+            SnapshotRequest::News => {
+                match self.refresh(Refresh::News, Reason::RefreshCache).await {
+                    Ok(()) => {
+                        self.reply(who, name, &request.miss(), name, "loading")
+                            .await;
+                    }
+                    Err(e) => {
+                        let payload = request.error(&e.to_string());
+                        self.reply(who, name, &payload, name, "error").await;
+                    }
+                }
+            }
+            SnapshotRequest::TopCoins | SnapshotRequest::Stocks => {
+                self.reply(who, name, &request.miss(), name, "loading")
+                    .await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::adapters::memory::{MemoryCache, RecordingFanout, Target};
-    use crate::app::config::LimitSettings;
+    use crate::app::limits::LimitSettings;
     use crate::ports::CacheError;
     use crate::ports::command_sink::MockCommandSink;
     use crate::ports::snapshot_cache::MockSnapshotCache;

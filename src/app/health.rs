@@ -1,7 +1,10 @@
 //! What `/readyz` and the degraded-mode flags report: whether the event consumers run and
 //! whether the command producer works.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::ports::{Readiness, ReadinessReport, SnapshotCache};
 
 /// Shared health flags. Embedded mode starts ready; Kafka mode becomes ready once the
 /// consumers run and the producer answered.
@@ -47,5 +50,28 @@ impl Health {
     /// Ready: consumers and producer run, and no shutdown is under way.
     pub fn ready(&self) -> bool {
         self.consuming() && self.producing() && !self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// What `/readyz` reports: the health flags and whether the cache answers.
+pub struct Status {
+    health: Arc<Health>,
+    cache: Arc<dyn SnapshotCache>,
+}
+
+impl Status {
+    pub fn new(health: Arc<Health>, cache: Arc<dyn SnapshotCache>) -> Self {
+        Self { health, cache }
+    }
+}
+
+impl Readiness for Status {
+    fn readiness(&self) -> ReadinessReport {
+        ReadinessReport {
+            ready: self.health.ready(),
+            kafka_consumer: self.health.consuming(),
+            kafka_producer: self.health.producing(),
+            cache: self.cache.is_available(),
+        }
     }
 }

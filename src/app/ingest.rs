@@ -13,22 +13,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::recovery::{Journal, Position};
-use crate::domain::{self, topics};
-use crate::ports::{ClientFanout, EmitOptions, EventSource, Positions, Record, RecordStream};
+use crate::domain::topics;
+use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
+use crate::telemetry::metrics::KAFKA_LAG;
+use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 use super::health::Health;
-use super::recovery::{Recovery, now_ms};
+use super::recovery::Recovery;
 use super::snapshots::SnapshotWriter;
 use super::weather::WeatherDesk;
-use crate::telemetry::metrics::{
-    DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED, KAFKA_LAG,
-};
-use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
+use read_back::ReadBacks;
+
+mod batch;
+mod read_back;
 
 /// How often consumer lag is exported.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -37,6 +39,25 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// source read through a tokio channel (Kafka) also ends a batch when the task's cooperative
 /// budget (128 operations) runs out.
 const MAX_BATCH: usize = 512;
+
+/// The consumer's settings: keys of the `[socketio]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct IngestSettings {
+    /// How long the event consumer may stay busy (records waiting each time it reads) before
+    /// it stops emitting a ticker or a weather result when a newer one for the same product or
+    /// city was read with it: the bound on the consumer's lag when events outrun the fan-out.
+    #[serde(with = "humantime_serde")]
+    pub conflate_after: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            conflate_after: Duration::from_millis(50),
+        }
+    }
+}
 
 /// Why a subscription's consumption ended.
 enum Ended {
@@ -64,50 +85,7 @@ pub struct Ingestor {
     /// Per partition with records in the recovery window at start-up: those records, up to
     /// where live reading began, are read back for the recovery journal only (not emitted
     /// again, not cached).
-    read_back: std::sync::Mutex<std::collections::HashMap<(String, i32), ReadBack>>,
-}
-
-/// The part of a partition read back at start-up: from `next` (the next record expected) to
-/// `live` (where live reading began).
-#[derive(Debug)]
-struct ReadBack {
-    next: i64,
-    live: i64,
-}
-
-/// Journals the emits of `record`'s delivery and returns their offset strings.
-fn journal_emits(
-    journal: &mut Journal,
-    record: &Record,
-    delivery: &domain::Delivery,
-    now: u64,
-) -> Vec<Arc<str>> {
-    let Some(topic) = topics::event_topic_index(&record.topic) else {
-        return Vec::new();
-    };
-    let count = delivery.emits.len();
-    delivery
-        .emits
-        .iter()
-        .enumerate()
-        .map(|(i, emit)| {
-            let pos = Position {
-                topic,
-                partition: record.partition,
-                offset: record.offset,
-                emit: i as u32,
-            };
-            journal.append(
-                pos,
-                i + 1 == count,
-                &emit.room,
-                &emit.event,
-                &emit.payload,
-                delivery.conflation_key.as_deref(),
-                now,
-            )
-        })
-        .collect()
+    read_back: ReadBacks,
 }
 
 impl Ingestor {
@@ -132,7 +110,7 @@ impl Ingestor {
             subscribed: watch::channel(false).0,
             last_error: watch::channel(None).0,
             recovery: None,
-            read_back: std::sync::Mutex::default(),
+            read_back: ReadBacks::default(),
         }
     }
 
@@ -273,23 +251,7 @@ impl Ingestor {
                         .positions_since(&topics::EVENT_TOPICS, since)
                         .await?;
                     let mut journal = recovery.journal().await;
-                    let mut read_back = self.read_back.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut from = Positions::default();
-                    for (topic, partition, live_at) in live.iter() {
-                        let at = back.get(topic, partition).unwrap_or(live_at).min(live_at);
-                        from.set(topic, partition, at);
-                        if at < live_at {
-                            let range = ReadBack {
-                                next: at,
-                                live: live_at,
-                            };
-                            read_back.insert((topic.to_owned(), partition), range);
-                        }
-                        if let Some(t) = topics::event_topic_index(topic) {
-                            journal.start(t, partition, at);
-                        }
-                    }
-                    from
+                    self.read_back.plan(&live, &back, &mut journal)
                 }
                 None => live,
             };
@@ -297,123 +259,6 @@ impl Ingestor {
         self.source
             .subscribe(&topics::EVENT_TOPICS, positions)
             .await
-    }
-
-    /// Whether `record` was read back for the recovery journal only (before live reading).
-    /// A partition's read-back ends at its live position, or as soon as its log goes back
-    /// (data loss, issue 10): what follows is live.
-    fn is_history(&self, record: &Record) -> bool {
-        let mut read_back = self.read_back.lock().unwrap_or_else(|e| e.into_inner());
-        if read_back.is_empty() {
-            return false;
-        }
-        let key = (record.topic.to_string(), record.partition);
-        let Some(range) = read_back.get_mut(&key) else {
-            return false;
-        };
-        if record.offset < range.next || record.offset >= range.live {
-            read_back.remove(&key);
-            return false;
-        }
-        range.next = record.offset + 1;
-        true
-    }
-
-    /// Validates records read together and fans them out, in order; when the consumer is
-    /// `behind`, a ticker superseded by a newer one of the batch is not emitted.
-    /// Never fails: a bad record is counted and logged, and the others go on.
-    pub async fn handle(&self, records: &[Record], behind: bool) {
-        let mut streams = Vec::with_capacity(records.len());
-        let mut deliveries = Vec::with_capacity(records.len());
-        let mut origins = Vec::with_capacity(records.len());
-        for record in records {
-            let stream = topics::stream_name(&record.topic);
-            let history = self.is_history(record);
-            match domain::route(&record.topic, record.value.as_deref()) {
-                Ok(delivery) => {
-                    if !history {
-                        metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
-                    }
-                    streams.push(stream);
-                    deliveries.push(delivery);
-                    origins.push((record, history));
-                }
-                Err(rejection) => {
-                    metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
-                        .increment(1);
-                    if let Some(held_back) = self.rejection_log.admit(&(stream, rejection.reason)) {
-                        tracing::warn!(
-                            topic = %record.topic,
-                            partition = record.partition,
-                            offset = record.offset,
-                            reason = rejection.reason,
-                            held_back,
-                            "event rejected and skipped"
-                        );
-                    }
-                }
-            }
-        }
-        let conflated = if behind {
-            domain::conflate(&mut deliveries)
-        } else {
-            0
-        };
-        if conflated > 0 {
-            metrics::counter!(EVENTS_CONFLATED).increment(conflated as u64);
-        }
-        // Held while emitting: a recovering socket is replayed what was journaled and joins
-        // its rooms under this lock, so each emit reaches it exactly once (D26).
-        let mut journal = match &self.recovery {
-            Some(recovery) => Some(recovery.journal().await),
-            None => None,
-        };
-        let now = now_ms();
-        for ((stream, delivery), (record, history)) in
-            streams.into_iter().zip(deliveries).zip(origins)
-        {
-            let offsets = journal
-                .as_deref_mut()
-                .map(|j| journal_emits(j, record, &delivery, now));
-            if history {
-                continue;
-            }
-            // A weather result is recorded before its room emit: a socket that joins meanwhile
-            // may get it twice (at once and from the room), never miss it (D23).
-            if let Some(result) = &delivery.weather
-                && let Some(value) = self.weather.record(result)
-            {
-                self.snapshots.submit_weather(&result.city, value);
-            }
-            // Emit first: the cache write happens in the background and never delays it.
-            for (i, emit) in delivery.emits.iter().enumerate() {
-                let offset = offsets.as_ref().and_then(|o| o.get(i));
-                let options = EmitOptions {
-                    latest: delivery.conflation_key.as_deref(),
-                    offset,
-                };
-                let sent = self
-                    .fanout
-                    .to_room(&emit.room, &emit.event, &emit.payload, options)
-                    .await;
-                if let Err(e) = sent {
-                    tracing::warn!(room = %emit.room, error = %e, "room emit failed");
-                }
-                metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
-            }
-            if let Some(write) = delivery.snapshot {
-                self.snapshots.submit(write);
-            }
-        }
-        if let Some(journal) = journal.as_deref_mut() {
-            for record in records {
-                if let Some(t) = topics::event_topic_index(&record.topic) {
-                    journal.advance(t, record.partition, record.offset);
-                }
-            }
-            journal.evict(now);
-            Recovery::export(journal);
-        }
     }
 
     fn export_lag(&self, positions: &Positions) {
@@ -431,12 +276,13 @@ impl Ingestor {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        super::lifecycle::reconnect_backoff(self.max_backoff)
+        super::retry::reconnect_backoff(self.max_backoff)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::read_back::ReadBack;
     use super::*;
     use crate::domain::Payload;
     use crate::ports::CacheError;
@@ -456,7 +302,7 @@ mod tests {
     fn weather_desk() -> Arc<WeatherDesk> {
         Arc::new(WeatherDesk::new(
             Arc::new(crate::adapters::memory::MemoryCache::default()),
-            &crate::app::config::LimitSettings::default(),
+            &crate::app::limits::LimitSettings::default(),
         ))
     }
 
@@ -676,6 +522,7 @@ mod tests {
             Duration::from_secs(3600),
             100,
             1000,
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
         ));
         let (ingestor, fanout, stop) = recording_ingestor(bus.clone(), Duration::from_secs(3600));
         let ingestor = ingestor.with_recovery(Some(recovery.clone()));
@@ -733,11 +580,11 @@ mod tests {
             Duration::from_secs(3600),
             100,
             1000,
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
         ))));
-        ingestor.read_back.lock().unwrap().insert(
-            (topics::TICKER_EVENTS.to_owned(), 0),
-            ReadBack { next: 8, live: 10 },
-        );
+        ingestor
+            .read_back
+            .insert(topics::TICKER_EVENTS, 0, ReadBack { next: 8, live: 10 });
         let at = |offset: i64, price: u32| Record {
             offset,
             ..tick("BTC-USD", price)
@@ -753,10 +600,9 @@ mod tests {
         ingestor.handle(&[at(0, 4), at(1, 5)], false).await;
         assert_eq!(fanout.delivered().len(), 3, "{:?}", fanout.delivered());
         // The same during the read-back: the log went back before reaching the live position.
-        ingestor.read_back.lock().unwrap().insert(
-            (topics::TICKER_EVENTS.to_owned(), 0),
-            ReadBack { next: 8, live: 10 },
-        );
+        ingestor
+            .read_back
+            .insert(topics::TICKER_EVENTS, 0, ReadBack { next: 8, live: 10 });
         ingestor
             .handle(&[at(8, 6), at(0, 7), at(1, 8)], false)
             .await;
@@ -767,7 +613,7 @@ mod tests {
             offset: 0,
             ..record(topics::NEWS_EVENTS, r#"{"articles":[]}"#)
         };
-        assert!(!ingestor.is_history(&news));
+        assert!(!ingestor.read_back.is_history(&news));
         stop.cancel();
     }
 

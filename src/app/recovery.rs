@@ -8,14 +8,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::domain::recovery::{Cut, Journal, Refusal, SessionClaims};
 use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
-use crate::ports::{ClientFanout, EmitOptions};
+use crate::ports::{Admission, ClientFanout, EmitOptions, SessionRecovery};
 
-use super::config::{Secret, SocketIoSettings};
 use crate::telemetry::metrics::{
     RECOVERY_CONFLATED, RECOVERY_HANDSHAKE, RECOVERY_JOURNAL, RECOVERY_REFUSED, RECOVERY_REPLAY,
     RECOVERY_REPLAYED, RECOVERY_SESSIONS,
@@ -34,17 +35,93 @@ pub const RECOVERED_ROOMS: [&str; 3] = [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK];
 const CATCH_UP: Duration = Duration::from_secs(5);
 const CATCH_UP_POLL: Duration = Duration::from_millis(10);
 
-/// What the handshake decided.
-#[derive(Debug)]
-pub struct Admission {
-    /// The session id to send in the CONNECT reply.
-    pub pid: String,
-    /// Set when the client's session is recovered: replay from this cut once connected.
-    pub resume: Option<Cut>,
+/// Connection-state recovery's settings: keys of the `[socketio]` section (D26).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RecoverySettings {
+    /// How long after the last event it received a client that reconnects gets what it
+    /// missed, replayed. `0s` turns recovery off (no session id, no offset argument on room
+    /// events).
+    #[serde(with = "humantime_serde")]
+    pub recovery_window: Duration,
+    /// The HMAC secret that signs recovery session ids. Every replica behind one load
+    /// balancer needs the same one (or the same `recovery_secret_file`); without either, a
+    /// random secret per process: sessions then recover only on the replica that issued them.
+    pub recovery_secret: Option<Secret>,
+    /// A file holding the recovery secret (trimmed), instead of `recovery_secret`.
+    pub recovery_secret_file: Option<std::path::PathBuf>,
+    /// How long a recovery session id stays valid after its connection began.
+    #[serde(with = "humantime_serde")]
+    pub recovery_token_ttl: Duration,
+    /// Most events replayed to one recovering client; beyond, tickers are conflated to the
+    /// latest per product, and if still beyond, the client gets a normal connection.
+    pub replay_budget: usize,
+    /// Most emits the recovery journal keeps (the window bounds it too).
+    pub recovery_max_events: usize,
+}
+
+impl Default for RecoverySettings {
+    fn default() -> Self {
+        Self {
+            recovery_window: Duration::from_secs(120),
+            recovery_secret: None,
+            recovery_secret_file: None,
+            recovery_token_ttl: Duration::from_secs(24 * 3600),
+            replay_budget: 200,
+            recovery_max_events: 100_000,
+        }
+    }
+}
+
+impl RecoverySettings {
+    /// What is wrong with these settings, one line per problem naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.recovery_window.is_zero() {
+            return problems;
+        }
+        if self.recovery_secret.is_some() && self.recovery_secret_file.is_some() {
+            problems.push(
+                "socketio.recovery_secret and socketio.recovery_secret_file: set one, not both"
+                    .to_owned(),
+            );
+        }
+        if let Some(Secret(secret)) = &self.recovery_secret
+            && secret.trim().len() < 32
+        {
+            problems.push(format!(
+                "socketio.recovery_secret (FLUX_SOCKETIO__RECOVERY_SECRET): must be at least 32 characters, got {} (e.g. `openssl rand -hex 32`)",
+                secret.trim().len()
+            ));
+        }
+        if self.recovery_max_events == 0 {
+            problems.push("socketio.recovery_max_events: must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+/// A secret read from the configuration: never shown in logs or dumps.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
 }
 
 pub struct Recovery {
     journal: Mutex<Journal>,
+    /// Where replays go.
+    fanout: Arc<dyn ClientFanout>,
     secret: Vec<u8>,
     window: Duration,
     token_ttl: Duration,
@@ -59,12 +136,16 @@ pub fn now_ms() -> u64 {
 }
 
 impl Recovery {
-    /// Recovery as configured; `None` when `socketio.recovery_window` is 0.
+    /// Recovery as configured, replaying through `fanout`; `None` when
+    /// `socketio.recovery_window` is 0.
     ///
     /// # Errors
     /// When `socketio.recovery_secret_file` cannot be read or holds too short a secret (names
     /// the file and the fix).
-    pub fn from_settings(settings: &SocketIoSettings) -> anyhow::Result<Option<Arc<Self>>> {
+    pub fn from_settings(
+        settings: &RecoverySettings,
+        fanout: Arc<dyn ClientFanout>,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
         if settings.recovery_window.is_zero() {
             return Ok(None);
         }
@@ -101,6 +182,7 @@ impl Recovery {
             settings.recovery_token_ttl,
             settings.replay_budget,
             settings.recovery_max_events,
+            fanout,
         ))))
     }
 
@@ -110,9 +192,11 @@ impl Recovery {
         token_ttl: Duration,
         budget: usize,
         max_events: usize,
+        fanout: Arc<dyn ClientFanout>,
     ) -> Self {
         Self {
             journal: Mutex::new(Journal::new(max_events, window.as_millis() as u64)),
+            fanout,
             secret,
             window,
             token_ttl,
@@ -144,21 +228,6 @@ impl Recovery {
             nonce: uuid::Uuid::new_v4().simple().to_string(),
         };
         claims.sign(&self.secret)
-    }
-
-    /// Decides at the handshake whether the client's session is recovered: a session id this
-    /// deployment signed for the same user, not expired, and an offset this replica can replay
-    /// from within the budget (waiting up to 5 s for this replica to read as far). Anything
-    /// else is a normal connection with a new session id, counted with its reason.
-    pub async fn admit(&self, handshake: Option<&Value>, user_id: &str) -> Admission {
-        let field = |name: &str| handshake.and_then(|h| h.get(name)).and_then(Value::as_str);
-        let Some(pid) = field("pid") else {
-            return self.fresh(user_id, None);
-        };
-        let started = std::time::Instant::now();
-        let admission = self.admit_session(pid, field("offset"), user_id).await;
-        metrics::histogram!(RECOVERY_HANDSHAKE).record(started.elapsed().as_secs_f64());
-        admission
     }
 
     async fn admit_session(&self, pid: &str, offset: Option<&str>, user_id: &str) -> Admission {
@@ -208,6 +277,24 @@ impl Recovery {
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
+}
+
+#[async_trait]
+impl SessionRecovery for Recovery {
+    /// Decides at the handshake whether the client's session is recovered: a session id this
+    /// deployment signed for the same user, not expired, and an offset this replica can replay
+    /// from within the budget (waiting up to 5 s for this replica to read as far). Anything
+    /// else is a normal connection with a new session id, counted with its reason.
+    async fn admit(&self, handshake: Option<&Value>, user_id: &str) -> Admission {
+        let field = |name: &str| handshake.and_then(|h| h.get(name)).and_then(Value::as_str);
+        let Some(pid) = field("pid") else {
+            return self.fresh(user_id, None);
+        };
+        let started = std::time::Instant::now();
+        let admission = self.admit_session(pid, field("offset"), user_id).await;
+        metrics::histogram!(RECOVERY_HANDSHAKE).record(started.elapsed().as_secs_f64());
+        admission
+    }
 
     /// Sends `socket` every event of [`RECOVERED_ROOMS`] after `cut`, in order, and puts it
     /// back in those rooms, atomically with respect to the event consumer. Returns how many
@@ -216,12 +303,7 @@ impl Recovery {
     /// # Errors
     /// The [`Refusal`] when the replay is no longer possible (the journal moved on since the
     /// handshake); the socket is then left as a normal connection.
-    pub async fn resume(
-        &self,
-        fanout: &dyn ClientFanout,
-        socket: &str,
-        cut: &Cut,
-    ) -> Result<usize, Refusal> {
+    async fn resume(&self, socket: &str, cut: &Cut) -> Result<usize, Refusal> {
         let started = std::time::Instant::now();
         let journal = self.journal.lock().await;
         let replay = match journal.replay(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
@@ -232,7 +314,8 @@ impl Recovery {
             }
         };
         for entry in &replay.entries {
-            if let Err(e) = fanout
+            if let Err(e) = self
+                .fanout
                 .to_socket(
                     socket,
                     &entry.event,
@@ -246,7 +329,7 @@ impl Recovery {
             }
         }
         let rooms: Vec<String> = RECOVERED_ROOMS.iter().map(|r| (*r).to_owned()).collect();
-        if fanout.join(socket, &rooms).await.is_err() {
+        if self.fanout.join(socket, &rooms).await.is_err() {
             return Ok(0);
         }
         drop(journal);
@@ -295,12 +378,18 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn recovery(window: Duration) -> Recovery {
+        recovery_on(window, Arc::new(RecordingFanout::default()))
+    }
+
+    /// Recovery that replays through `fanout`.
+    fn recovery_on(window: Duration, fanout: Arc<RecordingFanout>) -> Recovery {
         Recovery::new(
             SECRET.to_vec(),
             window,
             Duration::from_secs(3600),
             100,
             1000,
+            fanout,
         )
     }
 
@@ -338,7 +427,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_valid_session_keeps_its_pid_and_gets_every_later_event_then_its_rooms() {
-        let r = recovery(Duration::from_secs(120));
+        let fanout = Arc::new(RecordingFanout::default());
+        let r = recovery_on(Duration::from_secs(120), fanout.clone());
         let offsets = ticks(&r, 0..10).await;
         let pid = r.issue("u1");
         let admission = r.admit(Some(&handshake(&pid, &offsets[6])), "u1").await;
@@ -346,9 +436,8 @@ mod tests {
         let cut = admission.resume.expect("recovered");
         // What the consumer emits between the handshake and the replay is in the replay too.
         let later = ticks(&r, 10..12).await;
-        let fanout = RecordingFanout::default();
         fanout.connect("s1");
-        assert_eq!(r.resume(&fanout, "s1", &cut).await, Ok(5));
+        assert_eq!(r.resume("s1", &cut).await, Ok(5));
         let replayed: Vec<(String, Option<String>)> = fanout
             .delivered()
             .into_iter()
@@ -378,6 +467,7 @@ mod tests {
             Duration::from_secs(9),
             9,
             9,
+            Arc::new(RecordingFanout::default()),
         )
         .issue("u1");
         let mut forged = pid.clone().into_bytes();

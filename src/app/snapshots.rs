@@ -76,7 +76,7 @@ pub async fn warm_up(
         let (source, local, shutdown) = (source.clone(), local.clone(), shutdown.clone());
         async move {
             let accept = move |r: &Record| snapshot_of(topic, r).is_some();
-            let mut delays = super::lifecycle::reconnect_backoff(max_backoff);
+            let mut delays = super::retry::reconnect_backoff(max_backoff);
             loop {
                 let outcome = match source.last_accepted(topic, &accept).await {
                     Ok(Some(tail)) => {

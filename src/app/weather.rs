@@ -9,7 +9,7 @@ use crate::domain::Payload;
 use crate::domain::weather::{self, Gate, WeatherBook, WeatherResult};
 use crate::ports::SnapshotCache;
 
-use super::config::LimitSettings;
+use super::limits::LimitSettings;
 use crate::telemetry::metrics::SNAPSHOT_LOOKUPS;
 
 /// Cities followed at once; the least recently used goes first (city names are client-chosen).

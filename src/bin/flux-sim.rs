@@ -5,5 +5,5 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    flux_bff::app::lifecycle::sim_entry(flux_bff::app::lifecycle::Cli::parse()).await
+    flux_bff::boot::sim_entry(flux_bff::boot::Cli::parse()).await
 }

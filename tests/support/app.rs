@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flux_bff::adapters::memory::{MemoryBus, MemoryCache};
-use flux_bff::app::{Application, Ports, Settings};
+use flux_bff::boot::{Application, Ports, Settings};
 use flux_bff::ports::SnapshotCache;
 use futures::FutureExt;
 use rust_socketio::asynchronous::{Client, ClientBuilder};
@@ -48,7 +48,7 @@ impl TestApp {
             source: Arc::new(bus.clone()),
             sink: Arc::new(bus.clone()),
             cache,
-            bus: Some(bus.clone()),
+            publisher: Some(Arc::new(bus.clone())),
             source_name: "the test bus".into(),
         };
         let me = Self::start(settings, ports, bus).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings};
 use flux_bff::adapters::memory::MemoryCache;
-use flux_bff::app::{Ports, Settings};
+use flux_bff::boot::{Ports, Settings};
 use flux_bff::domain::Command as KafkaCommand;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::CommandSink;
@@ -45,7 +45,7 @@ pub async fn gateway(bootstrap: &str, client_id: &str) -> TestApp {
         source: Arc::new(client.event_source()),
         sink: Arc::new(client.command_sink()),
         cache: Arc::new(MemoryCache::default()),
-        bus: None,
+        publisher: None,
         source_name: format!("Kafka brokers {bootstrap}"),
     };
     TestApp::spawn_ports(gateway_settings(), ports).await

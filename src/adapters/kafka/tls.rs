@@ -7,7 +7,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::TlsSettings;
+use super::settings::TlsSettings;
 
 /// The Debian/Ubuntu system bundle, used when `kafka.tls.ca_file` is not set.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

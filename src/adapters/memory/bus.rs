@@ -1,3 +1,6 @@
+//! `MemoryBus`: the in-process event bus (topics, partitions, Kafka-like offsets) behind the
+//! `EventSource`, `CommandSink` and `EventPublisher` ports.
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -7,8 +10,8 @@ use tokio::sync::watch;
 
 use crate::domain::Command;
 use crate::ports::{
-    Accept, CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record,
-    RecordStream, TailRecord,
+    Accept, CommandSink, CommandSinkError, EventPublisher, EventSource, EventSourceError,
+    Positions, Record, RecordStream, TailRecord,
 };
 
 /// Records kept per partition; older ones are dropped (like Kafka retention), offsets go on.
@@ -174,6 +177,12 @@ impl MemoryBus {
         }
         self.bump(&mut st);
         (partition as i32, offset)
+    }
+}
+
+impl EventPublisher for MemoryBus {
+    fn publish(&self, topic: &str, key: Option<&str>, value: Option<&[u8]>) {
+        MemoryBus::publish(self, topic, key, value);
     }
 }
 

@@ -1,3 +1,5 @@
+//! `MemoryCache`: the in-process `SnapshotCache`, with per-key expiry and a bound.
+
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,3 +1,6 @@
+//! `RecordingFanout`: a `ClientFanout` that records every emit and keeps room membership, for
+//! tests.
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;

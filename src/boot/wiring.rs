@@ -6,14 +6,42 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::config::Config;
 use crate::adapters::kafka::{KafkaClient, KafkaSettings};
-use crate::adapters::memory::MemoryCache;
+use crate::adapters::memory::{MemoryBus, MemoryCache};
 use crate::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
-use crate::ports::SnapshotCache;
+use crate::ports::{CommandSink, EventPublisher, EventSource, SnapshotCache};
 use crate::sim::SimSettings;
 
-use super::config::Config;
-use super::lifecycle::Ports;
+/// The adapters the application runs on.
+#[derive(Clone)]
+pub struct Ports {
+    pub source: Arc<dyn EventSource>,
+    pub sink: Arc<dyn CommandSink>,
+    pub cache: Arc<dyn SnapshotCache>,
+    /// The in-process bus in embedded mode, for the admin publish hook (`admin.publish`).
+    pub publisher: Option<Arc<dyn EventPublisher>>,
+    /// What the event source is, for messages (`Kafka brokers a:9092,b:9092`).
+    pub source_name: String,
+}
+
+impl Ports {
+    /// Everything in memory: one bus for events and commands, one cache.
+    pub fn in_memory() -> Self {
+        Self::on_bus(MemoryBus::new(), Arc::new(MemoryCache::default()))
+    }
+
+    /// Events, commands and the admin hook on `bus`, snapshots in `cache`.
+    pub fn on_bus(bus: MemoryBus, cache: Arc<dyn SnapshotCache>) -> Self {
+        Self {
+            source: Arc::new(bus.clone()),
+            sink: Arc::new(bus.clone()),
+            cache,
+            publisher: Some(Arc::new(bus)),
+            source_name: "the in-process bus".into(),
+        }
+    }
+}
 
 /// The adapter settings, read and validated before anything starts (bad ones exit 2).
 #[derive(Clone, Debug)]
@@ -73,7 +101,7 @@ pub async fn wire(adapters: &AdapterSettings) -> anyhow::Result<Wired> {
             source: Arc::new(client.event_source()),
             sink: Arc::new(client.command_sink()),
             cache,
-            bus: None,
+            publisher: None,
             source_name: format!("Kafka brokers {}", adapters.kafka.brokers.join(",")),
         };
         return Ok(Wired {

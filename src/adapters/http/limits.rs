@@ -1,0 +1,146 @@
+//! The connection limits (`[http]`): open connections in total and per client address, with
+//! `X-Forwarded-For` honoured only from trusted proxies. A connection's place is given back
+//! when its socket is dropped.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+
+use super::settings::HttpSettings;
+use crate::domain::identity;
+use crate::telemetry::metrics::{HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED};
+
+/// The connection limits and what they count.
+pub(super) struct Limits {
+    max_connections: usize,
+    max_per_client: usize,
+    trusted_proxies: Vec<IpNet>,
+    pub(super) header_timeout: Duration,
+    pub(super) max_head_bytes: usize,
+    open: AtomicUsize,
+    // std Mutex: never held across an .await
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place under the limits, given back when dropped.
+pub(super) struct Slot {
+    limits: Arc<Limits>,
+    client: Option<IpAddr>,
+    /// Whether the client still has to be named by the first request (trusted proxy).
+    pending: bool,
+}
+
+impl Limits {
+    pub(super) fn new(settings: &HttpSettings) -> Self {
+        Self {
+            max_connections: settings.max_connections,
+            max_per_client: settings.max_connections_per_client,
+            trusted_proxies: settings.trusted_proxies.clone(),
+            header_timeout: settings.header_timeout,
+            max_head_bytes: settings.max_head_bytes.max(8192),
+            open: AtomicUsize::new(0),
+            per_client: Mutex::default(),
+        }
+    }
+
+    /// A new connection from `peer`: its slot, or `None` (counted) when a limit refuses it.
+    /// A peer that is not a trusted proxy is the client and is counted now.
+    pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+            return None;
+        }
+        metrics::gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
+        let mut slot = Slot {
+            limits: Arc::clone(self),
+            client: None,
+            pending: false,
+        };
+        if self.trusted_proxies.iter().any(|net| net.contains(&peer)) {
+            slot.pending = self.max_per_client > 0;
+        } else if !self.take_client(&mut slot, peer) {
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// On each request of a connection: names the client of a connection through a trusted
+    /// proxy on its first one. `false` when that client is over its limit.
+    pub(super) fn admit_forwarded(
+        &self,
+        slot: &std::sync::Mutex<Slot>,
+        req: &Request,
+        peer: IpAddr,
+    ) -> bool {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.pending {
+            return true;
+        }
+        slot.pending = false;
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = forwarded.join(",");
+        let client = identity::limit_address(Some(&forwarded), peer, &self.trusted_proxies);
+        self.take_client(&mut slot, client)
+    }
+
+    /// Counts the connection against `client`; `false` (counted) when over the limit.
+    fn take_client(&self, slot: &mut Slot, client: IpAddr) -> bool {
+        if self.max_per_client == 0 {
+            return true;
+        }
+        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_client.entry(client).or_insert(0);
+        if *count >= self.max_per_client {
+            drop(per_client);
+            metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_connections_per_client")
+                .increment(1);
+            return false;
+        }
+        *count += 1;
+        slot.client = Some(client);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(HTTP_CONNECTIONS_OPEN).decrement(1.0);
+        if let Some(client) = self.client {
+            let mut per_client = self
+                .limits
+                .per_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = per_client.get_mut(&client) {
+                *count -= 1;
+                if *count == 0 {
+                    per_client.remove(&client);
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request whose client has too many connections open; the connection closes.
+pub(super) fn too_many_connections() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::CONNECTION, "close")],
+        "too many connections from this client address\n",
+    )
+        .into_response()
+}

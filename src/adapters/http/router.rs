@@ -1,0 +1,186 @@
+//! The routes: `/healthz`, `/readyz`, `/metrics`, the dashboard, the Socket.IO layer at
+//! `/socket.io/` (with the polling-session limit in front of it), and the admin publish hook.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use socketioxide::layer::SocketIoLayer;
+use tower_http::cors::CorsLayer;
+
+use super::head::{engine_handshake, trim_socketio_head};
+use super::settings::HttpSettings;
+use crate::ports::{EventPublisher, Readiness};
+use crate::telemetry::metrics::{self, HTTP_CONNECTIONS_REFUSED};
+
+/// What the routes serve besides static files.
+pub struct Routes {
+    /// What `/readyz` reports.
+    pub readiness: Arc<dyn Readiness>,
+    /// Where `/admin/publish` appends records; `None` leaves the route out.
+    pub publisher: Option<Arc<dyn EventPublisher>>,
+    /// The Socket.IO layer, mounted at `/socket.io/`.
+    pub socketio: SocketIoLayer,
+    /// Sockets on the polling transport now, kept up to date by the Socket.IO adapter.
+    pub polling_sessions: Arc<AtomicUsize>,
+    /// New polling sessions are refused (503) at this many; 0: no limit.
+    pub max_polling_sessions: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    readiness: Arc<dyn Readiness>,
+    publisher: Option<Arc<dyn EventPublisher>>,
+}
+
+/// The router: `/healthz`, `/readyz`, `/metrics`, the dashboard (`/` and its socket.io-client
+/// bundle), `/socket.io/`, and `/admin/publish` when a publisher is given (embedded mode with
+/// `admin.publish`).
+pub fn router(settings: &HttpSettings, routes: Routes) -> Router {
+    let Routes {
+        readiness,
+        publisher,
+        socketio,
+        polling_sessions,
+        max_polling_sessions: max_polling,
+    } = routes;
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .route("/assets/socket.io.min.js", get(socketio_client));
+    if publisher.is_some() {
+        app = app.route("/admin/publish", post(publish));
+    }
+    let mut app = app
+        .with_state(AppState {
+            readiness,
+            publisher,
+        })
+        .layer(socketio)
+        // Inside CORS, which still sees every header.
+        .layer(tower::util::MapRequestLayer::new(trim_socketio_head))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let over = max_polling > 0
+                    && engine_handshake(&req) == Some("polling")
+                    && polling_sessions.load(Ordering::Relaxed) >= max_polling;
+                async move {
+                    if over {
+                        ::metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_polling_sessions")
+                            .increment(1);
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many polling sessions; connect with the websocket transport\n",
+                        )
+                            .into_response();
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    if let Some(origin) = settings
+        .cors_origin
+        .as_deref()
+        .and_then(|o| HeaderValue::from_str(o).ok())
+    {
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(origin)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_credentials(true),
+        );
+    }
+    app
+}
+
+/// The embedded dashboard (a self-contained page).
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../../assets/dashboard.html"),
+    )
+        .into_response()
+}
+
+/// The socket.io-client browser bundle the dashboard loads (vendored from npm).
+async fn socketio_client() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../../assets/socket.io.min.js"),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = state.readiness.readiness();
+    let body = json!({
+        "ready": report.ready,
+        "kafka_consumer": report.kafka_consumer,
+        "kafka_producer": report.kafka_producer,
+        "cache": report.cache,
+    });
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PublishQuery {
+    topic: String,
+    key: Option<String>,
+    /// `ndjson`: one record value per line.
+    format: Option<String>,
+}
+
+/// Appends records to the event topics, as a domain service would produce them.
+async fn publish(
+    State(state): State<AppState>,
+    Query(q): Query<PublishQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(bus) = state.publisher else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut count = 0usize;
+    if q.format.as_deref() == Some("ndjson") {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            bus.publish(&q.topic, q.key.as_deref(), Some(line));
+            count += 1;
+        }
+    } else {
+        let value = (!body.is_empty()).then_some(&body[..]);
+        bus.publish(&q.topic, q.key.as_deref(), value);
+        count = 1;
+    }
+    axum::Json(json!({"published": count})).into_response()
+}

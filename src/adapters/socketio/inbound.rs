@@ -1,0 +1,239 @@
+//! The inbound side: the default namespace's handlers, which resolve each connection's
+//! identity at the handshake (never rejected, D1, unless `auth.token` verification is on,
+//! D25), rate-limit client events (D10), send `session:init` first, replay what a recovered
+//! session missed (D26), and turn client events into calls on the driving ports.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Once};
+
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::DisconnectReason;
+
+use super::settings::SocketIoSettings;
+use crate::domain::identity::{self, ClientIdentity};
+use crate::domain::recovery::Cut;
+use crate::domain::replies::SnapshotRequest;
+use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
+use crate::ports::{AuthRefusal, Authenticate, ClientRequests, SessionRecovery};
+use crate::telemetry::metrics::{
+    CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
+};
+
+/// Called with the request head of a connection that joins the namespace.
+pub type JoinHook = Arc<dyn Fn(&Parts) + Send + Sync>;
+
+/// What the namespace handlers call.
+pub struct Inbound {
+    /// Client events.
+    pub requests: Arc<dyn ClientRequests>,
+    /// Connection authentication, when on (D25).
+    pub auth: Option<Arc<dyn Authenticate>>,
+    /// Connection-state recovery, when on (D26).
+    pub recovery: Option<Arc<dyn SessionRecovery>>,
+    /// Called with the request head of every connection that joins the namespace (the HTTP
+    /// server counts WebSocket sessions that never do).
+    pub on_join: Option<JoinHook>,
+}
+
+/// Per-socket state kept in the socket's extensions.
+#[derive(Clone)]
+struct Session {
+    who: Arc<ClientIdentity>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    init: Arc<Once>,
+    requests: Arc<dyn ClientRequests>,
+    /// `socketio.max_event_name`.
+    max_event_name: usize,
+    /// Connection-state recovery (D26): the replay owed to a recovered socket, done once before
+    /// anything else reaches it (its client events wait for it).
+    resume: Option<Arc<Resume>>,
+}
+
+/// A recovered session's replay, run once by whichever comes first: the connect handler or
+/// the socket's first event.
+struct Resume {
+    recovery: Arc<dyn SessionRecovery>,
+    cut: Cut,
+    done: tokio::sync::OnceCell<()>,
+}
+
+/// What the namespace handlers share.
+struct Handlers {
+    inbound: Inbound,
+    quota: Quota,
+    max_event_name: usize,
+}
+
+/// Registers the default namespace: identity, `session:init`, and every client event. With
+/// `inbound.auth`, a handshake without a valid `auth.token` is refused with a `connect_error`
+/// (D25). With `inbound.recovery`, the CONNECT reply carries a session id and a recovered
+/// session is replayed what it missed (D26).
+pub fn register(io: &SocketIo, settings: &SocketIoSettings, inbound: Inbound) {
+    let rate = NonZeroU32::new(settings.rate_per_second.max(1)).expect("at least one");
+    let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least one");
+    let handlers = Arc::new(Handlers {
+        inbound,
+        quota: Quota::per_second(rate).allow_burst(burst),
+        max_event_name: settings.max_event_name,
+    });
+    // The middleware runs before the connect packet is sent, so the event handlers exist when
+    // the client's first event arrives; it rejects a handshake only when auth is on (D1, D25).
+    let shared = handlers.clone();
+    let middleware = move |s: SocketRef, TryData(handshake): TryData<Value>| {
+        let handlers = shared.clone();
+        async move { prepare(s, handshake.ok(), handlers).await }
+    };
+    io.ns("/", on_connected.with(middleware));
+}
+
+/// Runs once the client has the connect packet: `session:init` goes first, then a recovered
+/// session's replay.
+async fn on_connected(s: SocketRef) {
+    if let Some(session) = s.extensions.get::<Session>() {
+        session_init(&s, &session);
+        resume(&s, &session).await;
+    }
+}
+
+/// Emits `session:init` exactly once, before anything else reaches the socket.
+fn session_init(s: &SocketRef, session: &Session) {
+    session.init.call_once(|| {
+        let (event, payload) = session.requests.session_init(&session.who);
+        if let Err(e) = s.emit(event, &payload) {
+            tracing::debug!(socket = %s.id, error = %e, "session:init not sent");
+        }
+    });
+}
+
+/// Replays what a recovered session missed and puts it back in its rooms, once.
+async fn resume(s: &SocketRef, session: &Session) {
+    let Some(resume) = &session.resume else {
+        return;
+    };
+    resume
+        .done
+        .get_or_init(|| async {
+            // A refusal is counted by `resume`; the socket stays a normal connection.
+            let sid = s.id.to_string();
+            let _ = resume.recovery.resume(&sid, &resume.cut).await;
+        })
+        .await;
+}
+
+async fn prepare(
+    s: SocketRef,
+    handshake: Option<Value>,
+    handlers: Arc<Handlers>,
+) -> Result<(), AuthRefusal> {
+    let inbound = &handlers.inbound;
+    let parts = s.req_parts();
+    if let Some(on_join) = &inbound.on_join {
+        on_join(parts);
+    }
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = identity::client_ip(forwarded, peer);
+    let user_id = match &inbound.auth {
+        Some(auth) => auth.admit(handshake.as_ref(), ip.as_deref())?,
+        None => identity::accept_guest_id(handshake.as_ref())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let mut resume = None;
+    if let Some(recovery) = &inbound.recovery {
+        let admission = recovery.admit(handshake.as_ref(), &user_id).await;
+        s.set_connect_pid(admission.pid);
+        resume = admission.resume.map(|cut| {
+            Arc::new(Resume {
+                recovery: recovery.clone(),
+                cut,
+                done: tokio::sync::OnceCell::new(),
+            })
+        });
+    }
+    let who = Arc::new(ClientIdentity {
+        socket_id: s.id.to_string(),
+        user_id,
+        ip,
+    });
+    tracing::debug!(socket = %who.socket_id, user = %who.user_id, ip = ?who.ip, "client connected");
+    metrics::gauge!(SOCKETS_CONNECTED).increment(1.0);
+
+    s.extensions.insert(Session {
+        who,
+        limiter: Arc::new(RateLimiter::direct(handlers.quota)),
+        init: Arc::new(Once::new()),
+        requests: inbound.requests.clone(),
+        max_event_name: handlers.max_event_name,
+        resume,
+    });
+
+    s.on_fallback(
+        // `TryData<Value>` is the first argument only: socketioxide skips the others (such as
+        // the legacy second argument of `userLocationUpdate`, contract §c.4).
+        |s: SocketRef, Event(event): Event, TryData(data): TryData<Value>| async move {
+            on_event(s, event, data.ok()).await
+        },
+    );
+    s.on_disconnect(|s: SocketRef, reason: DisconnectReason| async move {
+        metrics::gauge!(SOCKETS_CONNECTED).decrement(1.0);
+        metrics::counter!(SOCKET_DISCONNECTS, "reason" => reason_label(reason)).increment(1);
+        tracing::debug!(socket = %s.id, ?reason, "client disconnected");
+    });
+    Ok(())
+}
+
+async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
+    let Some(session) = s.extensions.get::<Session>() else {
+        return;
+    };
+    let requests = &session.requests;
+    session_init(&s, &session);
+    resume(&s, &session).await;
+    if event.len() > session.max_event_name {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "event_name_too_long").increment(1);
+        return;
+    }
+    if session.limiter.check().is_err() {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "rate_limited").increment(1);
+        return;
+    }
+    let who = &session.who;
+    if event == REQ_LOCATION {
+        metrics::counter!(CLIENT_EVENTS, "event" => REQ_LOCATION).increment(1);
+        requests.location_update(who, data.as_ref()).await;
+    } else if let Some(request) = SnapshotRequest::from_event(&event) {
+        metrics::counter!(CLIENT_EVENTS, "event" => request.reply_event()).increment(1);
+        requests.snapshot_request(who, request).await;
+    } else if event == REQ_USER_ID {
+        metrics::counter!(CLIENT_EVENTS, "event" => REQ_USER_ID).increment(1);
+        requests.user_id(who).await;
+    } else {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "unknown_event").increment(1);
+    }
+}
+
+fn reason_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing_error",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    }
+}

@@ -1,0 +1,79 @@
+//! `SocketIoSettings`: the Socket.IO transport's keys of the `[socketio]` section. (The
+//! section's `conflate_after` and `recovery_*` keys belong to the services that use them.)
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct SocketIoSettings {
+    /// Largest packet a client may send, in bytes (D10).
+    pub max_payload: u64,
+    /// Client events allowed per second and socket, sustained (D10).
+    pub rate_per_second: u32,
+    /// Client events a socket may send in a burst above the rate (D10).
+    pub burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Packets queued per socket for sending (Engine.IO's queue); beyond, the socket is lagging: tickers for it are
+    /// conflated to the latest per product and other messages wait in its backlog.
+    pub max_buffer: usize,
+    /// Replies and snapshots a lagging socket's backlog may hold; beyond, the socket is
+    /// disconnected (its client reconnects and is hydrated again).
+    pub max_backlog: usize,
+    /// Read buffer of each WebSocket connection, in bytes: held for the life of every
+    /// connected client; a larger client message only needs more reads.
+    pub ws_read_buffer: usize,
+    /// Binary attachments a client packet may carry: the contract has none, so a packet with
+    /// more closes the socket. Their bytes are bounded by `max_payload`.
+    pub max_attachments: usize,
+    /// Time from the Engine.IO handshake to the namespace connect; a session that has not
+    /// joined by then (a half-open WebSocket) is closed.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest client event name, in bytes; a longer event is dropped and counted.
+    pub max_event_name: usize,
+    /// Sockets on the polling transport (not upgraded to WebSocket) at most; beyond, a new
+    /// polling handshake is refused with 503. 0: no limit.
+    pub max_polling_sessions: usize,
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> Self {
+        Self {
+            max_payload: 64 * 1024,
+            rate_per_second: 10,
+            burst: 20,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_buffer: 256,
+            max_backlog: 256,
+            ws_read_buffer: 512,
+            max_attachments: 0,
+            connect_timeout: Duration::from_secs(10),
+            max_event_name: 64,
+            max_polling_sessions: 2_000,
+        }
+    }
+}
+
+impl SocketIoSettings {
+    /// What is wrong with these settings, one line per problem naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_payload < 1024 {
+            problems.push("socketio.max_payload: must be at least 1024 bytes".to_owned());
+        }
+        if self.ws_read_buffer < 64 {
+            problems.push("socketio.ws_read_buffer: must be at least 64 bytes".to_owned());
+        }
+        if self.rate_per_second == 0 || self.burst == 0 {
+            problems
+                .push("socketio.rate_per_second and socketio.burst: must be at least 1".to_owned());
+        }
+        problems
+    }
+}

@@ -1,0 +1,110 @@
+//! One batch of records: validated, routed to their rooms in order (superseded tickers
+//! conflated when the consumer is behind), journaled for recovery, snapshots handed to the
+//! background writer.
+
+use crate::domain::{self, topics};
+use crate::ports::{EmitOptions, Record};
+use crate::telemetry::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED};
+
+use super::super::recovery::{Recovery, now_ms};
+use super::Ingestor;
+
+impl Ingestor {
+    /// Validates records read together and fans them out, in order; when the consumer is
+    /// `behind`, a ticker superseded by a newer one of the batch is not emitted.
+    /// Never fails: a bad record is counted and logged, and the others go on.
+    pub async fn handle(&self, records: &[Record], behind: bool) {
+        let mut streams = Vec::with_capacity(records.len());
+        let mut deliveries = Vec::with_capacity(records.len());
+        let mut origins = Vec::with_capacity(records.len());
+        for record in records {
+            let stream = topics::stream_name(&record.topic);
+            let history = self.read_back.is_history(record);
+            match domain::route(&record.topic, record.value.as_deref()) {
+                Ok(delivery) => {
+                    if !history {
+                        metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(1);
+                    }
+                    streams.push(stream);
+                    deliveries.push(delivery);
+                    origins.push((record, history));
+                }
+                Err(rejection) => {
+                    metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
+                        .increment(1);
+                    if let Some(held_back) = self.rejection_log.admit(&(stream, rejection.reason)) {
+                        tracing::warn!(
+                            topic = %record.topic,
+                            partition = record.partition,
+                            offset = record.offset,
+                            reason = rejection.reason,
+                            held_back,
+                            "event rejected and skipped"
+                        );
+                    }
+                }
+            }
+        }
+        let conflated = if behind {
+            domain::conflate(&mut deliveries)
+        } else {
+            0
+        };
+        if conflated > 0 {
+            metrics::counter!(EVENTS_CONFLATED).increment(conflated as u64);
+        }
+        // Held while emitting: a recovering socket is replayed what was journaled and joins
+        // its rooms under this lock, so each emit reaches it exactly once (D26).
+        let mut journal = match &self.recovery {
+            Some(recovery) => Some(recovery.journal().await),
+            None => None,
+        };
+        let now = now_ms();
+        for ((stream, delivery), (record, history)) in
+            streams.into_iter().zip(deliveries).zip(origins)
+        {
+            let offsets = journal.as_deref_mut().and_then(|j| {
+                let topic = topics::event_topic_index(&record.topic)?;
+                Some(j.append_delivery(topic, record.partition, record.offset, &delivery, now))
+            });
+            if history {
+                continue;
+            }
+            // A weather result is recorded before its room emit: a socket that joins meanwhile
+            // may get it twice (at once and from the room), never miss it (D23).
+            if let Some(result) = &delivery.weather
+                && let Some(value) = self.weather.record(result)
+            {
+                self.snapshots.submit_weather(&result.city, value);
+            }
+            // Emit first: the cache write happens in the background and never delays it.
+            for (i, emit) in delivery.emits.iter().enumerate() {
+                let offset = offsets.as_ref().and_then(|o| o.get(i));
+                let options = EmitOptions {
+                    latest: delivery.conflation_key.as_deref(),
+                    offset,
+                };
+                let sent = self
+                    .fanout
+                    .to_room(&emit.room, &emit.event, &emit.payload, options)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(room = %emit.room, error = %e, "room emit failed");
+                }
+                metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
+            }
+            if let Some(write) = delivery.snapshot {
+                self.snapshots.submit(write);
+            }
+        }
+        if let Some(journal) = journal.as_deref_mut() {
+            for record in records {
+                if let Some(t) = topics::event_topic_index(&record.topic) {
+                    journal.advance(t, record.partition, record.offset);
+                }
+            }
+            journal.evict(now);
+            Recovery::export(journal);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The recovery window read back at start-up (D26): per partition with records in the window,
+//! those up to where live reading began are journaled only, neither emitted again nor cached.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::domain::recovery::Journal;
+use crate::domain::topics;
+use crate::ports::{Positions, Record};
+
+/// The part of a partition read back at start-up: from `next` (the next record expected) to
+/// `live` (where live reading began).
+#[derive(Debug)]
+pub(super) struct ReadBack {
+    pub(super) next: i64,
+    pub(super) live: i64,
+}
+
+/// The partitions being read back.
+#[derive(Debug, Default)]
+pub(super) struct ReadBacks(Mutex<HashMap<(String, i32), ReadBack>>); // std Mutex: never held across an .await
+
+impl ReadBacks {
+    /// Where to start reading each partition of `live` (the live positions), given `back`
+    /// (the first positions within the recovery window): the earlier of the two. Every
+    /// partition that starts before its live position is read back; `journal` starts each
+    /// partition where reading starts.
+    pub(super) fn plan(
+        &self,
+        live: &Positions,
+        back: &Positions,
+        journal: &mut Journal,
+    ) -> Positions {
+        let mut read_back = self.lock();
+        let mut from = Positions::default();
+        for (topic, partition, live_at) in live.iter() {
+            let at = back.get(topic, partition).unwrap_or(live_at).min(live_at);
+            from.set(topic, partition, at);
+            if at < live_at {
+                let range = ReadBack {
+                    next: at,
+                    live: live_at,
+                };
+                read_back.insert((topic.to_owned(), partition), range);
+            }
+            if let Some(t) = topics::event_topic_index(topic) {
+                journal.start(t, partition, at);
+            }
+        }
+        from
+    }
+
+    /// Whether `record` was read back for the recovery journal only (before live reading).
+    /// A partition's read-back ends at its live position, or as soon as its log goes back
+    /// (data loss, issue 10): what follows is live.
+    pub(super) fn is_history(&self, record: &Record) -> bool {
+        let mut read_back = self.lock();
+        if read_back.is_empty() {
+            return false;
+        }
+        let key = (record.topic.to_string(), record.partition);
+        let Some(range) = read_back.get_mut(&key) else {
+            return false;
+        };
+        if record.offset < range.next || record.offset >= range.live {
+            read_back.remove(&key);
+            return false;
+        }
+        range.next = record.offset + 1;
+        true
+    }
+
+    #[cfg(test)]
+    pub(super) fn insert(&self, topic: &str, partition: i32, range: ReadBack) {
+        self.lock().insert((topic.to_owned(), partition), range);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), ReadBack>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,237 @@
+//! The gateway assembled: the services on the ports, the Socket.IO and HTTP adapters in
+//! front of them; start-up, run and shutdown (D17–D19). The HTTP server listens at once; the
+//! consumers start, then the four refresh commands go out once; on SIGTERM readiness goes
+//! off, clients are disconnected, consumers stop, the producer is flushed and the process
+//! exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::config::Settings;
+use super::wiring::Ports;
+use crate::adapters::http::{self, Joined, Routes};
+use crate::adapters::socketio::{self, Inbound, SocketIoFanout};
+use crate::app::auth::Authenticator;
+use crate::app::clients::ClientService;
+use crate::app::health::{Health, Status};
+use crate::app::ingest::Ingestor;
+use crate::app::recovery::Recovery;
+use crate::app::snapshots::{self, LocalSnapshots, SnapshotWriter};
+use crate::app::weather::WeatherDesk;
+use crate::ports::{Authenticate, SessionRecovery};
+
+/// A built gateway: bound to its port, not yet running.
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    ports: Ports,
+    health: Arc<Health>,
+    io: SocketIo,
+    router: axum::Router,
+    service: Arc<ClientService>,
+    fanout: SocketIoFanout,
+    weather: Arc<WeatherDesk>,
+    local: Arc<LocalSnapshots>,
+    /// Connection-state recovery (D26), when on.
+    recovery: Option<Arc<Recovery>>,
+    /// Sockets on the polling transport, recounted every second (`socketio.max_polling_sessions`).
+    polling_sessions: Arc<AtomicUsize>,
+}
+
+impl Application {
+    /// Binds the listener and wires the services on `ports`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound (names it), or the `auth` key cannot be loaded.
+    pub async fn build(settings: Settings, ports: Ports) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(settings.http.host, settings.http.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr}: {e} (set FLUX_HTTP__PORT or SERVER_PORT to a free port)"
+            )
+        })?;
+        let health = Arc::new(Health::new());
+        let (layer, io) = socketio::layer(&settings.socketio);
+        let fanout = SocketIoFanout::new(io.clone(), &settings.socketio);
+        let weather = Arc::new(WeatherDesk::new(ports.cache.clone(), &settings.limits));
+        let local = Arc::new(LocalSnapshots::default());
+        let service = Arc::new(ClientService::new(
+            local.clone(),
+            ports.cache.clone(),
+            ports.sink.clone(),
+            Arc::new(fanout.clone()),
+            health.clone(),
+            weather.clone(),
+            &settings.limits,
+        ));
+        let auth = Authenticator::from_settings(&settings.auth)?
+            .map(|a| Arc::new(a) as Arc<dyn Authenticate>);
+        let recovery = Recovery::from_settings(&settings.recovery, Arc::new(fanout.clone()))?;
+        socketio::register(
+            &io,
+            &settings.socketio,
+            Inbound {
+                requests: service.clone(),
+                auth,
+                recovery: recovery.clone().map(|r| r as Arc<dyn SessionRecovery>),
+                // The HTTP server counts WebSocket sessions that never join the namespace.
+                on_join: Some(Arc::new(|head: &axum::http::request::Parts| {
+                    if let Some(joined) = head.extensions.get::<Joined>() {
+                        joined.mark();
+                    }
+                })),
+            },
+        );
+        let polling_sessions = Arc::new(AtomicUsize::new(0));
+        let router = http::router(
+            &settings.http,
+            Routes {
+                readiness: Arc::new(Status::new(health.clone(), ports.cache.clone())),
+                publisher: ports.publisher.clone().filter(|_| settings.admin.publish),
+                socketio: layer,
+                polling_sessions: polling_sessions.clone(),
+                max_polling_sessions: settings.socketio.max_polling_sessions,
+            },
+        );
+        Ok(Self {
+            settings,
+            listener,
+            ports,
+            health,
+            io,
+            router,
+            service,
+            fanout,
+            weather,
+            local,
+            recovery,
+            polling_sessions,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Runs until `stop` resolves, then shuts down gracefully within the deadline.
+    ///
+    /// # Errors
+    /// When the event consumers could not start within the start-up deadline (D17).
+    pub async fn run_until_stopped(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            listener,
+            ports,
+            health,
+            io,
+            router,
+            service,
+            fanout,
+            weather,
+            local,
+            recovery,
+            polling_sessions,
+        } = self;
+        let background = CancellationToken::new();
+        let (writes, writer) =
+            SnapshotWriter::spawn_with(ports.cache.clone(), local.clone(), background.clone());
+        // The in-process tier first hears of each snapshot from the end of its topic (D24).
+        tokio::spawn(snapshots::warm_up(
+            ports.source.clone(),
+            local,
+            settings.lifecycle.max_backoff,
+            background.clone(),
+        ));
+        tokio::spawn(fanout.clone().run_drainer(background.clone()));
+        tokio::spawn(socketio::count_polling(
+            io.clone(),
+            polling_sessions,
+            background.clone(),
+        ));
+        let ingestor = Ingestor::new(
+            ports.source.clone(),
+            Arc::new(fanout),
+            writes,
+            weather,
+            health.clone(),
+            settings.lifecycle.max_backoff,
+            settings.ingest.conflate_after,
+        )
+        .with_recovery(recovery);
+        let mut subscribed = ingestor.subscribed();
+        let last_error = ingestor.last_error();
+        let consumers = tokio::spawn(ingestor.run(background.clone()));
+
+        let http_stop = CancellationToken::new();
+        let server = tokio::spawn(http::serve_with(
+            listener,
+            router,
+            http_stop.clone(),
+            settings.http.clone(),
+        ));
+
+        // Consumers first, then the start-up refreshes, once per process (D12).
+        let startup = tokio::time::timeout(
+            settings.lifecycle.startup_deadline,
+            subscribed.wait_for(|s| *s),
+        );
+        tokio::pin!(stop);
+        let started = tokio::select! {
+            r = startup => r.is_ok(),
+            () = &mut stop => true,
+        };
+        if !started {
+            background.cancel();
+            http_stop.cancel();
+            let cause = last_error
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "no answer".into());
+            anyhow::bail!(
+                "Kafka unreachable: no answer from {} within {:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE",
+                ports.source_name,
+                settings.lifecycle.startup_deadline
+            );
+        }
+        tokio::spawn(socketio::export_room_sizes(io.clone(), background.clone()));
+        let refreshes = {
+            let (service, stop) = (service.clone(), background.clone());
+            let max_backoff = settings.lifecycle.max_backoff;
+            tokio::spawn(async move { service.send_startup_refreshes(stop, max_backoff).await })
+        };
+
+        stop.await;
+        tracing::info!("shutting down");
+        let deadline = settings.lifecycle.shutdown_deadline;
+        let graceful = async {
+            health.set_shutting_down();
+            http_stop.cancel(); // stop accepting connections
+            io.close().await; // disconnect every client
+            background.cancel(); // stop consumers, refreshes and the snapshot writer
+            let _ = consumers.await;
+            let _ = refreshes.await;
+            if let Err(e) = ports.sink.flush().await {
+                tracing::warn!(error = %e, "commands may be lost: producer flush failed");
+            }
+            let _ = writer.await;
+            let _ = server.await;
+        };
+        if tokio::time::timeout(deadline, graceful).await.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "graceful shutdown exceeded its deadline; exiting anyway"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,478 @@
+//! Configuration: defaults, then an optional `flux.toml`, then the original service's
+//! variables (`KAFKA_BROKER_ADDRESS`, `SERVER_PORT`, `VALKEY_*`), then `FLUX_*` variables
+//! nested with `__` (D21). Invalid values are reported with the field that holds them.
+//!
+//! Each section's type lives with what it configures (an adapter, a service, telemetry);
+//! this module only reads the sources and assembles [`Settings`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::adapters::http::{AdminSettings, HttpSettings};
+use crate::adapters::socketio::SocketIoSettings;
+use crate::adapters::valkey::ValkeySettings;
+use crate::app::auth::{AuthSettings, TokenVerifier};
+use crate::app::ingest::IngestSettings;
+use crate::app::limits::LimitSettings;
+use crate::app::recovery::RecoverySettings;
+use crate::telemetry::logging::LogSettings;
+
+/// The gateway's settings, section by section. The adapter sections that choose the
+/// infrastructure (`kafka`, `valkey`, `sim`) are read by [`Config::section`] when the
+/// adapters are chosen.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    /// `[http]`
+    pub http: HttpSettings,
+    /// `[admin]`
+    pub admin: AdminSettings,
+    /// `[socketio]`: the transport's keys.
+    pub socketio: SocketIoSettings,
+    /// `[socketio]`: the `recovery_*` and `replay_budget` keys.
+    pub recovery: RecoverySettings,
+    /// `[socketio]`: `conflate_after`.
+    pub ingest: IngestSettings,
+    /// `[log]`
+    pub log: LogSettings,
+    /// `[lifecycle]`
+    pub lifecycle: LifecycleSettings,
+    /// `[limits]`
+    pub limits: LimitSettings,
+    /// `[auth]`
+    pub auth: AuthSettings,
+}
+
+impl Settings {
+    /// What is wrong with these settings, one line per problem naming the key.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = self.socketio.problems();
+        problems.extend(self.recovery.problems());
+        problems.extend(self.http.problems());
+        problems.extend(self.limits.problems());
+        if let Err(e) = TokenVerifier::from_settings(&self.auth) {
+            problems.push(e.to_string());
+        }
+        problems
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LifecycleSettings {
+    /// How long start-up may wait for Kafka before exiting with code 1 (D17).
+    #[serde(with = "humantime_serde")]
+    pub startup_deadline: Duration,
+    /// How long a graceful shutdown may take before the process exits anyway (D19).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+    /// Longest pause between two reconnection attempts (D18).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            startup_deadline: Duration::from_secs(30),
+            shutdown_deadline: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The loaded configuration: the gateway's settings plus the merged sources, from which each
+/// adapter reads its own section.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    figment: Figment,
+}
+
+impl Config {
+    /// Loads defaults, `file` when it exists, the original's variables, then `FLUX_*`.
+    ///
+    /// # Errors
+    /// Names the field, the value and the source when a value does not fit.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_parts(file, &vars)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    ///
+    /// # Errors
+    /// As for [`Config::load`].
+    pub fn from_parts(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Serialized::defaults(legacy_env(env)?));
+        figment = figment.merge(Env::prefixed("FLUX_").split("__"));
+        let mut config = Self {
+            settings: Settings::default(),
+            figment,
+        };
+        config.settings = config.read_settings()?;
+        let problems = config.settings.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("invalid configuration: {}", problems.join("; "));
+        }
+        Ok(config)
+    }
+
+    /// Reads every section of [`Settings`]; a value that does not fit is named with its key,
+    /// and every such value is named at once.
+    fn read_settings(&self) -> anyhow::Result<Settings> {
+        let mut problems = Vec::new();
+        let settings = Settings {
+            http: self.part("http", &mut problems),
+            admin: self.part("admin", &mut problems),
+            socketio: self.part("socketio", &mut problems),
+            recovery: self.part("socketio", &mut problems),
+            ingest: self.part("socketio", &mut problems),
+            log: self.part("log", &mut problems),
+            lifecycle: self.part("lifecycle", &mut problems),
+            limits: self.part("limits", &mut problems),
+            auth: self.part("auth", &mut problems),
+        };
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            problems.dedup();
+            anyhow::bail!("invalid configuration: {}", problems.join("; "))
+        }
+    }
+
+    /// One section of [`Settings`], its defaults when it does not fit (the problems are
+    /// collected in `problems`).
+    fn part<T: DeserializeOwned + Default + Serialize>(
+        &self,
+        name: &str,
+        problems: &mut Vec<String>,
+    ) -> T {
+        self.extract(name).unwrap_or_else(|e| {
+            problems.extend(e);
+            T::default()
+        })
+    }
+
+    fn extract<T: DeserializeOwned + Default + Serialize>(
+        &self,
+        name: &str,
+    ) -> Result<T, Vec<String>> {
+        Figment::from(Serialized::default(name, T::default()))
+            .merge(self.figment.clone())
+            .extract_inner(name)
+            .map_err(|e| problem_lines(e, name))
+    }
+
+    /// Reads an adapter's section (`kafka`, `valkey`, `sim`), with its defaults where absent.
+    ///
+    /// # Errors
+    /// Names the field, the value and the source when a value does not fit.
+    pub fn section<T: DeserializeOwned + Default + Serialize>(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<T> {
+        self.extract(name)
+            .map_err(|lines| anyhow::anyhow!("invalid configuration: {}", lines.join("; ")))
+    }
+
+    /// The value at a dotted key (`kafka.brokers`), if any source gives one.
+    ///
+    /// # Errors
+    /// Names the key and the source when the value does not fit `T`.
+    pub fn value<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        if self.figment.find_value(key).is_err() {
+            return Ok(None);
+        }
+        self.figment
+            .extract_inner(key)
+            .map(Some)
+            .map_err(|e| describe_in(e, key))
+    }
+
+    /// Whether a key was given by any source (not just defaulted), e.g. `valkey.url`.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.figment.find_value(key).is_ok()
+    }
+}
+
+fn describe_in(e: figment::Error, section: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "invalid configuration: {}",
+        problem_lines(e, section).join("; ")
+    )
+}
+
+/// One line per problem: the dotted key, what is wrong, and where the value came from.
+/// `section` is the key a focused extraction was made under (figment appends it last).
+fn problem_lines(e: figment::Error, section: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for err in e {
+        let mut path = err.path.clone();
+        let outer: Vec<String> = section
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !outer.is_empty() && path.ends_with(&outer) {
+            path.truncate(path.len() - outer.len());
+            path.splice(0..0, outer);
+        }
+        let key = path.join(".").to_lowercase();
+        let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
+            Some(name) if name.contains("FLUX_") => {
+                format!("set by FLUX_{}", path.join("__").to_uppercase())
+            }
+            Some(name) => format!("from {name}"),
+            None => "from the defaults".into(),
+        };
+        lines.push(format!("{key}: {} ({source})", err.kind));
+    }
+    lines
+}
+
+/// Maps the original Node service's variables onto our keys (D21).
+fn legacy_env(env: &[(String, String)]) -> anyhow::Result<Value> {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let mut root = Map::new();
+    let mut put = |section: &str, key: &str, value: Value| {
+        root.entry(section.to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("sections are objects")
+            .insert(key.to_owned(), value);
+    };
+    if let Some(brokers) = get("KAFKA_BROKER_ADDRESS") {
+        let list: Vec<String> = brokers.split(',').map(|b| b.trim().to_owned()).collect();
+        put("kafka", "brokers", json!(list));
+    }
+    if let Some(port) = get("SERVER_PORT") {
+        let port: u16 = port.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: SERVER_PORT: expected a port number (0-65535), got {port:?}"
+            )
+        })?;
+        put("http", "port", json!(port));
+    }
+    if let Some(url) = get("FRONTEND_URL") {
+        put("http", "cors_origin", json!(url));
+    }
+    let host = get("VALKEY_HOST");
+    let port = get("VALKEY_PORT");
+    if host.is_some() || port.is_some() {
+        let host = host.unwrap_or_else(|| "127.0.0.1".into());
+        let port = port.unwrap_or_else(|| "6379".into());
+        if port.parse::<u16>().is_err() {
+            anyhow::bail!(
+                "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
+            );
+        }
+        let port: u16 = port.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
+            )
+        })?;
+        put("valkey", "url", json!(ValkeySettings::url_for(&host, port)));
+    }
+    if let Some(pw) = get("VALKEY_PASSWORD") {
+        put("valkey", "password", json!(pw));
+    }
+    if let Some(file) = get("VALKEY_PASSWORD_FILE") {
+        put("valkey", "password_file", json!(file));
+    }
+    Ok(Value::Object(root))
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::app::auth::JwtAlgorithm;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_with_an_empty_environment() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(None, &[]).unwrap();
+            assert_eq!(c.settings, Settings::default());
+            assert!(!c.is_set("kafka.brokers"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn original_variables_are_accepted() {
+        // Jail serialises the tests that read the process environment.
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(
+                None,
+                &env(&[
+                    ("KAFKA_BROKER_ADDRESS", "kafka:9092"),
+                    ("SERVER_PORT", "4000"),
+                    ("VALKEY_HOST", "valkey"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(c.settings.http.port, 4000);
+            let brokers: Vec<String> = c.figment.extract_inner("kafka.brokers").unwrap();
+            assert_eq!(brokers, ["kafka:9092"]);
+            let url: String = c.figment.extract_inner("valkey.url").unwrap();
+            assert_eq!(url, "redis://valkey:6379");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn flux_variables_win_over_the_original_ones() {
+        // Env::prefixed reads the process environment; figment::Jail isolates it.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_HTTP__PORT", "5001");
+            jail.set_env("FLUX_LIMITS__DEDUP_WINDOW", "3s");
+            let c = Config::from_parts(None, &env(&[("SERVER_PORT", "4000")]))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.http.port, 5001);
+            assert_eq!(c.settings.limits.dedup_window, Duration::from_secs(3));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn weather_limits_are_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_LIMITS__WEATHER_FRESH", "90s");
+            jail.set_env("FLUX_LIMITS__WEATHER_IN_FLIGHT", "5s");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.limits.weather_fresh, Duration::from_secs(90));
+            assert_eq!(c.settings.limits.weather_in_flight, Duration::from_secs(5));
+            jail.set_env("FLUX_LIMITS__WEATHER_FRESH", "11m");
+            jail.set_env("FLUX_LIMITS__WEATHER_IN_FLIGHT", "0s");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("limits.weather_fresh"), "{err}");
+            assert!(err.contains("limits.weather_in_flight"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn auth_is_read_from_flux_variables_and_a_bad_key_file_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("jwt.key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.set_env("FLUX_AUTH__JWT_KEY_FILE", "jwt.key");
+            jail.set_env("FLUX_AUTH__JWT_AUDIENCE", "flux");
+            jail.set_env("FLUX_AUTH__LEEWAY", "5s");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.auth.jwt_algorithm, JwtAlgorithm::HS256);
+            assert_eq!(c.settings.auth.jwt_key_file, Some(PathBuf::from("jwt.key")));
+            assert_eq!(c.settings.auth.jwt_audience.as_deref(), Some("flux"));
+            assert_eq!(c.settings.auth.leeway, Duration::from_secs(5));
+
+            // The algorithm does not fit the key: exit 2 naming the key, the file, the fix.
+            jail.set_env("FLUX_AUTH__JWT_ALGORITHM", "RS256");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: auth.jwt_key_file: jwt.key")
+                    && err.contains("FLUX_AUTH__JWT_ALGORITHM=HS256"),
+                "{err}"
+            );
+
+            jail.set_env("FLUX_AUTH__JWT_ALGORITHM", "HS256");
+            jail.set_env("FLUX_AUTH__JWT_KEY_FILE", "missing.key");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains("auth.jwt_key_file: cannot read missing.key")
+                    && err.contains("FLUX_AUTH__JWT_KEY_FILE"),
+                "{err}"
+            );
+
+            jail.set_env("FLUX_AUTH__JWT_ALGORITHM", "ES256");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains("auth.jwt_algorithm") && err.contains("FLUX_AUTH__JWT_ALGORITHM"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_HTTP__PORT", "eighty");
+            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+            assert!(err.contains("http.port"), "{err}");
+            assert!(err.contains("FLUX_HTTP__PORT"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|_| {
+            let err = Config::from_parts(None, &env(&[("SERVER_PORT", "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SERVER_PORT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_section_value_names_its_dotted_path() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_DEMO__SIZE", "huge");
+            #[derive(Default, Deserialize, Serialize)]
+            #[serde(default)]
+            struct Demo {
+                size: u32,
+            }
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            let err = c
+                .section::<Demo>("demo")
+                .err()
+                .expect("invalid")
+                .to_string();
+            assert!(
+                err.contains("demo.size") && err.contains("FLUX_DEMO__SIZE"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_toml_file_is_read_and_sections_fill_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("flux.toml", "[http]\nport = 4100\n[demo]\nname = \"x\"\n")?;
+            let c =
+                Config::from_parts(Some(Path::new("flux.toml")), &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.http.port, 4100);
+            #[derive(Default, Deserialize, Serialize)]
+            #[serde(default)]
+            struct Demo {
+                name: String,
+                size: u32,
+            }
+            let d: Demo = c.section("demo").map_err(|e| e.to_string())?;
+            assert_eq!((d.name.as_str(), d.size), ("x", 0));
+            Ok(())
+        });
+    }
+}
