@@ -362,7 +362,7 @@ fn probe_max_wait(common: &Common) -> anyhow::Result<Duration> {
         Some(text) => humantime_serde::re::humantime::parse_duration(&text).map_err(|e| {
             anyhow::anyhow!("--fetch-max-wait {text:?}: {e}; write it like `20ms` or `1s`")
         }),
-        None => Ok(flux_bff::adapters::kafka::KafkaSettings::default().fetch_max_wait),
+        None => Ok(crate::kafka::GATEWAY_FETCH_MAX_WAIT),
     }
 }
 
