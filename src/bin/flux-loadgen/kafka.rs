@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::eio::TimestampScanner;
+use crate::process::{die_with_parent, free_port};
 use crate::stats::{DurationHistogram, LatencySummary, unix_micros};
 
 /// Longest wait for one produce request (or one metadata request).
@@ -348,7 +349,7 @@ impl KafkaProcess {
             None => find_kafka_script()
                 .with_context(|| format!("scripts/kafka.sh not found; {KAFKA_HINT}"))?,
         };
-        let port = crate::gateway::free_port().context("no free loopback port for Kafka")?;
+        let port = free_port().context("no free loopback port for Kafka")?;
         let dir = std::env::temp_dir().join(format!("flux-loadgen-kafka-{port}"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the broker's directory {}", dir.display()))?;
@@ -364,7 +365,7 @@ impl KafkaProcess {
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true);
-        crate::gateway::die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd);
         // `run` execs the JVM: the child's pid is the broker's, for CPU sampling.
         let mut child = cmd
             .spawn()
