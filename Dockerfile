@@ -2,8 +2,9 @@
 # flux-bff: multi-stage build. BuildKit cache mounts keep the cargo registry and the target
 # directory between builds, so a source change rebuilds only the crate. (cargo-chef, used
 # before, does not support [patch] path dependencies such as vendor/engineioxide: it cooks
-# them as empty skeletons, cargo-chef issue #64.) The image ships every `flux-*` binary of
-# the crate (flux-bff, flux-sim): compose runs both from this one image.
+# them as empty skeletons, cargo-chef issue #64.) The image ships the product's two binaries,
+# flux-bff and flux-sim (compose runs both from this one image); the workspace's load
+# generator (tools/flux-loadgen) is neither built nor shipped.
 
 ARG RUST_IMAGE=rust:1.95-bookworm
 
@@ -12,12 +13,14 @@ WORKDIR /app
 COPY . .
 # No debug info in the image's binaries (the crate's release profile keeps line tables for
 # profiling, which makes each binary ~90 MB); symbols stay, so panics still name functions.
+# The two binaries are copied by name, not by a `flux-*` glob: the cached target/ may still
+# hold another package's binary (flux-loadgen, from builds before it left the crate).
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/app/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked -p flux-bff --bin flux-bff --bin flux-sim \
     && mkdir -p /out \
-    && find target/release -maxdepth 1 -type f -executable -name 'flux-*' -exec cp {} /out/ \;
+    && cp target/release/flux-bff target/release/flux-sim /out/
 
 # Pure-Rust Kafka (rskafka + rustls) and Valkey clients: no librdkafka, no OpenSSL at run time.
 # ca-certificates only serves kafka.tls without an explicit ca_file.

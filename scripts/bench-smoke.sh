@@ -26,7 +26,8 @@ json="${BENCH_SMOKE_JSON:-$(mktemp -t flux-bench-smoke.XXXXXX.jsonl)}"
 : > "$json"
 
 if [[ "${BENCH_SMOKE_SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --profile "$profile" --locked --bin flux-bff --bin flux-loadgen
+  # Two packages of the workspace: the gateway and the tool (tools/flux-loadgen).
+  cargo build --profile "$profile" --locked --workspace --bin flux-bff --bin flux-loadgen
 fi
 
 lg=("$bin/flux-loadgen" --spawn "$bin/flux-bff" --json "$json")

@@ -56,11 +56,13 @@ cargo fmt --all -- --check
 rustfmt --check --edition 2024 vendor/engineioxide/src/lib.rs
 rustfmt --check --edition 2024 fuzz/fuzz_targets/*.rs
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+# The whole workspace: flux-bff and tools/flux-loadgen (whose end-to-end test runs the
+# flux-bff binary that the same `cargo test --workspace` builds beside it).
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test (unit, fixtures, gateway over TCP, lifecycle, integration)"
-cargo test --all-targets --locked 2>&1
+step "cargo test --workspace (unit, fixtures, gateway over TCP, lifecycle, integration, flux-loadgen end to end)"
+cargo test --workspace --all-targets --locked 2>&1
 
 step "patched engineioxide: upstream's own test suite (vendor/README.md)"
 CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \

@@ -4,7 +4,8 @@
 # embedded mode (admin hook), after one discarded warm-up run. KAFKA=1 adds one off/on pair
 # through Apache Kafka (--spawn-kafka, a broker per run). JOURNAL=1 adds one off/on pair of
 # 10 clients x 350/s for 130 s: the journal filled to its 2-minute window (RSS).
-# Builds nothing: run `cargo build --release --bins` first.
+# Builds nothing: run `cargo build --release --workspace --bins` first (flux-loadgen is a
+# package of its own since issue 17).
 # Writes results.jsonl and loadavg.log here (the report of each run on stdout); table.py turns
 # results.jsonl into tables; frame.mjs captures one ticker message with and without the offset.
 set -euo pipefail

@@ -8,6 +8,7 @@ mod client;
 mod eio;
 mod gateway;
 mod kafka;
+mod process;
 mod procfs;
 mod scenario;
 mod stats;

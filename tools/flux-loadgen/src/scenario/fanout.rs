@@ -359,10 +359,10 @@ async fn run_against(
 /// The fetch max wait of the probe consumer: the spawned gateway's, else the gateway's default.
 fn probe_max_wait(common: &Common) -> anyhow::Result<Duration> {
     match common.gateway_fetch_max_wait() {
-        Some(text) => humantime_serde::re::humantime::parse_duration(&text).map_err(|e| {
+        Some(text) => humantime::parse_duration(&text).map_err(|e| {
             anyhow::anyhow!("--fetch-max-wait {text:?}: {e}; write it like `20ms` or `1s`")
         }),
-        None => Ok(flux_bff::adapters::kafka::KafkaSettings::default().fetch_max_wait),
+        None => Ok(crate::kafka::GATEWAY_FETCH_MAX_WAIT),
     }
 }
 

@@ -1,6 +1,9 @@
-//! The Kafka injection path: records produced to the gateway's event topics through the
-//! crate's own Kafka client (many records per produce request), a probe consumer that times
-//! the broker alone, and an Apache Kafka broker spawned on a free loopback port for the run.
+//! The Kafka injection path: records produced to the gateway's event topics through rskafka
+//! (the gateway's Kafka client; many records per produce request), a probe consumer that
+//! times the broker alone, and an Apache Kafka broker spawned on a free loopback port for the
+//! run. Nothing here comes from the gateway's library: this tool drives the gateway from the
+//! outside only, so the few Kafka details it shares with it are copied, each saying where the
+//! gateway keeps its own.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,17 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flux_bff::adapters::kafka::{KafkaClient, KafkaSettings, record_timestamp_now};
-use flux_bff::domain::partitioner::murmur2_partition;
+use rskafka::BackoffConfig;
 use rskafka::chrono::{DateTime, Utc};
-use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::eio::TimestampScanner;
+use crate::process::{die_with_parent, free_port};
 use crate::stats::{DurationHistogram, LatencySummary, unix_micros};
 
 /// Longest wait for one produce request (or one metadata request).
@@ -30,6 +33,11 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 /// 4-byte length, then the body), and Nagle holds the body until the broker acknowledges
 /// the length, which Linux may delay by 40 ms. Smaller requests leave in one write.
 pub const MAX_REQUEST_BYTES: usize = 7 * 1024;
+
+/// The gateway's default `kafka.fetch_max_wait` (README, "Kafka" settings), which the probe
+/// uses when this tool does not set the spawned gateway's. A copy: keep it equal to the
+/// gateway's.
+pub const GATEWAY_FETCH_MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// How the broker is had, for error messages.
 pub const KAFKA_HINT: &str = "--spawn-kafka runs Apache Kafka through scripts/kafka.sh of the source tree (run from there, or pass --kafka-script PATH); it needs java 17+ and mvn on PATH, and fetches the broker's jars once (`bash scripts/kafka.sh fetch`)";
@@ -47,18 +55,9 @@ impl KafkaInjector {
     /// Connects to `bootstrap` and waits (up to `wait`) until every topic of `topics` exists:
     /// a spawned gateway creates them at start-up.
     pub async fn connect(bootstrap: &str, topics: &[&str], wait: Duration) -> anyhow::Result<Self> {
-        let settings = KafkaSettings {
-            brokers: vec![bootstrap.to_owned()],
-            client_id: "flux-loadgen".into(),
-            create_topics: false,
-            request_timeout: Duration::from_secs(5),
-            ..KafkaSettings::default()
-        };
-        let client = KafkaClient::new(&settings)
-            .map_err(|e| anyhow::anyhow!("--kafka {bootstrap}: {e}"))?
-            .rskafka()
+        let client = connect(bootstrap, "flux-loadgen")
             .await
-            .map_err(|e| anyhow::anyhow!("--kafka {bootstrap}: {e}"))?;
+            .with_context(|| format!("--kafka {bootstrap}"))?;
         let deadline = Instant::now() + wait;
         let partitions = loop {
             let listed = tokio::time::timeout(REQUEST_LIMIT, client.list_topics())
@@ -156,17 +155,9 @@ impl Probe {
         max_wait: Duration,
         limit: Duration,
     ) -> anyhow::Result<Self> {
-        let settings = KafkaSettings {
-            brokers: vec![bootstrap.to_owned()],
-            client_id: "flux-loadgen-probe".into(),
-            create_topics: false,
-            ..KafkaSettings::default()
-        };
-        let client = KafkaClient::new(&settings)
-            .map_err(|e| anyhow::anyhow!("probe: {e}"))?
-            .rskafka()
+        let client = connect(bootstrap, "flux-loadgen-probe")
             .await
-            .map_err(|e| anyhow::anyhow!("probe: {e}"))?;
+            .context("probe")?;
         let hist = Arc::new(DurationHistogram::default());
         let cancel = CancellationToken::new();
         let wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
@@ -233,6 +224,42 @@ impl Probe {
     }
 }
 
+/// An rskafka client of `bootstrap` (plaintext), with the gateway's retry policy at its
+/// default `kafka.request_timeout` (5 s): retries from 50 ms, doubling, at most 1 s apart, for
+/// 5 s; the whole connect is bounded by twice that, as the gateway's is.
+async fn connect(bootstrap: &str, client_id: &str) -> anyhow::Result<Arc<Client>> {
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    let backoff = BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(REQUEST_TIMEOUT),
+    };
+    let build = ClientBuilder::new(vec![bootstrap.to_owned()])
+        .client_id(client_id)
+        .backoff_config(backoff)
+        .build();
+    let client = tokio::time::timeout(REQUEST_TIMEOUT * 2, build)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no Kafka broker answered within {:?}; check that the broker is up",
+                REQUEST_TIMEOUT * 2
+            )
+        })?
+        .context("cannot connect to the Kafka broker")?;
+    Ok(Arc::new(client))
+}
+
+/// The timestamp of a produced record: the wall clock in whole milliseconds (Kafka's
+/// resolution), as the gateway stamps its own records.
+fn record_timestamp_now() -> DateTime<Utc> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    DateTime::from_timestamp_millis(millis).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
 /// Groups records into produce requests: per partition (Kafka's default partitioner), in
 /// order, at most [`MAX_REQUEST_BYTES`] of keys and values each (at least one record).
 fn split_requests(
@@ -266,9 +293,41 @@ fn split_requests(
 fn partition_of(partitions: i32, key: Option<&str>, seq: usize) -> i32 {
     let n = partitions.max(1) as usize;
     match key {
-        Some(k) => murmur2_partition(k.as_bytes(), n),
+        Some(k) => ((murmur2(k.as_bytes()) & 0x7fff_ffff) as u32 % n as u32) as i32,
         None => (seq % n) as i32,
     }
+}
+
+/// Kafka's `Utils.murmur2` (seed `0x9747b28c`), the hash of its default partitioner. A copy of
+/// the gateway's (its Kafka partitioner module); the reference vectors below pin both.
+fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
 }
 
 /// An Apache Kafka broker (single-node KRaft, `scripts/kafka.sh run`) started by this tool
@@ -290,7 +349,7 @@ impl KafkaProcess {
             None => find_kafka_script()
                 .with_context(|| format!("scripts/kafka.sh not found; {KAFKA_HINT}"))?,
         };
-        let port = crate::gateway::free_port().context("no free loopback port for Kafka")?;
+        let port = free_port().context("no free loopback port for Kafka")?;
         let dir = std::env::temp_dir().join(format!("flux-loadgen-kafka-{port}"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the broker's directory {}", dir.display()))?;
@@ -306,7 +365,7 @@ impl KafkaProcess {
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true);
-        crate::gateway::die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd);
         // `run` execs the JVM: the child's pid is the broker's, for CPU sampling.
         let mut child = cmd
             .spawn()
@@ -372,13 +431,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn murmur2_matches_the_reference_vectors_of_kafkas_utils_test() {
+        // org.apache.kafka.common.utils.UtilsTest#testMurmur2
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input.as_bytes()), expected, "{input}");
+        }
+    }
+
+    #[test]
     fn keyed_records_follow_the_default_partitioner_and_unkeyed_ones_rotate() {
         assert_eq!(partition_of(1, Some("BTC-USD"), 7), 0);
-        // Kafka's reference vector: murmur2("foobar") % 3 after masking the sign bit.
-        assert_eq!(
-            partition_of(3, Some("foobar"), 0),
-            murmur2_partition(b"foobar", 3)
-        );
+        // murmur2("foobar") = -790332482; sign bit masked: 1357151166.
+        assert_eq!(partition_of(3, Some("foobar"), 0), 0);
+        assert_eq!(partition_of(8, Some("foobar"), 0), 6);
+        assert_eq!(partition_of(11, Some("foobar"), 0), 8);
         assert_eq!(partition_of(4, None, 6), 2);
         assert_eq!(
             partition_of(0, None, 6),

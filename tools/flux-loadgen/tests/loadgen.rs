@@ -1,24 +1,47 @@
 //! End to end: `flux-loadgen` spawns the real `flux-bff` in embedded benchmark mode and
 //! drives a small fanout, connect and idle run through it, then the same in Kafka mode
-//! against Apache Kafka (the figures are not asserted, only that the instrument works: every
-//! delivery arrives and is counted).
+//! against Apache Kafka it starts itself (`--spawn-kafka`; the figures are not asserted, only
+//! that the instrument works: every delivery arrives and is counted).
+//!
+//! The gateway is another package's binary, so it is not built for these tests by
+//! `cargo test -p flux-loadgen`: it is taken from beside `flux-loadgen` (the same target
+//! profile directory), where `cargo test --workspace` (scripts/test.sh) or
+//! `cargo build --bin flux-bff` puts it. Without it every test fails, naming the command.
 
-#[path = "support/kafka_broker.rs"]
-mod kafka_broker;
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+
+/// The `flux-bff` binary in the directory of `flux-loadgen` (`target/<profile>/`).
+fn gateway() -> PathBuf {
+    let loadgen = Path::new(env!("CARGO_BIN_EXE_flux-loadgen"));
+    let dir = loadgen.parent().expect("flux-loadgen is in a directory");
+    let gateway = dir.join(format!("flux-bff{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        gateway.is_file(),
+        "the gateway binary {} is missing: these tests run the flux-bff built beside \
+         flux-loadgen. Build it with the same profile first (`cargo build --bin flux-bff`, with \
+         --release if the tests run with it), or run `cargo test --workspace`, which builds it",
+        gateway.display()
+    );
+    gateway
+}
+
+/// The source tree's `scripts/kafka.sh`, for `--spawn-kafka`.
+fn kafka_script() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka.sh");
+    assert!(script.is_file(), "{} is missing", script.display());
+    script.to_string_lossy().into_owned()
+}
 
 fn run_loadgen(args: &[&str]) -> Value {
     let dir = std::env::temp_dir().join(format!("flux-loadgen-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json = dir.join("result.jsonl");
-    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_flux-bff"));
     let out = Command::new(env!("CARGO_BIN_EXE_flux-loadgen"))
         .arg("--spawn")
-        .arg(&gateway)
+        .arg(gateway())
         .arg("--json")
         .arg(&json)
         .args(args)
@@ -75,27 +98,23 @@ fn connect_and_idle_report_handshakes_and_memory() {
     assert!(r["gw_rss_mb_idle"].as_f64().unwrap() > 1.0);
 }
 
-#[tokio::test]
-async fn kafka_injection_reaches_every_client() {
-    let broker = kafka_broker::KafkaBroker::start().await;
-    let bootstrap = broker.bootstrap();
-    let r = tokio::task::spawn_blocking(move || {
-        run_loadgen(&[
-            "--kafka",
-            &bootstrap,
-            "--fetch-max-wait",
-            "20ms",
-            "fanout",
-            "--clients",
-            "10",
-            "--rate",
-            "50",
-            "--duration",
-            "1",
-        ])
-    })
-    .await
-    .expect("flux-loadgen run");
+#[test]
+fn kafka_injection_reaches_every_client() {
+    let script = kafka_script();
+    let r = run_loadgen(&[
+        "--spawn-kafka",
+        "--kafka-script",
+        &script,
+        "--fetch-max-wait",
+        "20ms",
+        "fanout",
+        "--clients",
+        "10",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+    ]);
     assert_eq!(r["injection"], "kafka", "{r}");
     assert_eq!(r["kafka_fetch_max_wait"], "20ms");
     assert_eq!(r["clients_ready"], 10);
@@ -112,13 +131,12 @@ async fn kafka_injection_reaches_every_client() {
     assert_eq!(r["kafka_probe_max_wait_ms"], 20);
     assert_eq!(r["kafka_probe_errors"], 0);
     assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
-    drop(broker);
 }
 
 #[test]
 fn spawn_kafka_runs_the_slow_scenario_in_kafka_mode() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
-    let mut args = vec!["--spawn-kafka", "--kafka-script", script];
+    let script = kafka_script();
+    let mut args = vec!["--spawn-kafka", "--kafka-script", &script];
     args.extend(["--fetch-max-wait", "10ms"]);
     args.extend([
         "slow",

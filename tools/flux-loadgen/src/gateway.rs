@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::kafka::KafkaProcess;
+use crate::process::{die_with_parent, free_port};
+
 /// The gateway process being measured.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -21,7 +24,7 @@ pub struct Gateway {
     /// Present when this tool spawned the gateway; killed on drop.
     child: Option<Child>,
     /// A broker this tool started for the run; stopped after the gateway.
-    broker: Option<crate::kafka::KafkaProcess>,
+    broker: Option<KafkaProcess>,
 }
 
 impl Gateway {
@@ -38,11 +41,7 @@ impl Gateway {
 
     /// Events go to `bootstrap` through Kafka; `broker` (if this tool started it) lives as
     /// long as the gateway.
-    pub fn with_kafka(
-        mut self,
-        bootstrap: String,
-        broker: Option<crate::kafka::KafkaProcess>,
-    ) -> Self {
+    pub fn with_kafka(mut self, bootstrap: String, broker: Option<KafkaProcess>) -> Self {
         self.kafka = Some(bootstrap);
         self.broker = broker;
         self
@@ -148,26 +147,6 @@ impl Gateway {
         }
         // The broker (if ours) goes when `self` is dropped, after the gateway.
     }
-}
-
-/// Makes the kernel kill `cmd`'s process when this tool dies in any way (even SIGKILL), so
-/// no benchmark gateway or broker is ever left behind.
-pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-pub fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// One request on a fresh connection; returns the status code.
