@@ -104,7 +104,13 @@ run() {
     listeners="PLAINTEXT://127.0.0.1:$port"
   else
     # The controller's port is kept across restarts, for nodes that joined this one.
-    [ -s "$dir/controller.port" ] || free_port >"$dir/controller.port"
+    # Never the broker's own port: that one is free too until the broker binds it.
+    if [ ! -s "$dir/controller.port" ]; then
+      local c
+      c="$(free_port)"
+      while [ "$c" = "$port" ]; do c="$(free_port)"; done
+      echo "$c" >"$dir/controller.port"
+    fi
     local controller
     controller="$(cat "$dir/controller.port")"
     roles=broker,controller

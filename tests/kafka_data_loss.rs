@@ -1,25 +1,21 @@
 //! The gateway when the broker comes back with empty storage (issue 10), under live traffic.
 //! A test binary of its own: the metrics registry is per process, and the broker-restart test
-//! in `kafka_gateway.rs` asserts that a log kept across a restart causes no offset reset.
+//! in `it/kafka_gateway.rs` asserts that a log kept across a restart causes no offset reset.
 
-mod support {
-    pub mod app;
-    pub mod kafka_app;
-}
-#[path = "support/kafka_broker.rs"]
-mod kafka_broker;
+#[path = "it/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::app::*;
+use crate::support::kafka_app::*;
+use crate::support::kafka_broker::KafkaBroker;
 use flux_bff::adapters::kafka::KafkaClient;
 use flux_bff::domain::Command as KafkaCommand;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::CommandSink;
-use kafka_broker::KafkaBroker;
-use support::app::*;
-use support::kafka_app::*;
 
 #[tokio::test]
 async fn a_broker_that_lost_its_data_is_read_from_its_new_log_under_live_traffic() {

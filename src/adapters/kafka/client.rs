@@ -4,19 +4,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use humantime_serde::re::humantime;
 use rskafka::client::error::Error as RsError;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 
-use super::command_sink::KafkaCommandSink;
 use super::errors::{KafkaError, Trouble, bounded};
-use super::event_source::KafkaEventSource;
 use super::settings::{KafkaSettings, SaslMechanism};
 use super::tls;
-use super::topics::ensure_topics;
 
 /// The rskafka client shared by the event source and the command sink. It connects on first
 /// use (and again after a failed attempt), so that the ports exist before any broker answers:
@@ -110,14 +106,6 @@ impl KafkaClient {
         Ok(client)
     }
 
-    pub fn event_source(&self) -> KafkaEventSource {
-        KafkaEventSource::new(self.clone())
-    }
-
-    pub fn command_sink(&self) -> KafkaCommandSink {
-        KafkaCommandSink::new(self.clone())
-    }
-
     pub(super) fn unreachable(&self, error: &RsError) -> KafkaError {
         KafkaError::Unreachable {
             brokers: self.settings.brokers.join(","),
@@ -152,33 +140,6 @@ impl KafkaClient {
         .await
         .map(Arc::new)
         .map_err(|e| Trouble::from_rskafka(topic, &e))
-    }
-
-    /// Creates the topics of `topics` that are missing, when `kafka.create_topics` is on, and
-    /// waits (up to `request_timeout`) until the metadata shows them.
-    pub(crate) async fn create_missing(
-        &self,
-        topics: &[&str],
-    ) -> Result<HashMap<String, i32>, KafkaError> {
-        let mut counts = self.partition_counts().await?;
-        let missing: Vec<&str> = topics
-            .iter()
-            .copied()
-            .filter(|t| !counts.contains_key(*t))
-            .collect();
-        if missing.is_empty() || !self.settings.create_topics {
-            return Ok(counts);
-        }
-        let s = &self.settings;
-        ensure_topics(self, &missing, s.topic_partitions, s.replication_factor).await?;
-        let deadline = tokio::time::Instant::now() + s.request_timeout;
-        while missing.iter().any(|t| !counts.contains_key(*t))
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            counts = self.partition_counts().await?;
-        }
-        Ok(counts)
     }
 }
 

@@ -13,7 +13,7 @@ use rskafka::record::Record as KafkaRecord;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{KafkaClient, Trouble, bounded};
+use super::{KafkaClient, Trouble, bounded, topics};
 use crate::domain::Command;
 use crate::domain::partitioner::legacy_partition;
 use crate::ports::{CommandSink, CommandSinkError};
@@ -65,6 +65,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl KafkaClient {
+    /// The [`CommandSink`] port on this client.
+    pub fn command_sink(&self) -> KafkaCommandSink {
+        KafkaCommandSink::new(self.clone())
+    }
+}
+
 impl KafkaCommandSink {
     pub fn new(client: KafkaClient) -> Self {
         Self {
@@ -105,7 +112,7 @@ impl KafkaCommandSink {
         {
             return Ok(state.partitions);
         }
-        let counts = self.inner.client.create_missing(&[topic]).await?;
+        let counts = topics::create_missing(&self.inner.client, &[topic]).await?;
         let Some(&partitions) = counts.get(topic) else {
             return Err(Trouble::Refused(format!(
                 "unknown topic {topic}; create it (or turn kafka.create_topics on) and retry"

@@ -18,7 +18,7 @@ use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now};
+use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now, topics};
 use crate::ports::{
     Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
 };
@@ -49,6 +49,13 @@ pub struct KafkaEventSource {
     client: KafkaClient,
     // std Mutex: never held across an .await
     seen: Seen,
+}
+
+impl KafkaClient {
+    /// The [`EventSource`] port on this client.
+    pub fn event_source(&self) -> KafkaEventSource {
+        KafkaEventSource::new(self.clone())
+    }
 }
 
 impl KafkaEventSource {
@@ -114,9 +121,7 @@ impl KafkaEventSource {
         topics: &[&str],
         from: &Positions,
     ) -> Result<(HashMap<String, i32>, Vec<(Arc<PartitionClient>, i64)>), EventSourceError> {
-        let counts = self
-            .client
-            .create_missing(topics)
+        let counts = topics::create_missing(&self.client, topics)
             .await
             .map_err(|e| match e {
                 KafkaError::CreateTopic { topic, reason } => {

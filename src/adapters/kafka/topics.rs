@@ -1,4 +1,8 @@
-//! Topic creation ([`ensure_topics`]): what `kafka.create_topics` and the tests use.
+//! Topic creation: [`ensure_topics`] (the tests, `kafka.create_topics`), and the ports'
+//! creation of their missing topics.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use rskafka::client::error::{Error as RsError, ProtocolError};
 
@@ -53,4 +57,30 @@ pub async fn ensure_topics(
         }
     }
     Ok(created)
+}
+
+/// Creates the topics of `topics` that are missing, when `kafka.create_topics` is on, and
+/// waits (up to `request_timeout`) until the metadata shows them.
+pub(super) async fn create_missing(
+    client: &KafkaClient,
+    topics: &[&str],
+) -> Result<HashMap<String, i32>, KafkaError> {
+    let mut counts = client.partition_counts().await?;
+    let missing: Vec<&str> = topics
+        .iter()
+        .copied()
+        .filter(|t| !counts.contains_key(*t))
+        .collect();
+    if missing.is_empty() || !client.settings().create_topics {
+        return Ok(counts);
+    }
+    let s = client.settings();
+    ensure_topics(client, &missing, s.topic_partitions, s.replication_factor).await?;
+    let deadline = tokio::time::Instant::now() + s.request_timeout;
+    while missing.iter().any(|t| !counts.contains_key(*t)) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counts = client.partition_counts().await?;
+    }
+    Ok(counts)
 }

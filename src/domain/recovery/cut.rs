@@ -162,7 +162,12 @@ pub(super) mod tests {
     use super::*;
     use crate::domain::Payload;
 
-    pub(in crate::domain::recovery) fn pos(topic: u8, partition: i32, offset: i64, emit: u32) -> Position {
+    pub(in crate::domain::recovery) fn pos(
+        topic: u8,
+        partition: i32,
+        offset: i64,
+        emit: u32,
+    ) -> Position {
         Position {
             topic,
             partition,

@@ -3,17 +3,13 @@
 //! long. Over a limit the socket is closed or the event dropped and counted; other clients
 //! are served meanwhile.
 
-mod support {
-    pub mod app;
-}
-
 use std::time::Duration;
 
+use crate::support::app::*;
 use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use rust_socketio::Payload;
 use serde_json::json;
-use support::app::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -6,11 +6,6 @@
 //! Needs `redis-server` on PATH (`sudo apt-get install -y redis-server`) or
 //! `FLUX_TEST_REDIS_SERVER=/path/to/redis-server`. Run: `cargo test --test valkey`.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-#[path = "support/snapshot_cache_contract.rs"]
-mod snapshot_cache_contract;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,8 +16,8 @@ use flux_bff::ports::{CacheError, SnapshotCache};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::Commands;
 
-use redis_server::RedisServer;
-use snapshot_cache_contract::{snapshot_cache_contract, unique_key};
+use crate::support::redis_server::RedisServer;
+use crate::support::snapshot_cache_contract::{snapshot_cache_contract, unique_key};
 
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// What a failing call may take: the timeout plus scheduling slack.
@@ -354,7 +349,7 @@ async fn an_untrusted_tls_certificate_degrades_instead_of_crashing() {
 
 #[tokio::test]
 async fn an_unreachable_server_does_not_fail_start_up() {
-    let port = redis_server::free_port(); // nobody listens there
+    let port = crate::support::redis_server::free_port(); // nobody listens there
     let settings = ValkeySettings {
         url: format!("redis://127.0.0.1:{port}"),
         timeout: TIMEOUT,

@@ -2,30 +2,20 @@
 //! snapshots it consumed in process and, when fresh, warms them from the end of each snapshot
 //! topic, so that hydration needs no Valkey: absent, unreachable or killed.
 
-mod support {
-    pub mod app;
-    pub mod event_bus_contract;
-    pub mod kafka_app;
-}
-#[path = "support/kafka_broker.rs"]
-mod kafka_broker;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::app::*;
+use crate::support::kafka_app::*;
+use crate::support::kafka_broker::KafkaBroker;
+use crate::support::redis_server::RedisServer;
 use flux_bff::adapters::kafka::KafkaClient;
 use flux_bff::adapters::memory::MemoryBus;
 use flux_bff::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
 use flux_bff::boot::Ports;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::SnapshotCache;
-use kafka_broker::KafkaBroker;
-use redis_server::RedisServer;
 use serde_json::{Value, json};
-use support::app::*;
-use support::kafka_app::*;
 
 /// A gateway on the broker with `cache` as its shared tier.
 async fn replica(bootstrap: &str, client_id: &str, cache: Arc<dyn SnapshotCache>) -> TestApp {
@@ -142,7 +132,10 @@ async fn a_fresh_replica_with_no_valkey_reachable_hydrates_every_snapshot_from_t
     let broker = KafkaBroker::start().await;
     create_snapshot_topics(&broker).await;
     produce_snapshots(&Producer::new(&broker.bootstrap())).await;
-    let nowhere = format!("redis://127.0.0.1:{}", kafka_broker::free_port());
+    let nowhere = format!(
+        "redis://127.0.0.1:{}",
+        crate::support::kafka_broker::free_port()
+    );
     let cache = valkey_at(nowhere, "hydration:").await;
 
     // Act
@@ -192,7 +185,7 @@ async fn kafka_honours_the_tail_contract() {
     let topic = format!("tail-{}", uuid::Uuid::new_v4().simple());
     broker.create_topic(&admin, &topic, 3).await;
     let client = KafkaClient::new(&kafka_settings(&broker.bootstrap(), DIRECT)).unwrap();
-    support::event_bus_contract::tail_contract(
+    crate::support::event_bus_contract::tail_contract(
         &client.event_source(),
         &client.command_sink(),
         &topic,
@@ -204,5 +197,5 @@ async fn kafka_honours_the_tail_contract() {
 async fn the_in_memory_bus_honours_the_tail_contract() {
     let bus = MemoryBus::new();
     bus.create_topic("tail", 3);
-    support::event_bus_contract::tail_contract(&bus, &bus, "tail").await;
+    crate::support::event_bus_contract::tail_contract(&bus, &bus, "tail").await;
 }

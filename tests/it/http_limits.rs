@@ -3,14 +3,10 @@
 //! with `X-Forwarded-For` honoured only from trusted proxies. Over a limit the connection is
 //! closed or refused with a status, never the process; the others are served meanwhile.
 
-mod support {
-    pub mod app;
-}
-
 use std::time::{Duration, Instant};
 
+use crate::support::app::*;
 use flux_bff::boot::Settings;
-use support::app::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

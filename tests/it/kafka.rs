@@ -1,17 +1,12 @@
 //! The Kafka adapters against a real Apache Kafka 4 broker (single-node KRaft),
 //! spawned on a free loopback port per test (see `support/kafka_broker.rs` for the install hint).
 
-#[path = "support/event_bus_contract.rs"]
-mod event_bus_contract;
-#[path = "support/kafka_broker.rs"]
-mod kafka_broker;
-#[path = "support/tcp_proxy.rs"]
-mod tcp_proxy;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::kafka_broker::KafkaBroker;
+use crate::support::tcp_proxy::TcpProxy;
 use flux_bff::adapters::kafka::{
     self, KafkaClient, KafkaCommandSink, KafkaError, KafkaEventSource, KafkaSettings,
 };
@@ -21,12 +16,10 @@ use flux_bff::ports::{
     CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record, RecordStream,
 };
 use futures::StreamExt;
-use kafka_broker::KafkaBroker;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record as KafkaRecord;
 use serde_json::Value;
-use tcp_proxy::TcpProxy;
 
 /// The client id of the test's own producer: the fault-injection proxy never cuts it.
 const DIRECT: &str = "flux-test-direct";
@@ -238,8 +231,12 @@ async fn kafka_honours_the_event_bus_contract() {
     kafka::ensure_topics(&client, &[&topic], 3, 1)
         .await
         .unwrap();
-    event_bus_contract::event_bus_contract(&client.event_source(), &client.command_sink(), &topic)
-        .await;
+    crate::support::event_bus_contract::event_bus_contract(
+        &client.event_source(),
+        &client.command_sink(),
+        &topic,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -247,7 +244,7 @@ async fn the_in_memory_bus_honours_the_event_bus_contract() {
     let bus = flux_bff::adapters::memory::MemoryBus::new();
     let topic = unique("contract");
     bus.create_topic(&topic, 3);
-    event_bus_contract::event_bus_contract(&bus, &bus, &topic).await;
+    crate::support::event_bus_contract::event_bus_contract(&bus, &bus, &topic).await;
 }
 
 #[tokio::test]
@@ -447,19 +444,26 @@ async fn ensure_topics_creates_the_missing_ones_only() {
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
-    let topics = rskafka.list_topics().await.unwrap();
-    let partitions = topics
-        .iter()
-        .find(|t| t.name == b)
-        .expect("created")
-        .partitions
-        .len();
+    // A created topic reaches the metadata a moment later (KRaft propagates it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let partitions = loop {
+        let topics = rskafka.list_topics().await.unwrap();
+        if let Some(t) = topics.iter().find(|t| t.name == b) {
+            break t.partitions.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{b} never showed in the metadata"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(partitions, 2);
 }
 
 #[tokio::test]
 async fn the_ports_exist_before_any_broker_answers_and_work_once_one_does() {
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
+    let addr: std::net::SocketAddr =
+        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
     let client = KafkaClient::new(&settings(addr.to_string())).expect("no I/O in new");
     let source = client.event_source();
     let sink = client.command_sink();
@@ -559,7 +563,8 @@ async fn commands_land_in_the_original_partition_with_key_value_and_idempotency_
 #[tokio::test]
 async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_outage_once() {
     // The broker listens behind the proxy and advertises the proxy: every client goes through it.
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
+    let listen: std::net::SocketAddr =
+        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
     let proxy = TcpProxy::start(listen).await;
     proxy.spare(DIRECT);
     let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
@@ -639,7 +644,8 @@ async fn after_a_cut_the_stream_fails_and_resuming_delivers_the_records_of_the_o
 
 #[tokio::test]
 async fn a_send_during_a_short_outage_is_retried_under_the_same_idempotency_key() {
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
+    let listen: std::net::SocketAddr =
+        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
     let proxy = TcpProxy::start(listen).await;
     proxy.spare(DIRECT);
     let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
@@ -690,7 +696,7 @@ async fn a_send_during_a_short_outage_is_retried_under_the_same_idempotency_key(
 
 #[tokio::test]
 async fn connect_fails_in_bounded_time_naming_the_broker_when_none_answers() {
-    let broker = format!("127.0.0.1:{}", kafka_broker::free_port());
+    let broker = format!("127.0.0.1:{}", crate::support::kafka_broker::free_port());
     let started = Instant::now();
     let error = kafka::connect(&settings(broker.clone())).await.unwrap_err();
     assert!(
@@ -706,7 +712,8 @@ async fn connect_fails_in_bounded_time_naming_the_broker_when_none_answers() {
 async fn a_partition_ending_in_a_transaction_marker_is_read_past_it_without_spinning() {
     // Through a proxy that counts what the adapter sends: a fetch loop stuck on the marker
     // would fetch again at once, without the broker holding the request.
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], kafka_broker::free_port()).into();
+    let listen: std::net::SocketAddr =
+        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
     let proxy = TcpProxy::start(listen).await;
     let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
     let direct = broker.client(DIRECT).await;

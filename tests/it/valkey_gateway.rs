@@ -1,24 +1,18 @@
 //! The gateway with a real Valkey (redis-server spawned per test): two instances sharing the
 //! dedup window, the cache dying and coming back under live traffic, a wrong password.
 
-mod support {
-    pub mod app;
-}
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::app::*;
+use crate::support::redis_server::RedisServer;
 use flux_bff::adapters::memory::MemoryBus;
 use flux_bff::adapters::valkey::{ValkeySettings, ValkeySnapshotCache};
 use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::SnapshotCache;
-use redis_server::RedisServer;
 use serde_json::json;
-use support::app::*;
 
 async fn valkey(server: &RedisServer, prefix: &str) -> Arc<dyn SnapshotCache> {
     let settings = ValkeySettings {
@@ -194,7 +188,7 @@ async fn the_cache_dying_under_live_traffic_degrades_and_recovers_without_a_rest
 #[tokio::test]
 async fn a_wrong_password_is_reported_clearly_and_the_gateway_runs_degraded() {
     let server = RedisServer::start_with_password("right-password");
-    let port = redis_server::free_port();
+    let port = crate::support::redis_server::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_flux-bff"))
         .env_clear()
         .env("FLUX_HTTP__HOST", "127.0.0.1")

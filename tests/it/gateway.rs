@@ -1,16 +1,12 @@
 //! The gateway over real TCP on in-memory adapters, played with a real Socket.IO client
 //! library (rust_socketio, websocket transport): the whole client-facing contract.
 
-mod support {
-    pub mod app;
-}
-
 use std::time::Duration;
 
+use crate::support::app::*;
 use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use serde_json::{Value, json};
-use support::app::*;
 
 #[tokio::test]
 async fn session_init_is_the_first_event_and_carries_the_guest_id() {
@@ -129,8 +125,8 @@ async fn a_city_switch_leaves_the_old_weather_room() {
     c.locate(&app, pune(), "Pune").await;
     c.locate(&app, location("Chennai"), "Chennai").await;
     c.clear();
-    app.publish(support::app::WEATHER, None, &weather("Pune"));
-    app.publish(support::app::WEATHER, None, &weather("Chennai"));
+    app.publish(crate::support::app::WEATHER, None, &weather("Pune"));
+    app.publish(crate::support::app::WEATHER, None, &weather("Chennai"));
     let chennai = c.wait_for("weather.Chennai.update").await;
     assert_eq!(chennai["status"], "success");
     assert_eq!(chennai["data"]["city"], "Chennai");

@@ -1,19 +1,15 @@
 //! Weather per city over real TCP on in-memory adapters (D23): one command per city in
 //! flight, the latest result served at once to joining sockets while it is fresh.
 
-mod support {
-    pub mod app;
-}
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::app::*;
 use flux_bff::adapters::memory::{MemoryBus, MemoryCache};
 use flux_bff::boot::Settings;
 use flux_bff::domain::topics::*;
 use flux_bff::ports::SnapshotCache;
 use serde_json::{Value, json};
-use support::app::*;
 
 const EVENT: &str = "weather.Surat.update";
 

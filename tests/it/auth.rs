@@ -3,14 +3,11 @@
 //! `auth.token` connects, as its `sub`, and every refusal reaches the client as a
 //! `connect_error` and is counted in `flux_auth_refused_total{reason}`.
 
-mod support {
-    pub mod app;
-}
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::app::*;
 use flux_bff::app::auth::JwtAlgorithm;
 use flux_bff::boot::Settings;
 use futures::FutureExt;
@@ -18,7 +15,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp
 use rust_socketio::asynchronous::{Client, ClientBuilder};
 use rust_socketio::{Event, Payload, TransportType};
 use serde_json::{Value, json};
-use support::app::*;
 
 const SECRET: &str = "a shared secret of at least 32 bytes, for tests only";
 
