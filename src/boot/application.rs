@@ -170,7 +170,9 @@ impl Application {
         .with_recovery(recovery);
         let mut subscribed = ingestor.subscribed();
         let last_error = ingestor.last_error();
-        let consumers = tokio::spawn(ingestor.run(background.clone()));
+        // The consumers stop first at shutdown, before the Socket.IO server closes.
+        let consuming = background.child_token();
+        let consumers = tokio::spawn(ingestor.run(consuming.clone()));
 
         let http_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve_with(
@@ -216,9 +218,12 @@ impl Application {
         let graceful = async {
             health.set_shutting_down();
             http_stop.cancel(); // stop accepting connections
-            io.close().await; // disconnect every client
-            background.cancel(); // stop consumers, refreshes and the snapshot writer
+            // Stop the consumers before closing the server, so that no batch is emitted into
+            // a closed server (issue 19).
+            consuming.cancel();
             let _ = consumers.await;
+            io.close().await; // disconnect every client
+            background.cancel(); // stop refreshes, the fan-out's tasks and the snapshot writer
             let _ = refreshes.await;
             if let Err(e) = ports.sink.flush().await {
                 tracing::warn!(error = %e, "commands may be lost: producer flush failed");

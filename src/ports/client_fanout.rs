@@ -14,6 +14,9 @@ pub enum FanoutError {
     /// The transport failed to take the message.
     #[error("emit failed: {0}")]
     Transport(String),
+    /// The transport is closed (the gateway is shutting down): nothing is delivered any more.
+    #[error("the transport is closed")]
+    Closed,
 }
 
 /// How an event is delivered, beyond its room or socket, name and payload.
@@ -47,7 +50,8 @@ pub trait ClientFanout: Send + Sync {
     /// the others.
     ///
     /// # Errors
-    /// [`FanoutError::Transport`] when the transport refused the broadcast as a whole.
+    /// [`FanoutError::Transport`] when the transport refused the broadcast as a whole,
+    /// [`FanoutError::Closed`] once it is closed.
     async fn to_room<'a>(
         &self,
         room: &str,

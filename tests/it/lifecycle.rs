@@ -275,3 +275,92 @@ async fn a_flood_of_malformed_events_is_counted_in_full_and_logged_in_moderation
     );
     assert!(logged[0].contains(r#""held_back":0"#), "{}", logged[0]);
 }
+
+/// How many times [`sigterm_while_tickers_stream_never_panics`] stops the gateway. Before the
+/// shutdown order was fixed, a run panicked often enough that this many caught it every time
+/// (BENCHMARKS.md: "Shutdown under a live stream").
+const SHUTDOWN_RUNS: usize = 25;
+
+/// SIGTERM while tickers stream to a connected client (issue 19): the event consumer stops
+/// before the Socket.IO server closes, so nothing is emitted into a closed server; the
+/// process exits 0 and nothing panics, run after run.
+#[tokio::test]
+async fn sigterm_while_tickers_stream_never_panics() {
+    let ticker = crate::support::app::fixture("crypto.ticker.event.updated.json").to_string();
+    let batch: String = (0..50).map(|_| format!("{ticker}\n")).collect();
+    for run in 0..SHUTDOWN_RUNS {
+        // Arrange: the binary, a client in the ticker room, and a flood of tickers.
+        let port = free_port();
+        let mut child = gateway(port)
+            .env("FLUX_ADMIN__PUBLISH", "true")
+            .spawn()
+            .unwrap();
+        wait_healthy(port).await;
+        let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::text(r#"40{"guestId":"stopper"}"#))
+            .await
+            .unwrap();
+        let mut got_init = false;
+        while !got_init {
+            let msg = ws.next().await.unwrap().unwrap();
+            got_init = msg.to_text().unwrap_or("").contains("session:init");
+        }
+        ws.send(Message::text(r#"42["userLocationUpdate",{"city":"Pune"}]"#))
+            .await
+            .unwrap();
+        let flood = {
+            let (client, batch) = (reqwest::Client::new(), batch.clone());
+            let publish = format!(
+                "http://127.0.0.1:{port}/admin/publish?topic=crypto.ticker.event.updated&key=BTC-USD&format=ndjson"
+            );
+            tokio::spawn(async move {
+                while client
+                    .post(&publish)
+                    .body(batch.clone())
+                    .send()
+                    .await
+                    .is_ok()
+                {}
+            })
+        };
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("tickers within 10 s")
+                .expect("the stream goes on")
+                .expect("a message");
+            if msg.to_text().unwrap_or("").contains("cryptoTickerResponse") {
+                break;
+            }
+        }
+        // Act: stop it mid-stream; the client keeps reading.
+        let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        // Assert
+        let mut stderr = child.stderr.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (exit, logs) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut logs = String::new();
+            let _ = stdout.read_to_string(&mut logs);
+            let _ = stderr.read_to_string(&mut logs);
+            (child.wait().unwrap(), logs)
+        })
+        .await
+        .unwrap();
+        flood.abort();
+        reader.abort();
+        assert!(
+            !logs.contains("panicked"),
+            "run {run}: the gateway panicked while stopping:\n{logs}"
+        );
+        assert_eq!(exit.code(), Some(0), "run {run}:\n{logs}");
+    }
+}

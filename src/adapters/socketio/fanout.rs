@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use socketioxide::extract::SocketRef;
+use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
 
@@ -67,8 +68,18 @@ impl SocketIoFanout {
     fn socket(&self, socket: &str) -> Result<SocketRef, FanoutError> {
         Sid::from_str(socket)
             .ok()
-            .and_then(|sid| self.io.get_socket(sid))
+            .and_then(|sid| self.get_socket(sid))
             .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()))
+    }
+
+    /// The default namespace, `None` once the server is closed. socketioxide's shorthands
+    /// (`io.to`, `io.get_socket`, …) panic then; nothing here may use them.
+    fn namespace(&self) -> Option<BroadcastOperators> {
+        namespace(&self.io)
+    }
+
+    fn get_socket(&self, sid: Sid) -> Option<SocketRef> {
+        self.namespace()?.get_socket(sid)
     }
 
     /// Sends to one socket, or queues in its backlog when it is behind. A socket found full
@@ -140,7 +151,7 @@ impl SocketIoFanout {
         metrics::counter!(SLOW_DISCONNECTS).increment(1);
         tracing::warn!(socket = %sid, "client too slow: its backlog overflowed; disconnecting it");
         self.backlogs.remove(sid);
-        if let Some(s) = self.io.get_socket(sid) {
+        if let Some(s) = self.get_socket(sid) {
             let _ = s.disconnect();
         }
     }
@@ -152,10 +163,12 @@ impl SocketIoFanout {
         payload: &Payload,
         key: Option<&str>,
         offset: Option<&Arc<str>>,
-    ) {
-        for s in self.io.to(room.to_owned()).sockets() {
+    ) -> Result<(), FanoutError> {
+        let ns = self.namespace().ok_or(FanoutError::Closed)?;
+        for s in ns.to(room.to_owned()).sockets() {
             self.deliver(&s, Some(room), event, payload, key, offset);
         }
+        Ok(())
     }
 
     fn now_ms(&self) -> u64 {
@@ -197,11 +210,13 @@ impl SocketIoFanout {
     ) -> Result<(), FanoutError> {
         self.latest.record(room, event, payload, key, offset);
         if self.take_probe() {
-            self.to_room_each(room, event, payload, Some(key), offset);
-            return Ok(());
+            return self.to_room_each(room, event, payload, Some(key), offset);
         }
         let lagging = self.backlogs.lagging() > 0;
-        let op = self.io.to(room.to_owned());
+        let op = self
+            .namespace()
+            .ok_or(FanoutError::Closed)?
+            .to(room.to_owned());
         let op = if lagging { op.except(LAGGING_ROOM) } else { op };
         let sent = match offset {
             Some(offset) => op.emit(event, &(payload, &**offset)).await,
@@ -255,7 +270,7 @@ impl SocketIoFanout {
                 continue;
             }
             for sid in self.backlogs.sockets() {
-                match self.io.get_socket(sid) {
+                match self.get_socket(sid) {
                     Some(s) => {
                         self.backlogs.set_rooms(sid, room_names(&s));
                         // A socket that caught up leaves the lagging room, or the fast
@@ -288,10 +303,7 @@ impl ClientFanout for SocketIoFanout {
                 self.broadcast_latest(room, event, payload, key, options.offset)
                     .await
             }
-            None => {
-                self.to_room_each(room, event, payload, None, options.offset);
-                Ok(())
-            }
+            None => self.to_room_each(room, event, payload, None, options.offset),
         }
     }
 
@@ -344,4 +356,9 @@ fn send(
 /// A socket's rooms as plain names.
 fn room_names(s: &SocketRef) -> Vec<String> {
     s.rooms().into_iter().map(|r| r.to_string()).collect()
+}
+
+/// The default namespace of `io`, `None` once the server is closed.
+pub(super) fn namespace(io: &SocketIo) -> Option<BroadcastOperators> {
+    io.of("/")
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use socketioxide::{SocketIo, TransportType};
 use tokio_util::sync::CancellationToken;
 
+use super::fanout::namespace;
 use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
 use crate::telemetry::metrics::{POLLING_SESSIONS, ROOM_MEMBERS};
 
@@ -22,7 +23,10 @@ pub async fn count_polling(io: SocketIo, polling: Arc<AtomicUsize>, stop: Cancel
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = io
+        let Some(ns) = namespace(&io) else {
+            return; // closed
+        };
+        let now = ns
             .sockets()
             .iter()
             .filter(|s| s.transport_type() == TransportType::Polling)
@@ -41,15 +45,18 @@ pub async fn export_room_sizes(io: SocketIo, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let Some(ns) = namespace(&io) else {
+            return; // closed
+        };
         for room in [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK] {
-            let members = io.to(room).sockets().len();
+            let members = ns.clone().to(room).sockets().len();
             metrics::gauge!(ROOM_MEMBERS, "room" => room).set(members as f64);
         }
-        let weather: usize = match io.rooms().await {
+        let weather: usize = match ns.clone().rooms().await {
             Ok(rooms) => rooms
                 .iter()
                 .filter(|r| r.starts_with("weather."))
-                .map(|r| io.to(r.to_string()).sockets().len())
+                .map(|r| ns.clone().to(r.to_string()).sockets().len())
                 .sum(),
             Err(_) => 0,
         };

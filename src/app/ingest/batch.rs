@@ -3,7 +3,7 @@
 //! background writer.
 
 use crate::domain::{self, topics};
-use crate::ports::{EmitOptions, Record};
+use crate::ports::{EmitOptions, FanoutError, Record};
 use crate::telemetry::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED};
 
 use super::super::recovery::{Recovery, now_ms};
@@ -88,8 +88,14 @@ impl Ingestor {
                     .fanout
                     .to_room(&emit.room, &emit.event, &emit.payload, options)
                     .await;
-                if let Err(e) = sent {
-                    tracing::warn!(room = %emit.room, error = %e, "room emit failed");
+                match sent {
+                    Ok(()) => {}
+                    // Shutting down: the consumer stops before the transport closes, so
+                    // this is at most the end of a batch.
+                    Err(FanoutError::Closed) => {
+                        tracing::debug!(room = %emit.room, "room emit after the transport closed");
+                    }
+                    Err(e) => tracing::warn!(room = %emit.room, error = %e, "room emit failed"),
                 }
                 metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
             }
