@@ -19,9 +19,7 @@ pub mod snapshot_cache;
 pub use client_fanout::{ClientFanout, EmitOptions, FanoutError};
 pub use command_sink::{CommandSink, CommandSinkError};
 pub use event_publisher::EventPublisher;
-pub use event_source::{
-    Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
-};
+pub use event_source::{Accept, EventSource, EventSourceError, Positions, Record, RecordStream};
 pub use inbound::{
     Admission, AuthRefusal, Authenticate, ClientRequests, Readiness, ReadinessReport,
     SessionRecovery,

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::Command;
 use crate::domain::topics::*;
-use crate::ports::{CommandSink, EventSource, Positions, Record};
+use crate::ports::{CommandSink, CommandSinkError, EventSource, Positions, Record};
 use crate::telemetry::metrics::{SIM_COMMANDS, SIM_EVENTS_PUBLISHED, SIM_PUBLISH_FAILURES};
 
 pub use market::max_products;
@@ -334,6 +334,7 @@ impl World {
     async fn publish(&self, sink: &dyn CommandSink, out: Vec<Command>) {
         let sends = out.into_iter().map(|command| async move {
             let stream = stream_name(&command.topic);
+            let topic = command.topic.clone();
             match sink.send(command).await {
                 Ok(()) => {
                     metrics::counter!(SIM_EVENTS_PUBLISHED, "stream" => stream)
@@ -346,7 +347,11 @@ impl World {
                     metrics::counter!(SIM_PUBLISH_FAILURES, "stream" => stream)
                         .increment(1);
                     if !self.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(stream, error = %e, "simulator cannot publish events; dropping them until the broker is back");
+                        // The sink is the producer of events here: say so, not "command".
+                        let cause = match &e {
+                            CommandSinkError::Unavailable(why) | CommandSinkError::Rejected(why) => why,
+                        };
+                        tracing::warn!(%topic, stream, cause = %cause, "simulator cannot publish events to {topic}; dropping them until the broker is back");
                     }
                 }
             }

@@ -20,6 +20,38 @@ pub use gauges::{count_polling, export_room_sizes};
 pub use inbound::{Inbound, JoinHook, register};
 pub use settings::SocketIoSettings;
 
+/// Declares the adapter's series at zero (sockets, disconnects by reason, client events
+/// dropped by reason, the fan-out's lagging and conflated counts, polling sessions) and
+/// exports the Engine.IO writers' counts (`flux_socket_messages_sent_total`,
+/// `flux_socket_bytes_sent_total`) at every render.
+pub fn declare_metrics() {
+    use crate::telemetry::metrics::{
+        CLIENT_EVENTS_DROPPED, FANOUT_CONFLATED, FANOUT_DROPPED, LAGGING_SOCKETS, POLLING_SESSIONS,
+        SLOW_DISCONNECTS, SOCKET_BYTES_SENT, SOCKET_DISCONNECTS, SOCKET_MESSAGES_SENT,
+        SOCKETS_CONNECTED, add_collector,
+    };
+    static ENGINE_COUNTS: std::sync::Once = std::sync::Once::new();
+    metrics::gauge!(SOCKETS_CONNECTED).increment(0.0);
+    metrics::gauge!(LAGGING_SOCKETS).increment(0.0);
+    metrics::gauge!(POLLING_SESSIONS).increment(0.0);
+    for reason in inbound::DISCONNECT_REASONS {
+        metrics::counter!(SOCKET_DISCONNECTS, "reason" => reason).increment(0);
+    }
+    for reason in inbound::DROP_REASONS {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(FANOUT_CONFLATED).increment(0);
+    metrics::counter!(FANOUT_DROPPED).increment(0);
+    metrics::counter!(SLOW_DISCONNECTS).increment(0);
+    ENGINE_COUNTS.call_once(|| {
+        add_collector(|| {
+            metrics::counter!(SOCKET_MESSAGES_SENT)
+                .absolute(engineioxide::stats::ws_messages_sent());
+            metrics::counter!(SOCKET_BYTES_SENT).absolute(engineioxide::stats::ws_bytes_sent());
+        });
+    });
+}
+
 /// Builds the Socket.IO layer (path `/socket.io`, websocket and polling) and its handle.
 pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
     SocketIo::builder()

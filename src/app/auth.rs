@@ -175,6 +175,14 @@ impl Authenticate for Authenticator {
     }
 }
 
+/// Declares `flux_auth_refused_total` at zero for every reason (also with auth off: nothing
+/// is refused then, and the dashboard shows it).
+pub fn declare_metrics() {
+    for refusal in Refusal::ALL {
+        metrics::counter!(AUTH_REFUSED, "reason" => refusal.reason()).increment(0);
+    }
+}
+
 /// The refusal a token verification error stands for.
 fn refusal_of(kind: &ErrorKind) -> Refusal {
     match kind {

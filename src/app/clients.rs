@@ -231,6 +231,17 @@ impl ClientService {
     }
 }
 
+/// Declares the client service's series at zero: commands per topic (produced, failed,
+/// refused), room joins.
+pub fn declare_metrics() {
+    for topic in topics::COMMAND_TOPICS {
+        metrics::counter!(COMMANDS_PRODUCED, "topic" => topic).increment(0);
+        metrics::counter!(COMMANDS_FAILED, "topic" => topic).increment(0);
+        metrics::counter!(COMMANDS_REFUSED, "topic" => topic).increment(0);
+    }
+    metrics::counter!(ROOM_JOINS).increment(0);
+}
+
 #[async_trait]
 impl ClientRequests for ClientService {
     /// The first event of every connection (D1).

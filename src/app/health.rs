@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ports::{Readiness, ReadinessReport, SnapshotCache};
+use crate::telemetry::metrics::{DEGRADED, READY};
 
 /// Shared health flags. Embedded mode starts ready; Kafka mode becomes ready once the
 /// consumers run and the producer answered.
@@ -17,25 +18,41 @@ pub struct Health {
 
 impl Health {
     pub fn new() -> Self {
-        Self::default()
+        let health = Self::default();
+        health.export_ready();
+        health
     }
 
     pub fn set_consuming(&self, up: bool) {
         if self.consuming.swap(up, Ordering::SeqCst) != up {
-            metrics::gauge!(crate::telemetry::metrics::DEGRADED, "dependency" => "kafka_consumer")
-                .set(if up { 0.0 } else { 1.0 });
+            metrics::gauge!(DEGRADED, "dependency" => "kafka_consumer").set(if up {
+                0.0
+            } else {
+                1.0
+            });
         }
+        self.export_ready();
     }
 
     pub fn set_producing(&self, up: bool) {
         if self.producing.swap(up, Ordering::SeqCst) != up {
-            metrics::gauge!(crate::telemetry::metrics::DEGRADED, "dependency" => "kafka_producer")
-                .set(if up { 0.0 } else { 1.0 });
+            metrics::gauge!(DEGRADED, "dependency" => "kafka_producer").set(if up {
+                0.0
+            } else {
+                1.0
+            });
         }
+        self.export_ready();
     }
 
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.export_ready();
+    }
+
+    /// `flux_ready`: what `/readyz` answers, for dashboards and alerts.
+    fn export_ready(&self) {
+        metrics::gauge!(READY).set(if self.ready() { 1.0 } else { 0.0 });
     }
 
     pub fn consuming(&self) -> bool {
@@ -50,6 +67,14 @@ impl Health {
     /// Ready: consumers and producer run, and no shutdown is under way.
     pub fn ready(&self) -> bool {
         self.consuming() && self.producing() && !self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// Declares `flux_degraded` at zero for both Kafka dependencies (`flux_ready` is set by
+/// [`Health::new`]).
+pub fn declare_metrics() {
+    for dependency in ["kafka_consumer", "kafka_producer"] {
+        metrics::gauge!(DEGRADED, "dependency" => dependency).increment(0.0);
     }
 }
 

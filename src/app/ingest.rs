@@ -59,6 +59,25 @@ impl Default for IngestSettings {
     }
 }
 
+/// Declares the consumer's series at zero, so that rates and alerts see them before the first
+/// event: per stream consumed, emitted and commonly rejected, conflated, event age.
+pub fn declare_metrics() {
+    use crate::telemetry::metrics::{
+        DELIVERIES, EVENT_AGE, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED,
+    };
+    metrics::counter!(EVENTS_CONFLATED).increment(0);
+    for topic in topics::EVENT_TOPICS {
+        let stream = topics::stream_name(topic);
+        metrics::counter!(EVENTS_CONSUMED, "stream" => stream).increment(0);
+        metrics::counter!(DELIVERIES, "stream" => stream).increment(0);
+        for reason in crate::domain::events::COMMON_REJECTIONS {
+            metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => reason).increment(0);
+        }
+        // A histogram is registered by its first sample; this one records nothing.
+        let _ = metrics::histogram!(EVENT_AGE, "stream" => stream);
+    }
+}
+
 /// Why a subscription's consumption ended.
 enum Ended {
     Shutdown,
@@ -296,6 +315,7 @@ mod tests {
             offset: 7,
             key: None,
             value: Some(bytes::Bytes::copy_from_slice(value.as_bytes())),
+            timestamp: None,
         }
     }
 

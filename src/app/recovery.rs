@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::domain::recovery::{Cut, Journal, Refusal, SessionClaims};
+use crate::domain::recovery::{Cut, Journal, Refusal, SessionClaims, TokenError};
 use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
 use crate::ports::{Admission, ClientFanout, EmitOptions, SessionRecovery};
 
@@ -356,6 +356,25 @@ fn replayed(offset: &Arc<str>) -> EmitOptions<'_> {
         latest: None,
         offset: Some(offset),
     }
+}
+
+/// Declares the recovery series at zero: outcomes, every refusal reason, replayed and
+/// conflated events, the journal's size.
+pub fn declare_metrics() {
+    for outcome in ["recovered", "refused"] {
+        metrics::counter!(RECOVERY_SESSIONS, "outcome" => outcome).increment(0);
+    }
+    let reasons = TokenError::ALL
+        .map(TokenError::label)
+        .into_iter()
+        .chain(["other_user", "no_offset"])
+        .chain(Refusal::ALL.map(Refusal::label));
+    for reason in reasons {
+        metrics::counter!(RECOVERY_REFUSED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(RECOVERY_REPLAYED).increment(0);
+    metrics::counter!(RECOVERY_CONFLATED).increment(0);
+    metrics::gauge!(RECOVERY_JOURNAL).increment(0.0);
 }
 
 fn refuse(reason: &'static str) {

@@ -79,9 +79,9 @@ pub async fn warm_up(
             let mut delays = super::retry::reconnect_backoff(max_backoff);
             loop {
                 let outcome = match source.last_accepted(topic, &accept).await {
-                    Ok(Some(tail)) => {
-                        let kept = snapshot_of(topic, &tail.record)
-                            .is_some_and(|write| local.warm(write, tail.produced_at));
+                    Ok(Some(record)) => {
+                        let kept = snapshot_of(topic, &record)
+                            .is_some_and(|write| local.warm(write, record.timestamp));
                         if kept { "warmed" } else { "skipped" }
                     }
                     Ok(None) => "none",

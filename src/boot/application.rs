@@ -55,6 +55,7 @@ impl Application {
                 "cannot listen on {addr}: {e} (set FLUX_HTTP__PORT or SERVER_PORT to a free port)"
             )
         })?;
+        declare_metrics();
         let health = Arc::new(Health::new());
         let (layer, io) = socketio::layer(&settings.socketio);
         let fanout = SocketIoFanout::new(io.clone(), &settings.socketio);
@@ -143,6 +144,7 @@ impl Application {
             polling_sessions,
         } = self;
         let background = CancellationToken::new();
+        tokio::spawn(crate::telemetry::metrics::run_upkeep(background.clone()));
         let (writes, writer) =
             SnapshotWriter::spawn_with(ports.cache.clone(), local.clone(), background.clone());
         // The in-process tier first hears of each snapshot from the end of its topic (D24).
@@ -239,4 +241,16 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Every series the dashboard and the alerts read exists from start-up, at zero until
+/// something happens: each component declares its own.
+fn declare_metrics() {
+    crate::app::ingest::declare_metrics();
+    crate::app::clients::declare_metrics();
+    crate::app::auth::declare_metrics();
+    crate::app::recovery::declare_metrics();
+    crate::app::health::declare_metrics();
+    socketio::declare_metrics();
+    http::declare_metrics();
 }

@@ -47,6 +47,10 @@ pub struct Rejection {
     pub reason: &'static str,
 }
 
+/// The reasons any stream's record can be rejected for, whatever its schema (each stream's
+/// validation adds its own).
+pub const COMMON_REJECTIONS: [&str; 3] = ["tombstone", "invalid_json", "not_an_object"];
+
 /// Validates the value of a record read from `topic` and says what it causes.
 ///
 /// # Errors

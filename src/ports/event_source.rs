@@ -17,14 +17,8 @@ pub struct Record {
     pub key: Option<Bytes>,
     /// `None` for a tombstone (null value).
     pub value: Option<Bytes>,
-}
-
-/// A record read back from the end of a topic, with the time it was produced when the adapter
-/// knows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TailRecord {
-    pub record: Record,
-    pub produced_at: Option<SystemTime>,
+    /// When the record was produced (its Kafka timestamp), when the adapter knows it.
+    pub timestamp: Option<SystemTime>,
 }
 
 /// Tells a usable record from one to read past, for [`EventSource::last_accepted`].
@@ -145,7 +139,7 @@ pub trait EventSource: Send + Sync {
         &self,
         topic: &str,
         accept: Accept<'_>,
-    ) -> Result<Option<TailRecord>, EventSourceError>;
+    ) -> Result<Option<Record>, EventSourceError>;
 
     /// The lag (records not yet read) per topic partition for the given positions, when the
     /// adapter can tell. Used for metrics only; the default knows nothing.

@@ -50,6 +50,15 @@ pub enum AuthRefusal {
 }
 
 impl AuthRefusal {
+    pub const ALL: [Self; 6] = [
+        Self::Missing,
+        Self::Malformed,
+        Self::Signature,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::Claims,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Self::Missing => "missing",

@@ -111,6 +111,7 @@ fn record(topic: &str, value: &Value) -> Record {
         offset: 0,
         key: Some("socket-1".into()),
         value: Some(value.to_string().into()),
+        timestamp: None,
     }
 }
 

@@ -1,10 +1,28 @@
 //! Logging: JSON lines in production, readable lines on a terminal; level from the
-//! configuration unless `RUST_LOG` is set.
+//! configuration unless `RUST_LOG` is set. Warnings of the libraries (rskafka's "Failed to
+//! connect to broker", a dozen a second during an outage) are throttled like the gateway's
+//! own: a few per call site, then one summary line per period that counts what was held back.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::EnvFilter;
+use tracing::callsite::Identifier;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use super::metrics::LOG_LINES_HELD_BACK;
+use super::throttle::LogThrottle;
+
+/// Library warnings shown per call site at once, then one per [`LIBRARY_PERIOD`].
+pub const LIBRARY_BURST: u32 = 5;
+/// How often a library's held-back warnings are summed up in one line.
+pub const LIBRARY_PERIOD: Duration = Duration::from_secs(10);
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
@@ -22,18 +40,131 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let _ = if json {
-        builder
+    let library = LibraryWarnings::new(LIBRARY_BURST, LIBRARY_PERIOD);
+    let lines = tracing_subscriber::fmt::layer().with_target(true);
+    let lines = if json {
+        lines
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init()
+            .boxed()
     } else {
-        builder.compact().try_init()
+        lines.compact().boxed()
     };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines.with_filter(library.clone()))
+        .try_init();
+    if installed.is_ok() {
+        let _ = std::thread::Builder::new()
+            .name("log-summary".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(LIBRARY_PERIOD);
+                    library.summarize();
+                }
+            });
+    }
+}
+
+/// A filter for the log lines: a library's warnings and errors pass a few per call site
+/// ([`LogThrottle`]); the others are counted (`flux_log_lines_held_back_total{library}`) and
+/// summed up by [`LibraryWarnings::summarize`]. The gateway's own lines always pass (they are
+/// throttled where they are written, with their count).
+#[derive(Clone)]
+pub struct LibraryWarnings {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    throttle: LogThrottle<Identifier>,
+    /// Per library: lines held back since the last summary, and the last one's message.
+    held: Mutex<HashMap<String, (u64, String)>>, // std Mutex: never held across an .await
+}
+
+impl LibraryWarnings {
+    /// `burst` lines per call site at once, then one per `period`.
+    pub fn new(burst: u32, period: Duration) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                throttle: LogThrottle::new(burst, period),
+                held: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Logs one line per library whose warnings were held back since the last call: how many,
+    /// and the last one's message.
+    pub fn summarize(&self) {
+        let held = std::mem::take(&mut *self.lock());
+        for (library, (held_back, last)) in held {
+            tracing::warn!(
+                %library,
+                held_back,
+                last = %last,
+                period = ?LIBRARY_PERIOD,
+                "library warnings held back (like the last one shown)"
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, String)>> {
+        self.shared.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn throttled(metadata: &Metadata<'_>) -> bool {
+        *metadata.level() <= Level::WARN && !metadata.target().starts_with("flux_bff")
+    }
+}
+
+impl<S: Subscriber> Filter<S> for LibraryWarnings {
+    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if Self::throttled(metadata) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
+        let metadata = event.metadata();
+        if !Self::throttled(metadata) || self.shared.throttle.admit(&metadata.callsite()).is_some()
+        {
+            return true;
+        }
+        let library = metadata
+            .target()
+            .split("::")
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let mut message = MessageOf(String::new());
+        event.record(&mut message);
+        metrics::counter!(LOG_LINES_HELD_BACK, "library" => library.clone()).increment(1);
+        let mut held = self.lock();
+        let entry = held.entry(library).or_default();
+        entry.0 += 1;
+        entry.1 = message.0;
+        false
+    }
+}
+
+/// The `message` field of an event.
+struct MessageOf(String);
+
+impl Visit for MessageOf {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -59,5 +190,60 @@ impl Default for LogSettings {
             level: "info".into(),
             format: LogFormat::Auto,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flood_of_library_warnings_shows_a_burst_then_one_counted_summary() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let library = LibraryWarnings::new(3, Duration::from_secs(3600));
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_filter(library.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for attempt in 0..100 {
+                tracing::warn!(target: "rskafka::client", attempt, "Failed to connect to broker");
+            }
+            // The gateway's own lines are never held back here.
+            for _ in 0..10 {
+                tracing::warn!(target: "flux_bff::app::ingest", "consumer lost the broker");
+            }
+            library.summarize();
+            library.summarize(); // nothing held back since: no line
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(count("Failed to connect to broker"), 3 + 1, "{text}"); // + the summary's `last`
+        assert_eq!(count("consumer lost the broker"), 10);
+        let summary: Vec<&str> = text.lines().filter(|l| l.contains("held back")).collect();
+        assert_eq!(summary.len(), 1, "{text}");
+        assert!(
+            summary[0].contains("held_back=97") && summary[0].contains("library=rskafka"),
+            "{}",
+            summary[0]
+        );
     }
 }

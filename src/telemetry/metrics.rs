@@ -4,9 +4,11 @@
 //! Counters, gauges and histograms are recorded with the `metrics` macros where things
 //! happen, always under a name from here: this file is the list an operator reads.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
 pub const SOCKET_DISCONNECTS: &str = "flux_socket_disconnects_total";
@@ -58,25 +60,77 @@ pub const CACHE_UP: &str = "flux_cache_up";
 pub const SIM_COMMANDS: &str = "flux_sim_commands_total";
 pub const SIM_EVENTS_PUBLISHED: &str = "flux_sim_events_published_total";
 pub const SIM_PUBLISH_FAILURES: &str = "flux_sim_publish_failures_total";
+pub const READY: &str = "flux_ready";
+pub const EVENT_AGE: &str = "flux_event_age_seconds";
+pub const LAST_RECORD_TIMESTAMP: &str = "flux_kafka_last_record_timestamp_seconds";
+pub const SOCKET_MESSAGES_SENT: &str = "flux_socket_messages_sent_total";
+pub const SOCKET_BYTES_SENT: &str = "flux_socket_bytes_sent_total";
+pub const LOG_LINES_HELD_BACK: &str = "flux_log_lines_held_back_total";
+
+/// The buckets of [`EVENT_AGE`], in seconds: from a millisecond (the in-process path) to the
+/// two minutes of the recovery window, close together around the 1 s SLO.
+pub const EVENT_AGE_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 15.0, 60.0, 120.0,
+];
+
+/// How often histogram samples are folded into their buckets (bounds their memory between
+/// scrapes).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+type Collector = Box<dyn Fn() + Send + Sync>;
+
+/// Run before each render: they read values kept elsewhere (the process, the engine).
+static COLLECTORS: Mutex<Vec<Collector>> = Mutex::new(Vec::new()); // never held across an .await
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide exporter handle; installs the recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(EVENT_AGE.to_owned()), &EVENT_AGE_BUCKETS)
+            .expect("the event age buckets are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (tests in one process): then this handle
         // renders nothing useful, which only matters for those tests.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        let process = metrics_process::Collector::default();
+        process.describe();
+        add_collector(move || process.collect());
         handle
     })
 }
 
+/// Runs `collect` before each render, to record values that are kept elsewhere.
+pub fn add_collector(collect: impl Fn() + Send + Sync + 'static) {
+    lock_collectors().push(Box::new(collect));
+}
+
+fn lock_collectors() -> std::sync::MutexGuard<'static, Vec<Collector>> {
+    COLLECTORS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The current metrics in the Prometheus text format.
 pub fn render() -> String {
-    handle().render()
+    let handle = handle();
+    for collect in lock_collectors().iter() {
+        collect();
+    }
+    handle.render()
+}
+
+/// Folds histogram samples into their buckets every few seconds until `stop`, so that their
+/// memory stays bounded however rarely `/metrics` is scraped.
+pub async fn run_upkeep(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => handle().run_upkeep(),
+        }
+    }
 }
 
 fn describe() {
@@ -229,5 +283,32 @@ fn describe() {
     describe_counter!(
         SIM_PUBLISH_FAILURES,
         "Events the built-in simulator could not publish, by stream."
+    );
+    describe_gauge!(
+        READY,
+        "1 while /readyz answers 200 (consumers and producer run, no shutdown under way)."
+    );
+    describe_histogram!(
+        EVENT_AGE,
+        metrics::Unit::Seconds,
+        "Time from a record's Kafka timestamp to its emit to the sockets of its room, by stream: the staleness a user sees."
+    );
+    describe_gauge!(
+        LAST_RECORD_TIMESTAMP,
+        metrics::Unit::Seconds,
+        "Unix time of the newest record read, by event topic (time() minus it: how long the topic has been silent)."
+    );
+    describe_counter!(
+        LOG_LINES_HELD_BACK,
+        "Library warnings not written to the log (summed up in one line per period), by library."
+    );
+    describe_counter!(
+        SOCKET_MESSAGES_SENT,
+        "Messages written to client WebSockets (deliveries, replies, pings)."
+    );
+    describe_counter!(
+        SOCKET_BYTES_SENT,
+        metrics::Unit::Bytes,
+        "Payload bytes of the messages written to client WebSockets."
     );
 }

@@ -470,3 +470,92 @@ async fn a_broker_restart_that_keeps_its_data_loses_and_repeats_nothing() {
             .collect::<Vec<_>>()
     );
 }
+
+/// The binaries a test runs: `FLUX_BFF_BIN` and `FLUX_SIM_BIN` when set (to measure another
+/// build with the same test), else this build's.
+fn binary(variable: &str, built: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| built.to_owned())
+}
+
+/// What an operator reads during a broker outage (issue 18): a 30 s outage under the gateway
+/// and the simulator costs a few dozen log lines, not a dozen a second: the Kafka library's
+/// connection warnings are shown a few times per call site, then summed up in one counted line
+/// per period; the gateway's own are throttled where they are written.
+#[tokio::test]
+async fn a_thirty_second_broker_outage_is_told_in_a_few_dozen_log_lines() {
+    // Arrange: the gateway and flux-sim on a broker, JSON logs in files.
+    let mut broker = KafkaBroker::start().await;
+    let dir = std::env::temp_dir().join(format!("flux-outage-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+    let port = crate::support::kafka_broker::free_port();
+    let kafka = format!("[\"{}\"]", broker.bootstrap());
+    let mut gateway = Command::new(binary("FLUX_BFF_BIN", env!("CARGO_BIN_EXE_flux-bff")))
+        .env_clear()
+        .env("FLUX_KAFKA__BROKERS", &kafka)
+        .env("FLUX_HTTP__HOST", "127.0.0.1")
+        .env("FLUX_HTTP__PORT", port.to_string())
+        .env("FLUX_LOG__FORMAT", "json")
+        .stdout(log("gateway.log"))
+        .stderr(log("gateway.err"))
+        .spawn()
+        .unwrap();
+    let mut sim = Command::new(binary("FLUX_SIM_BIN", env!("CARGO_BIN_EXE_flux-sim")))
+        .env_clear()
+        .env("FLUX_KAFKA__BROKERS", &kafka)
+        .env("FLUX_LOG__FORMAT", "json")
+        .stdout(log("sim.log"))
+        .stderr(log("sim.err"))
+        .spawn()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let wait_ready = async || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "the gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_ready().await;
+    let lines = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let files = ["gateway.log", "gateway.err", "sim.log", "sim.err"];
+    let before: usize = files.iter().map(|f| lines(f)).sum();
+
+    // Act: 30 s without a broker.
+    broker.stop(false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during: Vec<usize> = files.iter().map(|f| lines(f)).collect();
+    broker.restart().await;
+    wait_ready().await;
+
+    // Assert
+    for child in [&mut gateway, &mut sim] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    let logs: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect();
+    let outage = during.iter().sum::<usize>() - before;
+    eprintln!("log lines during a 30 s outage: {outage} (gateway and flux-sim: {during:?})");
+    assert!(
+        outage <= 50,
+        "{outage} log lines in a 30 s outage (at most 50 expected):\n{logs}"
+    );
+    assert!(
+        logs.contains("library warnings held back"),
+        "the held-back library warnings are summed up:\n{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -181,7 +181,9 @@ pub fn record_timestamp_now() -> DateTime<Utc> {
 
 #[async_trait]
 impl CommandSink for KafkaCommandSink {
-    #[tracing::instrument(skip_all, fields(topic = %command.topic, key = ?command.key), err(Display))]
+    // No `err(Display)`: the caller logs a failure with its context, throttled; an error
+    // event here would repeat each one unthrottled (a dozen a second in an outage).
+    #[tracing::instrument(skip_all, fields(topic = %command.topic, key = ?command.key))]
     async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
         let _in_flight = InFlight::start(&self.inner.in_flight);
         let settings = self.inner.client.settings();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,9 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now, topics};
-use crate::ports::{
-    Accept, EventSource, EventSourceError, Positions, Record, RecordStream, TailRecord,
-};
+use crate::ports::{Accept, EventSource, EventSourceError, Positions, Record, RecordStream};
 use crate::telemetry::metrics::{KAFKA_FETCH_ERRORS, KAFKA_OFFSET_RESETS};
 
 /// Records buffered between the fetch loops and the consumer of the stream.
@@ -160,7 +158,9 @@ impl KafkaEventSource {
 
 #[async_trait]
 impl EventSource for KafkaEventSource {
-    #[tracing::instrument(skip_all, fields(topics = ?topics), err(Display))]
+    // No `err(Display)`: the caller logs a failure with its context, throttled; an error
+    // event here would repeat each one unthrottled (a dozen a second in an outage).
+    #[tracing::instrument(skip_all, fields(topics = ?topics))]
     async fn subscribe(
         &self,
         topics: &[&str],
@@ -220,12 +220,14 @@ impl EventSource for KafkaEventSource {
 
     /// Reads each partition backwards from its end ([`partition_tail`]); of the partitions'
     /// newest accepted records, the one with the latest record timestamp wins.
-    #[tracing::instrument(skip_all, fields(topic), err(Display))]
+    // No `err(Display)`: the caller logs a failure with its context, throttled; an error
+    // event here would repeat each one unthrottled (a dozen a second in an outage).
+    #[tracing::instrument(skip_all, fields(topic))]
     async fn last_accepted(
         &self,
         topic: &str,
         accept: Accept<'_>,
-    ) -> Result<Option<TailRecord>, EventSourceError> {
+    ) -> Result<Option<Record>, EventSourceError> {
         let counts = self
             .client
             .partition_counts()
@@ -234,19 +236,19 @@ impl EventSource for KafkaEventSource {
         let Some(&count) = counts.get(topic) else {
             return Ok(None);
         };
-        let mut newest: Option<(DateTime<Utc>, TailRecord)> = None;
+        let mut newest: Option<(DateTime<Utc>, Record)> = None;
         for partition in 0..count {
             let client = self.open(topic, partition).await?;
             let found = partition_tail(&client, self.client.settings(), accept)
                 .await
                 .map_err(|e| to_source_error(topic, partition, &e))?;
-            if let Some((at, tail)) = found
+            if let Some((at, record)) = found
                 && newest.as_ref().is_none_or(|(seen, _)| at >= *seen)
             {
-                newest = Some((at, tail));
+                newest = Some((at, record));
             }
         }
-        Ok(newest.map(|(_, tail)| tail))
+        Ok(newest.map(|(_, record)| record))
     }
 
     /// From the high watermarks of the latest fetches of this source's subscriptions.
@@ -283,7 +285,7 @@ async fn partition_tail(
     client: &PartitionClient,
     settings: &super::KafkaSettings,
     accept: Accept<'_>,
-) -> Result<Option<(DateTime<Utc>, TailRecord)>, RsError> {
+) -> Result<Option<(DateTime<Utc>, Record)>, RsError> {
     let limit = settings.request_timeout * 2;
     let end = latest(client, limit).await?;
     let start = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
@@ -331,13 +333,7 @@ async fn partition_tail(
             let at = r.record.timestamp;
             let record = port_record(&topic, partition, r);
             if accept(&record) {
-                let tail = TailRecord {
-                    record,
-                    produced_at: u64::try_from(at.timestamp_millis())
-                        .ok()
-                        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
-                };
-                return Ok(Some((at, tail)));
+                return Ok(Some((at, record)));
             }
         }
         upper = lower;
@@ -583,7 +579,15 @@ fn port_record(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Record {
         offset: r.offset,
         key: r.record.key.map(Bytes::from),
         value: r.record.value.map(Bytes::from),
+        timestamp: record_time(r.record.timestamp),
     }
+}
+
+/// A record timestamp as a time, `None` for the "no timestamp" of old producers (-1).
+fn record_time(at: DateTime<Utc>) -> Option<SystemTime> {
+    u64::try_from(at.timestamp_millis())
+        .ok()
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsError) {

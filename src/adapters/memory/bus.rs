@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::domain::Command;
 use crate::ports::{
     Accept, CommandSink, CommandSinkError, EventPublisher, EventSource, EventSourceError,
-    Positions, Record, RecordStream, TailRecord,
+    Positions, Record, RecordStream,
 };
 
 /// Records kept per partition; older ones are dropped (like Kafka retention), offsets go on.
@@ -44,8 +44,6 @@ struct Partition {
     base: i64,
     records: std::collections::VecDeque<Record>,
     headers: std::collections::VecDeque<Option<uuid::Uuid>>,
-    /// When each record was appended (Kafka's record timestamp).
-    produced: std::collections::VecDeque<std::time::SystemTime>,
 }
 
 impl Partition {
@@ -166,13 +164,13 @@ impl MemoryBus {
             offset,
             key,
             value,
+            // When it was appended, as Kafka's record timestamp.
+            timestamp: Some(std::time::SystemTime::now()),
         });
         part.headers.push_back(idem);
-        part.produced.push_back(std::time::SystemTime::now());
         if part.records.len() > RETENTION {
             part.records.pop_front();
             part.headers.pop_front();
-            part.produced.pop_front();
             part.base += 1;
         }
         self.bump(&mut st);
@@ -266,7 +264,10 @@ impl EventSource for MemoryBus {
         let st = self.lock();
         for topic in topics {
             for (i, part) in st.topics.get(*topic).into_iter().flatten().enumerate() {
-                let newer = part.produced.iter().position(|at| *at >= since);
+                let newer = part
+                    .records
+                    .iter()
+                    .position(|r| r.timestamp.is_some_and(|at| at >= since));
                 if let Some(n) = newer {
                     positions.set(topic, i as i32, part.base + n as i64);
                 }
@@ -279,7 +280,7 @@ impl EventSource for MemoryBus {
         &self,
         topic: &str,
         accept: Accept<'_>,
-    ) -> Result<Option<TailRecord>, EventSourceError> {
+    ) -> Result<Option<Record>, EventSourceError> {
         let st = self.lock();
         if !st.available {
             return Err(EventSourceError::Unavailable(
@@ -291,18 +292,9 @@ impl EventSource for MemoryBus {
         };
         let newest = parts
             .iter()
-            .filter_map(|part| {
-                part.records
-                    .iter()
-                    .zip(&part.produced)
-                    .rev()
-                    .find(|(record, _)| accept(record))
-            })
-            .max_by_key(|(record, at)| (**at, record.partition));
-        Ok(newest.map(|(record, at)| TailRecord {
-            record: record.clone(),
-            produced_at: Some(*at),
-        }))
+            .filter_map(|part| part.records.iter().rev().find(|record| accept(record)))
+            .max_by_key(|record| (record.timestamp, record.partition));
+        Ok(newest.cloned())
     }
 
     async fn lag(&self, positions: &Positions) -> Vec<(String, i32, i64)> {

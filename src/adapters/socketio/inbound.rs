@@ -203,11 +203,11 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
     session_init(&s, &session);
     resume(&s, &session).await;
     if event.len() > session.max_event_name {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "event_name_too_long").increment(1);
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => DROP_REASONS[0]).increment(1);
         return;
     }
     if session.limiter.check().is_err() {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "rate_limited").increment(1);
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => DROP_REASONS[1]).increment(1);
         return;
     }
     let who = &session.who;
@@ -221,19 +221,34 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
         metrics::counter!(CLIENT_EVENTS, "event" => REQ_USER_ID).increment(1);
         requests.user_id(who).await;
     } else {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => "unknown_event").increment(1);
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => DROP_REASONS[2]).increment(1);
     }
 }
 
+/// Every `reason` label of `flux_socket_disconnects_total`.
+pub(super) const DISCONNECT_REASONS: [&str; 8] = [
+    "transport_close",
+    "multiple_polling",
+    "packet_parsing_error",
+    "transport_error",
+    "heartbeat_timeout",
+    "client_disconnect",
+    "server_disconnect",
+    "closing_server",
+];
+
+/// Every `reason` label of `flux_client_events_dropped_total`.
+pub(super) const DROP_REASONS: [&str; 3] = ["event_name_too_long", "rate_limited", "unknown_event"];
+
 fn reason_label(reason: DisconnectReason) -> &'static str {
     match reason {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "packet_parsing_error",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "closing_server",
+        DisconnectReason::TransportClose => DISCONNECT_REASONS[0],
+        DisconnectReason::MultipleHttpPollingError => DISCONNECT_REASONS[1],
+        DisconnectReason::PacketParsingError => DISCONNECT_REASONS[2],
+        DisconnectReason::TransportError => DISCONNECT_REASONS[3],
+        DisconnectReason::HeartbeatTimeout => DISCONNECT_REASONS[4],
+        DisconnectReason::ClientNSDisconnect => DISCONNECT_REASONS[5],
+        DisconnectReason::ServerNSDisconnect => DISCONNECT_REASONS[6],
+        DisconnectReason::ClosingServer => DISCONNECT_REASONS[7],
     }
 }

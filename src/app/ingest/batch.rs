@@ -2,9 +2,14 @@
 //! conflated when the consumer is behind), journaled for recovery, snapshots handed to the
 //! background writer.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::domain::{self, topics};
 use crate::ports::{EmitOptions, FanoutError, Record};
-use crate::telemetry::metrics::{DELIVERIES, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED};
+use crate::telemetry::metrics::{
+    DELIVERIES, EVENT_AGE, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED,
+    LAST_RECORD_TIMESTAMP,
+};
 
 use super::super::recovery::{Recovery, now_ms};
 use super::Ingestor;
@@ -99,10 +104,16 @@ impl Ingestor {
                 }
                 metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
             }
+            // The staleness a user sees: from the record's production to its emit.
+            if let Some(at) = record.timestamp {
+                let age = SystemTime::now().duration_since(at).unwrap_or_default();
+                metrics::histogram!(EVENT_AGE, "stream" => stream).record(age.as_secs_f64());
+            }
             if let Some(write) = delivery.snapshot {
                 self.snapshots.submit(write);
             }
         }
+        export_last_record_times(records);
         if let Some(journal) = journal.as_deref_mut() {
             for record in records {
                 if let Some(t) = topics::event_topic_index(&record.topic) {
@@ -112,5 +123,27 @@ impl Ingestor {
             journal.evict(now);
             Recovery::export(journal);
         }
+    }
+}
+
+/// `flux_kafka_last_record_timestamp_seconds{topic}`: the newest record time of each topic of
+/// the batch (once per topic, not per record).
+fn export_last_record_times(records: &[Record]) {
+    let mut newest: Vec<(&str, SystemTime)> = Vec::new();
+    for record in records {
+        let Some(at) = record.timestamp else {
+            continue;
+        };
+        match newest.iter_mut().find(|(t, _)| *t == &*record.topic) {
+            Some((_, seen)) => *seen = (*seen).max(at),
+            None => newest.push((&record.topic, at)),
+        }
+    }
+    for (topic, at) in newest {
+        let seconds = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics::gauge!(LAST_RECORD_TIMESTAMP, "topic" => topic.to_owned()).set(seconds);
     }
 }

@@ -40,6 +40,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    pub const ALL: [Self; 4] = [Self::Expired, Self::TooOld, Self::Ahead, Self::OverBudget];
+
     /// A short, stable label for metrics.
     pub fn label(self) -> &'static str {
         match self {

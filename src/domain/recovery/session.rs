@@ -30,6 +30,8 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    pub const ALL: [Self; 3] = [Self::Malformed, Self::BadSignature, Self::Expired];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Malformed => "malformed_token",

@@ -147,17 +147,17 @@ pub async fn tail_contract(source: &dyn EventSource, sink: &dyn CommandSink, top
     }
     let found = source.last_accepted(topic, &good).await.expect("read");
     let found = found.expect("a good record");
-    assert_eq!(found.record.value.as_deref(), Some(&b"good-2"[..]));
-    assert_eq!(found.record.partition, 2);
+    assert_eq!(found.value.as_deref(), Some(&b"good-2"[..]));
+    assert_eq!(found.partition, 2);
     // Partition 0, produced last: it wins over the higher partition.
     tokio::time::sleep(Duration::from_millis(20)).await;
     sink.send(put(&low, "good-0")).await.expect("send");
     sink.send(put(&low, "bad-last")).await.expect("send");
     let found = source.last_accepted(topic, &good).await.expect("read");
     let found = found.expect("a good record");
-    assert_eq!(found.record.value.as_deref(), Some(&b"good-0"[..]));
-    assert_eq!(found.record.partition, 0);
-    assert!(found.produced_at.is_some());
+    assert_eq!(found.value.as_deref(), Some(&b"good-0"[..]));
+    assert_eq!(found.partition, 0);
+    assert!(found.timestamp.is_some());
     // Nothing accepted: the whole log is read back, nothing is found.
     let none = |_: &Record| false;
     assert_eq!(

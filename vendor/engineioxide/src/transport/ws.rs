@@ -350,18 +350,27 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             },
         };
         let mut batch = Some(first);
+        let (mut messages, mut bytes) = (0u64, 0u64);
         while let Some(packets) = batch.take() {
             for packet in packets {
                 let Some(msg) = ws_message(socket.protocol, packet) else {
                     continue;
                 };
-                if let Err(_e) = tx.feed(msg).await {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+                let len = msg.len() as u64;
+                match tx.feed(msg).await {
+                    Ok(()) => {
+                        messages += 1;
+                        bytes += len;
+                    }
+                    Err(_e) => {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+                    }
                 }
             }
             batch = buffered_rx.try_recv().ok();
         }
+        crate::stats::add_ws_sent(messages, bytes);
 
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");

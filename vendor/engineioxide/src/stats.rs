@@ -1,0 +1,25 @@
+//! flux-bff patch: what the WebSocket writers wrote, process-wide, for the gateway's metrics
+//! (`flux_socket_messages_sent_total`, `flux_socket_bytes_sent_total`). Relaxed atomics,
+//! added once per written batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static MESSAGES: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Messages written to WebSocket connections since the process started.
+pub fn ws_messages_sent() -> u64 {
+    MESSAGES.load(Ordering::Relaxed)
+}
+
+/// Payload bytes of those messages (frame headers not included).
+pub fn ws_bytes_sent() -> u64 {
+    BYTES.load(Ordering::Relaxed)
+}
+
+pub(crate) fn add_ws_sent(messages: u64, bytes: u64) {
+    if messages > 0 {
+        MESSAGES.fetch_add(messages, Ordering::Relaxed);
+        BYTES.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
