@@ -102,8 +102,12 @@ async function waitTargetsUp(count, timeout = 20_000) {
   }
 }
 
-/** Grafana's regex for "All" of a multi-value variable: the alternation of its values. */
-const allRegex = (values) => `(${values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|")})`;
+/**
+ * Grafana's regex for "All" of a multi-value variable: the alternation of its values, regex
+ * characters escaped for a PromQL string (a backslash in PromQL's double quotes is doubled:
+ * 127.0.0.1 becomes 127\\.0\\.0\\.1 in the query text).
+ */
+const allRegex = (values) => `(${values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\\\$&")).join("|")})`;
 
 describe("dashboard and alert rules on a real Prometheus", { timeout: 300_000 }, () => {
   before(async () => {
