@@ -63,7 +63,16 @@ if [ -z "${FLUX_HELM:-}" ]; then
       fail "Helm $HELM_VERSION is built with Go (1.25 or newer), which is missing: install Go, or set FLUX_HELM to a helm binary"
     step "building Helm $HELM_VERSION from the Go module proxy into $cache/bin (a few minutes once, then cached)"
     mkdir -p "$cache/bin"
-    GOBIN="$cache/bin" GOFLAGS="${GOFLAGS:-} -buildvcs=false" nice -n 10 go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+    GOBIN="$cache/bin" nice -n 10 go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" &
+    build=$!
+    started=$SECONDS
+    while kill -0 "$build" 2>/dev/null; do
+      sleep 5
+      if kill -0 "$build" 2>/dev/null && [ $(((SECONDS - started) % 30)) -lt 5 ]; then
+        echo "  still building Helm ($((SECONDS - started)) s)"
+      fi
+    done
+    wait "$build" || fail "go install helm.sh/helm/v4/cmd/helm@$HELM_VERSION failed (the Go module proxy must be reachable; GOPROXY=$(go env GOPROXY))"
     have="$(built_version)"
     [ "$have" = "$HELM_VERSION" ] || fail "the helm built in $cache/bin is $have, expected $HELM_VERSION"
     echo "$HELM_VERSION" >"$cache/bin/.helm-version"
