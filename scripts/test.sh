@@ -2,9 +2,10 @@
 # Runs every check and test of flux-bff on a fresh machine, installing what the tests need:
 # redis-server (Debian package), Apache Kafka 4 (broker jars from Maven Central through
 # scripts/kafka.sh, cached in ~/.cache/flux-bff; java and mvn from Debian if missing),
-# chromium and the npm packages of tests/node. The integration tests start their own
-# redis-server and Kafka broker processes on free loopback ports and fail (never skip) when
-# they cannot.
+# chromium and the npm packages of tests/node, and for scripts/ops-check.sh Debian's
+# prometheus package and Helm (built from the Go module proxy, cached in ~/.cache/flux-bff).
+# The integration tests start their own redis-server, Kafka broker and Prometheus processes on
+# free loopback ports and fail (never skip) when they cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,6 +80,9 @@ CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
 
 step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
 bash scripts/node-tests.sh
+
+step "operator artefacts: Helm chart, alert rules, dashboard on a real Prometheus (scripts/ops-check.sh)"
+bash scripts/ops-check.sh
 
 step "benchmark smoke run (flux-loadgen; figures printed, not asserted)"
 BENCH_SMOKE_PROFILE=dev bash scripts/bench-smoke.sh

@@ -1,0 +1,57 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "flux-bff.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: the release name, with the chart name unless it already has it. */}}
+{{- define "flux-bff.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "flux-bff.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "flux-bff.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "flux-bff.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "flux-bff.labels" -}}
+helm.sh/chart: {{ include "flux-bff.chart" . }}
+{{ include "flux-bff.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "flux-bff.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "flux-bff.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The one Secret holding the recovery secret, shared by every replica. */}}
+{{- define "flux-bff.recoverySecretName" -}}
+{{- if .Values.recovery.secret.existingSecret }}
+{{- .Values.recovery.secret.existingSecret }}
+{{- else }}
+{{- printf "%s-recovery" (include "flux-bff.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds Kubernetes waits after SIGTERM is due: above the preStop sleep plus the gateway's own deadline. */}}
+{{- define "flux-bff.terminationGracePeriodSeconds" -}}
+{{- $l := .Values.lifecycle }}
+{{- add (int $l.preStopSleepSeconds) (int $l.shutdownDeadlineSeconds) (int $l.terminationMarginSeconds) }}
+{{- end }}
