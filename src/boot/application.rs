@@ -190,31 +190,40 @@ impl Application {
             subscribed.wait_for(|s| *s),
         );
         tokio::pin!(stop);
-        let started = tokio::select! {
-            r = startup => r.is_ok(),
+        // `stop` may fire before the consumers ever subscribe: then shut down at once (it is
+        // not awaited a second time: a finished future must not be polled again).
+        let stopped_early = tokio::select! {
+            r = startup => {
+                if r.is_err() {
+                    background.cancel();
+                    http_stop.cancel();
+                    let cause = last_error
+                        .borrow()
+                        .clone()
+                        .unwrap_or_else(|| "no answer".into());
+                    anyhow::bail!(
+                        "Kafka unreachable: no answer from {} within {:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE",
+                        ports.source_name,
+                        settings.lifecycle.startup_deadline
+                    );
+                }
+                false
+            }
             () = &mut stop => true,
         };
-        if !started {
-            background.cancel();
-            http_stop.cancel();
-            let cause = last_error
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| "no answer".into());
-            anyhow::bail!(
-                "Kafka unreachable: no answer from {} within {:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE",
-                ports.source_name,
-                settings.lifecycle.startup_deadline
-            );
-        }
-        tokio::spawn(socketio::export_room_sizes(io.clone(), background.clone()));
-        let refreshes = {
+        let refreshes = if stopped_early {
+            None
+        } else {
+            tokio::spawn(socketio::export_room_sizes(io.clone(), background.clone()));
             let (service, stop) = (service.clone(), background.clone());
             let max_backoff = settings.lifecycle.max_backoff;
-            tokio::spawn(async move { service.send_startup_refreshes(stop, max_backoff).await })
+            Some(tokio::spawn(async move {
+                service.send_startup_refreshes(stop, max_backoff).await
+            }))
         };
-
-        stop.await;
+        if !stopped_early {
+            stop.await;
+        }
         tracing::info!("shutting down");
         let deadline = settings.lifecycle.shutdown_deadline;
         let graceful = async {
@@ -226,7 +235,9 @@ impl Application {
             let _ = consumers.await;
             io.close().await; // disconnect every client
             background.cancel(); // stop refreshes, the fan-out's tasks and the snapshot writer
-            let _ = refreshes.await;
+            if let Some(refreshes) = refreshes {
+                let _ = refreshes.await;
+            }
             if let Err(e) = ports.sink.flush().await {
                 tracing::warn!(error = %e, "commands may be lost: producer flush failed");
             }

@@ -364,3 +364,35 @@ async fn sigterm_while_tickers_stream_never_panics() {
         assert_eq!(exit.code(), Some(0), "run {run}:\n{logs}");
     }
 }
+
+/// SIGTERM before the event consumers ever subscribed (Kafka down at start-up; found by the
+/// chaos soak, issue 19): exit 0 at once, no panic (the stop signal was awaited twice).
+#[tokio::test]
+async fn sigterm_before_the_consumers_subscribe_exits_0_without_a_panic() {
+    let port = free_port();
+    let nobody = format!("[\"127.0.0.1:{}\"]", free_port());
+    let mut child = gateway(port)
+        .env("FLUX_KAFKA__BROKERS", nobody)
+        .spawn()
+        .unwrap();
+    wait_healthy(port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (exit, logs) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut logs = String::new();
+        let _ = stdout.read_to_string(&mut logs);
+        let _ = stderr.read_to_string(&mut logs);
+        (child.wait().unwrap(), logs)
+    })
+    .await
+    .unwrap();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert_eq!(exit.code(), Some(0), "{logs}");
+}
