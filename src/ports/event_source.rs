@@ -85,8 +85,11 @@ pub trait EventSource: Send + Sync {
     /// - For a partition listed in `from`, reading MUST start at that offset (the next one to
     ///   read), so that nothing produced while the caller was disconnected is skipped and
     ///   nothing already handled is delivered again.
-    /// - Any other partition that exists when subscribing MUST start at its latest offset (only
-    ///   records produced after the call are delivered).
+    /// - A partition of a topic that `from` names (a resumed subscription) but that `from` does
+    ///   not list appeared since the caller last read that topic: it MUST be read from its
+    ///   beginning, or what was produced to it before this call would be lost.
+    /// - Any other partition that exists when subscribing (a topic `from` does not name) MUST
+    ///   start at its latest offset (only records produced after the call are delivered).
     /// - A partition that appears later MUST be read from its beginning.
     /// - Records of one partition MUST be delivered in offset order.
     ///

@@ -113,7 +113,9 @@ impl KafkaEventSource {
             .map_err(to_port_error)
     }
 
-    /// Opens every partition of `topics`, each at its position in `from`, else at its log end.
+    /// Opens every partition of `topics`, each at its position in `from`; a partition `from`
+    /// does not list starts at its log start when `from` names its topic (it appeared since
+    /// the caller last read it), else at its log end.
     async fn open_all(
         &self,
         topics: &[&str],
@@ -135,15 +137,20 @@ impl KafkaEventSource {
                 .get(*topic)
                 .ok_or_else(|| EventSourceError::UnknownTopic((*topic).to_owned()))?;
             known.insert((*topic).to_owned(), count);
-            wanted.extend((0..count).map(|p| (*topic, p, from.get(topic, p))));
+            let resumed = from.iter().any(|(t, _, _)| t == *topic);
+            wanted.extend((0..count).map(|p| (*topic, p, from.get(topic, p), resumed)));
         }
         let settings = self.client.settings();
         let opened = futures::future::try_join_all(wanted.into_iter().map(
-            |(topic, partition, from)| async move {
+            |(topic, partition, from, resumed)| async move {
                 let client = self.open(topic, partition).await?;
+                let limit = settings.request_timeout * 2;
                 let offset = match from {
                     Some(offset) => offset,
-                    None => latest(&client, settings.request_timeout * 2)
+                    None if resumed => bounded(limit, client.get_offset(OffsetAt::Earliest))
+                        .await
+                        .map_err(|e| to_source_error(topic, partition, &e))?,
+                    None => latest(&client, limit)
                         .await
                         .map_err(|e| to_source_error(topic, partition, &e))?,
                 };

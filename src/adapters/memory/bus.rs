@@ -224,9 +224,11 @@ impl EventSource for MemoryBus {
                 if parts.is_empty() {
                     parts.push(Partition::default());
                 }
+                // A partition of a resumed topic that `from` does not list appeared since.
+                let resumed = from.iter().any(|(t, _, _)| t == *topic);
                 for (i, p) in parts.iter().enumerate() {
                     if positions.get(topic, i as i32).is_none() {
-                        positions.set(topic, i as i32, p.end());
+                        positions.set(topic, i as i32, if resumed { p.base } else { p.end() });
                     }
                 }
             }
