@@ -274,6 +274,7 @@ impl Ingestor {
                 }
                 None => live,
             };
+            self.mark_caught_up(); // at once when there is nothing to read back
         }
         self.source
             .subscribe(&topics::EVENT_TOPICS, positions)
@@ -565,6 +566,10 @@ mod tests {
             .clone()
             .expect("a room event carries its offset");
         assert_eq!(recovery.journal().await.len(), 4);
+        assert!(
+            recovery.is_caught_up(),
+            "the window was read back: replays may start"
+        );
         // A client whose last event was the first one read back gets the other three back;
         // one that has the live one, nothing.
         let journal = recovery.journal().await;

@@ -6,6 +6,7 @@
 //! in the replay or reaches the socket live through its room, never both and never neither.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -120,6 +121,9 @@ impl Serialize for Secret {
 
 pub struct Recovery {
     journal: Mutex<Journal>,
+    /// Set once the consumer reads live on every partition: until then the journal is still
+    /// being filled from the log read back at start-up, and a replay would miss the rest.
+    caught_up: AtomicBool,
     /// Where replays go.
     fanout: Arc<dyn ClientFanout>,
     secret: Vec<u8>,
@@ -196,11 +200,25 @@ impl Recovery {
     ) -> Self {
         Self {
             journal: Mutex::new(Journal::new(max_events, window.as_millis() as u64)),
+            caught_up: AtomicBool::new(false),
             fanout,
             secret,
             window,
             token_ttl,
             budget,
+        }
+    }
+
+    /// Whether the event consumer has read back its window and reads live on every partition:
+    /// the journal holds everything up to now, and recovered sessions may be replayed.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// See [`Recovery::is_caught_up`].
+    pub fn set_caught_up(&self) {
+        if !self.caught_up.swap(true, Ordering::Relaxed) {
+            tracing::debug!("recovery journal caught up with the log");
         }
     }
 
@@ -260,7 +278,9 @@ impl Recovery {
         }
     }
 
-    /// Whether a replay from `cut` would be accepted now, once this replica has read that far.
+    /// Whether a replay from `cut` would be accepted now, once this replica has read that far
+    /// and finished reading its window back (a replay before then would miss the rest of it:
+    /// those records are journaled, never emitted).
     async fn check(&self, cut: &Cut) -> Result<(), Refusal> {
         let deadline = tokio::time::Instant::now() + CATCH_UP;
         loop {
@@ -268,6 +288,7 @@ impl Recovery {
                 let journal = self.journal.lock().await;
                 match journal.check(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
                     Err(Refusal::Ahead) => {}
+                    Ok(()) if !self.caught_up.load(Ordering::Relaxed) => {}
                     other => return other,
                 }
             }
@@ -400,16 +421,18 @@ mod tests {
         recovery_on(window, Arc::new(RecordingFanout::default()))
     }
 
-    /// Recovery that replays through `fanout`.
+    /// Recovery that replays through `fanout`, its journal caught up with the log.
     fn recovery_on(window: Duration, fanout: Arc<RecordingFanout>) -> Recovery {
-        Recovery::new(
+        let r = Recovery::new(
             SECRET.to_vec(),
             window,
             Duration::from_secs(3600),
             100,
             1000,
             fanout,
-        )
+        );
+        r.set_caught_up();
+        r
     }
 
     /// Journals tickers `range` (offsets of partition 0 of the ticker topic, one record each)
@@ -549,5 +572,36 @@ mod tests {
         let admission = r.admit(Some(&handshake(&pid, &never[3])), "u1").await;
         assert!(admission.resume.is_none());
         assert!(started.elapsed() >= CATCH_UP);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_waits_for_the_window_read_back_and_is_refused_if_it_takes_too_long() {
+        // Found by the chaos soak (issue 19): a client recovering on a replica still reading
+        // its window back was replayed what was journaled so far, and missed the rest.
+        let fanout = Arc::new(RecordingFanout::default());
+        let r = Arc::new(Recovery::new(
+            SECRET.to_vec(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            100,
+            1000,
+            fanout,
+        ));
+        let offsets = ticks(&r, 0..10).await;
+        let pid = r.issue("u1");
+        // Not caught up within the 5 s: a normal connection.
+        let admission = r.admit(Some(&handshake(&pid, &offsets[3])), "u1").await;
+        assert!(admission.resume.is_none(), "refused while reading back");
+        // Caught up meanwhile: recovered.
+        let late = {
+            let r = r.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                r.set_caught_up();
+            })
+        };
+        let admission = r.admit(Some(&handshake(&pid, &offsets[3])), "u1").await;
+        assert!(admission.resume.is_some(), "recovered once caught up");
+        late.await.unwrap();
     }
 }

@@ -15,6 +15,16 @@ use super::super::recovery::{Recovery, now_ms};
 use super::Ingestor;
 
 impl Ingestor {
+    /// Tells recovery once the window read back at start-up is behind (D26).
+    pub(super) fn mark_caught_up(&self) {
+        if let Some(recovery) = &self.recovery
+            && !recovery.is_caught_up()
+            && self.read_back.is_done()
+        {
+            recovery.set_caught_up();
+        }
+    }
+
     /// Validates records read together and fans them out, in order; when the consumer is
     /// `behind`, a ticker superseded by a newer one of the batch is not emitted.
     /// Never fails: a bad record is counted and logged, and the others go on.
@@ -114,6 +124,7 @@ impl Ingestor {
             }
         }
         export_last_record_times(records);
+        self.mark_caught_up();
         if let Some(journal) = journal.as_deref_mut() {
             for record in records {
                 if let Some(t) = topics::event_topic_index(&record.topic) {

@@ -67,7 +67,15 @@ impl ReadBacks {
             return false;
         }
         range.next = record.offset + 1;
+        if range.next >= range.live {
+            read_back.remove(&key); // the next record of the partition is live
+        }
         true
+    }
+
+    /// Whether every partition reads live (nothing, or nothing more, to read back).
+    pub(super) fn is_done(&self) -> bool {
+        self.lock().is_empty()
     }
 
     #[cfg(test)]
