@@ -54,6 +54,27 @@ async fn wait_healthy(port: u16) {
     panic!("the gateway on port {port} never became healthy");
 }
 
+/// Sends SIGTERM to a gateway started with piped output; its exit status and everything it
+/// wrote, once it exited.
+async fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut logs = String::new();
+        let _ = stdout.read_to_string(&mut logs);
+        let _ = stderr.read_to_string(&mut logs);
+        (child.wait().unwrap(), logs)
+    })
+    .await
+    .unwrap()
+}
+
 /// The gateway's `/metrics` text.
 async fn metrics(port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
@@ -291,7 +312,7 @@ async fn sigterm_while_tickers_stream_never_panics() {
     for run in 0..SHUTDOWN_RUNS {
         // Arrange: the binary, a client in the ticker room, and a flood of tickers.
         let port = free_port();
-        let mut child = gateway(port)
+        let child = gateway(port)
             .env("FLUX_ADMIN__PUBLISH", "true")
             .spawn()
             .unwrap();
@@ -337,24 +358,9 @@ async fn sigterm_while_tickers_stream_never_panics() {
         // Act: stop it mid-stream; the client keeps reading.
         let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let (exit, logs) = terminate(child).await;
 
         // Assert
-        let mut stderr = child.stderr.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let (exit, logs) = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut logs = String::new();
-            let _ = stdout.read_to_string(&mut logs);
-            let _ = stderr.read_to_string(&mut logs);
-            (child.wait().unwrap(), logs)
-        })
-        .await
-        .unwrap();
         flood.abort();
         reader.abort();
         assert!(
@@ -371,28 +377,13 @@ async fn sigterm_while_tickers_stream_never_panics() {
 async fn sigterm_before_the_consumers_subscribe_exits_0_without_a_panic() {
     let port = free_port();
     let nobody = format!("[\"127.0.0.1:{}\"]", free_port());
-    let mut child = gateway(port)
+    let child = gateway(port)
         .env("FLUX_KAFKA__BROKERS", nobody)
         .spawn()
         .unwrap();
     wait_healthy(port).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut stderr = child.stderr.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (exit, logs) = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut logs = String::new();
-        let _ = stdout.read_to_string(&mut logs);
-        let _ = stderr.read_to_string(&mut logs);
-        (child.wait().unwrap(), logs)
-    })
-    .await
-    .unwrap();
+    let (exit, logs) = terminate(child).await;
     assert!(!logs.contains("panicked"), "{logs}");
     assert_eq!(exit.code(), Some(0), "{logs}");
 }

@@ -343,13 +343,29 @@ impl KafkaProcess {
     /// Runs `script` (default: [`find_kafka_script`]) on a free loopback port and waits (up to
     /// 90 s) until the broker says it started. Its output goes to `log`, else to a file in its
     /// temporary directory that is removed with it.
+    /// A port taken by another process between choosing it and the broker binding it (other
+    /// tests, other brokers on the machine) is retried on another port, twice.
     pub async fn spawn(script: Option<&Path>, log: Option<&Path>) -> anyhow::Result<Self> {
         let script = match script {
             Some(s) => s.to_path_buf(),
             None => find_kafka_script()
                 .with_context(|| format!("scripts/kafka.sh not found; {KAFKA_HINT}"))?,
         };
+        let mut attempt = 1;
+        loop {
+            match Self::spawn_once(&script, log).await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    eprintln!("flux-loadgen: the broker's port was taken meanwhile; another port");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn spawn_once(script: &Path, log: Option<&Path>) -> anyhow::Result<Self> {
         let port = free_port().context("no free loopback port for Kafka")?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let dir = std::env::temp_dir().join(format!("flux-loadgen-kafka-{port}"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the broker's directory {}", dir.display()))?;
@@ -357,7 +373,7 @@ impl KafkaProcess {
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create the broker log {}", log.display()))?;
         let mut cmd = Command::new("bash");
-        cmd.arg(&script)
+        cmd.arg(script)
             .arg("run")
             .arg(&dir)
             .arg(port.to_string())
@@ -370,11 +386,13 @@ impl KafkaProcess {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot run {}; {KAFKA_HINT}", script.display()))?;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(status) = child.try_wait()? {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Address already in use") {
+                    bail!("the Kafka broker could not bind {addr}: Address already in use");
+                }
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 bail!(
                     "the Kafka broker exited during start-up with {status}; {KAFKA_HINT}. Its log ({}) ends:\n{}",
