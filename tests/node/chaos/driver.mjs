@@ -144,6 +144,40 @@ export async function runChaos(options = {}) {
   const timers = new Set();
   let activeFaults = 0;
   let stopping = false;
+  // One fault (or restart) at a time per resource: broker, valkey, replica<i>, proxy, client<i>.
+  const locks = new Map();
+  async function withLock(name, fn) {
+    const prev = locks.get(name) ?? Promise.resolve();
+    let release;
+    const mine = new Promise((resolve) => (release = resolve));
+    locks.set(name, prev.then(() => mine));
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+  let cleaned = null;
+  const runCleanup = () =>
+    (cleaned ??= (async () => {
+      stopping = true;
+      for (const h of timers) clearInterval(h);
+      for (const fn of cleanup.reverse()) {
+        try {
+          await fn();
+        } catch {
+          // best effort
+        }
+      }
+    })());
+  // Ctrl-C or a CI timeout: stop the broker, redis-server and the replicas, not only node.
+  const onSignal = (signal) => {
+    console.log(`\nchaos: ${signal}: stopping every process it started (seed ${o.seed})`);
+    runCleanup().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
 
   try {
     // --- infrastructure --------------------------------------------------------------------
@@ -182,7 +216,17 @@ export async function runChaos(options = {}) {
       server.exited.then((exit) => {
         proc.exit = exit;
         r.ready = false;
-        if (!r.expectExit && !stopping) violate(`${r.name} (process ${proc.incarnation}) exited unexpectedly: ${JSON.stringify(exit)}; log ${logFile}`);
+        if (r.expectExit || stopping) return;
+        // D17: Kafka unreachable for the whole start-up deadline is exit 1 by design; any other
+        // exit nobody asked for is a violation. Either way the driver starts it again, as an
+        // orchestrator would, so that the run goes on.
+        const tail = server.logs().slice(-2_000);
+        if (exit.code === 1 && /Kafka unreachable/.test(tail)) note(`${r.name} (process ${proc.incarnation}) exited 1: Kafka unreachable for the start-up deadline (D17); starting it again`);
+        else violate(`${r.name} (process ${proc.incarnation}) exited unexpectedly: ${JSON.stringify(exit)}; log ${logFile}`);
+        withLock(`replica${r.i}`, async () => {
+          if (stopping || r.server !== server) return;
+          note(`${r.name} started again after its exit (${await startReplica(r)} ms)`);
+        }).catch((e) => violate(`${r.name} could not be started again: ${e.message}`));
       });
       return now() - t;
     }
@@ -438,19 +482,6 @@ export async function runChaos(options = {}) {
     note(`${clients.length} clients connected and receiving every stream (spread ${JSON.stringify(proxy.stats.perTarget)})`);
 
     // --- faults ----------------------------------------------------------------------------
-    const locks = new Map();
-    async function withLock(name, fn) {
-      const prev = locks.get(name) ?? Promise.resolve();
-      let release;
-      const mine = new Promise((resolve) => (release = resolve));
-      locks.set(name, prev.then(() => mine));
-      await prev;
-      try {
-        return await fn();
-      } finally {
-        release();
-      }
-    }
     const lockOf = (f) =>
       ({ broker_term: "broker", broker_kill: "broker", add_partition: "broker", valkey_kill: "valkey", replica_kill: `replica${f.replica}`, replica_term: `replica${f.replica}`, proxy_cut: "proxy", move_clients: "proxy", stall_client: `client${f.client}` })[f.kind];
     const startAt = now();
@@ -773,15 +804,9 @@ export async function runChaos(options = {}) {
     printTimeline(schedule, timeline);
     return { seed: o.seed, violations, infrastructure: true };
   } finally {
-    stopping = true;
-    for (const h of timers) clearInterval(h);
-    for (const fn of cleanup.reverse()) {
-      try {
-        await fn();
-      } catch {
-        // best effort
-      }
-    }
+    await runCleanup();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
   }
 }
 

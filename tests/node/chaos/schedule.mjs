@@ -92,11 +92,20 @@ export const SCHEDULE_DEFAULTS = {
   /** Partitions an event topic may grow to. */
   maxPartitions: 4,
   replicas: 2,
+  /**
+   * How long a broker restart is assumed to take (this machine: 12–15 s after SIGKILL, Kafka
+   * waits for the old broker session to expire). A fault is not drawn for a resource still
+   * busy with the previous one (estimated), so faults do not queue behind the broker and the
+   * broker is not down for most of a run.
+   */
+  brokerRestartMs: 20_000,
 };
 
 /**
  * The faults of a run: [{id, at, kind, ...parameters}], `at` in ms from the start. Kinds are
- * drawn from shuffled bags of all nine, so every kind comes once before any comes twice.
+ * drawn from shuffled bags of all nine; a kind whose resource is still busy from the previous
+ * fault on it (the broker restarting, a replica stopping) waits, and comes first once it is
+ * free. 90 s hold every kind.
  */
 export function makeSchedule(seed, { durationMs, clients, ...options }) {
   const o = { ...SCHEDULE_DEFAULTS, ...options };
@@ -106,18 +115,41 @@ export function makeSchedule(seed, { durationMs, clients, ...options }) {
   // Two faults of a group never wait for each other: not both on the broker, not both on the
   // proxy, not the same kind (two replica faults hit both replicas).
   const resource = (kind) => ({ broker_term: "broker", broker_kill: "broker", add_partition: "broker", proxy_cut: "proxy", move_clients: "proxy" })[kind] ?? kind;
-  const draw = (avoid) => {
-    for (let tries = 0; tries < 20; tries++) {
+  // When each resource is free again (estimated): broker, valkey, replica<i>, proxy, c<i>.
+  const busy = new Map();
+  const free = (r, at) => (busy.get(r) ?? 0) <= at;
+  const available = (kind, at) => {
+    switch (kind) {
+      case "broker_term":
+      case "broker_kill":
+        return free("broker", at);
+      case "add_partition":
+        return free("broker", at) && CHAOS_TOPICS.some((t) => partitions[t] < o.maxPartitions);
+      case "valkey_kill":
+        return free("valkey", at);
+      case "replica_kill":
+      case "replica_term":
+        return [...Array(o.replicas).keys()].some((i) => free(`replica${i}`, at));
+      case "proxy_cut":
+        return free("proxy", at);
+      default:
+        return true;
+    }
+  };
+  // Kinds drawn while their resource was busy come first once it is free again.
+  const deferred = [];
+  const draw = (avoid, at) => {
+    const fits = (kind) => !(avoid && resource(kind) === resource(avoid)) && available(kind, at);
+    const waiting = deferred.findIndex(fits);
+    if (waiting >= 0) return deferred.splice(waiting, 1)[0];
+    for (let tries = 0; tries < 2 * FAULT_KINDS.length; tries++) {
       if (bag.length === 0) bag = rng.shuffle(FAULT_KINDS);
       const kind = bag.shift();
-      const growable = CHAOS_TOPICS.some((t) => partitions[t] < o.maxPartitions);
-      if ((avoid && resource(kind) === resource(avoid)) || (kind === "add_partition" && !growable)) {
-        bag.push(kind);
-        continue;
-      }
-      return kind;
+      if (fits(kind)) return kind;
+      if (kind === "add_partition" && !CHAOS_TOPICS.some((t) => partitions[t] < o.maxPartitions)) continue;
+      if (!deferred.includes(kind)) deferred.push(kind);
     }
-    return "proxy_cut";
+    return null;
   };
   const faults = [];
   let at = o.startMs;
@@ -125,24 +157,30 @@ export function makeSchedule(seed, { durationMs, clients, ...options }) {
     const size = rng.chance(o.pairChance) ? 2 : 1;
     let previous = null;
     for (let i = 0; i < size; i++) {
-      const kind = draw(previous?.kind);
+      const kind = draw(previous?.kind, at);
+      if (!kind) break;
       const fault = { id: faults.length + 1, at, kind };
       switch (kind) {
         case "broker_term":
         case "broker_kill":
           fault.downMs = rng.int(1_000, 4_000);
+          busy.set("broker", at + fault.downMs + o.brokerRestartMs);
           break;
         case "valkey_kill":
           fault.downMs = rng.int(1_000, 5_000);
+          busy.set("valkey", at + fault.downMs + 1_000);
           break;
         case "replica_kill":
         case "replica_term":
           fault.replica = rng.int(0, o.replicas - 1);
-          if (previous?.replica === fault.replica) fault.replica = (fault.replica + 1) % o.replicas;
+          if (previous?.replica === fault.replica || !free(`replica${fault.replica}`, at)) fault.replica = (fault.replica + 1) % o.replicas;
           fault.downMs = rng.int(500, 3_000);
+          // A SIGTERM may take the whole shutdown deadline (10 s) while the broker is down.
+          busy.set(`replica${fault.replica}`, at + fault.downMs + (kind === "replica_term" ? 10_000 : 2_000));
           break;
         case "proxy_cut":
           fault.ms = rng.int(1_000, 5_000);
+          busy.set("proxy", at + fault.ms);
           break;
         case "move_clients": {
           const n = rng.int(1, Math.max(1, Math.ceil(clients / 2)));
@@ -154,13 +192,16 @@ export function makeSchedule(seed, { durationMs, clients, ...options }) {
           partitions[topic] += 1;
           fault.topic = topic;
           fault.partitions = partitions[topic];
+          busy.set("broker", at + 5_000); // Kafka's kafka-topics: a JVM start
           break;
         }
         case "stall_client":
           fault.client = rng.int(0, clients - 1);
+          if (!free(`c${fault.client}`, at)) fault.client = (fault.client + 1) % clients;
           // Long enough to fill the socket buffers at the soak's rate sometimes (socketio
           // max_buffer, lagging), and past the 25 s ping interval now and then.
           fault.ms = rng.int(5_000, 30_000);
+          busy.set(`c${fault.client}`, at + fault.ms);
           break;
         default:
           throw new Error(`unknown fault kind ${kind}`);
