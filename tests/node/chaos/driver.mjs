@@ -408,6 +408,31 @@ export async function runChaos(options = {}) {
       });
       refusalQueue.set(r.port, chain);
     }
+    // A recovered connect whose replay the gateway then refused (Recovery::resume failed after
+    // the handshake admitted it): the client has recovered=true and its pid, the gateway counts
+    // a refusal. Looked for half a second after the connect, on the replica it went to.
+    function checkReplay(c, connect) {
+      const r = replicas.find((x) => x.port === connect.replica);
+      if (!r) return;
+      // Queued half a second later: a refusal a client saw meanwhile is attributed first.
+      setTimeout(() => queueReplayCheck(c, r, connect), 500);
+    }
+    function queueReplayCheck(c, r, connect) {
+      const chain = (refusalQueue.get(r.port) ?? Promise.resolve()).then(async () => {
+        const m = await scrape(r);
+        const proc = r.processes.at(-1);
+        if (!m || !proc) return;
+        proc.attributed ??= {};
+        const reasons = sumBy(m, "flux_recovery_refused_total", "reason");
+        const surplus = Object.keys(reasons).find((k) => reasons[k] > (proc.attributed[k] ?? 0));
+        if (surplus) {
+          proc.attributed[surplus] = (proc.attributed[surplus] ?? 0) + 1;
+          connect.replayRefused = surplus;
+          note(`${c.name}: recovered on ${r.name} (connect #${c.connects.indexOf(connect) + 1}), and a refusal (${surplus}) was counted there meanwhile that no client saw: its replay was refused after the handshake?`);
+        }
+      });
+      refusalQueue.set(r.port, chain);
+    }
     function sendLocation(c) {
       if (!c.socket.connected) return;
       c.cityN += 1;
@@ -431,6 +456,7 @@ export async function runChaos(options = {}) {
         c.connects.push(connect);
         c.lastPid = c.socket._pid ?? null;
         if (connect.attempted && !connect.recovered) attributeRefusal(c, connect);
+        if (connect.recovered) checkReplay(c, connect);
         sendLocation(c);
       });
       c.socket.on("disconnect", (reason) => c.disconnects.push({ at: now(), reason }));
@@ -771,6 +797,7 @@ export async function runChaos(options = {}) {
       reconnects,
       recoveredByClients: clientRecovered,
       refusedByClients: clientRefused,
+      refusalsUnseen: Math.max(0, (total("flux_recovery_sessions_total", "outcome").refused ?? 0) - clientRefused),
       recovery: {
         sessions: total("flux_recovery_sessions_total", "outcome"),
         refusedByReason: total("flux_recovery_refused_total", "reason"),
@@ -833,6 +860,7 @@ function printReport(s, schedule, timeline) {
   row("documented exceptions", kv(s.exceptions));
   row("reconnects: recovered / refused", `${s.reconnects}: ${s.recoveredByClients} / ${s.refusedByClients}`);
   row("recoveries refused by reason", kv(s.recovery.refusedByReason));
+  row("refusals no client saw", `${s.refusalsUnseen} (a connection gone before its CONNECT reply, or a replay refused after the handshake admitted it: the client then has recovered=true and no replay)`);
   row("replayed, replay-conflated", `${s.recovery.replayed}, ${s.recovery.conflated}`);
   row("conflated: consumer, lagging", `${s.conflation.consumer}, ${s.conflation.lagging} (slow disconnects ${s.conflation.slowDisconnects})`);
   row("worst time to ready", `${s.worstReadyMs} ms (${s.worstReadyFault ?? "-"})`);

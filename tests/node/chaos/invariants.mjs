@@ -10,7 +10,8 @@
 //                      (D26): the gap spans a recovered reconnect, the missing ticker was
 //                      produced before that reconnect, the newer one of its product that
 //                      replaced it was in the replay (its offset's emit time is before the
-//                      reconnect), and the gateway counted flux_recovery_conflated_events_total.
+//                      reconnect, give or take REPLAY_SLACK_MS), and the gateway counted
+//                      flux_recovery_conflated_events_total.
 //   refused:<reason>   Events missed across a refused recovery (the client presented a session
 //                      id and got a new one, recovered=false; reason from the gateway's
 //                      flux_recovery_refused_total). The client may miss exactly the events of
@@ -35,6 +36,13 @@
 //
 // Anything else missing is lost; anything received more often than the log holds it is
 // duplicated; a number received after a greater one of its stream is out of order.
+
+/**
+ * The replay runs right after the CONNECT reply is sent, under the journal's lock: an event
+ * journaled in that instant is replayed although its emit time is not before the client's
+ * connect event. Loopback and one event loop between them: a few ms.
+ */
+export const REPLAY_SLACK_MS = 50;
 
 /** The stream of a room event, and its sequence number, or null. */
 export function streamOf(event, payload) {
@@ -172,12 +180,15 @@ function classifyMissing({ seq, ticker, prev, next, sent, client, gateway, stall
     if (refused) return { exception: `refused:${refused.reason ?? "unattributed"}` };
     const resumed = client.connects[next.conn];
     if (ticker && resumed.recovered && (gateway.recoveryConflated ?? 0) > 0) {
-      // The newer ticker that replaced it must itself be in the replay: emitted (journaled)
-      // before the reconnect, which its offset's time says.
-      const replayed = next.emitAt != null ? next.emitAt < resumed.at : sent.get(next.seq) <= resumed.at;
+      // The newer ticker that replaced it must itself be in the replay: journaled by the time
+      // the replica replayed, which is just after it sent the CONNECT reply, so its offset's
+      // time is before the client's connect event or within REPLAY_SLACK_MS of it.
+      const replayed = next.emitAt != null ? next.emitAt <= resumed.at + REPLAY_SLACK_MS : sent.get(next.seq) <= resumed.at;
       if (sentAt < resumed.at && replayed) return { exception: "replay_conflated" };
     }
-    const kinds = connects.map((c) => (c.recovered ? "recovered" : c.attempted ? `refused (${c.reason ?? "?"}) but appended after the re-join` : "no recovery attempted")).join(", ");
+    const kinds = connects
+      .map((c) => (c.recovered ? `recovered${c.replayRefused ? ` (then a refusal, ${c.replayRefused}, counted on that replica)` : ""}` : c.attempted ? `refused (${c.reason ?? "?"}) but appended after the re-join` : "no recovery attempted"))
+      .join(", ");
     lost = `missed across reconnect(s) #${connects.map((c) => c.index + 1).join(",#")}: ${kinds}`;
   }
   if (ticker) {

@@ -116,7 +116,7 @@ describe("events", () => {
     assert.equal(late.lost.length, 2);
     // Nor one emitted live after it (its offset's time), however early it was produced.
     const live = client(events, connects);
-    live.streams[S][2].emitAt = 600;
+    live.streams[S][2].emitAt = 650;
     assert.equal(checkClient(live, truth(S, 1, 6), sent(S, 1, 6), { recoveryConflated: 2 }).lost.length, 2);
   });
 
