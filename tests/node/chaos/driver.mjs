@@ -281,7 +281,12 @@ export async function runChaos(options = {}) {
       if (!proc?.pid || proc.exit) return;
       try {
         const m = fs.readFileSync(`/proc/${proc.pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/);
-        if (m) proc.rssMaxKb = Math.max(proc.rssMaxKb, Number(m[1]));
+        if (m && Number(m[1]) > proc.rssMaxKb) {
+          proc.rssMaxKb = Number(m[1]);
+          proc.rssMaxAt = now() - t0;
+          proc.journalAtRssMax = sumBy(proc.metrics, "flux_recovery_journal_events")[""] ?? null;
+          proc.socketsAtRssMax = sumBy(proc.metrics, "flux_sockets_connected")[""] ?? null;
+        }
       } catch {
         // gone meanwhile
       }
@@ -428,7 +433,7 @@ export async function runChaos(options = {}) {
         if (surplus) {
           proc.attributed[surplus] = (proc.attributed[surplus] ?? 0) + 1;
           connect.replayRefused = surplus;
-          note(`${c.name}: recovered on ${r.name} (connect #${c.connects.indexOf(connect) + 1}), and a refusal (${surplus}) was counted there meanwhile that no client saw: its replay was refused after the handshake?`);
+          note(`${c.name}: recovered on ${r.name} (connect #${c.connects.indexOf(connect) + 1}); a refusal (${surplus}) no client saw was counted there meanwhile: a handshake on a connection that died, or this replay refused after admission`);
         }
       });
       refusalQueue.set(r.port, chain);
@@ -765,7 +770,11 @@ export async function runChaos(options = {}) {
     if (logs.panics.length) violate(`${logs.panics.length} panics in gateway logs: ${logs.panics.slice(0, 5).join(" | ")}`);
     if (logs.errors.length) violate(`${logs.errors.length} error lines in gateway logs: ${logs.errors.slice(0, 5).join(" | ")}`);
     const rss = replicas.map((r) => ({ name: r.name, maxMb: Math.max(...r.processes.map((p) => p.rssMaxKb)) / 1024 }));
-    for (const x of rss) if (x.maxMb > o.rssLimitMb) violate(`${x.name} RSS reached ${x.maxMb.toFixed(1)} MB (bound ${o.rssLimitMb} MB)`);
+    for (const r of replicas) {
+      for (const p of r.processes) {
+        if (p.rssMaxKb / 1024 > o.rssLimitMb) violate(`${r.name} (process ${p.incarnation}) RSS reached ${(p.rssMaxKb / 1024).toFixed(1)} MB at ${((p.rssMaxAt ?? 0) / 1000).toFixed(1)} s (bound ${o.rssLimitMb} MB; journal ${p.journalAtRssMax ?? "?"} events, ${p.socketsAtRssMax ?? "?"} sockets at the scrape before)`);
+      }
+    }
     const unreconnected = clients.filter((c) => c.connects.length === 0);
     if (unreconnected.length) violate(`clients that never connected: ${unreconnected.map((c) => c.name)}`);
 
@@ -816,6 +825,16 @@ export async function runChaos(options = {}) {
       commandsFailed: total("flux_commands_failed_total", "topic"),
       commandsRefused: total("flux_commands_refused_total", "topic"),
       rssMaxMb: Object.fromEntries(rss.map((x) => [x.name, Number(x.maxMb.toFixed(1))])),
+      processes: replicas.flatMap((r) =>
+        r.processes.map((p) => ({
+          name: `${r.name}-${p.incarnation}`,
+          rssMaxMb: Number((p.rssMaxKb / 1024).toFixed(1)),
+          rssMaxAtS: p.rssMaxAt != null ? Number((p.rssMaxAt / 1000).toFixed(1)) : null,
+          journalAtRssMax: p.journalAtRssMax,
+          socketsAtRssMax: p.socketsAtRssMax,
+          exit: p.exit ? { code: p.exit.code, signal: p.exit.signal } : null,
+        })),
+      ),
       logs: { errors: logs.errors.length, knownErrors: logs.known, panics: logs.panics.length, warnings: logs.warnings, nonJson: logs.other.length },
       producedRecords: loggedTotal,
       violations,
