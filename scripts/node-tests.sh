@@ -3,11 +3,17 @@
 #   - contract.test.mjs: the wire contract with the official socket.io-client;
 #   - dashboard.e2e.test.mjs: the dashboard in headless Chromium (screenshot: target/dashboard.png);
 #   - recovery.test.mjs: connection-state recovery through Apache Kafka (scripts/kafka.sh: java
-#     and the broker's jars, `bash scripts/kafka.sh fetch`) with socket.io-client and a TCP proxy.
+#     and the broker's jars, `bash scripts/kafka.sh fetch`) with socket.io-client and a TCP proxy;
+#   - chaos/invariants.test.mjs: the chaos soak's schedule and invariants, without servers;
+#   then the chaos soak (tests/node/chaos/driver.mjs, README "Chaos soak"): 90 s of seeded
+#   faults on two replicas, Kafka and redis-server (apt-get install redis-server), failing on
+#   any violation. Its output goes to target/chaos/seed-<seed>/.
 # Installs what is missing: Debian's chromium (apt) and the npm packages (npm ci), and builds the
 # binary (cargo build) unless FLUX_BFF_BIN names one. Needs node >= 20 and npm.
 # Environment: FLUX_BFF_BIN (binary to test), FLUX_CHROMIUM (browser, default /usr/bin/chromium),
-# FLUX_SCREENSHOT (default <repo>/target/dashboard.png). Extra arguments go to `node --test`.
+# FLUX_SCREENSHOT (default <repo>/target/dashboard.png), FLUX_CHAOS_SEED (default 1),
+# FLUX_CHAOS_SECONDS (default 90). Extra arguments go to `node --test`, and then the soak is not
+# run (a targeted run of some suites).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +51,15 @@ if [ -z "${FLUX_BFF_BIN:-}" ]; then
 fi
 export FLUX_BFF_BIN
 
-# The top-level suites only: tests/node/ops (the operator artefacts: Helm chart, compose,
-# dashboard and rules on Prometheus) is run by scripts/ops-check.sh, which installs Helm and
-# Prometheus first.
-exec node --test "$@" tests/node/*.test.mjs
+# The top-level suites and the chaos driver's own unit tests; tests/node/ops (the operator
+# artefacts: Helm chart, compose, dashboard and rules on Prometheus) is run by
+# scripts/ops-check.sh, which installs Helm and Prometheus first.
+suites=(tests/node/*.test.mjs tests/node/chaos/*.test.mjs)
+if [ $# -gt 0 ]; then
+  exec node --test "$@" "${suites[@]}"
+fi
+node --test "${suites[@]}"
+
+# The chaos soak: a fixed seed, so that a failure replays (the same schedule of faults; the
+# output names the seed, the timeline and the command to run it again).
+node tests/node/chaos/driver.mjs --seed "${FLUX_CHAOS_SEED:-1}" --duration "${FLUX_CHAOS_SECONDS:-90}"

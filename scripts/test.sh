@@ -78,7 +78,7 @@ step "patched rskafka: upstream's unit tests (vendor/README.md)"
 CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/rskafka/Cargo.toml --locked --lib 2>&1
 
-step "Node real-client suites: socket.io-client contract and the dashboard in headless Chromium"
+step "Node real-client suites: socket.io-client contract, recovery, the dashboard in headless Chromium, then the 90 s chaos soak"
 bash scripts/node-tests.sh
 
 step "operator artefacts: Helm chart, alert rules, dashboard on a real Prometheus (scripts/ops-check.sh)"

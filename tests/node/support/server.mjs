@@ -30,15 +30,19 @@ export function freePort() {
 
 /**
  * Starts flux-bff in embedded mode with `env` on top of a clean environment, waits for
- * /healthz and returns {url, port, logs(), stop()}. `stop` sends SIGTERM (SIGKILL after 5 s).
+ * /healthz and returns {url, port, pid, logs(), stop(), kill(signal), exited, exitInfo()}.
+ * `stop` sends SIGTERM (SIGKILL after 5 s); `kill(signal)` sends one signal and resolves with
+ * the exit once the process is gone (SIGKILL after `timeoutMs`).
+ * Options: `port` (listen on this one instead of a free one: a restart on the same address),
+ * `logFile` (append the output there too and keep only its last 256 KiB in memory).
  */
-export async function startServer(env = {}) {
+export async function startServer(env = {}, { port: fixedPort, logFile } = {}) {
   if (!fs.existsSync(binary)) {
     throw new Error(
       `flux-bff binary not found at ${binary}: build it with 'cargo build' (or set FLUX_BFF_BIN to its path)`,
     );
   }
-  const port = await freePort();
+  const port = fixedPort ?? (await freePort());
   const base = { ...process.env };
   // Nothing from the caller's environment may switch the binary out of embedded mode.
   for (const k of Object.keys(base)) {
@@ -60,10 +64,24 @@ export async function startServer(env = {}) {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
-  child.stdout.on("data", (d) => (output += d));
-  child.stderr.on("data", (d) => (output += d));
+  const log = logFile ? fs.createWriteStream(logFile, { flags: "a" }) : null;
+  const keep = 256 * 1024;
+  const append = (d) => {
+    log?.write(d);
+    output += d;
+    if (log && output.length > 2 * keep) output = output.slice(-keep);
+  };
+  child.stdout.on("data", append);
+  child.stderr.on("data", append);
   let exited = null;
-  child.on("exit", (code, signal) => (exited = { code, signal }));
+  const exit = new Promise((resolve) =>
+    child.on("exit", (code, signal) => {
+      exited = { code, signal, at: Date.now() };
+      log?.end();
+      fs.rmSync(cwd, { recursive: true, force: true });
+      resolve(exited);
+    }),
+  );
 
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 20_000;
@@ -84,20 +102,26 @@ export async function startServer(env = {}) {
     await sleep(50);
   }
 
+  async function kill(signal, timeoutMs = 5_000) {
+    if (exited) return exited;
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    const result = await exit;
+    clearTimeout(timer);
+    return result;
+  }
+
   return {
     url,
     port,
+    pid: child.pid,
     logs: () => output,
-    async stop() {
-      if (exited) return exited;
-      const done = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-      const result = await done;
-      clearTimeout(timer);
-      fs.rmSync(cwd, { recursive: true, force: true });
-      return result;
-    },
+    /** Resolves with {code, signal, at} when the process exits, however it ends. */
+    exited: exit,
+    /** The exit, or null while it runs. */
+    exitInfo: () => exited,
+    kill,
+    stop: () => kill("SIGTERM"),
   };
 }
 
