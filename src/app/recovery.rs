@@ -335,14 +335,14 @@ impl SessionRecovery for Recovery {
             }
         };
         for entry in &replay.entries {
+            // Never behind the client's own cut (see `Cut::merged`).
+            let offset: Arc<str> = match Cut::decode(&entry.offset) {
+                Some(own) => Arc::from(own.merged(cut).encode()),
+                None => entry.offset.clone(),
+            };
             if let Err(e) = self
                 .fanout
-                .to_socket(
-                    socket,
-                    &entry.event,
-                    &entry.payload,
-                    replayed(&entry.offset),
-                )
+                .to_socket(socket, &entry.event, &entry.payload, replayed(&offset))
                 .await
             {
                 tracing::debug!(socket, error = %e, "replay stopped: socket gone");
@@ -603,5 +603,59 @@ mod tests {
         let admission = r.admit(Some(&handshake(&pid, &offsets[3])), "u1").await;
         assert!(admission.resume.is_some(), "recovered once caught up");
         late.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replayed_offsets_never_fall_behind_the_clients_own_cut() {
+        // Found by the chaos soak (issue 19): a replayed event's offset was its own cut, behind
+        // the client's on a partition the client had read further through another replica;
+        // its next recovery then replayed events it already had.
+        let fanout = Arc::new(RecordingFanout::default());
+        let r = recovery_on(Duration::from_secs(120), fanout.clone());
+        // News (topic 4) known here from offset 50 when the tickers were emitted...
+        r.journal().await.start(4, 0, 50);
+        let offsets = ticks(&r, 0..10).await;
+        // ...and read as far as offset 100 since (no news in the rooms replayed).
+        r.journal().await.advance(4, 0, 100);
+        // The client's cut: ticker 3, and news up to 100 (seen through another replica).
+        let mut elsewhere = Journal::new(10, 120_000);
+        elsewhere.start(4, 0, 100);
+        let news = elsewhere.append(
+            Position {
+                topic: 4,
+                partition: 0,
+                offset: 100,
+                emit: 0,
+            },
+            true,
+            "news.global",
+            "topNewsResponse",
+            &Payload::new(&0),
+            None,
+            now_ms(),
+        );
+        let client = Cut::decode(&offsets[3])
+            .unwrap()
+            .merged(&Cut::decode(&news).unwrap());
+        let pid = r.issue("u1");
+        let admission = r
+            .admit(Some(&handshake(&pid, &client.encode())), "u1")
+            .await;
+        let cut = admission.resume.expect("recovered");
+        fanout.connect("s1");
+        assert_eq!(r.resume("s1", &cut).await, Ok(6));
+        let news_seen = Position {
+            topic: 4,
+            partition: 0,
+            offset: 100,
+            emit: 0,
+        };
+        for d in fanout.delivered() {
+            let offset = Cut::decode(d.offset.as_deref().unwrap()).unwrap();
+            assert!(
+                offset.covers(&news_seen),
+                "a replayed offset went back: {d:?}"
+            );
+        }
     }
 }

@@ -42,6 +42,23 @@ impl Cut {
     }
 
     /// Whether the event at `pos` is on the delivered side of the cut.
+    /// The cut covering what either covers: per partition the further mark, the later time.
+    /// A replayed event's own cut can be behind the client's on partitions it has nothing to
+    /// do with (the client's came from a replica further ahead there); sent as it is, it would
+    /// move the client's offset back, and the next recovery would replay what it has (issue
+    /// 19).
+    pub fn merged(&self, other: &Cut) -> Cut {
+        let mut marks = self.marks.clone();
+        for (key, mark) in &other.marks {
+            let entry = marks.entry(*key).or_insert(*mark);
+            *entry = (*entry).max(*mark);
+        }
+        Cut {
+            at_ms: self.at_ms.max(other.at_ms),
+            marks,
+        }
+    }
+
     pub fn covers(&self, pos: &Position) -> bool {
         self.marks
             .get(&(pos.topic, pos.partition))
@@ -221,5 +238,33 @@ pub(super) mod tests {
         let mut bytes = URL_SAFE_NO_PAD.decode(&*off).unwrap();
         bytes.push(0); // trailing garbage
         assert_eq!(Cut::decode(&URL_SAFE_NO_PAD.encode(bytes)), None);
+    }
+
+    #[test]
+    fn a_merged_cut_covers_what_either_covers() {
+        let mut a = Journal::new(100, 60_000);
+        a.start(0, 0, 10);
+        a.start(3, 0, 0);
+        let offset_a = a.append(pos(0, 0, 10, 0), true, "r", "e", &Payload::new(&1), None, 5);
+        let mut b = Journal::new(100, 60_000);
+        b.start(0, 0, 0);
+        b.start(3, 0, 20);
+        let offset_b = b.append(pos(3, 0, 20, 0), true, "r", "e", &Payload::new(&2), None, 9);
+        let (a, b) = (
+            Cut::decode(&offset_a).unwrap(),
+            Cut::decode(&offset_b).unwrap(),
+        );
+        let both = a.merged(&b);
+        for p in [
+            pos(0, 0, 10, 0),
+            pos(3, 0, 20, 0),
+            pos(0, 0, 3, 0),
+            pos(3, 0, 5, 0),
+        ] {
+            assert!(both.covers(&p), "{p:?}");
+        }
+        assert!(!both.covers(&pos(0, 0, 11, 0)) && !both.covers(&pos(3, 0, 21, 0)));
+        assert_eq!(both.at_ms(), 9);
+        assert_eq!(Cut::decode(&both.encode()), Some(both));
     }
 }
