@@ -120,9 +120,14 @@ async fn resume(s: &SocketRef, session: &Session) {
     resume
         .done
         .get_or_init(|| async {
-            // A refusal is counted by `resume`; the socket stays a normal connection.
             let sid = s.id.to_string();
-            let _ = resume.recovery.resume(&sid, &resume.cut).await;
+            if let Err(refusal) = resume.recovery.resume(&sid, &resume.cut).await {
+                // Admitted at the handshake, refused now (counted by `resume`): the client
+                // believes it recovered and would miss what it was owed without knowing. It
+                // reconnects, and its next handshake tells it (a normal connection).
+                tracing::debug!(socket = %s.id, reason = refusal.label(), "replay refused after admission; disconnecting");
+                let _ = s.clone().disconnect();
+            }
         })
         .await;
 }
