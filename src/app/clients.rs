@@ -186,6 +186,26 @@ impl ClientService {
         tracing::info!("start-up refresh commands sent");
     }
 
+    /// Until `stop`: while the producer is marked down (a send failed) and the consumers run,
+    /// probes the broker every `period` and marks the producer up again when it answers, so
+    /// that readiness does not wait for the next client command (a quiet replica would stay
+    /// not ready; found by the chaos soak, issue 19).
+    pub async fn watch_producer(&self, stop: CancellationToken, period: Duration) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            if self.health.producing() || !self.health.consuming() {
+                continue;
+            }
+            if self.sink.probe().await.is_ok() {
+                tracing::info!("command producer reachable again");
+                self.health.set_producing(true);
+            }
+        }
+    }
+
     /// Sends a command and records the outcome in the metrics and the producer's health.
     pub async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
         let topic = command.topic.clone();
@@ -578,5 +598,38 @@ mod tests {
         let got = fanout.delivered();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].payload.to_value()["status"], "loading");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_producer_marked_down_is_marked_up_when_the_broker_answers_again() {
+        // A send failed during an outage; no client sends anything after it.
+        let mut sink = sink_failing_once();
+        let mut answers = [false, true].into_iter();
+        sink.expect_probe().returning(move || match answers.next() {
+            Some(true) => Ok(()),
+            _ => Err(CommandSinkError::Unavailable("still down".into())),
+        });
+        let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
+        let svc = Arc::new(svc);
+        let _ = svc
+            .send(commands::refresh(
+                Refresh::News,
+                Reason::RefreshCache,
+                SystemTime::now(),
+            ))
+            .await;
+        assert!(!svc.health.producing());
+        let stop = CancellationToken::new();
+        let watch = {
+            let (svc, stop) = (svc.clone(), stop.clone());
+            tokio::spawn(async move { svc.watch_producer(stop, Duration::from_secs(2)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!svc.health.producing(), "the first probe found no broker");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(svc.health.producing(), "the second probe found it");
+        assert!(svc.health.ready(), "ready again without a command");
+        stop.cancel();
+        watch.await.unwrap();
     }
 }

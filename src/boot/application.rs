@@ -25,6 +25,9 @@ use crate::app::snapshots::{self, LocalSnapshots, SnapshotWriter};
 use crate::app::weather::WeatherDesk;
 use crate::ports::{Authenticate, SessionRecovery};
 
+/// How often a producer marked down is probed (`ClientService::watch_producer`).
+const PRODUCER_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A built gateway: bound to its port, not yet running.
 pub struct Application {
     settings: Settings,
@@ -215,6 +218,10 @@ impl Application {
             None
         } else {
             tokio::spawn(socketio::export_room_sizes(io.clone(), background.clone()));
+            {
+                let (service, stop) = (service.clone(), background.clone());
+                tokio::spawn(async move { service.watch_producer(stop, PRODUCER_PROBE).await });
+            }
             let (service, stop) = (service.clone(), background.clone());
             let max_backoff = settings.lifecycle.max_backoff;
             Some(tokio::spawn(async move {

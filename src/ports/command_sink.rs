@@ -30,6 +30,16 @@ pub trait CommandSink: Send + Sync {
     /// - [`CommandSinkError::Rejected`] when the broker refused the message.
     async fn send(&self, command: Command) -> Result<(), CommandSinkError>;
 
+    /// Whether the broker answers now, without sending anything: how a producer marked down
+    /// after a failed send is found up again when no command is waiting. The default knows
+    /// nothing better than "yes".
+    ///
+    /// # Errors
+    /// [`CommandSinkError::Unavailable`] when no broker answers.
+    async fn probe(&self) -> Result<(), CommandSinkError> {
+        Ok(())
+    }
+
     /// Waits until every accepted command was acknowledged. Called on shutdown.
     async fn flush(&self) -> Result<(), CommandSinkError> {
         Ok(())

@@ -181,6 +181,15 @@ pub fn record_timestamp_now() -> DateTime<Utc> {
 
 #[async_trait]
 impl CommandSink for KafkaCommandSink {
+    async fn probe(&self) -> Result<(), CommandSinkError> {
+        self.inner
+            .client
+            .partition_counts()
+            .await
+            .map(|_| ())
+            .map_err(|e| CommandSinkError::Unavailable(e.to_string()))
+    }
+
     // No `err(Display)`: the caller logs a failure with its context, throttled; an error
     // event here would repeat each one unthrottled (a dozen a second in an outage).
     #[tracing::instrument(skip_all, fields(topic = %command.topic, key = ?command.key))]

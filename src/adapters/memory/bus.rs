@@ -186,6 +186,16 @@ impl EventPublisher for MemoryBus {
 
 #[async_trait]
 impl CommandSink for MemoryBus {
+    async fn probe(&self) -> Result<(), CommandSinkError> {
+        if self.lock().available {
+            Ok(())
+        } else {
+            Err(CommandSinkError::Unavailable(
+                "in-memory bus is offline".into(),
+            ))
+        }
+    }
+
     async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
         if !self.lock().available {
             return Err(CommandSinkError::Unavailable(
