@@ -186,16 +186,21 @@ impl<A: Adapter> Namespace<A> {
             }
             (ProtocolVersion::V4, _) => None,
         };
+        // flux-bff patch: connected before the CONNECT packet goes out, not after. The client
+        // answers it at once, and its first event can be handled on another thread before
+        // this one got to `set_connected(true)`: every emit of that handler then failed with
+        // `SocketError::Closed` (see vendor/README.md).
+        socket.set_connected(true);
         if let Err(_e) = socket.send(Packet::connect(self.path.clone(), payload)) {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
+            socket.set_connected(false);
             self.remove_socket(sid);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }
 
-        socket.set_connected(true);
         self.handler.call(socket, auth);
 
         Ok(())
