@@ -20,6 +20,12 @@
 //                      arrival of the first event after that connect (hydration or room), so a
 //                      missing event appended to the log after that arrival is lost, whatever
 //                      the refusal: a record is emitted after it is appended.
+//   refused:ahead_duplicate
+//                      Events received again on the normal connection a recovery refused as
+//                      `ahead` gave (D26): that replica had not read as far as the client's
+//                      offset, and its room emits then repeat what the client got before from
+//                      the replica further ahead. Only a copy on that connection (or a later
+//                      one) of a number first received on an earlier connection.
 //   lagging_conflated  A ticker replaced by a newer one of its product while the client did not
 //                      read (socketio.max_buffer: tickers to a lagging socket are conflated;
 //                      flux_fanout_conflated_total), produced within a stall of that client.
@@ -118,8 +124,12 @@ export function checkClient(client, truth, sendAt, gateway = {}, partitions = nu
     const first = events[0].seq;
     // Received counts and order.
     const count = new Map();
+    const firstConn = new Map(); // seq -> the connection it first arrived on
+    // The first connection, if any, that a recovery refused as `ahead`.
+    const behindFrom = client.connects.findIndex((c) => c.attempted && !c.recovered && c.reason === "ahead");
     let max = -Infinity;
     for (const e of events) {
+      if (!firstConn.has(e.seq)) firstConn.set(e.seq, e.conn);
       const n = (count.get(e.seq) ?? 0) + 1;
       count.set(e.seq, n);
       const want = log.get(e.seq) ?? 0;
@@ -127,6 +137,7 @@ export function checkClient(client, truth, sendAt, gateway = {}, partitions = nu
         result.foreign.push({ stream, seq: e.seq, why: "received a number the log does not hold", at: e.at, conn: e.conn });
       } else if (n > want) {
         if (ticker && stalledBefore(e.at)) except("lagging_duplicate");
+        else if (behindFrom >= 0 && e.conn >= behindFrom && firstConn.get(e.seq) < behindFrom) except("refused:ahead_duplicate");
         else result.duplicated.push({ stream, seq: e.seq, why: `received ${n} times (log holds it ${want} time${want > 1 ? "s" : ""})`, at: e.at, conn: e.conn });
       } else if (e.seq < max) {
         const moved = partitions?.[stream] && partitions[stream].get(e.seq) !== partitions[stream].get(max);

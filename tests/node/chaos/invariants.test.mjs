@@ -140,6 +140,19 @@ describe("events", () => {
     assert.equal(checkClient(client(events, off, { firstAt: { 1: 660 } }), truth(S, 1, 8), sent(S, 1, 8)).lost.length, 4);
   });
 
+  it("excuses repeats from a replica behind the client after an 'ahead' refusal, nothing else", () => {
+    const connects = [{ at: 0, recovered: false, attempted: false }, { at: 650, recovered: false, attempted: true, reason: "ahead" }];
+    // 3 and 4 again on the refused connection, from the replica that was behind.
+    const events = [[1, 100], [2, 200], [3, 300], [4, 400], [3, 700, 1], [4, 710, 1], [5, 720, 1]];
+    const r = checkClient(client(events, connects, { firstAt: { 1: 700 } }), truth(S, 1, 5), sent(S, 1, 5));
+    assert.deepEqual([r.duplicated.length, r.exceptions["refused:ahead_duplicate"]], [0, 2]);
+    // Another reason, or a repeat within one connection: duplicates.
+    const other = [connects[0], { ...connects[1], reason: "over_budget" }];
+    assert.equal(checkClient(client(events, other, { firstAt: { 1: 700 } }), truth(S, 1, 5), sent(S, 1, 5)).duplicated.length, 2);
+    const within = [[1, 100], [2, 200], [2, 250], [3, 700, 1]];
+    assert.equal(checkClient(client(within, connects, { firstAt: { 1: 700 } }), truth(S, 1, 3), sent(S, 1, 3)).duplicated.length, 1);
+  });
+
   it("excuses tickers conflated for a client that stopped reading, and repeats after its stall", () => {
     const stalls = [{ from: 250, to: 600 }];
     const r = checkClient(client([[1, 100], [2, 200], [5, 650], [6, 700], [6, 900]], undefined, { stalls }), truth(S, 1, 6), sent(S, 1, 6), { laggingConflated: 2 });
