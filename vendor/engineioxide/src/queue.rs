@@ -188,6 +188,13 @@ impl<T> Sender<T> {
         }
     }
 
+    /// Wakes the receiver as a push would, with nothing queued: it looks again at what else
+    /// it waits for (the socket's volatile packet, its cancellation), which it watches through
+    /// this queue's one waker instead of a registration of its own in each.
+    pub fn wake_receiver(&self) {
+        self.shared.rx_waker.wake();
+    }
+
     /// Whether the receiver closed the queue.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -255,7 +262,9 @@ impl<T> Receiver<T> {
         Poll::Pending
     }
 
-    /// Waits for the next item; `None` once the queue is closed and empty.
+    /// Waits for the next item; `None` once the queue is closed and empty. (The WebSocket
+    /// writer polls [`Self::poll_recv`] itself; tests and the test harness use this.)
+    #[cfg_attr(not(any(test, feature = "__test_harness")), allow(dead_code))]
     pub async fn recv(&mut self) -> Option<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }

@@ -58,6 +58,7 @@ use std::{
     collections::VecDeque,
     fmt::Debug,
     sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -162,6 +163,40 @@ impl InternalRx {
             buffered_rx,
             peeked_packet: None,
             volatile_rx,
+        }
+    }
+}
+
+/// flux-bff patch: the next packets for a WebSocket writer: what is queued first, then the
+/// latest volatile packets; `None` once the queue is closed or the socket cancelled.
+///
+/// The writer waits on the queue's one waker alone: a volatile send and the socket's
+/// cancellation ([`Socket::cancel`]) wake it through the queue. Upstream's writer built a
+/// `select!` of the queue, the cancellation token and the volatile channel at every wait, so
+/// each write registered and unregistered two `Notify` waiters (four mutex round trips per
+/// write, BENCHMARKS.md "CPU per delivery").
+pub(crate) fn poll_ws_packets(
+    buffered_rx: &mut queue::Receiver<PacketBuf>,
+    volatile_rx: &mut watch::Receiver<Option<PacketBuf>>,
+    cancellation_token: &CancellationToken,
+    cx: &mut Context<'_>,
+) -> Poll<Option<PacketBuf>> {
+    loop {
+        if let Poll::Ready(packets) = buffered_rx.poll_recv(cx) {
+            return Poll::Ready(packets);
+        }
+        // The waker is registered: a cancellation or a volatile send after these checks wakes
+        // this task again.
+        if cancellation_token.is_cancelled() {
+            return Poll::Ready(None);
+        }
+        if !volatile_rx.has_changed().unwrap_or(false) {
+            return Poll::Pending;
+        }
+        if let Some(packets) = volatile_rx.borrow_and_update().clone() {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("ws volatile flush: {} packets", packets.len());
+            return Poll::Ready(Some(packets));
         }
     }
 }
@@ -363,6 +398,13 @@ where
         hb.next_ping_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// flux-bff patch: cancels the socket's transport tasks and wakes its WebSocket writer,
+    /// which watches the cancellation through its queue (see [`poll_ws_packets`]).
+    pub(crate) fn cancel(&self) {
+        self.cancellation_token.cancel();
+        self.internal_tx.wake_receiver();
+    }
+
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
     pub(crate) fn is_ws(&self) -> bool {
         self.transport.load(Ordering::Relaxed) == TransportType::Websocket as u8
@@ -496,7 +538,13 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        let sent = self.volatile_tx.send(Some(packets)).is_ok();
+        if sent {
+            // flux-bff patch: the WebSocket writer watches the volatile packet through its
+            // queue's waker (see [`poll_ws_packets`]).
+            self.internal_tx.wake_receiver();
+        }
+        sent
     }
 }
 
@@ -595,5 +643,83 @@ where
         });
 
         (sock, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::sync::Arc;
+
+    use http::Request;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn socket() -> Arc<Socket<()>> {
+        Arc::new(Socket::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &EngineIoConfig::default(),
+            Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        ))
+    }
+
+    /// What a WebSocket writer waiting on `socket` gets next.
+    fn next(socket: &Arc<Socket<()>>) -> tokio::task::JoinHandle<Option<PacketBuf>> {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let mut rx = socket.internal_rx.lock().await;
+            let InternalRx {
+                buffered_rx,
+                volatile_rx,
+                ..
+            } = &mut *rx;
+            let token = &socket.cancellation_token;
+            poll_fn(|cx| poll_ws_packets(buffered_rx, volatile_rx, token, cx)).await
+        })
+    }
+
+    async fn waiting(task: &tokio::task::JoinHandle<Option<PacketBuf>>) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished(), "the writer should be waiting");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_a_packet_a_volatile_packet_and_the_cancellation() {
+        let socket = socket();
+
+        let task = next(&socket);
+        waiting(&task).await;
+        socket.emit("queued").unwrap();
+        let got = tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        assert_eq!(got.unwrap()[0], Packet::Message("queued".into()));
+
+        let task = next(&socket);
+        waiting(&task).await;
+        assert!(socket.emit_volatile("volatile"));
+        let got = tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        assert_eq!(got.unwrap()[0], Packet::Message("volatile".into()));
+
+        // The volatile packet was taken: the writer waits again, until the cancellation.
+        let task = next(&socket);
+        waiting(&task).await;
+        socket.cancel();
+        let got = tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        assert!(got.is_none());
+    }
+
+    #[tokio::test]
+    async fn queued_packets_go_before_a_volatile_one() {
+        let socket = socket();
+        socket.emit("first").unwrap();
+        assert!(socket.emit_volatile("volatile"));
+        let got = next(&socket).await.unwrap().unwrap();
+        assert_eq!(got[0], Packet::Message("first".into()));
+        let got = next(&socket).await.unwrap().unwrap();
+        assert_eq!(got[0], Packet::Message("volatile".into()));
     }
 }

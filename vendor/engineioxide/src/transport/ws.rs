@@ -333,22 +333,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     // this future 2.3 KB): wait for a first batch, then send it and everything queued behind
     // it, then flush once.
     loop {
-        let first = tokio::select! {
-            biased;
-            items = buffered_rx.recv() => match items {
-                Some(packets) => packets,
-                None => break,
-            },
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let Some(packets) = volatile_rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                packets
-            },
-        };
+        // flux-bff patch: one waker for the queue, the volatile packets and the cancellation.
+        let token = &socket.cancellation_token;
+        let next = std::future::poll_fn(|cx| {
+            crate::socket::poll_ws_packets(buffered_rx, volatile_rx, token, cx)
+        });
+        let Some(first) = next.await else { break };
         let mut batch = Some(first);
         let (mut messages, mut bytes) = (0u64, 0u64);
         while let Some(packets) = batch.take() {
