@@ -5,6 +5,7 @@ use engineioxide_core::{OpenPacket, Sid, TransportType};
 use crate::config::EngineIoConfig;
 
 pub mod polling;
+mod shared_text;
 pub mod ws;
 
 fn make_open_packet(transport: TransportType, id: Sid, config: &EngineIoConfig) -> OpenPacket {

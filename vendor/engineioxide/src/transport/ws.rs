@@ -391,6 +391,8 @@ fn ws_message(protocol: ProtocolVersion, packet: Packet) -> Option<Message> {
             }
         }
         Packet::Noop => None,
+        // flux-bff patch: the text of a broadcast message is built once for all its sockets.
+        Packet::Message(msg) => Some(Message::Text(super::shared_text::message_text(msg))),
         packet => {
             let packet: String = packet.try_into().unwrap();
             Some(Message::Text(packet.into()))
