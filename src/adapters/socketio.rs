@@ -64,6 +64,7 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
         .ws_max_frame_size(settings.max_payload as usize)
         .max_buffer_size(settings.max_buffer)
         .ws_read_buffer_size(settings.ws_read_buffer)
+        .ws_write_coalesce(settings.ws_write_coalesce)
         // socketioxide's defaults let each socket buffer 10 MB of binary attachments for up
         // to 60 s; the gateway takes none (socketio.max_attachments).
         .with_parser(

@@ -277,6 +277,10 @@ where
 
     /// If the client supports binary packets (via polling XHR2)
     pub(crate) supports_binary: bool,
+
+    /// flux-bff patch: the shortest time between two WebSocket writes
+    /// ([`EngineIoConfig::ws_write_coalesce`]).
+    pub(crate) write_coalesce: Duration,
 }
 
 impl<D> Socket<D>
@@ -314,6 +318,7 @@ where
             req_parts,
 
             supports_binary,
+            write_coalesce: config.ws_write_coalesce,
         }
     }
 
@@ -628,6 +633,7 @@ where
             req_parts: http::Request::<()>::default().into_parts().0,
 
             supports_binary: true,
+            write_coalesce: Duration::ZERO,
         };
         let sock = std::sync::Arc::new(sock);
 
