@@ -240,10 +240,14 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    /// A new file per call: tests run in parallel, and one rewriting a file another is
+    /// reading made that one see it empty.
     fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("flux-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+        let path = dir.join(format!("{n}-{name}"));
         std::fs::write(&path, content).unwrap();
         path
     }
