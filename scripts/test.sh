@@ -74,6 +74,10 @@ CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/socketioxide/Cargo.toml --locked \
   --features __test_harness,extensions,state,tracing --lib --tests 2>&1
 
+step "patched tungstenite: upstream's unit tests (vendor/README.md)"
+CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
+  cargo test --manifest-path vendor/tungstenite/Cargo.toml --locked 2>&1
+
 step "patched rskafka: upstream's unit tests (vendor/README.md)"
 CARGO_TARGET_DIR="$target_dir/vendor" CARGO_PROFILE_DEV_DEBUG=0 \
   cargo test --manifest-path vendor/rskafka/Cargo.toml --locked --lib 2>&1
