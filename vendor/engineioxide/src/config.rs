@@ -93,6 +93,13 @@ pub struct EngineIoConfig {
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
+
+    /// flux-bff patch: WebSocket permessage-deflate (RFC 7692), without context takeover on
+    /// either side. `Some(min_bytes)`: negotiated with every client that offers it; a text
+    /// message of at least `min_bytes` bytes is compressed once and the same frame written to
+    /// every such client, smaller ones are sent plain; compressed client messages are inflated
+    /// up to [`max_payload`](Self::max_payload). `None` (the default): not negotiated.
+    pub ws_compression: Option<usize>,
 }
 
 impl Default for EngineIoConfig {
@@ -109,6 +116,7 @@ impl Default for EngineIoConfig {
             ws_max_frame_size: 16 << 20,
             ws_write_coalesce: Duration::ZERO,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
+            ws_compression: None,
         }
     }
 }
@@ -250,6 +258,13 @@ impl EngineIoConfigBuilder {
     /// to prevent memory eating by a malicious user.
     pub fn ws_max_frame_size(mut self, ws_max_frame_size: usize) -> Self {
         self.config.ws_max_frame_size = ws_max_frame_size;
+        self
+    }
+
+    /// flux-bff patch: WebSocket permessage-deflate for messages of at least `min_bytes`
+    /// bytes; `None` turns it off (see [`EngineIoConfig::ws_compression`]).
+    pub fn ws_compression(mut self, min_bytes: Option<usize>) -> Self {
+        self.config.ws_compression = min_bytes;
         self
     }
 

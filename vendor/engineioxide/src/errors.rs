@@ -30,6 +30,10 @@ pub enum Error {
     UnknownSessionID(Sid),
     #[error("transport mismatch")]
     TransportMismatch,
+
+    /// flux-bff patch: a compressed client message that could not be inflated.
+    #[error("compressed websocket message refused: {0}")]
+    Inflate(#[from] crate::transport::deflate::InflateError),
 }
 
 /// Convert an error into an http response

@@ -1,6 +1,11 @@
 //! flux-bff patch: what the WebSocket writers wrote, process-wide, for the gateway's metrics
 //! (`flux_socket_messages_sent_total`, `flux_socket_bytes_sent_total`). Relaxed atomics,
-//! added once per written batch.
+//! added once per written batch. And the permessage-deflate counts: compressed frames by how
+//! they were found, compressed client messages refused by reason.
+
+pub use crate::transport::deflate::{
+    InflateError, frames as ws_compressed_frames, inflate_failures as ws_inflate_failures,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,7 +17,8 @@ pub fn ws_messages_sent() -> u64 {
     MESSAGES.load(Ordering::Relaxed)
 }
 
-/// Payload bytes of those messages (frame headers not included).
+/// Payload bytes of those messages (frame headers not included; compressed messages count
+/// their compressed size).
 pub fn ws_bytes_sent() -> u64 {
     BYTES.load(Ordering::Relaxed)
 }

@@ -259,6 +259,15 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// flux-bff patch: WebSocket permessage-deflate (RFC 7692) with every client that offers
+    /// it, for text messages of at least `min_bytes` bytes, each compressed once for all
+    /// sockets; `None` (the default) does not negotiate it. See engineioxide's
+    /// `EngineIoConfig::ws_compression`.
+    pub fn ws_compression(mut self, min_bytes: Option<usize>) -> Self {
+        self.engine_config_builder = self.engine_config_builder.ws_compression(min_bytes);
+        self
+    }
+
     /// Allowed transports on this server
     ///
     /// The `transports` array should have a size of 1 or 2

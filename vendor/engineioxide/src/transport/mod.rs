@@ -4,8 +4,9 @@ use engineioxide_core::{OpenPacket, Sid, TransportType};
 
 use crate::config::EngineIoConfig;
 
+pub(crate) mod deflate;
 pub mod polling;
-mod shared_text;
+mod frames;
 pub mod ws;
 
 fn make_open_packet(transport: TransportType, id: Sid, config: &EngineIoConfig) -> OpenPacket {

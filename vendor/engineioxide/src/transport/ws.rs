@@ -18,7 +18,13 @@ use tokio_tungstenite::{
     tungstenite::{
         self, Message,
         handshake::derive_accept_key,
-        protocol::{Role, WebSocketConfig},
+        protocol::{
+            Role, WebSocketConfig,
+            frame::{
+                Frame,
+                coding::{Data, OpCode},
+            },
+        },
     },
 };
 use tokio_util::future::FutureExt as _;
@@ -26,24 +32,45 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    DisconnectReason, Socket,
+    body::ResponseBody,
+    config::EngineIoConfig,
+    engine::EngineIo,
+    errors::Error,
+    handler::EngineIoHandler,
+    socket::InternalRx,
+    transport::{deflate, make_open_packet},
 };
 
-/// Create a response for websocket upgrade
-fn ws_response<B>(ws_key: &HeaderValue) -> Response<ResponseBody<B>> {
+/// flux-bff patch: the capacity a connection's write buffer keeps once written out; the
+/// buffer of a larger batch (the four snapshots of a join: 16 KB) is freed after its flush.
+/// A few tickers' worth, so that a busy socket does not allocate a buffer per flush
+/// (BENCHMARKS.md, "Memory per hydrated client").
+const WS_WRITE_BUFFER_RETAINED: usize = 4096;
+
+/// Create a response for websocket upgrade, accepting permessage-deflate with `extension`
+/// (flux-bff patch).
+fn ws_response<B>(
+    ws_key: &HeaderValue,
+    extension: Option<&'static str>,
+) -> Response<ResponseBody<B>> {
     let derived = derive_accept_key(ws_key.as_bytes());
     let sec = derived.parse::<HeaderValue>().unwrap();
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(http::header::UPGRADE, HeaderValue::from_static("websocket"))
         .header(
             http::header::CONNECTION,
             HeaderValue::from_static("Upgrade"),
         )
-        .header(http::header::SEC_WEBSOCKET_ACCEPT, sec)
-        .body(ResponseBody::empty_response())
-        .unwrap() // we are only using constants
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, sec);
+    if let Some(extension) = extension {
+        response = response.header(
+            http::header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(extension),
+        );
+    }
+    response.body(ResponseBody::empty_response()).unwrap() // we are only using constants
 }
 
 /// Upgrade a websocket request to create a websocket connection.
@@ -56,7 +83,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     sid: Option<Sid>,
     req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let req = Request::from_parts(parts.clone(), body);
 
     let ws_key = parts
@@ -64,6 +91,15 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .get("Sec-WebSocket-Key")
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
+
+    // flux-bff patch: permessage-deflate when it is configured and the client offers it.
+    let extension = engine
+        .config
+        .ws_compression
+        .and_then(|_| deflate::negotiate(&parts.headers));
+    let compression = extension.and(engine.config.ws_compression);
+    // The session keeps the request head for its whole life: not the answered offer.
+    parts.headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
 
     // flux-bff patch: the upgrade and the handshake run in their own allocation, freed once
     // the connection is up, so the task that lives as long as the connection holds only
@@ -74,7 +110,9 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         match hyper::upgrade::on(req).await {
             Ok(conn) => {
                 let conn = hyper_util::rt::TokioIo::new(conn);
-                Some(handshake::<H, _>(handshake_engine, conn, protocol, sid, parts).await)
+                let ws =
+                    handshake::<H, _>(handshake_engine, conn, protocol, sid, parts, compression);
+                Some(ws.await)
             }
             Err(_e) => {
                 #[cfg(feature = "tracing")]
@@ -88,14 +126,14 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         let handshake = handshake.await;
         let res = match handshake {
             None => return,
-            Some(Ok((socket, ws))) => run::<H, _>(&engine, socket, ws).await,
+            Some(Ok((socket, ws))) => run::<H, _>(&engine, socket, ws, compression).await,
             Some(Err(e)) => Err(e),
         };
         on_closed(&engine, sid, res);
     };
     tokio::spawn(conn_task);
 
-    Ok(ws_response(&ws_key))
+    Ok(ws_response(&ws_key, extension))
 }
 
 /// Handle a websocket connection upgrade
@@ -117,23 +155,31 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (socket, ws) = handshake::<H, S>(engine.clone(), conn, protocol, sid, req_data).await?;
-    run::<H, S>(&engine, socket, ws).await
+    let (socket, ws) =
+        handshake::<H, S>(engine.clone(), conn, protocol, sid, req_data, None).await?;
+    run::<H, S>(&engine, socket, ws, None).await
 }
 
 /// The websocket handshake of [`on_init`]: a new session, or the upgrade of a polling one.
+/// `compression`: the threshold of a negotiated permessage-deflate (flux-bff patch).
 async fn handshake<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
+    compression: Option<usize>,
 ) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // flux-bff patch: the write buffer gives back what a large write (the snapshots a client
+    // gets on joining) made it grow to, instead of holding it for the life of the connection.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
+        .retained_write_buffer_size(WS_WRITE_BUFFER_RETAINED)
+        // Compressed client messages reach `forward_to_handler` as RSV1 frames.
+        .accept_rsv1_messages(compression.is_some())
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
@@ -184,6 +230,7 @@ async fn run<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
+    compression: Option<usize>,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -191,10 +238,10 @@ where
     // Pipe between websocket and internal socket channel. Spawned from a plain function: a
     // writer future built here would be reserved in this future's state (2.3 KB) although
     // it is moved out at once.
-    let rx = spawn_writer::<H, S>(&socket, ws);
+    let rx = spawn_writer::<H, S>(&socket, ws, compression);
 
     // pipe between internal socket channel and websocket
-    match forward_to_handler(engine, rx, &socket)
+    match forward_to_handler(engine, rx, &socket, compression.is_some())
         .with_cancellation_token(&socket.cancellation_token)
         .await
     {
@@ -223,12 +270,13 @@ where
 fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
+    compression: Option<usize>,
 ) -> SplitStream<WebSocketStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = ws.split();
-    let writer = forward_to_socket::<H, S>(socket.clone(), tx);
+    let writer = forward_to_socket::<H, S>(socket.clone(), tx, compression);
     tokio::spawn(writer);
     rx
 }
@@ -251,16 +299,24 @@ fn on_closed<H: EngineIoHandler>(engine: &EngineIo<H>, sid: Option<Sid>, res: Re
     }
 }
 
-/// Forwards all packets received from a websocket to a EngineIo [`Socket`]
+/// Forwards all packets received from a websocket to a EngineIo [`Socket`]; with `inflate`
+/// (permessage-deflate negotiated), compressed messages are inflated first.
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     mut rx: SplitStream<WebSocketStream<S>>,
     socket: &Arc<Socket<H::Data>>,
+    inflate: bool,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     while let Some(msg) = rx.try_next().await? {
+        let msg = match msg {
+            Message::Frame(frame) if inflate && frame.header().rsv1 => {
+                inflated(frame, engine.config.max_payload)?
+            }
+            msg => msg,
+        };
         match msg {
             Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
                 Packet::Close => {
@@ -304,12 +360,29 @@ where
     Ok(())
 }
 
+/// flux-bff patch: the message a compressed (RSV1) client message inflates to, at most
+/// `max_payload` bytes; a deflate bomb, a corrupt stream or text that is not UTF-8 is an
+/// error of this connection.
+fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
+    let text = frame.header().opcode == OpCode::Data(Data::Text);
+    let limit = usize::try_from(max_payload).unwrap_or(usize::MAX);
+    Ok(
+        match deflate::inflate_message(frame.payload(), limit, text)? {
+            deflate::Inflated::Text(text) => Message::Text(text.into()),
+            deflate::Inflated::Binary(data) => Message::Binary(data.into()),
+        },
+    )
+}
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
-/// The websocket stream is flushed only when the internal channel is drained
+/// The websocket stream is flushed only when the internal channel is drained. With
+/// `compression` (flux-bff patch: permessage-deflate negotiated, and its threshold), text
+/// messages of at least that size go out compressed, each compressed once for all sockets.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
+    compression: Option<usize>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -349,10 +422,13 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         let (mut messages, mut bytes) = (0u64, 0u64);
         while let Some(packets) = batch.take() {
             for packet in packets {
-                let Some(msg) = ws_message(socket.protocol, packet) else {
+                let Some(msg) = ws_message(socket.protocol, packet, compression) else {
                     continue;
                 };
-                let len = msg.len() as u64;
+                let len = match &msg {
+                    Message::Frame(frame) => frame.payload().len(),
+                    msg => msg.len(),
+                } as u64;
                 match tx.feed(msg).await {
                     Ok(()) => {
                         messages += 1;
@@ -385,7 +461,13 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
 /// The websocket message of `packet`; `None` for a packet that is not sent (a Noop maybe
 /// sent by the server to end a polling request during an upgrade, not polled in time).
-fn ws_message(protocol: ProtocolVersion, packet: Packet) -> Option<Message> {
+/// With `compression`, a text message of at least that size is sent compressed (RSV1) when
+/// that makes it smaller.
+fn ws_message(
+    protocol: ProtocolVersion,
+    packet: Packet,
+    compression: Option<usize>,
+) -> Option<Message> {
     match packet {
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
             if protocol == ProtocolVersion::V3 {
@@ -400,8 +482,9 @@ fn ws_message(protocol: ProtocolVersion, packet: Packet) -> Option<Message> {
             }
         }
         Packet::Noop => None,
-        // flux-bff patch: the text of a broadcast message is built once for all its sockets.
-        Packet::Message(msg) => Some(Message::Text(super::shared_text::message_text(msg))),
+        // flux-bff patch: the text or compressed frame of a broadcast message is built once
+        // for all its sockets.
+        Packet::Message(msg) => Some(super::frames::message(msg, compression)),
         packet => {
             let packet: String = packet.try_into().unwrap();
             Some(Message::Text(packet.into()))
@@ -572,7 +655,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            None,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -602,7 +689,11 @@ mod tests {
         ));
         let (server, mut client) = ws_pair().await;
         let (tx, _rx) = server.split();
-        tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            None,
+        ));
         let mut next = async || {
             tokio::time::timeout(TIMEOUT, client.next())
                 .await
@@ -629,7 +720,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            None,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
