@@ -23,13 +23,15 @@ pub use settings::SocketIoSettings;
 /// Declares the adapter's series at zero (sockets, disconnects by reason, client events
 /// dropped by reason, the fan-out's lagging and conflated counts, polling sessions) and
 /// exports the Engine.IO writers' counts (`flux_socket_messages_sent_total`,
-/// `flux_socket_bytes_sent_total`) at every render.
+/// `flux_socket_bytes_sent_total`, `flux_ws_compressed_frames_total`,
+/// `flux_ws_inflate_failures_total`) at every render.
 pub fn declare_metrics() {
     use crate::telemetry::metrics::{
         CLIENT_EVENTS_DROPPED, FANOUT_CONFLATED, FANOUT_DROPPED, LAGGING_SOCKETS, POLLING_SESSIONS,
         SLOW_DISCONNECTS, SOCKET_BYTES_SENT, SOCKET_DISCONNECTS, SOCKET_MESSAGES_SENT,
-        SOCKETS_CONNECTED, add_collector,
+        SOCKETS_CONNECTED, WS_COMPRESSED_FRAMES, WS_INFLATE_FAILURES, add_collector,
     };
+    use engineioxide::stats::{self, InflateError};
     static ENGINE_COUNTS: std::sync::Once = std::sync::Once::new();
     metrics::gauge!(SOCKETS_CONNECTED).increment(0.0);
     metrics::gauge!(LAGGING_SOCKETS).increment(0.0);
@@ -48,6 +50,14 @@ pub fn declare_metrics() {
             metrics::counter!(SOCKET_MESSAGES_SENT)
                 .absolute(engineioxide::stats::ws_messages_sent());
             metrics::counter!(SOCKET_BYTES_SENT).absolute(engineioxide::stats::ws_bytes_sent());
+            let (address, content, miss) = stats::ws_compressed_frames();
+            for (cache, n) in [("address", address), ("content", content), ("miss", miss)] {
+                metrics::counter!(WS_COMPRESSED_FRAMES, "cache" => cache).absolute(n);
+            }
+            for reason in [InflateError::TooLarge, InflateError::Corrupt] {
+                metrics::counter!(WS_INFLATE_FAILURES, "reason" => reason.as_str())
+                    .absolute(stats::ws_inflate_failures(reason));
+            }
         });
     });
 }
@@ -65,6 +75,12 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
         .max_buffer_size(settings.max_buffer)
         .ws_read_buffer_size(settings.ws_read_buffer)
         .ws_write_coalesce(settings.ws_write_coalesce)
+        // permessage-deflate with the clients that offer it (every browser does).
+        .ws_compression(
+            settings
+                .compression
+                .then_some(settings::COMPRESSION_MIN_BYTES),
+        )
         // socketioxide's defaults let each socket buffer 10 MB of binary attachments for up
         // to 60 s; the gateway takes none (socketio.max_attachments).
         .with_parser(

@@ -65,6 +65,8 @@ pub const EVENT_AGE: &str = "flux_event_age_seconds";
 pub const LAST_RECORD_TIMESTAMP: &str = "flux_kafka_last_record_timestamp_seconds";
 pub const SOCKET_MESSAGES_SENT: &str = "flux_socket_messages_sent_total";
 pub const SOCKET_BYTES_SENT: &str = "flux_socket_bytes_sent_total";
+pub const WS_COMPRESSED_FRAMES: &str = "flux_ws_compressed_frames_total";
+pub const WS_INFLATE_FAILURES: &str = "flux_ws_inflate_failures_total";
 pub const LOG_LINES_HELD_BACK: &str = "flux_log_lines_held_back_total";
 
 /// The buckets of [`EVENT_AGE`], in seconds: from a millisecond (the in-process path) to the
@@ -309,6 +311,17 @@ fn describe() {
     describe_counter!(
         SOCKET_BYTES_SENT,
         metrics::Unit::Bytes,
-        "Payload bytes of the messages written to client WebSockets."
+        "Payload bytes of the messages written to client WebSockets (compressed size when compressed)."
+    );
+    describe_counter!(
+        WS_COMPRESSED_FRAMES,
+        "Messages looked up for a compressed (permessage-deflate) frame, by how it was found: \
+         cache=\"address\" or \"content\" (reused, compressed earlier for another socket), \
+         cache=\"miss\" (compressed now)."
+    );
+    describe_counter!(
+        WS_INFLATE_FAILURES,
+        "Compressed client messages refused (the socket is closed), by reason: too_large \
+         (inflates past socketio.max_payload: a deflate bomb) or corrupt."
     );
 }

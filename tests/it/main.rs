@@ -11,6 +11,7 @@
 
 mod architecture;
 mod auth;
+mod compression;
 mod gateway;
 mod http_limits;
 mod kafka;

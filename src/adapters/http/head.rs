@@ -44,14 +44,16 @@ pub(super) fn engine_handshake(req: &Request) -> Option<&str> {
 }
 
 /// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake
-/// and the polling transport, and what the gateway reads (`x-forwarded-for`). A header the
-/// gateway starts to read must be added here.
-const SOCKETIO_HEADERS: [header::HeaderName; 9] = [
+/// (the permessage-deflate offer among them; engineioxide drops it once answered) and the
+/// polling transport, and what the gateway reads (`x-forwarded-for`). A header the gateway
+/// starts to read must be added here.
+const SOCKETIO_HEADERS: [header::HeaderName; 10] = [
     header::HOST,
     header::UPGRADE,
     header::CONNECTION,
     header::SEC_WEBSOCKET_KEY,
     header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_EXTENSIONS,
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
@@ -105,6 +107,10 @@ mod tests {
             h.insert(header::HOST, HeaderValue::from_static("flux.example"));
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("k=="));
+            h.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+            );
             h.insert(header::USER_AGENT, HeaderValue::from_static("Mozilla/5.0"));
             h.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
             h.insert(
@@ -120,11 +126,17 @@ mod tests {
         names.sort_unstable();
         assert_eq!(
             names,
-            ["host", "sec-websocket-key", "upgrade", "x-forwarded-for"]
+            [
+                "host",
+                "sec-websocket-extensions",
+                "sec-websocket-key",
+                "upgrade",
+                "x-forwarded-for"
+            ]
         );
         assert_eq!(req.headers().get_all("x-forwarded-for").iter().count(), 2);
         // Other routes are untouched.
-        assert_eq!(trim_socketio_head(browser("/metrics")).headers().len(), 8);
+        assert_eq!(trim_socketio_head(browser("/metrics")).headers().len(), 9);
     }
 
     #[test]

@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Smallest Engine.IO message compressed when permessage-deflate is on, in bytes. Every
+/// event of the contract is larger (a ticker about 450–560 bytes, which deflate without
+/// context shrinks by about 37 %; weather about 500; snapshots 1.6–8 KB, 59–75 %), and every
+/// per-socket control packet smaller (connect acknowledgement about 100 bytes with its
+/// recovery `pid`, `session:init` about 40, pings 1): those are unique to each socket, so
+/// compressing them would cost a compression per socket to save a handful of bytes, or grow
+/// them (BENCHMARKS.md, "Bytes on the wire").
+pub const COMPRESSION_MIN_BYTES: usize = 256;
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct SocketIoSettings {
@@ -45,6 +54,9 @@ pub struct SocketIoSettings {
     /// Sockets on the polling transport (not upgraded to WebSocket) at most; beyond, a new
     /// polling handshake is refused with 503. 0: no limit.
     pub max_polling_sessions: usize,
+    /// WebSocket permessage-deflate with the clients that offer it: each message of at least
+    /// [`COMPRESSION_MIN_BYTES`] compressed once and the same frame sent to all of them.
+    pub compression: bool,
 }
 
 /// Longest `ws_write_coalesce`: every event to a busy socket may wait this long.
@@ -66,6 +78,7 @@ impl Default for SocketIoSettings {
             connect_timeout: Duration::from_secs(10),
             max_event_name: 64,
             max_polling_sessions: 2_000,
+            compression: true,
         }
     }
 }
