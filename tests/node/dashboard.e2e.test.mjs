@@ -1,6 +1,7 @@
 // End-to-end: the dashboard served by flux-bff, in headless Chromium (Debian `chromium`,
-// driven by playwright-core). It waits for live data, checks every card, a moving ticker
-// price, a city switch and the degraded state, and saves a screenshot to target/dashboard.png.
+// driven by playwright-core). It waits for live data, checks every card, that the data came
+// over permessage-deflate, a moving ticker price, a city switch and the degraded state, and
+// saves a screenshot to target/dashboard.png.
 // Chromium: FLUX_CHROMIUM or /usr/bin/chromium (apt-get install -y chromium).
 
 import assert from "node:assert/strict";
@@ -103,6 +104,19 @@ describe("dashboard in headless Chromium", () => {
     assert.match(await text("weather-temp"), /^-?\d+°C$/);
     assert.ok((await text("weather-condition")).length > 2);
     assert.match(await text("weather-aqi"), /PM2\.5\s*[\d.]+/);
+  });
+
+  it("negotiated permessage-deflate: the live data above came in compressed frames", async () => {
+    // The browser's WebSocket of the page's socket.io-client (a top-level `const socket`).
+    const extensions = await page.evaluate(() => socket.io.engine.transport.ws.extensions);
+    assert.equal(extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    // This browser is the gateway's only client: every compressed frame was written to it.
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const compressed = metrics
+      .split("\n")
+      .filter((l) => l.startsWith("flux_ws_compressed_frames_total{"))
+      .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+    assert.ok(compressed >= 10, `compressed frames written: ${compressed}`);
   });
 
   it("updates a ticker price live", async () => {
