@@ -96,6 +96,16 @@ impl SioClient {
         self.ws.read_bytes()
     }
 
+    /// Whether permessage-deflate was negotiated.
+    pub fn deflate(&self) -> bool {
+        self.ws.deflate()
+    }
+
+    /// Data messages read so far, and how many of them arrived compressed.
+    pub fn messages(&self) -> (u64, u64) {
+        self.ws.messages()
+    }
+
     /// Emits `name` with an already serialised JSON payload.
     pub async fn emit(&mut self, name: &str, payload_json: &str) -> Result<(), ClientError> {
         self.ws
@@ -133,14 +143,22 @@ impl SioClient {
         &mut self,
         mut on_packet: impl FnMut(Packet<'_>),
     ) -> Result<usize, ClientError> {
+        self.next_batch_sized(|p, _| on_packet(p)).await
+    }
+
+    /// [`Self::next_batch`], with the bytes each packet's frames took on the wire.
+    pub async fn next_batch_sized(
+        &mut self,
+        mut on_packet: impl FnMut(Packet<'_>, usize),
+    ) -> Result<usize, ClientError> {
         let mut pings = 0u32;
         let mut closed = false;
         let n = self
             .ws
-            .read_batch(|msg| match eio::classify(msg) {
+            .read_batch(|msg, wire| match eio::classify(msg) {
                 Packet::Ping => pings += 1,
                 Packet::Close | Packet::Disconnect => closed = true,
-                p => on_packet(p),
+                p => on_packet(p, wire),
             })
             .await?;
         for _ in 0..pings {

@@ -56,6 +56,7 @@ fn main() -> std::process::ExitCode {
         cli.common.browser_headers,
         std::sync::atomic::Ordering::Relaxed,
     );
+    ws::DEFLATE.store(cli.common.deflate, std::sync::atomic::Ordering::Relaxed);
     match procfs::raise_nofile_limit() {
         Ok((before, after)) if after > before => {
             eprintln!("flux-loadgen: raised RLIMIT_NOFILE from {before} to {after}");

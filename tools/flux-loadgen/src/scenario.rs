@@ -26,6 +26,16 @@ use crate::procfs::{CpuMeter, ProcSample};
 pub const TICKER_TOPIC: &str = "crypto.ticker.event.updated";
 pub const TOPCOINS_TOPIC: &str = "crypto.topcoins.event.updated";
 pub const NEWS_TOPIC: &str = "news.service.event.updated";
+pub const MOVERS_TOPIC: &str = "crypto.movers.event.updated";
+pub const STOCKS_TOPIC: &str = "stock.service.event.updated";
+
+/// The replies a joining client gets when all four snapshots are cached (hydration).
+pub const HYDRATION_EVENTS: [&str; 4] = [
+    "newsUpdate",
+    "cryptoTopCoinsResponse",
+    "cryptoTopMoversResponse",
+    "stockTopPerformersResponse",
+];
 
 /// A valid location: passes D7, joins `weather.Pune` and the three global rooms.
 pub const LOCATION: &str = r#"{"city":"Pune","region":"Maharashtra","country":"IN","lat":18.52,"lon":73.85,"ip":"127.0.0.1"}"#;
@@ -63,6 +73,11 @@ pub struct Common {
     /// Engine.IO keeps each session's request head, so they cost memory per connection.
     #[arg(long = "browser-headers", global = true)]
     pub browser_headers: bool,
+    /// Offer permessage-deflate on every upgrade (as browsers and Node's `ws` do) and inflate
+    /// the compressed messages of a server that accepts it. `--browser-headers` offers it
+    /// too. Without either, no extension is offered and every message arrives plain.
+    #[arg(long, global = true)]
+    pub deflate: bool,
     /// How many connection attempts run at once.
     #[arg(long = "connect-concurrency", global = true, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -176,6 +191,20 @@ pub fn news_value() -> String {
     .to_string()
 }
 
+pub fn movers_value() -> String {
+    fixture(include_str!(
+        "../../../fixtures/crypto.movers.event.updated.json"
+    ))
+    .to_string()
+}
+
+pub fn stocks_value() -> String {
+    fixture(include_str!(
+        "../../../fixtures/stock.service.event.updated.json"
+    ))
+    .to_string()
+}
+
 /// Product ids used for tickers.
 pub fn products(n: usize) -> Vec<String> {
     const KNOWN: [&str; 10] = [
@@ -190,6 +219,22 @@ pub fn products(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `len` letters and digits, the same for the same `seed` (an xorshift on its bytes).
+fn filler(len: usize, seed: &str) -> String {
+    const CHARS: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = seed.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    });
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            CHARS[(x % 36) as usize] as char
+        })
+        .collect()
+}
+
 /// Ticker record values shaped like the fixture with `lg_ts` (µs) as the first field, so
 /// the receive-side scan finds it early. Split around the timestamp to build lines cheaply.
 pub struct TickerTemplate {
@@ -198,7 +243,9 @@ pub struct TickerTemplate {
 }
 
 impl TickerTemplate {
-    /// `pad` bytes of filler go into a trailing `lg_pad` field (to match a frame size).
+    /// `pad` bytes of filler go into a trailing `lg_pad` field (to match a frame size). The
+    /// filler is pseudo-random letters and digits, not one repeated character, so that it
+    /// does not compress better than the prices it stands for (permessage-deflate).
     pub fn new(products: &[String], pad: usize) -> Self {
         let base = fixture(include_str!(
             "../../../fixtures/crypto.ticker.event.updated.json"
@@ -209,7 +256,7 @@ impl TickerTemplate {
                 let mut v = base.clone();
                 v["data"]["product_id"] = Value::String(p.clone());
                 if pad > 0 {
-                    v["lg_pad"] = Value::String("x".repeat(pad));
+                    v["lg_pad"] = Value::String(filler(pad, p));
                 }
                 let obj = v.to_string();
                 // obj starts with `{"source":…`; the line is `{"lg_ts":N,` + obj[1..].
@@ -247,36 +294,42 @@ impl TickerTemplate {
     }
 }
 
-/// Publishes the cached snapshots hydration sends back (news, top coins): through the admin
-/// hook, or in Kafka mode (`kafka` = bootstrap) through Kafka, returning the producer then.
+/// Publishes the cached snapshots hydration sends back (news, top coins; with `all`, movers
+/// and stocks too, as a real deployment has them): through the admin hook, or in Kafka mode
+/// (`kafka` = bootstrap) through Kafka, returning the producer then.
 pub async fn seed_snapshots(
     addr: SocketAddr,
     kafka: Option<&str>,
+    all: bool,
 ) -> anyhow::Result<Option<KafkaInjector>> {
+    let mut snapshots: Vec<(&str, Option<&str>, String, &str)> = vec![
+        (TOPCOINS_TOPIC, None, topcoins_value(), "top-coins"),
+        (NEWS_TOPIC, Some("globalnews"), news_value(), "news"),
+    ];
+    if all {
+        snapshots.push((MOVERS_TOPIC, None, movers_value(), "movers"));
+        snapshots.push((STOCKS_TOPIC, None, stocks_value(), "stocks"));
+    }
     if let Some(bootstrap) = kafka {
-        let topics = [TICKER_TOPIC, TOPCOINS_TOPIC, NEWS_TOPIC];
+        let mut topics = vec![TICKER_TOPIC];
+        topics.extend(snapshots.iter().map(|s| s.0));
         let mut k = KafkaInjector::connect(bootstrap, &topics, Duration::from_secs(30)).await?;
-        k.produce(TOPCOINS_TOPIC, vec![(None, topcoins_value().into_bytes())])
-            .await
-            .context("seeding the top-coins snapshot")?;
-        k.produce(
-            NEWS_TOPIC,
-            vec![(Some("globalnews".into()), news_value().into_bytes())],
-        )
-        .await
-        .context("seeding the news snapshot")?;
+        for (topic, key, value, what) in snapshots {
+            k.produce(topic, vec![(key.map(str::to_owned), value.into_bytes())])
+                .await
+                .with_context(|| format!("seeding the {what} snapshot"))?;
+        }
         // The consumers see them within a fetch max wait; the gateway's snapshot consumers may
         // still be starting.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         return Ok(Some(k));
     }
     let mut p = Publisher::connect(addr).await?;
-    p.publish_one(TOPCOINS_TOPIC, None, topcoins_value().as_bytes())
-        .await
-        .context("seeding the top-coins snapshot")?;
-    p.publish_one(NEWS_TOPIC, Some("globalnews"), news_value().as_bytes())
-        .await
-        .context("seeding the news snapshot")?;
+    for (topic, key, value, what) in snapshots {
+        p.publish_one(topic, key, value.as_bytes())
+            .await
+            .with_context(|| format!("seeding the {what} snapshot"))?;
+    }
     // Let the consumers write the cache before clients ask for it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(None)
@@ -316,6 +369,51 @@ pub async fn connect_and_join(
         Err(ClientError::Timeout(_)) => Ok((c, false)),
         Err(e) => Err(e),
     }
+}
+
+/// What a hydrated join brought: the four replies' sizes on the wire, by event name.
+pub type HydrationFrames = std::collections::BTreeMap<String, usize>;
+
+/// Connects client `index`, sends `userLocationUpdate` and waits (up to `timeout_s`) until
+/// all four hydration replies ([`HYDRATION_EVENTS`]) have arrived; returns the client and
+/// the size on the wire of each reply received.
+pub async fn connect_and_hydrate(
+    addr: SocketAddr,
+    common: &Common,
+    index: usize,
+    limit: &Semaphore,
+    timeout_s: f64,
+) -> Result<(SioClient, HydrationFrames), ClientError> {
+    let mut c = {
+        let _permit = limit.acquire().await;
+        SioClient::connect(
+            client::source_addr(index, common.sources),
+            addr,
+            &format!("lg-{index}"),
+            common.buf_size,
+            client::deadline_in(30.0),
+        )
+        .await?
+    };
+    c.emit("userLocationUpdate", LOCATION).await?;
+    let deadline = client::deadline_in(timeout_s);
+    let mut frames = HydrationFrames::new();
+    while frames.len() < HYDRATION_EVENTS.len() {
+        let batch = c.next_batch_sized(|p, wire| {
+            if let crate::eio::Packet::Event { name, .. } = p
+                && let Some(event) = HYDRATION_EVENTS.iter().find(|e| e.as_bytes() == name)
+            {
+                frames.insert((*event).to_owned(), wire);
+            }
+        });
+        match tokio::time::timeout_at(deadline, batch).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => return Err(ClientError::Timeout("the four hydration replies")),
+        }
+    }
+    Ok((c, frames))
 }
 
 /// One second of the timeline.

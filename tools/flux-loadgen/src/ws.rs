@@ -1,10 +1,21 @@
 //! A lean WebSocket client (RFC 6455) on a tokio `TcpStream`: just the upgrade handshake,
 //! masked client frames and a batch reader that parses every complete frame of one read
-//! without copying. No extensions (permessage-deflate is never offered).
+//! without copying. permessage-deflate (RFC 7692) is offered with `--deflate` (and with
+//! `--browser-headers`, as Chromium does); when the server accepts it, compressed messages
+//! are inflated one by one (the gateway keeps no context between messages), each distinct one
+//! once per thread: see [`with_inflated`]. The client's own messages are always sent
+//! uncompressed.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use miniz_oxide::inflate::TINFLStatus;
+use miniz_oxide::inflate::core::inflate_flags::{
+    TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+};
+use miniz_oxide::inflate::core::{DecompressorOxide, decompress};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -37,6 +48,8 @@ pub enum WsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     /// Masking key, if the frame is masked (server frames normally are not).
     pub mask: Option<[u8; 4]>,
@@ -50,10 +63,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
         return Ok(None);
     }
     let fin = buf[0] & 0x80 != 0;
-    if buf[0] & 0x70 != 0 {
-        return Err(WsError::Protocol(
-            "reserved bits set without a negotiated extension",
-        ));
+    let rsv1 = buf[0] & 0x40 != 0;
+    if buf[0] & 0x30 != 0 {
+        return Err(WsError::Protocol("RSV2 or RSV3 set"));
     }
     let opcode = buf[0] & 0x0F;
     let masked = buf[1] & 0x80 != 0;
@@ -95,6 +107,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
     }
     Ok(Some(FrameHeader {
         fin,
+        rsv1,
         opcode,
         mask,
         header_len,
@@ -130,6 +143,13 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 /// Whether upgrades carry [`BROWSER_HEADER_LINES`] (`--browser-headers`).
 pub static BROWSER_HEADERS: AtomicBool = AtomicBool::new(false);
 
+/// Whether upgrades offer permessage-deflate (`--deflate`; the browser headers offer it too).
+pub static DEFLATE: AtomicBool = AtomicBool::new(false);
+
+/// The offer Chromium and Node's `ws` send.
+const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
 /// What Chromium adds to a socket.io-client WebSocket upgrade, with a typical session cookie.
 const BROWSER_HEADER_LINES: &str = "Pragma: no-cache\r\nCache-Control: no-cache\r\n\
     User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
@@ -140,6 +160,20 @@ const BROWSER_HEADER_LINES: &str = "Pragma: no-cache\r\nCache-Control: no-cache\
     Cookie: flux_session=3f9c1e0a7b5d4c2e8f6a1b3c5d7e9f0a; _ga=GA1.1.1234567890.1764201600; \
     theme=dark\r\n\
     Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+/// Whether an upgrade response head accepts permessage-deflate.
+fn deflate_accepted(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                && value.split(',').any(|ext| {
+                    ext.trim()
+                        .to_ascii_lowercase()
+                        .starts_with("permessage-deflate")
+                })
+        })
+    })
+}
 
 /// Standard base64 (with padding) of a short byte string, for `Sec-WebSocket-Key`.
 pub fn base64(input: &[u8]) -> String {
@@ -172,9 +206,136 @@ pub struct WsStream {
     /// Reassembly of a fragmented message (rare: servers here send whole messages).
     frag: Vec<u8>,
     frag_active: bool,
+    /// Bytes on the wire of the fragments reassembled so far (headers included).
+    frag_wire: usize,
     out: Vec<u8>,
     /// Bytes read from the socket after the upgrade response (WebSocket frames as sent).
     read_bytes: u64,
+    /// permessage-deflate negotiated.
+    deflate: bool,
+    /// The message being reassembled is compressed.
+    frag_rsv1: bool,
+    /// Data messages read, and how many of them were compressed.
+    messages: u64,
+    compressed: u64,
+}
+
+thread_local! {
+    /// The last distinct compressed messages this thread inflated, by a hash of their bytes.
+    static INFLATED: RefCell<InflatedCache> = RefCell::new(InflatedCache::new());
+}
+
+/// Enough that clients that fell behind (each reading older messages) still share entries:
+/// with 256, a load generator starved of CPU inflated ever more distinct messages, fell
+/// further behind and never caught up.
+const INFLATED_SLOTS: usize = 4096;
+
+/// Messages this process really inflated (the others were found in [`INFLATED`]).
+pub static INFLATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A hash of a compressed message, its bytes, and what it inflated to.
+type Inflated = (u64, Vec<u8>, Vec<u8>);
+
+/// Compressed message → inflated message, direct-mapped; an entry matches only when its
+/// compressed bytes equal the message's.
+struct InflatedCache {
+    slots: Vec<Option<Inflated>>,
+    inflater: Inflater,
+}
+
+impl InflatedCache {
+    fn new() -> Self {
+        Self {
+            slots: vec![None; INFLATED_SLOTS],
+            inflater: Inflater::new(),
+        }
+    }
+}
+
+/// Calls `f` with `payload` inflated. A broadcast reaches every client as the same compressed
+/// bytes; inflating it once per thread, not once per client, keeps the load generator's own
+/// CPU (a few µs per inflation, mostly Huffman tables) well below the gateway's per delivery.
+/// The first inflation of each distinct message is a real one, and reuse needs equal bytes.
+fn with_inflated<R>(payload: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<R, WsError> {
+    INFLATED.with_borrow_mut(|cache| {
+        // Eight bytes a step: the reader's cost per message must stay far below the gateway's.
+        let step = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+        let mut words = payload.chunks_exact(8);
+        let mut hash = payload.len() as u64;
+        for w in &mut words {
+            hash = step(hash, u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        }
+        let hash = words
+            .remainder()
+            .iter()
+            .fold(hash, |h, &b| step(h, u64::from(b)));
+        let slot = (hash % INFLATED_SLOTS as u64) as usize;
+        let hit =
+            matches!(&cache.slots[slot], Some((h, bytes, _)) if *h == hash && bytes == payload);
+        if !hit {
+            INFLATIONS.fetch_add(1, Ordering::Relaxed);
+            let inflated = cache.inflater.inflate(payload)?.to_vec();
+            cache.slots[slot] = Some((hash, payload.to_vec(), inflated));
+        }
+        let Some((_, _, inflated)) = &cache.slots[slot] else {
+            unreachable!("filled above")
+        };
+        Ok(f(inflated))
+    })
+}
+
+/// Inflates server messages compressed without context takeover. miniz_oxide's core
+/// decompressor into a flat output buffer: resetting it is setting its state (flate2's stream
+/// resets clear a 32 KiB window per message, which costs the load generator more than the
+/// gateway spends on a delivery).
+struct Inflater {
+    d: DecompressorOxide,
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    fn new() -> Self {
+        Self {
+            d: DecompressorOxide::new(),
+            input: Vec::with_capacity(4096),
+            out: vec![0; 16 * 1024],
+        }
+    }
+
+    /// Inflates one message (the sender removed the sync-flush tail; it is put back).
+    fn inflate(&mut self, payload: &[u8]) -> Result<&[u8], WsError> {
+        self.input.clear();
+        self.input.extend_from_slice(payload);
+        self.input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        self.d.init();
+        let flags = TINFL_FLAG_HAS_MORE_INPUT | TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+        let (mut read, mut written) = (0, 0);
+        loop {
+            let (status, r, w) = decompress(
+                &mut self.d,
+                &self.input[read..],
+                &mut self.out,
+                written,
+                flags,
+            );
+            read += r;
+            written += w;
+            match status {
+                TINFLStatus::Done => break,
+                TINFLStatus::NeedsMoreInput if read == self.input.len() => break,
+                TINFLStatus::HasMoreOutput => {
+                    if self.out.len() > MAX_MESSAGE {
+                        return Err(WsError::Protocol("message larger than 16 MiB"));
+                    }
+                    let len = self.out.len() * 2;
+                    self.out.resize(len, 0);
+                }
+                _ => return Err(WsError::Protocol("corrupt compressed message")),
+            }
+        }
+        Ok(&self.out[..written])
+    }
 }
 
 impl WsStream {
@@ -202,14 +363,17 @@ impl WsStream {
             .await
             .map_err(|source| WsError::Connect { src, dst, source })?;
         let key = base64(&rand::random::<[u8; 16]>());
-        let browser = if BROWSER_HEADERS.load(Ordering::Relaxed) {
+        let browser = BROWSER_HEADERS.load(Ordering::Relaxed);
+        let offer = if browser {
             BROWSER_HEADER_LINES
+        } else if DEFLATE.load(Ordering::Relaxed) {
+            DEFLATE_OFFER
         } else {
             ""
         };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {dst}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{browser}\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         io.write_all(request.as_bytes()).await?;
         let mut buf = vec![0u8; buf_size.max(4096)];
@@ -240,6 +404,12 @@ impl WsStream {
                 String::from_utf8_lossy(status_line).into_owned(),
             ));
         }
+        let accepted = deflate_accepted(&buf[..header_end]);
+        if accepted && offer.is_empty() {
+            return Err(WsError::Protocol(
+                "the server accepted permessage-deflate, which was not offered",
+            ));
+        }
         Ok(Self {
             io,
             buf,
@@ -247,9 +417,24 @@ impl WsStream {
             end,
             frag: Vec::new(),
             frag_active: false,
+            frag_wire: 0,
             out: Vec::with_capacity(256),
             read_bytes: (end - header_end) as u64,
+            deflate: accepted,
+            frag_rsv1: false,
+            messages: 0,
+            compressed: 0,
         })
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn deflate(&self) -> bool {
+        self.deflate
+    }
+
+    /// Data messages read so far, and how many of them arrived compressed.
+    pub fn messages(&self) -> (u64, u64) {
+        (self.messages, self.compressed)
     }
 
     /// Sends one text message.
@@ -260,10 +445,14 @@ impl WsStream {
         Ok(())
     }
 
-    /// Hands every complete text message already buffered to `on_text`; if none is buffered,
-    /// reads once from the socket first. Returns the number of messages handed over.
+    /// Hands every complete text message already buffered to `on_text`, with the bytes its
+    /// frames took on the wire (headers included); if none is buffered, reads once from the
+    /// socket first. Returns the number of messages handed over.
     /// Control frames are answered here (ping → pong); a close frame yields `WsError::Closed`.
-    pub async fn read_batch(&mut self, mut on_text: impl FnMut(&[u8])) -> Result<usize, WsError> {
+    pub async fn read_batch(
+        &mut self,
+        mut on_text: impl FnMut(&[u8], usize),
+    ) -> Result<usize, WsError> {
         loop {
             let (count, pong) = self.drain_buffer(&mut on_text)?;
             if let Some(payload) = pong {
@@ -314,7 +503,7 @@ impl WsStream {
     /// payload of a ping to answer (the last one wins; pongs only need the latest).
     fn drain_buffer(
         &mut self,
-        on_text: &mut impl FnMut(&[u8]),
+        on_text: &mut impl FnMut(&[u8], usize),
     ) -> Result<(usize, Option<Vec<u8>>), WsError> {
         let mut count = 0;
         let mut pong = None;
@@ -341,9 +530,20 @@ impl WsStream {
                 apply_mask(payload, mask);
             }
             self.start += total;
+            if h.rsv1 && (!self.deflate || !matches!(h.opcode, 0x1 | 0x2)) {
+                return Err(WsError::Protocol(
+                    "RSV1 set on a control or continuation frame, or without permessage-deflate",
+                ));
+            }
             match h.opcode {
                 0x1 | 0x2 if h.fin && !self.frag_active => {
-                    on_text(payload);
+                    self.messages += 1;
+                    if h.rsv1 {
+                        self.compressed += 1;
+                        with_inflated(payload, |m| on_text(m, total))?;
+                    } else {
+                        on_text(payload, total);
+                    }
                     count += 1;
                 }
                 0x1 | 0x2 => {
@@ -353,20 +553,30 @@ impl WsStream {
                         ));
                     }
                     self.frag_active = true;
+                    self.frag_rsv1 = h.rsv1;
                     self.frag.clear();
                     self.frag.extend_from_slice(payload);
+                    self.frag_wire = total;
                 }
                 0x0 => {
                     if !self.frag_active {
                         return Err(WsError::Protocol("continuation frame without a start"));
                     }
                     self.frag.extend_from_slice(payload);
+                    self.frag_wire += total;
                     if self.frag.len() > MAX_MESSAGE {
                         return Err(WsError::Protocol("message larger than 16 MiB"));
                     }
                     if h.fin {
                         self.frag_active = false;
-                        on_text(&self.frag);
+                        self.messages += 1;
+                        if self.frag_rsv1 {
+                            self.compressed += 1;
+                            let wire = self.frag_wire;
+                            with_inflated(&self.frag, |m| on_text(m, wire))?;
+                        } else {
+                            on_text(&self.frag, self.frag_wire);
+                        }
                         count += 1;
                     }
                 }
@@ -444,8 +654,30 @@ mod tests {
     }
 
     #[test]
+    fn compressed_messages_inflate_one_by_one() {
+        let mut inflater = Inflater::new();
+        let small = br#"42["cryptoTickerResponse",{"status":"success"}]"#.to_vec();
+        let big: Vec<u8> = (0..70_000u32)
+            .map(|i| b"0123456789abcdef"[(i % 16) as usize])
+            .collect();
+        for message in [&small, &big, &small] {
+            // A final block here; the gateway's end with a sync flush, both inflate alike.
+            let payload = miniz_oxide::deflate::compress_to_vec(message, 6);
+            assert_eq!(inflater.inflate(&payload).unwrap(), &message[..]);
+            assert_eq!(
+                with_inflated(&payload, |m| m.to_vec()).unwrap(),
+                &message[..]
+            );
+            assert_eq!(with_inflated(&payload, |m| m.len()).unwrap(), message.len());
+        }
+        assert!(inflater.inflate(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
     fn reserved_bits_and_oversized_frames_are_rejected() {
-        assert!(parse_header(&[0xC1, 0x00]).is_err());
+        assert!(parse_header(&[0xA1, 0x00]).is_err());
+        assert!(parse_header(&[0x91, 0x00]).is_err());
+        assert!(parse_header(&[0xC1, 0x00]).unwrap().unwrap().rsv1);
         let mut big = vec![0x81, 127];
         big.extend_from_slice(&(u64::MAX).to_be_bytes());
         assert!(parse_header(&big).is_err());
@@ -488,8 +720,15 @@ mod tests {
             .await
             .unwrap();
         let mut msgs: Vec<Vec<u8>> = Vec::new();
+        let mut wire = Vec::new();
         let result = loop {
-            match ws.read_batch(|m| msgs.push(m.to_vec())).await {
+            match ws
+                .read_batch(|m, w| {
+                    msgs.push(m.to_vec());
+                    wire.push(w);
+                })
+                .await
+            {
                 Ok(_) => {}
                 Err(e) => break e,
             }
@@ -499,6 +738,8 @@ mod tests {
         assert_eq!(msgs[0], b"0{\"sid\":\"x\"}");
         assert_eq!(msgs[1], b"42[\"a\",1]");
         assert_eq!(msgs[2].len(), 70_000);
+        // Header + payload of each message's frames.
+        assert_eq!(wire, vec![2 + 12, 2 + 7 + 2 + 2, 10 + 70_000]);
         server.await.unwrap();
     }
 }

@@ -59,7 +59,7 @@ async fn run_against(
     pid: Option<u32>,
     kafka: Option<&str>,
 ) -> anyhow::Result<ConnectReport> {
-    super::seed_snapshots(addr, kafka).await?;
+    super::seed_snapshots(addr, kafka, false).await?;
     let init_h = Arc::new(DurationHistogram::default());
     let hyd_h = Arc::new(DurationHistogram::default());
     let limit = Arc::new(Semaphore::new(args.concurrency.max(1)));

@@ -67,6 +67,11 @@ struct ClientOutcome {
     received: u64,
     /// Bytes read from the socket while deliveries were recorded.
     read_bytes: u64,
+    /// permessage-deflate negotiated.
+    deflate: bool,
+    /// Messages read while deliveries were recorded, and how many arrived compressed.
+    messages: u64,
+    compressed: u64,
     ready: bool,
     confirmed: bool,
     slow: bool,
@@ -131,6 +136,15 @@ pub struct FanoutReport {
     /// Bytes the clients read from their sockets while deliveries were recorded (WebSocket
     /// frames as the gateway wrote them, pings included), per delivery received.
     pub client_read_bytes_per_delivery: f64,
+    /// Clients that offered permessage-deflate (`--deflate`), and those whose offer the
+    /// gateway accepted.
+    pub client_deflate_offered: bool,
+    pub clients_deflate: u64,
+    /// Share of the messages read while deliveries were recorded that arrived compressed, %.
+    pub client_compressed_pct: f64,
+    /// Compressed messages this tool really inflated over the run; the others were the same
+    /// bytes as one inflated before on the same thread (a broadcast), and reused.
+    pub client_inflations: u64,
     pub lg_cpu_pct_avg: f64,
     pub timeline: Vec<TimelineRow>,
 }
@@ -170,7 +184,7 @@ async fn run_against(
 ) -> anyhow::Result<FanoutReport> {
     let (addr, pid) = (gw.addr, gw.pid);
     // Seed a snapshot so every join is confirmed by its hydration reply.
-    let kafka = super::seed_snapshots(addr, gw.kafka.as_deref()).await?;
+    let kafka = super::seed_snapshots(addr, gw.kafka.as_deref(), false).await?;
     let slow_every = if slow_share > 0.0 {
         (1.0 / slow_share.min(1.0)).round().max(1.0) as usize
     } else {
@@ -238,6 +252,8 @@ async fn run_against(
                 }
             };
             let read_start = c.read_bytes();
+            let (messages_start, compressed_start) = c.messages();
+            out.deflate = c.deflate();
             let mut batch: Vec<(u64, u64)> = Vec::with_capacity(64);
             loop {
                 let mut now = 0u64;
@@ -268,6 +284,9 @@ async fn run_against(
                 }
             }
             out.read_bytes = c.read_bytes() - read_start;
+            let (messages, compressed) = c.messages();
+            out.messages = messages - messages_start;
+            out.compressed = compressed - compressed_start;
             out
         }));
     }
@@ -458,6 +477,7 @@ fn build_report(
     let mut receive_errors = ErrorCounts::default();
     let (mut ready, mut slow, mut unconfirmed, mut received) = (0u64, 0u64, 0u64, 0u64);
     let mut read_bytes = 0u64;
+    let (mut deflate, mut messages, mut compressed) = (0u64, 0u64, 0u64);
     let (mut min_c, mut max_c) = (u64::MAX, 0u64);
     for o in outcomes {
         match (o.ready, o.error) {
@@ -478,6 +498,9 @@ fn build_report(
         }
         received += o.received;
         read_bytes += o.read_bytes;
+        deflate += u64::from(o.deflate);
+        messages += o.messages;
+        compressed += o.compressed;
         min_c = min_c.min(o.received);
         max_c = max_c.max(o.received);
     }
@@ -574,6 +597,15 @@ fn build_report(
         } else {
             0.0
         },
+        client_deflate_offered: crate::ws::DEFLATE.load(std::sync::atomic::Ordering::Relaxed)
+            || crate::ws::BROWSER_HEADERS.load(std::sync::atomic::Ordering::Relaxed),
+        clients_deflate: deflate,
+        client_compressed_pct: if messages > 0 {
+            100.0 * compressed as f64 / messages as f64
+        } else {
+            0.0
+        },
+        client_inflations: crate::ws::INFLATIONS.load(std::sync::atomic::Ordering::Relaxed),
         lg_cpu_pct_avg: avg(&|p| p.1.cpu_pct),
         timeline,
     }
@@ -666,6 +698,17 @@ pub fn print(r: &FanoutReport) {
     println!(
         "bytes per delivery: clients read {:.1} (the ticker's Socket.IO message alone: {} B)",
         r.client_read_bytes_per_delivery, r.frame_bytes
+    );
+    println!(
+        "permessage-deflate: {}; {} clients negotiated it; {:.1} % of messages arrived compressed ({} inflated, the rest reused)",
+        if r.client_deflate_offered {
+            "offered"
+        } else {
+            "not offered"
+        },
+        r.clients_deflate,
+        r.client_compressed_pct,
+        r.client_inflations
     );
     println!();
     println!(

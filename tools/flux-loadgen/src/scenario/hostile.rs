@@ -125,7 +125,7 @@ async fn run_against(
     addr: SocketAddr,
     pid: Option<u32>,
 ) -> anyhow::Result<HostileReport> {
-    super::seed_snapshots(addr, None).await?;
+    super::seed_snapshots(addr, None, false).await?;
     let mut meter = CpuMeter::new(pid);
     let rss_start = meter.sample().map_or(0.0, |s| s.rss_mb);
     let stop = CancellationToken::new();
@@ -338,7 +338,7 @@ async fn half_open_loop(addr: SocketAddr, n: Arc<Counters>, stop: CancellationTo
                 let closed = loop {
                     tokio::select! {
                         () = stop.cancelled() => break false,
-                        r = ws.read_batch(|_| {}) => if r.is_err() { break true },
+                        r = ws.read_batch(|_, _| {}) => if r.is_err() { break true },
                     }
                 };
                 if closed {
@@ -407,7 +407,7 @@ async fn big_frame_loop(addr: SocketAddr, n: Arc<Counters>, stop: CancellationTo
         let closed = sent.is_err() || {
             tokio::select! {
                 () = stop.cancelled() => false,
-                () = async { while ws.read_batch(|_| {}).await.is_ok() {} } => true,
+                () = async { while ws.read_batch(|_, _| {}).await.is_ok() {} } => true,
             }
         };
         if closed {

@@ -22,8 +22,13 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
     /// Connect only (no `userLocationUpdate`, so no room membership).
-    #[arg(long = "no-join")]
+    #[arg(long = "no-join", conflicts_with = "hydrate")]
     pub no_join: bool,
+    /// Publish all four snapshots (news, top coins, movers, stocks) before connecting, and
+    /// have each client wait for its four hydration replies when it joins, as every real
+    /// frontend gets them. RSS with no client is read after the snapshots are cached.
+    #[arg(long)]
+    pub hydrate: bool,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -43,6 +48,11 @@ pub struct IdleReport {
     pub errors: ErrorCounts,
     pub kb_per_client: f64,
     pub mb_per_1000_clients: f64,
+    /// With --hydrate: clients that got all four hydration replies.
+    pub hydrated: u64,
+    /// With --hydrate: each hydration reply's size on the wire (frame headers included), as
+    /// the first hydrated client read it.
+    pub hydration_frame_bytes: super::HydrationFrames,
     pub steps: Vec<IdleStep>,
 }
 
@@ -62,6 +72,9 @@ async fn run_against(
     if pid.is_none() {
         anyhow::bail!("idle needs the gateway's pid to read its RSS: pass --pid or --spawn");
     }
+    if args.hydrate {
+        super::seed_snapshots(addr, None, true).await?;
+    }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss0 = super::rss_mb(pid).unwrap_or(0.0);
     let cancel = CancellationToken::new();
@@ -74,6 +87,8 @@ async fn run_against(
         lg_rss_mb: super::rss_mb(Some(std::process::id())).unwrap_or(0.0),
     }];
     let mut connected = 0u64;
+    let mut hydrated = 0u64;
+    let mut frame_bytes = super::HydrationFrames::new();
     let mut readers = Vec::new();
     let mut next = 0usize;
     let step = args.step.max(1);
@@ -82,9 +97,14 @@ async fn run_against(
         let mut batch = Vec::with_capacity(end - next);
         for i in next..end {
             let (common, limit, cancel) = (common.clone(), limit.clone(), cancel.clone());
-            let join = !args.no_join;
+            let (join, hydrate) = (!args.no_join, args.hydrate);
             batch.push(tokio::spawn(async move {
-                let mut c = if join {
+                let mut frames = super::HydrationFrames::new();
+                let mut c = if hydrate {
+                    let (c, f) = super::connect_and_hydrate(addr, &common, i, &limit, 30.0).await?;
+                    frames = f;
+                    c
+                } else if join {
                     super::connect_and_join(addr, &common, i, &limit, 0.5)
                         .await?
                         .0
@@ -99,7 +119,7 @@ async fn run_against(
                     )
                     .await?
                 };
-                Ok::<_, crate::client::ClientError>(tokio::spawn(async move {
+                let reader = tokio::spawn(async move {
                     // Idle: read only to answer engine pings, until the run ends.
                     loop {
                         tokio::select! {
@@ -107,13 +127,20 @@ async fn run_against(
                             r = c.next_batch(|_| {}) => if r.is_err() { break },
                         }
                     }
-                }))
+                });
+                Ok::<_, crate::client::ClientError>((reader, frames))
             }));
         }
         for t in batch {
             match t.await {
-                Ok(Ok(reader)) => {
+                Ok(Ok((reader, frames))) => {
                     connected += 1;
+                    if frames.len() == super::HYDRATION_EVENTS.len() {
+                        hydrated += 1;
+                    }
+                    if frame_bytes.is_empty() {
+                        frame_bytes = frames;
+                    }
                     readers.push(reader);
                 }
                 Ok(Err(e)) => errors.add(e.kind()),
@@ -151,6 +178,8 @@ async fn run_against(
         errors,
         kb_per_client: last,
         mb_per_1000_clients: last * 1000.0 / 1024.0,
+        hydrated,
+        hydration_frame_bytes: frame_bytes,
         steps,
     })
 }
@@ -163,10 +192,25 @@ pub fn print(r: &IdleReport) {
         r.params.step,
         if r.params.no_join {
             ", no room joins"
+        } else if r.params.hydrate {
+            ", joined and hydrated (four snapshots each)"
         } else {
             ", joined to their rooms"
         }
     );
+    if r.params.hydrate {
+        let frames: Vec<String> = r
+            .hydration_frame_bytes
+            .iter()
+            .map(|(k, v)| format!("{k} {v} B"))
+            .collect();
+        println!(
+            "hydrated {} of {}; replies on the wire: {}",
+            r.hydrated,
+            r.connected,
+            frames.join(", ")
+        );
+    }
     println!(
         "gateway RSS idle {:.1} MB   connected {}   errors {} ({})",
         r.gw_rss_mb_idle,
