@@ -74,7 +74,6 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
         .ws_max_frame_size(settings.max_payload as usize)
         .max_buffer_size(settings.max_buffer)
         .ws_read_buffer_size(settings.ws_read_buffer)
-        .ws_write_coalesce(settings.ws_write_coalesce)
         // permessage-deflate with the clients that offer it (every browser does).
         .ws_compression(
             settings

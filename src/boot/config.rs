@@ -376,24 +376,6 @@ mod tests {
     }
 
     #[test]
-    fn the_write_coalescing_window_is_off_by_default_read_and_bounded() {
-        figment::Jail::expect_with(|jail| {
-            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
-            assert_eq!(c.settings.socketio.ws_write_coalesce, Duration::ZERO);
-            jail.set_env("FLUX_SOCKETIO__WS_WRITE_COALESCE", "2ms");
-            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
-            assert_eq!(
-                c.settings.socketio.ws_write_coalesce,
-                Duration::from_millis(2)
-            );
-            jail.set_env("FLUX_SOCKETIO__WS_WRITE_COALESCE", "101ms");
-            let err = Config::from_parts(None, &[]).unwrap_err().to_string();
-            assert!(err.contains("socketio.ws_write_coalesce"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
     fn auth_is_read_from_flux_variables_and_a_bad_key_file_is_an_error() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("jwt.key", "0123456789abcdef0123456789abcdef\n")?;

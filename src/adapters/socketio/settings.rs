@@ -36,12 +36,6 @@ pub struct SocketIoSettings {
     /// Read buffer of each WebSocket connection, in bytes: held for the life of every
     /// connected client; a larger client message only needs more reads.
     pub ws_read_buffer: usize,
-    /// Shortest time between two writes to one WebSocket connection: a packet queued sooner
-    /// after a write waits for the rest of the window and goes out with what was queued
-    /// meanwhile, in one write. `0s` (the default): off, each batch written at once
-    /// (BENCHMARKS.md, "CPU per delivery").
-    #[serde(with = "humantime_serde")]
-    pub ws_write_coalesce: Duration,
     /// Binary attachments a client packet may carry: the contract has none, so a packet with
     /// more closes the socket. Their bytes are bounded by `max_payload`.
     pub max_attachments: usize,
@@ -59,9 +53,6 @@ pub struct SocketIoSettings {
     pub compression: bool,
 }
 
-/// Longest `ws_write_coalesce`: every event to a busy socket may wait this long.
-const MAX_WRITE_COALESCE: Duration = Duration::from_millis(100);
-
 impl Default for SocketIoSettings {
     fn default() -> Self {
         Self {
@@ -73,7 +64,6 @@ impl Default for SocketIoSettings {
             max_buffer: 256,
             max_backlog: 256,
             ws_read_buffer: 512,
-            ws_write_coalesce: Duration::ZERO,
             max_attachments: 0,
             connect_timeout: Duration::from_secs(10),
             max_event_name: 64,
@@ -92,9 +82,6 @@ impl SocketIoSettings {
         }
         if self.ws_read_buffer < 64 {
             problems.push("socketio.ws_read_buffer: must be at least 64 bytes".to_owned());
-        }
-        if self.ws_write_coalesce > MAX_WRITE_COALESCE {
-            problems.push("socketio.ws_write_coalesce: must be at most 100ms".to_owned());
         }
         if self.rate_per_second == 0 || self.burst == 0 {
             problems

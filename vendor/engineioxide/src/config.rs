@@ -84,12 +84,6 @@ pub struct EngineIoConfig {
     /// to prevent memory eating by a malicious user.
     pub ws_max_frame_size: usize,
 
-    /// flux-bff patch: the shortest time between two writes of one WebSocket connection. A
-    /// packet queued sooner after a write waits for the rest of this window and goes out with
-    /// whatever else was queued meanwhile, in one write; one queued later goes out at once.
-    /// Zero (the default): every batch is written as soon as the writer takes it.
-    pub ws_write_coalesce: Duration,
-
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
@@ -114,7 +108,6 @@ impl Default for EngineIoConfig {
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
-            ws_write_coalesce: Duration::ZERO,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
             ws_compression: None,
         }
@@ -232,13 +225,6 @@ impl EngineIoConfigBuilder {
     /// but will consume more memory.
     pub fn ws_read_buffer_size(mut self, ws_read_buffer_size: usize) -> Self {
         self.config.ws_read_buffer_size = ws_read_buffer_size;
-        self
-    }
-
-    /// flux-bff patch: the shortest time between two writes of one WebSocket connection (see
-    /// [`EngineIoConfig::ws_write_coalesce`]). Defaults to zero: off.
-    pub fn ws_write_coalesce(mut self, window: Duration) -> Self {
-        self.config.ws_write_coalesce = window;
         self
     }
 

@@ -277,10 +277,6 @@ where
 
     /// If the client supports binary packets (via polling XHR2)
     pub(crate) supports_binary: bool,
-
-    /// flux-bff patch: the shortest time between two WebSocket writes
-    /// ([`EngineIoConfig::ws_write_coalesce`]).
-    pub(crate) write_coalesce: Duration,
 }
 
 impl<D> Socket<D>
@@ -318,7 +314,6 @@ where
             req_parts,
 
             supports_binary,
-            write_coalesce: config.ws_write_coalesce,
         }
     }
 
@@ -633,7 +628,6 @@ where
             req_parts: http::Request::<()>::default().into_parts().0,
 
             supports_binary: true,
-            write_coalesce: Duration::ZERO,
         };
         let sock = std::sync::Arc::new(sock);
 

@@ -227,15 +227,6 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
-    /// flux-bff patch: the shortest time between two writes of one WebSocket connection:
-    /// packets queued sooner after a write wait for the rest of the window and go out
-    /// together. Defaults to zero: off.
-    #[inline]
-    pub fn ws_write_coalesce(mut self, window: std::time::Duration) -> Self {
-        self.engine_config_builder = self.engine_config_builder.ws_write_coalesce(window);
-        self
-    }
-
     /// The maximum size of an incoming message
     ///
     /// The default value is 64 MiB which should be reasonably big for all normal use-cases but small enough

@@ -405,7 +405,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     // flux-bff patch: one `feed` await point (upstream had one per macro expansion, which made
     // this future 2.3 KB): wait for a first batch, then send it and everything queued behind
     // it, then flush once.
-    let mut next_write = None;
     loop {
         // flux-bff patch: one waker for the queue, the volatile packets and the cancellation.
         let token = &socket.cancellation_token;
@@ -413,11 +412,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             crate::socket::poll_ws_packets(buffered_rx, volatile_rx, token, cx)
         });
         let Some(first) = next.await else { break };
-        // flux-bff patch: a write at most every `ws_write_coalesce` (zero: off); the sleep is
-        // boxed so that this long-lived future does not reserve a timer's room.
-        if let Some(due) = next_write.filter(|due| *due > tokio::time::Instant::now()) {
-            Box::pin(tokio::time::sleep_until(due)).await;
-        }
         let mut batch = Some(first);
         let (mut messages, mut bytes) = (0u64, 0u64);
         while let Some(packets) = batch.take() {
@@ -447,9 +441,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
-        if !socket.write_coalesce.is_zero() {
-            next_write = Some(tokio::time::Instant::now() + socket.write_coalesce);
-        }
     }
 
     #[cfg(feature = "tracing")]
@@ -671,46 +662,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(msg, Message::text("4hello"));
-    }
-
-    /// flux-bff patch: with a write-coalescing window, what follows a write closely waits for
-    /// the window and goes out together; the first packet goes out at once.
-    #[tokio::test]
-    async fn writes_closer_than_the_coalescing_window_wait_for_it() {
-        let mut config = EngineIoConfig::default();
-        config.ws_write_coalesce = Duration::from_millis(150);
-        let socket = Arc::new(Socket::<()>::new(
-            ProtocolVersion::V4,
-            TransportType::Websocket,
-            &config,
-            Request::<()>::default().into_parts().0,
-            Box::new(|_, _| ()),
-            false,
-        ));
-        let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
-        tokio::spawn(forward_to_socket::<StubHandler, _>(
-            socket.clone(),
-            tx,
-            None,
-        ));
-        let mut next = async || {
-            tokio::time::timeout(TIMEOUT, client.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-        };
-
-        let start = tokio::time::Instant::now();
-        socket.emit(Str::from("first")).unwrap();
-        assert_eq!(next().await, Message::text("4first"));
-        assert!(start.elapsed() < Duration::from_millis(100), "not delayed");
-        socket.emit(Str::from("second")).unwrap();
-        socket.emit(Str::from("third")).unwrap();
-        assert_eq!(next().await, Message::text("4second"));
-        assert!(start.elapsed() >= Duration::from_millis(150), "held for the window");
-        assert_eq!(next().await, Message::text("4third"));
     }
 
     #[tokio::test]
