@@ -62,10 +62,11 @@ pub(crate) fn message(msg: Str, compress_from: Option<usize>) -> Message {
         return Message::Text(build(&msg));
     }
     RECENT_MESSAGES.with_borrow_mut(|recent| {
-        let index = match recent.entries.iter().position(|e| {
-            e.as_ref()
-                .is_some_and(|e| same_bytes(&e.message, &msg))
-        }) {
+        let index = match recent
+            .entries
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| same_bytes(&e.message, &msg)))
+        {
             Some(index) => index,
             None => {
                 let index = recent.next;

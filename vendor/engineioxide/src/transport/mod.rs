@@ -5,8 +5,8 @@ use engineioxide_core::{OpenPacket, Sid, TransportType};
 use crate::config::EngineIoConfig;
 
 pub(crate) mod deflate;
-pub mod polling;
 mod frames;
+pub mod polling;
 pub mod ws;
 
 fn make_open_packet(transport: TransportType, id: Sid, config: &EngineIoConfig) -> OpenPacket {
