@@ -189,8 +189,11 @@ pub(crate) fn inflate_message(
 /// bytes; memory and work stay bounded by `limit` whatever the input.
 fn inflate(payload: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     INFLATE.with_borrow_mut(|d| {
+        // A full reset (it clears the 32 KB window): client messages are few, and no state
+        // may leak from one message, or one connection, to the next.
         d.reset(false);
-        let mut out = Vec::with_capacity(payload.len().saturating_mul(4).clamp(64, limit + 1));
+        let most = limit.saturating_add(1);
+        let mut out = Vec::with_capacity(payload.len().saturating_mul(4).clamp(64.min(most), most));
         if !inflate_all(d, payload, &mut out, limit)? {
             inflate_all(d, &TAIL, &mut out, limit)?;
         }
@@ -206,13 +209,14 @@ fn inflate_all(
     limit: usize,
 ) -> Result<bool, InflateError> {
     let mut consumed = 0;
+    let most = limit.saturating_add(1);
     loop {
         if out.len() == out.capacity() {
             if out.len() > limit {
                 return Err(InflateError::TooLarge);
             }
             // Grow by doubling, never past one byte over the limit.
-            let room = out.capacity().max(64).min(limit + 1 - out.len());
+            let room = out.capacity().max(64).min(most - out.len());
             out.reserve_exact(room);
         }
         let (before_in, before_out) = (d.total_in(), d.total_out());
@@ -226,10 +230,13 @@ fn inflate_all(
         if status == Status::StreamEnd {
             return Ok(true);
         }
-        if consumed == input.len() && out.len() < out.capacity() {
+        let stuck = d.total_in() == before_in && d.total_out() == before_out;
+        // All input taken, and either room left or nothing more came with room given (the
+        // output filled exactly as the last byte was read): the message needs more input.
+        if consumed == input.len() && (out.len() < out.capacity() || stuck) {
             return Ok(false);
         }
-        let stuck = d.total_in() == before_in && d.total_out() == before_out;
+        // Input left that the inflater will not take, with room to write: not deflate.
         if stuck && out.len() < out.capacity() {
             return Err(InflateError::Corrupt);
         }
@@ -291,27 +298,23 @@ impl FrameCache {
             .as_ref()
             .filter(|e| e.hash == hash && e.message.as_bytes() == bytes)
             .map(|e| e.frame.clone());
-        let frame = match found {
-            Some(frame) => {
-                count(&CONTENT_HITS);
-                frame
-            }
-            None => {
-                count(&COMPRESSED);
-                let frame = compress(b"4", bytes);
-                *lock(content) = Some(Entry {
-                    message: message.clone(),
-                    hash,
-                    frame: frame.clone(),
-                });
-                frame
-            }
-        };
-        *lock(slot) = Some(Entry {
+        if let Some(frame) = found {
+            // The same bytes emitted socket by socket (each its own copy): not remembered by
+            // address, or a reconnect storm would fill the table with copies of the snapshots
+            // that nothing looks up again.
+            count(&CONTENT_HITS);
+            return frame;
+        }
+        count(&COMPRESSED);
+        let frame = compress(b"4", bytes);
+        let entry = || Entry {
             message: message.clone(),
             hash,
             frame: frame.clone(),
-        });
+        };
+        *lock(content) = Some(entry());
+        // The first socket of a broadcast: the others hold the same bytes.
+        *lock(slot) = Some(entry());
         frame
     }
 }
@@ -484,6 +487,53 @@ mod tests {
             inflate_message(&latin1, 1024, true),
             Err(InflateError::Corrupt)
         ));
+    }
+
+    /// Every size, with data that compresses a lot, some and little, so that the inflater's
+    /// output buffer fills exactly as its input ends at some of them (a review found the loop
+    /// would then have called a valid message corrupt had the inflater consumed its last
+    /// input byte with no room left; miniz_oxide holds that byte back, and the loop no longer
+    /// depends on it). A limit of the exact size passes, one byte less is too large.
+    #[test]
+    fn every_size_round_trips_and_the_limit_is_exact() {
+        let prose = b"the quick brown fox jumps over the lazy dog; ";
+        let mut seed = 7u32;
+        let mut noise = || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            b'a' + (seed >> 16) as u8 % 26
+        };
+        for n in 1..=3000usize {
+            let kinds: [Vec<u8>; 3] = [
+                vec![b'a'; n],
+                prose.iter().copied().cycle().take(n).collect(),
+                (0..n).map(|_| noise()).collect(),
+            ];
+            for data in kinds {
+                let Some(payload) = compress(b"", &data) else {
+                    continue; // incompressible: sent plain
+                };
+                assert_eq!(inflate(&payload, n).as_deref(), Ok(&data[..]), "size {n}");
+                // The limit at which the first output buffer is the whole message.
+                let limit = 4 * payload.len();
+                match inflate(&payload, limit) {
+                    Ok(out) => assert!(limit >= n && out == data, "size {n}, limit {limit}"),
+                    Err(e) => assert!(limit < n && e == InflateError::TooLarge, "size {n}"),
+                }
+                assert_eq!(
+                    inflate(&payload, n - 1),
+                    Err(InflateError::TooLarge),
+                    "size {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_limits_do_not_panic() {
+        let payload = compress(b"", &[b'x'; 500]).unwrap();
+        assert_eq!(inflate(&payload, usize::MAX).unwrap().len(), 500);
+        assert_eq!(inflate(&payload, 10), Err(InflateError::TooLarge));
+        assert_eq!(inflate(&payload, 0), Err(InflateError::TooLarge));
     }
 
     #[test]
