@@ -342,6 +342,44 @@ async fn a_compressed_client_message_is_inflated_and_handled() {
     assert!(reply.contains("\"success\""), "{reply}");
 }
 
+/// A compressed message in two frames, as RFC 7692 allows: RSV1 on the first frame only,
+/// the rest of the deflate stream in a continuation frame.
+#[tokio::test]
+async fn a_compressed_client_message_in_two_frames_is_reassembled_and_inflated() {
+    let _counts = COUNTS.lock().await;
+    let app = TestApp::spawn().await;
+    app.cache_every_snapshot().await;
+    let (mut ws, extension) = connected(&app, true, "sends-fragments").await;
+    assert_eq!(extension.as_deref(), Some(ACCEPTED));
+    let payload = deflate(user_location_update("Lucknow").as_bytes());
+    let (head, tail) = payload.split_at(payload.len() / 2);
+    let first = FrameHeader {
+        is_final: false,
+        rsv1: true,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let rest = FrameHeader {
+        opcode: OpCode::Data(Data::Continue),
+        ..FrameHeader::default()
+    };
+    ws.send(Message::Frame(Frame::from_payload(
+        first,
+        Bytes::from(head.to_vec()),
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::from_payload(
+        rest,
+        Bytes::from(tail.to_vec()),
+    )))
+    .await
+    .unwrap();
+    // The join happened: the hydration replies come back.
+    let (reply, _) = wait_event(&mut ws, EV_TOPCOINS).await;
+    assert!(reply.contains("\"success\""), "{reply}");
+}
+
 #[tokio::test]
 async fn a_deflate_bomb_or_a_corrupt_message_closes_only_that_socket_and_is_counted() {
     let _counts = COUNTS.lock().await;
