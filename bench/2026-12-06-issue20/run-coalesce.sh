@@ -2,7 +2,8 @@
 # socketio.ws_write_coalesce through Apache Kafka 4: the final gateway (AFTER) with the window
 # off (its default) and at 5 ms and 20 ms, at 1000 x 50, 3000 x 100 and 3000 x 120 events/s,
 # clients offering permessage-deflate; PASSES interleaved passes, the order turning. Writes
-# coalesce/results-<window>-<C>x<R>.jsonl and coalesce/loadavg.log here.
+# coalesce/results-<window>-<C>x<R>.jsonl and coalesce/loadavg.log here. The setting was
+# removed after these runs (commit 7928e71): AFTER must be a build of 04f925f or earlier.
 #   AFTER=path/to/flux-bff LOADGEN=path/to/flux-loadgen [PASSES=2 WINDOWS="0s 5ms 20ms"
 #   LOADS="1000x50 3000x100 3000x120"] bash bench/2026-12-06-issue20/run-coalesce.sh
 set -euo pipefail
