@@ -30,8 +30,8 @@ impl Health {
             } else {
                 1.0
             });
+            self.export_ready();
         }
-        self.export_ready();
     }
 
     pub fn set_producing(&self, up: bool) {
@@ -41,8 +41,8 @@ impl Health {
             } else {
                 1.0
             });
+            self.export_ready();
         }
-        self.export_ready();
     }
 
     pub fn set_shutting_down(&self) {
@@ -50,7 +50,8 @@ impl Health {
         self.export_ready();
     }
 
-    /// `flux_ready`: what `/readyz` answers, for dashboards and alerts.
+    /// `flux_ready`: what `/readyz` answers, for dashboards and alerts; set when a flag
+    /// changes (every sent command reports the producer up).
     fn export_ready(&self) {
         metrics::gauge!(READY).set(if self.ready() { 1.0 } else { 0.0 });
     }

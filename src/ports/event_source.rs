@@ -53,6 +53,12 @@ impl Positions {
         self.0.iter().map(|((t, p), o)| (t.as_str(), *p, *o))
     }
 
+    /// Whether any partition of `topic` has a position: the topic is resumed, and a
+    /// partition of it that has none appeared since (read from its beginning).
+    pub fn names_topic(&self, topic: &str) -> bool {
+        self.iter().any(|(t, _, _)| t == topic)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

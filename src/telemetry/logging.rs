@@ -60,7 +60,7 @@ pub fn init(settings: &LogSettings) {
             .name("log-summary".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(LIBRARY_PERIOD);
+                    std::thread::sleep(library.period());
                     library.summarize();
                 }
             });
@@ -78,6 +78,8 @@ pub struct LibraryWarnings {
 
 struct Shared {
     throttle: LogThrottle<Identifier>,
+    /// How often [`LibraryWarnings::summarize`] is due (the throttle's period).
+    period: Duration,
     /// Per library: lines held back since the last summary, and the last one's message.
     held: Mutex<HashMap<String, (u64, String)>>, // std Mutex: never held across an .await
 }
@@ -88,6 +90,7 @@ impl LibraryWarnings {
         Self {
             shared: Arc::new(Shared {
                 throttle: LogThrottle::new(burst, period),
+                period,
                 held: Mutex::default(),
             }),
         }
@@ -102,10 +105,15 @@ impl LibraryWarnings {
                 %library,
                 held_back,
                 last = %last,
-                period = ?LIBRARY_PERIOD,
+                period = ?self.shared.period,
                 "library warnings held back (like the last one shown)"
             );
         }
+    }
+
+    /// How often [`Self::summarize`] should run.
+    pub fn period(&self) -> Duration {
+        self.shared.period
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, String)>> {

@@ -17,7 +17,7 @@ import { after, afterEach, before, describe, it } from "node:test";
 
 import { TICKER_TOPIC, startKafka, startProducer, tickerSeq, tickerStream } from "./support/kafka.mjs";
 import { startProxy } from "./support/proxy.mjs";
-import { connect, location, sleep, startServer } from "./support/server.mjs";
+import { connect, location, sleep, startServer, waitReady } from "./support/server.mjs";
 
 const SECRET = "flux-recovery-test-secret-0123456789abcdef";
 
@@ -26,23 +26,8 @@ let producer;
 /** Gateways, proxies, clients and streams of the running test, released in afterEach. */
 const open = { gateways: new Set(), proxies: new Set(), clients: new Set(), streams: new Set() };
 
-async function waitReady(server, timeout = 30_000) {
-  const deadline = Date.now() + timeout;
-  let last = "no answer";
-  for (;;) {
-    try {
-      const r = await fetch(`${server.url}/readyz`);
-      if (r.ok) return;
-      last = `${r.status} ${await r.text()}`;
-    } catch (e) {
-      last = e.message;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`flux-bff on ${server.url} not ready within ${timeout} ms (/readyz: ${last}):\n${server.logs()}\n--- broker log:\n${kafka.logTail()}`);
-    }
-    await sleep(100);
-  }
-}
+/** The broker's log, for a gateway that does not get ready. */
+const brokerLog = () => `\n--- broker log:\n${kafka.logTail()}`;
 
 /** A gateway in Kafka mode with recovery on (`env` on top), ready (/readyz 200). */
 async function gateway(env = {}) {
@@ -56,7 +41,7 @@ async function gateway(env = {}) {
     ...env,
   });
   open.gateways.add(server);
-  await waitReady(server);
+  await waitReady(server, { timeout: 30_000, extra: brokerLog });
   console.log(`gateway on ${server.port} ready in ${Date.now() - started} ms`);
   return server;
 }

@@ -137,7 +137,7 @@ impl KafkaEventSource {
                 .get(*topic)
                 .ok_or_else(|| EventSourceError::UnknownTopic((*topic).to_owned()))?;
             known.insert((*topic).to_owned(), count);
-            let resumed = from.iter().any(|(t, _, _)| t == *topic);
+            let resumed = from.names_topic(topic);
             wanted.extend((0..count).map(|p| (*topic, p, from.get(topic, p), resumed)));
         }
         let settings = self.client.settings();

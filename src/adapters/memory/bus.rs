@@ -197,11 +197,7 @@ impl CommandSink for MemoryBus {
     }
 
     async fn send(&self, command: Command) -> Result<(), CommandSinkError> {
-        if !self.lock().available {
-            return Err(CommandSinkError::Unavailable(
-                "in-memory bus is offline".into(),
-            ));
-        }
+        self.probe().await?;
         self.append(
             &command.topic,
             command.key.map(Bytes::from),
@@ -235,7 +231,7 @@ impl EventSource for MemoryBus {
                     parts.push(Partition::default());
                 }
                 // A partition of a resumed topic that `from` does not list appeared since.
-                let resumed = from.iter().any(|(t, _, _)| t == *topic);
+                let resumed = from.names_topic(topic);
                 for (i, p) in parts.iter().enumerate() {
                     if positions.get(topic, i as i32).is_none() {
                         positions.set(topic, i as i32, if resumed { p.base } else { p.end() });

@@ -89,22 +89,6 @@ const COMMAND_TOPICS = {
 const WEATHER_COMMANDS = "weather.service.command.fetch";
 const SNAPSHOT_EVENTS = new Set(["newsUpdate", "stockTopPerformersResponse", "cryptoTopMoversResponse", "cryptoTopCoinsResponse"]);
 const SECRET = "flux-chaos-soak-recovery-secret-0123456789";
-/** The gateway counters the report needs, summed over every process a replica ran. */
-const COUNTERS = [
-  "flux_recovery_sessions_total",
-  "flux_recovery_refused_total",
-  "flux_recovery_replayed_events_total",
-  "flux_recovery_conflated_events_total",
-  "flux_events_conflated_total",
-  "flux_events_rejected_total",
-  "flux_fanout_conflated_total",
-  "flux_fanout_ticker_drops_total",
-  "flux_slow_socket_disconnects_total",
-  "flux_commands_produced_total",
-  "flux_commands_failed_total",
-  "flux_commands_refused_total",
-  "flux_kafka_offset_resets_total",
-];
 
 /** Runs one soak; resolves with its summary ({violations: [...], ...}). */
 export async function runChaos(options = {}) {

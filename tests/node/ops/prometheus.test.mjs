@@ -20,8 +20,9 @@ import { after, before, describe, it } from "node:test";
 import { parse as parseYaml } from "yaml";
 
 import { TICKER_TOPIC, startKafka, startProducer, tickerStream } from "../support/kafka.mjs";
-import { connect, fixture, location, sleep, startServer } from "../support/server.mjs";
-import { dashboardFile, dashboardPanels, metricNames, rulesFile, startPrometheus, startRedis, substitute } from "./support.mjs";
+import { connect, fixture, location, sleep, startServer, waitReady } from "../support/server.mjs";
+import { startRedis } from "../support/redis.mjs";
+import { dashboardFile, dashboardPanels, metricNames, rulesFile, startPrometheus, substitute } from "./support.mjs";
 
 const SECRET = "flux-ops-test-recovery-secret-0123456789abcdef";
 const NEWS_TOPIC = "news.service.event.updated";
@@ -46,21 +47,8 @@ const timers = [];
 let ticker;
 const variableValues = {};
 
-async function waitReady(server, timeout = 40_000) {
-  const deadline = Date.now() + timeout;
-  let last = "no answer";
-  for (;;) {
-    try {
-      const r = await fetch(`${server.url}/readyz`);
-      if (r.ok) return;
-      last = `${r.status} ${await r.text()}`;
-    } catch (e) {
-      last = e.message;
-    }
-    if (Date.now() > deadline) throw new Error(`flux-bff on ${server.url} not ready within ${timeout} ms (/readyz: ${last}):\n${server.logs()}\n--- broker log:\n${kafka.logTail()}`);
-    await sleep(200);
-  }
-}
+/** The broker's log, for a gateway that does not get ready. */
+const brokerLog = () => `\n--- broker log:\n${kafka.logTail()}`;
 
 async function gateway(clientId) {
   const server = await startServer({
@@ -70,7 +58,7 @@ async function gateway(clientId) {
     FLUX_SOCKETIO__RECOVERY_SECRET: SECRET,
   });
   gateways.push(server);
-  await waitReady(server);
+  await waitReady(server, { timeout: 40_000, extra: brokerLog });
   log(`gateway ${clientId} ready on ${server.url}`);
   return server;
 }

@@ -93,51 +93,6 @@ function daemon(cmd, args, { cwd } = {}) {
   };
 }
 
-/** A redis-server (Valkey's protocol) on a free loopback port, no persistence; {url, stop()}. */
-export async function startRedis() {
-  const bin = tool("FLUX_TEST_REDIS_SERVER", "redis-server", "install it: apt-get install -y redis-server");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flux-ops-redis-"));
-  const port = await freePort();
-  const d = daemon(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { cwd: dir });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (d.exited()) throw new Error(`redis-server exited at start (${JSON.stringify(d.exited())}):\n${d.output()}`);
-    if (await ping(port)) break;
-    if (Date.now() > deadline) {
-      await d.stop();
-      throw new Error(`redis-server did not answer PING on 127.0.0.1:${port} within 10 s:\n${d.output()}`);
-    }
-    await sleep(50);
-  }
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    async stop() {
-      await d.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-function ping(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1");
-    let got = "";
-    s.on("connect", () => s.write("PING\r\n"));
-    s.on("data", (d) => {
-      got += d;
-      if (got.includes("\r\n")) {
-        s.destroy();
-        resolve(got.startsWith("+PONG"));
-      }
-    });
-    s.on("error", () => resolve(false));
-    s.setTimeout(1000, () => {
-      s.destroy();
-      resolve(false);
-    });
-  });
-}
-
 /**
  * Prometheus (Debian's package: PROMETHEUS, else `prometheus` on PATH) on a free loopback port
  * with its own config and storage in a temp dir, scraping `targets` (host:port) as job

@@ -30,7 +30,7 @@ function ping(port) {
   });
 }
 
-/** Starts redis-server; resolves {port, url, pid(), kill(), start()}. */
+/** Starts redis-server; resolves {port, url, kill(), start(), stop()}. */
 export async function startRedis() {
   const probe = spawnSync(binary, ["--version"], { encoding: "utf8" });
   if (probe.error || probe.status !== 0) {
@@ -74,5 +74,5 @@ export async function startRedis() {
   }
 
   await start();
-  return { port, url: `redis://127.0.0.1:${port}`, pid: () => child?.pid ?? null, start, kill, stop: () => kill("SIGKILL") };
+  return { port, url: `redis://127.0.0.1:${port}`, start, kill, stop: () => kill("SIGKILL") };
 }

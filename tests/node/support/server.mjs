@@ -125,6 +125,28 @@ export async function startServer(env = {}, { port: fixedPort, logFile } = {}) {
   };
 }
 
+/**
+ * Resolves once `server` answers /readyz with 200; after `timeout` ms throws with the last
+ * answer, the gateway's logs and `extra()` (e.g. the broker's log).
+ */
+export async function waitReady(server, { timeout = 30_000, extra = () => "" } = {}) {
+  const deadline = Date.now() + timeout;
+  let last = "no answer";
+  for (;;) {
+    try {
+      const r = await fetch(`${server.url}/readyz`);
+      if (r.ok) return;
+      last = `${r.status} ${await r.text()}`;
+    } catch (e) {
+      last = e.message;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`flux-bff on ${server.url} not ready within ${timeout} ms (/readyz: ${last}):\n${server.logs()}${extra()}`);
+    }
+    await sleep(100);
+  }
+}
+
 /** Appends a record to the embedded bus through the admin hook (FLUX_ADMIN__PUBLISH=true). */
 export async function publish(server, topic, key, value) {
   const q = new URLSearchParams({ topic });

@@ -345,19 +345,7 @@ pub async fn connect_and_join(
     limit: &Semaphore,
     join_timeout_s: f64,
 ) -> Result<(SioClient, bool), ClientError> {
-    let mut c = {
-        let _permit = limit.acquire().await;
-        let src = client::source_addr(index, common.sources);
-        SioClient::connect(
-            src,
-            addr,
-            &format!("lg-{index}"),
-            common.buf_size,
-            client::deadline_in(30.0),
-        )
-        .await?
-    };
-    c.emit("userLocationUpdate", LOCATION).await?;
+    let mut c = connect_located(addr, common, index, limit).await?;
     let confirmed = c
         .wait_until(client::deadline_in(join_timeout_s), "hydration", |p| {
             matches!(p, crate::eio::Packet::Event { name, .. }
@@ -369,6 +357,29 @@ pub async fn connect_and_join(
         Err(ClientError::Timeout(_)) => Ok((c, false)),
         Err(e) => Err(e),
     }
+}
+
+/// Connects client `index` (at most `limit` connections at once) and sends its
+/// `userLocationUpdate`, which joins its rooms and asks for hydration.
+async fn connect_located(
+    addr: SocketAddr,
+    common: &Common,
+    index: usize,
+    limit: &Semaphore,
+) -> Result<SioClient, ClientError> {
+    let mut c = {
+        let _permit = limit.acquire().await;
+        SioClient::connect(
+            client::source_addr(index, common.sources),
+            addr,
+            &format!("lg-{index}"),
+            common.buf_size,
+            client::deadline_in(30.0),
+        )
+        .await?
+    };
+    c.emit("userLocationUpdate", LOCATION).await?;
+    Ok(c)
 }
 
 /// What a hydrated join brought: the four replies' sizes on the wire, by event name.
@@ -384,18 +395,7 @@ pub async fn connect_and_hydrate(
     limit: &Semaphore,
     timeout_s: f64,
 ) -> Result<(SioClient, HydrationFrames), ClientError> {
-    let mut c = {
-        let _permit = limit.acquire().await;
-        SioClient::connect(
-            client::source_addr(index, common.sources),
-            addr,
-            &format!("lg-{index}"),
-            common.buf_size,
-            client::deadline_in(30.0),
-        )
-        .await?
-    };
-    c.emit("userLocationUpdate", LOCATION).await?;
+    let mut c = connect_located(addr, common, index, limit).await?;
     let deadline = client::deadline_in(timeout_s);
     let mut frames = HydrationFrames::new();
     while frames.len() < HYDRATION_EVENTS.len() {

@@ -328,20 +328,12 @@ fn slot_of(key: u64) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
-/// A fast, non-cryptographic hash (FxHash-like, 8 bytes a step); equal bytes are checked
-/// after, so a collision costs only a miss.
+/// A fast, non-cryptographic hash of a message's bytes (foldhash, fixed seed: the same bytes
+/// hash alike on every thread); equal bytes are checked after, so a collision costs only a
+/// miss.
 fn content_hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    let mut h = step(0, bytes.len() as u64);
-    for chunk in &mut chunks {
-        h = step(h, u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
-    }
-    chunks
-        .remainder()
-        .iter()
-        .fold(h, |h, &b| step(h, u64::from(b)))
+    use std::hash::BuildHasher as _;
+    foldhash::fast::FixedState::with_seed(0x9E37_79B9_7F4A_7C15).hash_one(bytes)
 }
 
 static ADDRESS_HITS: AtomicU64 = AtomicU64::new(0);
