@@ -1,6 +1,7 @@
 //! `flux-loadgen`: the load generator and measuring instrument for flux-bff (issue 5).
 //! Speaks just enough Engine.IO 4 / Socket.IO 5 over a lean WebSocket client to drive many
-//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`, `hostile`; events injected
+//! loopback sockets cheaply; scenarios `fanout`, `connect`, `idle`, `slow`, `hostile` (and `floor`,
+//! which runs no gateway: the cost of the TCP writes alone); events injected
 //! through the embedded bus's admin hook or produced to Kafka (`--kafka`, `--spawn-kafka`).
 //! See BENCHMARKS.md.
 
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 use scenario::Common;
 use scenario::connect::ConnectArgs;
 use scenario::fanout::{FanoutArgs, SlowArgs};
+use scenario::floor::FloorArgs;
 use scenario::hostile::HostileArgs;
 use scenario::idle::IdleArgs;
 
@@ -48,6 +50,9 @@ enum Scenario {
     /// flood, stalled readers) while an observer receives tickers: its longest gap, the
     /// gateway's RSS peak and counters.
     Hostile(HostileArgs),
+    /// No gateway: one thread writes a frame to N loopback sockets M times a second; its CPU
+    /// per delivery is what the TCP writes alone cost here (the floor under `fanout`).
+    Floor(FloorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -119,6 +124,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Hostile(a) => {
             let r = scenario::hostile::run(common, a).await?;
             scenario::hostile::print(&r);
+            scenario::write_json(common, &r)?;
+        }
+        Scenario::Floor(a) => {
+            let r = scenario::floor::run(a).await?;
+            scenario::floor::print(&r);
             scenario::write_json(common, &r)?;
         }
     }

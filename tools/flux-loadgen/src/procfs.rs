@@ -16,12 +16,17 @@ pub struct ProcReading {
 /// Parses utime + stime out of a `/proc/<pid>/stat` line (the command name may hold spaces
 /// and parentheses, so fields are counted after the last `)`).
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_stat_user_system_ticks(stat).map(|(u, s)| u + s)
+}
+
+/// utime and stime of a `/proc/<pid>/stat` (or `/proc/<pid>/task/<tid>/stat`) line, ticks.
+pub fn parse_stat_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_ascii_whitespace();
     // After ')': state(3) ppid(4) … utime(14) stime(15) → indices 11 and 12.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// Parses `VmRSS:` (kB) out of `/proc/<pid>/status`.
@@ -44,7 +49,7 @@ pub fn read(pid: Option<u32>) -> Option<ProcReading> {
     })
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }

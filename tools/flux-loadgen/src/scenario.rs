@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod fanout;
+pub mod floor;
 pub mod hostile;
 pub mod idle;
 
