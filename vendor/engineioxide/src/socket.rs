@@ -178,7 +178,7 @@ impl InternalRx {
 pub(crate) fn poll_ws_packets(
     buffered_rx: &mut queue::Receiver<PacketBuf>,
     volatile_rx: &mut watch::Receiver<Option<PacketBuf>>,
-    cancellation_token: &CancellationToken,
+    cancelled: &AtomicBool,
     cx: &mut Context<'_>,
 ) -> Poll<Option<PacketBuf>> {
     loop {
@@ -187,7 +187,9 @@ pub(crate) fn poll_ws_packets(
         }
         // The waker is registered: a cancellation or a volatile send after these checks wakes
         // this task again.
-        if cancellation_token.is_cancelled() {
+        // A flag, not `CancellationToken::is_cancelled`: that takes the token's mutex, and
+        // this runs at every write (2.7 % of the gateway's samples at 1000 × 50/s).
+        if cancelled.load(Ordering::Acquire) {
             return Poll::Ready(None);
         }
         if !volatile_rx.has_changed().unwrap_or(false) {
@@ -266,6 +268,9 @@ where
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
+    /// flux-bff patch: set by [`Socket::cancel`] with the token, for the WebSocket writer's
+    /// check at every wait (an atomic load, not the token's mutex).
+    pub(crate) cancelled: AtomicBool,
 
     /// Function to call when the socket is closed
     close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
@@ -307,6 +312,7 @@ where
 
             heartbeat: Heartbeat::default(),
             cancellation_token: CancellationToken::new(),
+            cancelled: AtomicBool::new(false),
 
             close_fn,
 
@@ -401,6 +407,7 @@ where
     /// flux-bff patch: cancels the socket's transport tasks and wakes its WebSocket writer,
     /// which watches the cancellation through its queue (see [`poll_ws_packets`]).
     pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
         self.cancellation_token.cancel();
         self.internal_tx.wake_receiver();
     }
@@ -622,6 +629,7 @@ where
 
             heartbeat: Heartbeat::default(),
             cancellation_token: CancellationToken::new(),
+            cancelled: AtomicBool::new(false),
             close_fn,
 
             data: D::default(),
@@ -678,8 +686,7 @@ mod tests {
                 volatile_rx,
                 ..
             } = &mut *rx;
-            let token = &socket.cancellation_token;
-            poll_fn(|cx| poll_ws_packets(buffered_rx, volatile_rx, token, cx)).await
+            poll_fn(|cx| poll_ws_packets(buffered_rx, volatile_rx, &socket.cancelled, cx)).await
         })
     }
 

@@ -407,9 +407,9 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     // it, then flush once.
     loop {
         // flux-bff patch: one waker for the queue, the volatile packets and the cancellation.
-        let token = &socket.cancellation_token;
+        let cancelled = &socket.cancelled;
         let next = std::future::poll_fn(|cx| {
-            crate::socket::poll_ws_packets(buffered_rx, volatile_rx, token, cx)
+            crate::socket::poll_ws_packets(buffered_rx, volatile_rx, cancelled, cx)
         });
         let Some(first) = next.await else { break };
         let mut batch = Some(first);
@@ -678,7 +678,7 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
-        socket.cancellation_token.cancel();
+        socket.cancel();
         tokio::time::timeout(TIMEOUT, writer)
             .await
             .expect("the writer should stop")
