@@ -5,22 +5,25 @@
 //! Each section's type lives with what it configures (an adapter, a service, telemetry);
 //! this module only reads the sources and assembles [`Settings`].
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::adapters::http::{AdminSettings, HttpSettings};
+use crate::adapters::kafka::KafkaSettings;
 use crate::adapters::socketio::SocketIoSettings;
 use crate::adapters::valkey::ValkeySettings;
 use crate::app::auth::{AuthSettings, TokenVerifier};
 use crate::app::ingest::IngestSettings;
 use crate::app::limits::LimitSettings;
 use crate::app::recovery::RecoverySettings;
+use crate::sim::SimSettings;
 use crate::telemetry::logging::LogSettings;
 
 /// The gateway's settings, section by section. The adapter sections that choose the
@@ -46,6 +49,30 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `[auth]`
     pub auth: AuthSettings,
+}
+
+/// Every section the gateway and flux-sim read, with its default values, serialised: the
+/// keys [`Config::unknown_keys`] knows. `[socketio]` appears three times, once per type that
+/// reads part of it; `kafka`, `valkey` and `sim` are the adapters' sections.
+pub fn known_sections() -> Vec<(&'static str, Value)> {
+    fn section_defaults<T: Serialize + Default>(name: &'static str) -> (&'static str, Value) {
+        let value = serde_json::to_value(T::default()).expect("settings serialise to JSON");
+        (name, value)
+    }
+    vec![
+        section_defaults::<HttpSettings>("http"),
+        section_defaults::<AdminSettings>("admin"),
+        section_defaults::<SocketIoSettings>("socketio"),
+        section_defaults::<RecoverySettings>("socketio"),
+        section_defaults::<IngestSettings>("socketio"),
+        section_defaults::<LogSettings>("log"),
+        section_defaults::<LifecycleSettings>("lifecycle"),
+        section_defaults::<LimitSettings>("limits"),
+        section_defaults::<AuthSettings>("auth"),
+        section_defaults::<KafkaSettings>("kafka"),
+        section_defaults::<ValkeySettings>("valkey"),
+        section_defaults::<SimSettings>("sim"),
+    ]
 }
 
 impl Settings {
@@ -114,7 +141,8 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(legacy_env(env)?));
-        figment = figment.merge(Env::prefixed("FLUX_").split("__"));
+        // FLUX_CONFIG names the file (`--config`), it is not a setting.
+        figment = figment.merge(Env::prefixed("FLUX_").ignore(&["config"]).split("__"));
         let mut config = Self {
             settings: Settings::default(),
             figment,
@@ -202,6 +230,129 @@ impl Config {
     /// Whether a key was given by any source (not just defaulted), e.g. `valkey.url`.
     pub fn is_set(&self, key: &str) -> bool {
         self.figment.find_value(key).is_ok()
+    }
+
+    /// The keys the file and the variables give that no section reads — a misspelt key, or
+    /// a setting that was removed (`socketio.ws_write_coalesce`) — one line each, naming the
+    /// key, where it was set and the keys its section does have. `sections` are every
+    /// section's defaults ([`known_sections`]): serialised, so
+    /// that a key whose default is none is known too. Such a key changes nothing, and
+    /// silently so: the caller logs these lines as warnings.
+    pub fn unknown_keys(&self, sections: &[(&str, Value)]) -> Vec<String> {
+        let known = KnownKeys::new(sections);
+        let mut given = Vec::new();
+        if let Ok(profiles) = self.figment.data() {
+            for dict in profiles.values() {
+                for (key, value) in dict {
+                    known.unknown_in(key.clone(), value, &mut given);
+                }
+            }
+        }
+        given.sort();
+        given.dedup();
+        let leaves = &known.leaves;
+        given
+            .into_iter()
+            .map(|key| {
+                let section = key.split('.').next().unwrap_or_default();
+                let source = match self.figment.find_metadata(&key) {
+                    Some(m) if m.name.contains("FLUX_") => {
+                        format!("set by FLUX_{}", key.replace('.', "__").to_uppercase())
+                    }
+                    Some(m) => match &m.source {
+                        Some(source) => format!("from {} {source}", m.name),
+                        None => format!("from {}", m.name),
+                    },
+                    None => "from the configuration".into(),
+                };
+                let siblings: Vec<&str> = leaves
+                    .iter()
+                    .filter_map(|k| k.strip_prefix(section)?.strip_prefix('.'))
+                    .collect();
+                if siblings.is_empty() {
+                    let sections: BTreeSet<&str> = sections.iter().map(|(n, _)| *n).collect();
+                    let nesting = if key.contains('.') || !source.starts_with("set by") {
+                        ""
+                    } else {
+                        " (a variable names its section and key apart: FLUX_SECTION__KEY)"
+                    };
+                    format!(
+                        "{key} ({source}) is not a setting and is ignored{nesting}; the sections are {}",
+                        sections.into_iter().collect::<Vec<_>>().join(", ")
+                    )
+                } else {
+                    format!(
+                        "{key} ({source}) is not a setting and is ignored; [{section}] has {}",
+                        siblings.join(", ")
+                    )
+                }
+            })
+            .collect()
+    }
+}
+
+/// The keys the gateway reads, from every section's serialised defaults.
+struct KnownKeys {
+    /// Keys that hold a value (a key whose default is none is one too: what is under it is
+    /// not checked).
+    leaves: BTreeSet<String>,
+    /// Tables: the sections and the tables inside them.
+    tables: BTreeSet<String>,
+}
+
+impl KnownKeys {
+    fn new(sections: &[(&str, Value)]) -> Self {
+        let mut known = Self {
+            leaves: BTreeSet::new(),
+            tables: BTreeSet::new(),
+        };
+        for (name, value) in sections {
+            known.add(name, value);
+        }
+        known
+    }
+
+    fn add(&mut self, path: &str, value: &Value) {
+        if let Value::Object(map) = value {
+            self.tables.insert(path.to_owned());
+            for (k, v) in map {
+                self.add(&format!("{path}.{k}"), v);
+            }
+        } else {
+            self.leaves.insert(path.to_owned());
+        }
+    }
+
+    /// Whether `key` is read: a known key, or under one.
+    #[cfg(test)]
+    fn contains(&self, key: &str) -> bool {
+        let mut prefix = key;
+        loop {
+            if self.leaves.contains(prefix) {
+                return true;
+            }
+            match prefix.rsplit_once('.') {
+                Some((up, _)) => prefix = up,
+                None => return self.tables.contains(key),
+            }
+        }
+    }
+
+    /// Pushes the keys at and under `path` that are not read.
+    fn unknown_in(&self, path: String, value: &figment::value::Value, unknown: &mut Vec<String>) {
+        if self.leaves.contains(&path) {
+            return;
+        }
+        match value {
+            // Inside a known table, or an unknown one (each of its keys is named).
+            figment::value::Value::Dict(_, dict) if !dict.is_empty() => {
+                for (k, v) in dict {
+                    self.unknown_in(format!("{path}.{k}"), v, unknown);
+                }
+            }
+            _ if self.tables.contains(&path) => {} // an empty table, or a value where one goes
+            _ => unknown.push(path),
+        }
     }
 }
 
@@ -474,5 +625,122 @@ mod tests {
             assert_eq!((d.name.as_str(), d.size), ("x", 0));
             Ok(())
         });
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_where_they_were_set() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "flux.toml",
+                "[socketio]\nmax_buffer = 128\nws_write_coalesce = \"1ms\"\n[metrics]\nport = 9\n",
+            )?;
+            jail.set_env("FLUX_SOCKETIO__WS_WRITE_COALESCE", "1ms");
+            jail.set_env("FLUX_KAFKA__BROKRS", "k:9092");
+            jail.set_env("FLUX_HTTP__PORT", "3001");
+            jail.set_env("FLUX_KAFKA__TLS__CA_FILE", "/ca.pem");
+            jail.set_env("FLUX_LOG__LEVEL", "debug");
+            jail.set_env("FLUX_KAFKA_BROKERS", "k:9092"); // one underscore: not nested
+            jail.set_env("FLUX_CONFIG", "flux.toml"); // the file's name, not a setting
+            let c = Config::from_parts(
+                Some(Path::new("flux.toml")),
+                &env(&[("SERVER_PORT", "3002"), ("KAFKA_BROKER_ADDRESS", "k:9092")]),
+            )
+            .unwrap();
+            let lines = c.unknown_keys(&known_sections());
+            assert_eq!(lines.len(), 4, "{lines:#?}");
+            assert!(lines[0].starts_with("kafka.brokrs (set by FLUX_KAFKA__BROKRS)"));
+            assert!(lines[0].contains("[kafka] has brokers, client_id"));
+            assert!(lines[1].starts_with("kafka_brokers (set by FLUX_KAFKA_BROKERS)"));
+            assert!(lines[1].contains("FLUX_SECTION__KEY"));
+            assert!(lines[2].starts_with("metrics.port (from TOML file"));
+            assert!(lines[2].contains("the sections are admin, auth, http, kafka"));
+            // The variable wins over the file, and names itself.
+            assert!(lines[3].starts_with(
+                "socketio.ws_write_coalesce (set by FLUX_SOCKETIO__WS_WRITE_COALESCE)"
+            ));
+            assert!(lines[3].contains("max_buffer"));
+            assert_eq!(
+                c.settings.socketio.max_buffer, 128,
+                "the known keys still apply"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn known_sections_hold_keys_whose_default_is_none() {
+        let known = KnownKeys::new(&known_sections());
+        for key in [
+            "http.cors_origin",
+            "auth.jwt_key_file",
+            "socketio.recovery_secret",
+            "socketio.conflate_after",
+            "valkey.url",
+            "kafka.tls.ca_file",
+            "kafka.sasl.username",
+            "sim.seed",
+        ] {
+            assert!(known.contains(key), "{key}");
+        }
+        for key in [
+            "socketio.ws_write_coalesce",
+            "kafka",
+            "metrics.port",
+            "http.portx",
+        ] {
+            assert_eq!(known.contains(key), key == "kafka", "{key}");
+        }
+    }
+
+    /// Every key README's configuration tables document is one the gateway reads, and every
+    /// key it reads is documented there.
+    #[test]
+    fn readme_documents_every_setting_and_nothing_else() {
+        let readme = include_str!("../../README.md");
+        let known = KnownKeys::new(&known_sections());
+        let mut documented = BTreeSet::new();
+        let mut in_table = false;
+        for line in readme.lines() {
+            if line.starts_with("| key") {
+                in_table = true;
+                continue;
+            }
+            if !line.starts_with('|') {
+                in_table = false;
+                continue;
+            }
+            if !in_table {
+                continue;
+            }
+            let first = line.split('|').nth(1).unwrap_or_default();
+            for key in first.split('`').skip(1).step_by(2) {
+                if !key.starts_with("FLUX_") {
+                    documented.insert(key.to_owned());
+                }
+            }
+        }
+        assert!(
+            documented.len() > 60,
+            "README's tables were not found: {documented:?}"
+        );
+        let undocumented_reads: Vec<&String> =
+            documented.iter().filter(|k| !known.contains(k)).collect();
+        assert!(
+            undocumented_reads.is_empty(),
+            "README documents keys the gateway does not read: {undocumented_reads:?}"
+        );
+        let missing: Vec<&String> = known
+            .leaves
+            .iter()
+            .filter(|leaf| {
+                !documented
+                    .iter()
+                    .any(|d| d == *leaf || d.starts_with(&format!("{leaf}.")))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "settings README does not document: {missing:?}"
+        );
     }
 }

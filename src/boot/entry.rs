@@ -72,6 +72,7 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
         }
     };
     telemetry::logging::init(&config.settings.log);
+    warn_unknown_keys(&config);
     let _ = telemetry::metrics::handle();
     match run(config, adapters).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +81,14 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
             eprintln!("flux-bff: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// One warning per key of the file or the variables that no section reads (a misspelt or
+/// removed setting changes nothing; it should not do so silently).
+fn warn_unknown_keys(config: &Config) {
+    for line in config.unknown_keys(&super::config::known_sections()) {
+        tracing::warn!("unknown setting: {line}");
     }
 }
 
@@ -126,6 +135,7 @@ pub async fn sim_entry(cli: Cli) -> ExitCode {
         }
     };
     telemetry::logging::init(&config.settings.log);
+    warn_unknown_keys(&config);
     let deadline = config.settings.lifecycle.startup_deadline;
     let client = match tokio::time::timeout(deadline, kafka::connect(&kafka_settings)).await {
         Ok(Ok(client)) => client,
