@@ -77,6 +77,25 @@ pub struct FloorReport {
     pub delivered_share: f64,
 }
 
+/// When the writes happen: every `period` (per-write / rate), `warm` unmeasured rounds (one
+/// second's worth) and then `rounds` measured ones (the duration's worth).
+struct Schedule {
+    period: Duration,
+    warm: u64,
+    rounds: u64,
+}
+
+impl Schedule {
+    fn of(args: &FloorArgs) -> Self {
+        let period = Duration::from_secs_f64(args.per_write as f64 / args.rate);
+        Self {
+            period,
+            warm: (1.0 / period.as_secs_f64()).ceil() as u64,
+            rounds: (args.duration / period.as_secs_f64()).round().max(1.0) as u64,
+        }
+    }
+}
+
 /// A server-to-client WebSocket text frame of `total` bytes, header included.
 fn frame(total: usize) -> anyhow::Result<Vec<u8>> {
     let header = match total {
@@ -109,6 +128,31 @@ fn thread_cpu_us() -> (u64, u64) {
     (us(ru.ru_utime), us(ru.ru_stime))
 }
 
+/// The start of the measured rounds: the wall clock, and the writer's CPU (µs) then.
+struct Mark {
+    at: Instant,
+    cpu: (u64, u64),
+}
+
+impl Mark {
+    fn now(cpu: (u64, u64)) -> Self {
+        Self {
+            at: Instant::now(),
+            cpu,
+        }
+    }
+
+    /// What `writes` writes since this mark cost, the writer's CPU being `cpu` now.
+    fn written(&self, writes: u64, cpu: (u64, u64)) -> Written {
+        Written {
+            writes,
+            user_us: cpu.0 - self.cpu.0,
+            sys_us: cpu.1 - self.cpu.1,
+            wall: self.at.elapsed(),
+        }
+    }
+}
+
 struct Written {
     writes: u64,
     user_us: u64,
@@ -123,14 +167,16 @@ fn write_loop(
     args: &FloorArgs,
     payload: &[u8],
 ) -> std::io::Result<Written> {
-    let period = Duration::from_secs_f64(args.per_write as f64 / args.rate);
-    let warm = (1.0 / period.as_secs_f64()).ceil() as u64;
-    let rounds = (args.duration / period.as_secs_f64()).round().max(1.0) as u64;
+    let Schedule {
+        period,
+        warm,
+        rounds,
+    } = Schedule::of(args);
     let start = Instant::now();
-    let mut measured_from = (start, (0, 0));
+    let mut mark = Mark::now(thread_cpu_us());
     for round in 0..warm + rounds {
         if round == warm {
-            measured_from = (Instant::now(), thread_cpu_us());
+            mark = Mark::now(thread_cpu_us());
         }
         for s in &mut socks {
             s.write_all(payload)?;
@@ -140,13 +186,7 @@ fn write_loop(
             std::thread::sleep(wait);
         }
     }
-    let (user, sys) = thread_cpu_us();
-    Ok(Written {
-        writes: rounds * socks.len() as u64,
-        user_us: user - measured_from.1.0,
-        sys_us: sys - measured_from.1.1,
-        wall: measured_from.0.elapsed(),
-    })
+    Ok(mark.written(rounds * socks.len() as u64, thread_cpu_us()))
 }
 
 /// [`write_loop`] on a current-thread tokio runtime of its own thread: the sockets in its
@@ -168,14 +208,16 @@ fn write_loop_tokio(
                 tokio::net::TcpStream::from_std(s)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let period = Duration::from_secs_f64(args.per_write as f64 / args.rate);
-        let warm = (1.0 / period.as_secs_f64()).ceil() as u64;
-        let rounds = (args.duration / period.as_secs_f64()).round().max(1.0) as u64;
+        let Schedule {
+            period,
+            warm,
+            rounds,
+        } = Schedule::of(args);
         let start = tokio::time::Instant::now();
-        let mut measured_from = (Instant::now(), (0, 0));
+        let mut mark = Mark::now(thread_cpu_us());
         for round in 0..warm + rounds {
             if round == warm {
-                measured_from = (Instant::now(), thread_cpu_us());
+                mark = Mark::now(thread_cpu_us());
             }
             for s in &mut socks {
                 match s.try_write(payload) {
@@ -189,13 +231,7 @@ fn write_loop_tokio(
             }
             tokio::time::sleep_until(start + period * (round as u32 + 1)).await;
         }
-        let (user, sys) = thread_cpu_us();
-        Ok(Written {
-            writes: rounds * socks.len() as u64,
-            user_us: user - measured_from.1.0,
-            sys_us: sys - measured_from.1.1,
-            wall: measured_from.0.elapsed(),
-        })
+        Ok(mark.written(rounds * socks.len() as u64, thread_cpu_us()))
     })
 }
 
@@ -259,31 +295,27 @@ fn write_tasks(
             }));
         }
         drop(round_rx);
-        let period = Duration::from_secs_f64(args.per_write as f64 / args.rate);
-        let warm = (1.0 / period.as_secs_f64()).ceil() as u64;
-        let rounds = (args.duration / period.as_secs_f64()).round().max(1.0) as u64;
+        let Schedule {
+            period,
+            warm,
+            rounds,
+        } = Schedule::of(&args);
         let start = tokio::time::Instant::now();
         let workers = tids.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut measured_from = (Instant::now(), (0, 0));
+        let mut mark = Mark::now(threads_cpu_us(&workers)?);
         for round in 0..warm + rounds {
             if round == warm {
-                measured_from = (Instant::now(), threads_cpu_us(&workers)?);
+                mark = Mark::now(threads_cpu_us(&workers)?);
             }
             round_tx.send_replace(round + 1);
             tokio::time::sleep_until(start + period * (round as u32 + 1)).await;
         }
-        let (user, sys) = threads_cpu_us(&workers)?;
-        let wall = measured_from.0.elapsed();
+        let written = mark.written(rounds * n, threads_cpu_us(&workers)?);
         drop(round_tx);
         for w in writers {
             w.await.map_err(std::io::Error::other)??;
         }
-        Ok(Written {
-            writes: rounds * n,
-            user_us: user - measured_from.1.0,
-            sys_us: sys - measured_from.1.1,
-            wall,
-        })
+        Ok(written)
     });
     rt.block_on(driver).map_err(std::io::Error::other)?
 }
@@ -342,7 +374,7 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     for r in readers {
         r.await?;
     }
-    let warm_rounds = (args.rate / args.per_write as f64).ceil() as u64;
+    let warm_rounds = Schedule::of(args).warm;
     let written_bytes =
         (written.writes + warm_rounds * args.clients as u64) * (one.len() * args.per_write) as u64;
     let deliveries = written.writes * args.per_write as u64;
