@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::adapters::http::{AdminSettings, HttpSettings};
-use crate::adapters::kafka::KafkaSettings;
+use crate::adapters::kafka::{KafkaSettings, SaslSettings, TlsSettings};
 use crate::adapters::socketio::SocketIoSettings;
 use crate::adapters::valkey::ValkeySettings;
 use crate::app::auth::{AuthSettings, TokenVerifier};
@@ -56,9 +56,19 @@ pub struct Settings {
 /// reads part of it; `kafka`, `valkey` and `sim` are the adapters' sections.
 pub fn known_sections() -> Vec<(&'static str, Value)> {
     fn section_defaults<T: Serialize + Default>(name: &'static str) -> (&'static str, Value) {
-        let value = serde_json::to_value(T::default()).expect("settings serialise to JSON");
+        section(name, T::default())
+    }
+    fn section<T: Serialize>(name: &'static str, value: T) -> (&'static str, Value) {
+        let value = serde_json::to_value(value).expect("settings serialise to JSON");
         (name, value)
     }
+    // Kafka's TLS and SASL tables are none by default: serialised with their own defaults,
+    // so that their keys are known one by one (`kafka.tls.ca_flie` is named).
+    let kafka = KafkaSettings {
+        tls: Some(TlsSettings::default()),
+        sasl: Some(SaslSettings::default()),
+        ..KafkaSettings::default()
+    };
     vec![
         section_defaults::<HttpSettings>("http"),
         section_defaults::<AdminSettings>("admin"),
@@ -69,7 +79,7 @@ pub fn known_sections() -> Vec<(&'static str, Value)> {
         section_defaults::<LifecycleSettings>("lifecycle"),
         section_defaults::<LimitSettings>("limits"),
         section_defaults::<AuthSettings>("auth"),
-        section_defaults::<KafkaSettings>("kafka"),
+        section("kafka", kafka),
         section_defaults::<ValkeySettings>("valkey"),
         section_defaults::<SimSettings>("sim"),
     ]
@@ -248,6 +258,18 @@ impl Config {
                 }
             }
         }
+        // A variable without `__` that does not begin with a section's name (FLUX_BFF_BIN) is
+        // some other program's, not a setting spelt wrong; FLUX_KAFKA_BROKERS is named.
+        given.retain(|key| {
+            key.contains('.')
+                || !self
+                    .figment
+                    .find_metadata(key)
+                    .is_some_and(|m| m.name.contains("FLUX_"))
+                || sections
+                    .iter()
+                    .any(|(name, _)| key.starts_with(&format!("{name}_")))
+        });
         given.sort();
         given.dedup();
         let leaves = &known.leaves;
@@ -641,24 +663,28 @@ mod tests {
             jail.set_env("FLUX_LOG__LEVEL", "debug");
             jail.set_env("FLUX_KAFKA_BROKERS", "k:9092"); // one underscore: not nested
             jail.set_env("FLUX_CONFIG", "flux.toml"); // the file's name, not a setting
+            jail.set_env("FLUX_BFF_BIN", "/bin/x"); // another program's variable
+            jail.set_env("FLUX_KAFKA__TLS__CA_FLIE", "/ca.pem");
             let c = Config::from_parts(
                 Some(Path::new("flux.toml")),
                 &env(&[("SERVER_PORT", "3002"), ("KAFKA_BROKER_ADDRESS", "k:9092")]),
             )
             .unwrap();
             let lines = c.unknown_keys(&known_sections());
-            assert_eq!(lines.len(), 4, "{lines:#?}");
+            assert_eq!(lines.len(), 5, "{lines:#?}");
             assert!(lines[0].starts_with("kafka.brokrs (set by FLUX_KAFKA__BROKRS)"));
             assert!(lines[0].contains("[kafka] has brokers, client_id"));
-            assert!(lines[1].starts_with("kafka_brokers (set by FLUX_KAFKA_BROKERS)"));
-            assert!(lines[1].contains("FLUX_SECTION__KEY"));
-            assert!(lines[2].starts_with("metrics.port (from TOML file"));
-            assert!(lines[2].contains("the sections are admin, auth, http, kafka"));
+            assert!(lines[1].starts_with("kafka.tls.ca_flie (set by FLUX_KAFKA__TLS__CA_FLIE)"));
+            assert!(lines[1].contains("tls.ca_file"));
+            assert!(lines[2].starts_with("kafka_brokers (set by FLUX_KAFKA_BROKERS)"));
+            assert!(lines[2].contains("FLUX_SECTION__KEY"));
+            assert!(lines[3].starts_with("metrics.port (from TOML file"));
+            assert!(lines[3].contains("the sections are admin, auth, http, kafka"));
             // The variable wins over the file, and names itself.
-            assert!(lines[3].starts_with(
+            assert!(lines[4].starts_with(
                 "socketio.ws_write_coalesce (set by FLUX_SOCKETIO__WS_WRITE_COALESCE)"
             ));
-            assert!(lines[3].contains("max_buffer"));
+            assert!(lines[4].contains("max_buffer"));
             assert_eq!(
                 c.settings.socketio.max_buffer, 128,
                 "the known keys still apply"
@@ -687,6 +713,7 @@ mod tests {
             "kafka",
             "metrics.port",
             "http.portx",
+            "kafka.tls.ca_flie",
         ] {
             assert_eq!(known.contains(key), key == "kafka", "{key}");
         }

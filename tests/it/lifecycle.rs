@@ -1,5 +1,5 @@
-//! The real binary: `--help`, configuration errors (exit 2), SIGTERM (exit 0 within the
-//! deadline, after the clients were disconnected).
+//! The real binary: `--help`, configuration errors (exit 2), unknown settings (a warning),
+//! SIGTERM (exit 0 within the deadline, after the clients were disconnected).
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -111,6 +111,30 @@ fn an_invalid_setting_exits_2_and_names_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SERVER_PORT"));
+}
+
+#[tokio::test]
+async fn a_setting_no_section_reads_is_named_in_a_warning_and_the_gateway_starts() {
+    let port = free_port();
+    let child = gateway(port)
+        .env("FLUX_SOCKETIO__WS_WRITE_COALESCE", "1ms") // removed in 7928e71
+        .env("FLUX_SOCKETIO__MAX_BUFFER", "128")
+        .spawn()
+        .unwrap();
+    wait_healthy(port).await;
+    let (status, logs) = terminate(child).await;
+    assert!(status.success(), "{status:?}\n{logs}");
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") && l.contains("unknown setting"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0]
+            .contains("socketio.ws_write_coalesce (set by FLUX_SOCKETIO__WS_WRITE_COALESCE)"),
+        "{}",
+        warnings[0]
+    );
 }
 
 #[tokio::test]
