@@ -75,6 +75,9 @@ pub struct FloorReport {
     pub writer_core_share: f64,
     /// Frames the readers got of those written (all of them, or the run is void).
     pub delivered_share: f64,
+    /// How far behind its schedule a round started at worst, ms: above the period between
+    /// rounds, the writer could not keep the rate asked for.
+    pub late_ms: f64,
 }
 
 /// When the writes happen: every `period` (per-write / rate), `warm` unmeasured rounds (one
@@ -142,22 +145,27 @@ impl Mark {
         }
     }
 
-    /// What `writes` writes since this mark cost, the writer's CPU being `cpu` now.
-    fn written(&self, writes: u64, cpu: (u64, u64)) -> Written {
+    /// What `writes` write calls since this mark cost, the writer's CPU being `cpu` now; `late`
+    /// is how far behind its schedule a round started at worst.
+    fn written(&self, writes: u64, cpu: (u64, u64), late: Duration) -> Written {
         Written {
             writes,
             user_us: cpu.0 - self.cpu.0,
             sys_us: cpu.1 - self.cpu.1,
             wall: self.at.elapsed(),
+            late,
         }
     }
 }
 
 struct Written {
+    /// Write calls in the measured rounds (fewer than rounds × sockets when a task of
+    /// `tasks` found several rounds waiting and wrote them at once).
     writes: u64,
     user_us: u64,
     sys_us: u64,
     wall: Duration,
+    late: Duration,
 }
 
 /// The writer: every `per_write / rate` seconds, one write of `per_write` frames to each
@@ -174,10 +182,12 @@ fn write_loop(
     } = Schedule::of(args);
     let start = Instant::now();
     let mut mark = Mark::now(thread_cpu_us());
+    let mut late = Duration::ZERO;
     for round in 0..warm + rounds {
         if round == warm {
             mark = Mark::now(thread_cpu_us());
         }
+        late = late.max(Instant::now().saturating_duration_since(start + period * round as u32));
         for s in &mut socks {
             s.write_all(payload)?;
         }
@@ -186,7 +196,7 @@ fn write_loop(
             std::thread::sleep(wait);
         }
     }
-    Ok(mark.written(rounds * socks.len() as u64, thread_cpu_us()))
+    Ok(mark.written(rounds * socks.len() as u64, thread_cpu_us(), late))
 }
 
 /// [`write_loop`] on a current-thread tokio runtime of its own thread: the sockets in its
@@ -215,10 +225,15 @@ fn write_loop_tokio(
         } = Schedule::of(args);
         let start = tokio::time::Instant::now();
         let mut mark = Mark::now(thread_cpu_us());
+        let mut late = Duration::ZERO;
         for round in 0..warm + rounds {
             if round == warm {
                 mark = Mark::now(thread_cpu_us());
             }
+            late = late.max(
+                tokio::time::Instant::now()
+                    .saturating_duration_since(start + period * round as u32),
+            );
             for s in &mut socks {
                 match s.try_write(payload) {
                     Ok(n) if n == payload.len() => {}
@@ -231,7 +246,7 @@ fn write_loop_tokio(
             }
             tokio::time::sleep_until(start + period * (round as u32 + 1)).await;
         }
-        Ok(mark.written(rounds * socks.len() as u64, thread_cpu_us()))
+        Ok(mark.written(rounds * socks.len() as u64, thread_cpu_us(), late))
     })
 }
 
@@ -254,8 +269,9 @@ fn threads_cpu_us(tids: &[i32]) -> std::io::Result<(u64, u64)> {
 }
 
 /// The gateway's shape: each socket's own task on a two-worker runtime waits for the next
-/// event (a `watch` of the round number, which wakes every task), then writes its frames.
-/// CPU is the workers' (from `/proc`, clock ticks: long runs only).
+/// event (a `watch` of the round number, which wakes every task), then writes its frames —
+/// those of every round it has not written yet, in one write, as the gateway's writer sends
+/// what queued while it wrote. CPU is the workers' (from `/proc`, clock ticks: long runs only).
 fn write_tasks(
     socks: Vec<TcpStream>,
     args: &FloorArgs,
@@ -276,8 +292,8 @@ fn write_tasks(
             .build()?
     };
     let payload: Arc<[u8]> = payload.into();
-    let n = socks.len() as u64;
     let args = args.clone();
+    let write_calls = Arc::new(AtomicU64::new(0));
     // The driver runs on a worker too: waking the tasks is part of a delivery's cost.
     let driver = rt.spawn(async move {
         let (round_tx, round_rx) = tokio::sync::watch::channel(0u64);
@@ -287,9 +303,19 @@ fn write_tasks(
             let mut s = tokio::net::TcpStream::from_std(s)?;
             let mut rounds = round_rx.clone();
             let payload = payload.clone();
+            let write_calls = write_calls.clone();
             writers.push(tokio::spawn(async move {
+                let mut written = 0;
                 while rounds.changed().await.is_ok() {
-                    s.write_all(&payload).await?;
+                    let now = *rounds.borrow_and_update();
+                    let behind = (now - written) as usize;
+                    written = now;
+                    if behind == 1 {
+                        s.write_all(&payload).await?;
+                    } else {
+                        s.write_all(&payload.repeat(behind)).await?;
+                    }
+                    write_calls.fetch_add(1, Ordering::Relaxed);
                 }
                 std::io::Result::Ok(())
             }));
@@ -302,20 +328,34 @@ fn write_tasks(
         } = Schedule::of(&args);
         let start = tokio::time::Instant::now();
         let workers = tids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if workers.len() != 2 {
+            return Err(std::io::Error::other(format!(
+                "expected the runtime's 2 worker threads, found {}",
+                workers.len()
+            )));
+        }
         let mut mark = Mark::now(threads_cpu_us(&workers)?);
+        let mut calls_before = 0;
+        let mut late = Duration::ZERO;
         for round in 0..warm + rounds {
             if round == warm {
                 mark = Mark::now(threads_cpu_us(&workers)?);
+                calls_before = write_calls.load(Ordering::Relaxed);
             }
+            late = late.max(
+                tokio::time::Instant::now()
+                    .saturating_duration_since(start + period * round as u32),
+            );
             round_tx.send_replace(round + 1);
             tokio::time::sleep_until(start + period * (round as u32 + 1)).await;
         }
-        let written = mark.written(rounds * n, threads_cpu_us(&workers)?);
+        // The last round's writes are part of the window: wait for every task to end.
         drop(round_tx);
         for w in writers {
             w.await.map_err(std::io::Error::other)??;
         }
-        Ok(written)
+        let calls = write_calls.load(Ordering::Relaxed) - calls_before;
+        Ok(mark.written(calls, threads_cpu_us(&workers)?, late))
     });
     rt.block_on(driver).map_err(std::io::Error::other)?
 }
@@ -374,10 +414,15 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
     for r in readers {
         r.await?;
     }
-    let warm_rounds = Schedule::of(args).warm;
-    let written_bytes =
-        (written.writes + warm_rounds * args.clients as u64) * (one.len() * args.per_write) as u64;
-    let deliveries = written.writes * args.per_write as u64;
+    let schedule = Schedule::of(args);
+    let frames = args.clients as u64 * args.per_write as u64;
+    let written_bytes = (schedule.warm + schedule.rounds) * frames * one.len() as u64;
+    let delivered_share = received.load(Ordering::Relaxed) as f64 / written_bytes as f64;
+    anyhow::ensure!(
+        delivered_share == 1.0,
+        "the readers got {delivered_share:.4} of the bytes written: the run is void"
+    );
+    let deliveries = schedule.rounds * frames;
     let per = |us: u64| us as f64 / deliveries as f64;
     Ok(FloorReport {
         scenario: "floor",
@@ -390,7 +435,8 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
         writer_us_per_write: (written.user_us + written.sys_us) as f64 / written.writes as f64,
         writer_core_share: (written.user_us + written.sys_us) as f64
             / written.wall.as_micros() as f64,
-        delivered_share: received.load(Ordering::Relaxed) as f64 / written_bytes as f64,
+        delivered_share,
+        late_ms: written.late.as_secs_f64() * 1e3,
     })
 }
 
@@ -409,9 +455,15 @@ pub fn print(r: &FloorReport) {
         r.writer_core_share * 100.0
     );
     println!(
-        "writes {}   deliveries {}   read back {:.4} of what was written",
-        r.writes, r.deliveries, r.delivered_share
+        "writes {}   deliveries {}   read back {:.4} of what was written   latest round {:.1} ms behind",
+        r.writes, r.deliveries, r.delivered_share, r.late_ms
     );
+    let period_ms = 1e3 * r.params.per_write as f64 / r.params.rate;
+    if r.late_ms > period_ms {
+        println!(
+            "the writer fell behind its schedule (rounds every {period_ms:.1} ms): it could not keep this rate"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -446,11 +498,16 @@ mod tests {
             };
             let r = run(&args).await.unwrap();
             assert_eq!(
-                r.writes,
-                50 * 20,
-                "0.5 s of writes every 10 ms to 20 sockets"
+                r.deliveries,
+                50 * 20 * 2,
+                "0.5 s of rounds every 10 ms to 20 sockets"
             );
-            assert_eq!(r.deliveries, r.writes * 2);
+            if writer == WriterKind::Tasks {
+                // A task that finds two rounds waiting writes them at once.
+                assert!((1..=50 * 20).contains(&r.writes), "{}", r.writes);
+            } else {
+                assert_eq!(r.writes, 50 * 20);
+            }
             assert_eq!(r.delivered_share, 1.0, "{writer:?}");
             if writer == WriterKind::Tasks {
                 // Clock ticks of /proc: this short a run may show none.
