@@ -8,8 +8,10 @@
 //!
 //! One small buffer goes round: the receiver takes the senders' buffer with what is queued
 //! and, once it has handed all of it out, gives the emptied buffer back for the next packets
-//! (a buffer grown past [`REUSED_SLOTS`] by a burst is freed instead). A delivery to a busy
-//! socket then allocates nothing; before, each one allocated the queue's buffer and freed it.
+//! (a buffer grown past [`REUSED_SLOTS`] by a burst is freed instead). A packet to a socket
+//! whose writer keeps up then allocates nothing; one queued while the writer still holds
+//! packets of an earlier batch gets a new buffer (and the writer frees its own when done).
+//! Before, every packet to an idle queue allocated its buffer and the writer freed it.
 //!
 //! Cost per packet: a reservation is one atomic compare-and-swap (no lock), a push one
 //! uncontended lock; the receiver takes everything queued in one lock (it swaps the queue
