@@ -37,10 +37,11 @@ pub fn declare_metrics() {
     metrics::gauge!(LAGGING_SOCKETS).increment(0.0);
     metrics::gauge!(POLLING_SESSIONS).increment(0.0);
     for reason in inbound::DISCONNECT_REASONS {
-        metrics::counter!(SOCKET_DISCONNECTS, "reason" => reason).increment(0);
+        metrics::counter!(SOCKET_DISCONNECTS, "reason" => inbound::reason_label(reason))
+            .increment(0);
     }
-    for reason in inbound::DROP_REASONS {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => reason).increment(0);
+    for reason in inbound::Dropped::ALL {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => reason.label()).increment(0);
     }
     metrics::counter!(FANOUT_CONFLATED).increment(0);
     metrics::counter!(FANOUT_DROPPED).increment(0);

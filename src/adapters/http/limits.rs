@@ -13,9 +13,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
+use super::Refused;
 use super::settings::HttpSettings;
 use crate::domain::identity;
-use crate::telemetry::metrics::{HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED};
+use crate::telemetry::metrics::HTTP_CONNECTIONS_OPEN;
 
 /// The connection limits and what they count.
 pub(super) struct Limits {
@@ -55,7 +56,7 @@ impl Limits {
     pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+            Refused::MaxConnections.count();
             return None;
         }
         metrics::gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
@@ -105,8 +106,7 @@ impl Limits {
         let count = per_client.entry(client).or_insert(0);
         if *count >= self.max_per_client {
             drop(per_client);
-            metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_connections_per_client")
-                .increment(1);
+            Refused::MaxConnectionsPerClient.count();
             return false;
         }
         *count += 1;

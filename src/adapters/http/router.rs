@@ -16,10 +16,11 @@ use serde_json::json;
 use socketioxide::layer::SocketIoLayer;
 use tower_http::cors::CorsLayer;
 
+use super::Refused;
 use super::head::{engine_handshake, trim_socketio_head};
 use super::settings::HttpSettings;
 use crate::ports::{EventPublisher, Readiness};
-use crate::telemetry::metrics::{self, HTTP_CONNECTIONS_REFUSED};
+use crate::telemetry::metrics;
 
 /// What the routes serve besides static files.
 pub struct Routes {
@@ -76,8 +77,7 @@ pub fn router(settings: &HttpSettings, routes: Routes) -> Router {
                     && polling_sessions.load(Ordering::Relaxed) >= max_polling;
                 async move {
                     if over {
-                        ::metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => "max_polling_sessions")
-                            .increment(1);
+                        Refused::MaxPollingSessions.count();
                         return (
                             StatusCode::SERVICE_UNAVAILABLE,
                             "too many polling sessions; connect with the websocket transport\n",

@@ -15,10 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::Refused;
 use super::head::{detach_head, engine_handshake};
 use super::limits::{Limits, Slot, too_many_connections};
 use super::settings::HttpSettings;
-use crate::telemetry::metrics::{HTTP_CONNECTIONS_REFUSED, WS_NEVER_JOINED};
+use crate::telemetry::metrics::WS_NEVER_JOINED;
 
 /// Serves `router` on `listener` over HTTP/1.1 with upgrades (WebSocket) until `stop` is
 /// cancelled; then stops accepting, lets in-flight requests finish, closes idle keep-alive
@@ -116,15 +117,10 @@ pub async fn serve_with(
                 }
             };
             if let Err(e) = result {
-                let reason = if e.is_timeout() {
-                    Some("header_timeout")
+                if e.is_timeout() {
+                    Refused::HeaderTimeout.count();
                 } else if e.is_parse_too_large() {
-                    Some("head_too_large")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+                    Refused::HeadTooLarge.count();
                 }
                 tracing::trace!(%peer, error = %e, "HTTP connection ended with an error");
             }

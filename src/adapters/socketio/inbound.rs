@@ -208,11 +208,11 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
     session_init(&s, &session);
     resume(&s, &session).await;
     if event.len() > session.max_event_name {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => DROP_REASONS[0]).increment(1);
+        Dropped::EventNameTooLong.count();
         return;
     }
     if session.limiter.check().is_err() {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => DROP_REASONS[1]).increment(1);
+        Dropped::RateLimited.count();
         return;
     }
     let who = &session.who;
@@ -226,34 +226,82 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
         metrics::counter!(CLIENT_EVENTS, "event" => REQ_USER_ID).increment(1);
         requests.user_id(who).await;
     } else {
-        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => DROP_REASONS[2]).increment(1);
+        Dropped::UnknownEvent.count();
     }
 }
 
-/// Every `reason` label of `flux_socket_disconnects_total`.
-pub(super) const DISCONNECT_REASONS: [&str; 8] = [
-    "transport_close",
-    "multiple_polling",
-    "packet_parsing_error",
-    "transport_error",
-    "heartbeat_timeout",
-    "client_disconnect",
-    "server_disconnect",
-    "closing_server",
+/// Why a client event was dropped: the `reason` label of `flux_client_events_dropped_total`,
+/// each written here once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dropped {
+    EventNameTooLong,
+    RateLimited,
+    UnknownEvent,
+}
+
+impl Dropped {
+    pub(super) const ALL: [Self; 3] = [
+        Self::EventNameTooLong,
+        Self::RateLimited,
+        Self::UnknownEvent,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::EventNameTooLong => "event_name_too_long",
+            Self::RateLimited => "rate_limited",
+            Self::UnknownEvent => "unknown_event",
+        }
+    }
+
+    fn count(self) {
+        metrics::counter!(CLIENT_EVENTS_DROPPED, "reason" => self.label()).increment(1);
+    }
+}
+
+/// Every reason a socket disconnects for (socketioxide's), for the series at zero.
+pub(super) const DISCONNECT_REASONS: [DisconnectReason; 8] = [
+    DisconnectReason::TransportClose,
+    DisconnectReason::MultipleHttpPollingError,
+    DisconnectReason::PacketParsingError,
+    DisconnectReason::TransportError,
+    DisconnectReason::HeartbeatTimeout,
+    DisconnectReason::ClientNSDisconnect,
+    DisconnectReason::ServerNSDisconnect,
+    DisconnectReason::ClosingServer,
 ];
 
-/// Every `reason` label of `flux_client_events_dropped_total`.
-pub(super) const DROP_REASONS: [&str; 3] = ["event_name_too_long", "rate_limited", "unknown_event"];
-
-fn reason_label(reason: DisconnectReason) -> &'static str {
+/// The `reason` label of `flux_socket_disconnects_total`.
+pub(super) fn reason_label(reason: DisconnectReason) -> &'static str {
     match reason {
-        DisconnectReason::TransportClose => DISCONNECT_REASONS[0],
-        DisconnectReason::MultipleHttpPollingError => DISCONNECT_REASONS[1],
-        DisconnectReason::PacketParsingError => DISCONNECT_REASONS[2],
-        DisconnectReason::TransportError => DISCONNECT_REASONS[3],
-        DisconnectReason::HeartbeatTimeout => DISCONNECT_REASONS[4],
-        DisconnectReason::ClientNSDisconnect => DISCONNECT_REASONS[5],
-        DisconnectReason::ServerNSDisconnect => DISCONNECT_REASONS[6],
-        DisconnectReason::ClosingServer => DISCONNECT_REASONS[7],
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing_error",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DISCONNECT_REASONS, Dropped, reason_label};
+
+    #[test]
+    fn each_reason_has_its_own_label() {
+        let mut disconnects: Vec<&str> = DISCONNECT_REASONS.into_iter().map(reason_label).collect();
+        disconnects.sort_unstable();
+        disconnects.dedup();
+        assert_eq!(
+            disconnects.len(),
+            DISCONNECT_REASONS.len(),
+            "{disconnects:?}"
+        );
+        let mut drops: Vec<&str> = Dropped::ALL.iter().map(|d| d.label()).collect();
+        drops.sort_unstable();
+        drops.dedup();
+        assert_eq!(drops.len(), Dropped::ALL.len(), "{drops:?}");
     }
 }
