@@ -12,11 +12,7 @@ here=bench/2026-12-06-issue20/coalesce
 mkdir -p "$here"
 : "${AFTER:?the gateway}" "${LOADGEN:?flux-loadgen}"
 passes="${PASSES:-2}"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-bash scripts/kafka.sh start "$dir" "$port"
-trap 'bash scripts/kafka.sh stop "$dir"; rm -rf "$dir"' EXIT
-k=(--deflate --kafka "127.0.0.1:$port")
+source bench/kafka-series.sh # one broker for the series; sets k
 run() { # window, clients, rate
   local window=$1 clients=$2 rate=$3
   echo "== $window ${clients}x$rate $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$here/loadavg.log"

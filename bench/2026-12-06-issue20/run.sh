@@ -15,11 +15,7 @@ here="${OUT:-bench/2026-12-06-issue20}" # OUT: another directory for another ser
 mkdir -p "$here"
 : "${BEFORE:?the gateway before}" "${AFTER:?the gateway after}" "${LOADGEN:?flux-loadgen}"
 passes="${PASSES:-3}"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-bash scripts/kafka.sh start "$dir" "$port"
-trap 'bash scripts/kafka.sh stop "$dir"; rm -rf "$dir"' EXIT
-k=(--deflate --kafka "127.0.0.1:$port")
+source bench/kafka-series.sh # one broker for the series; sets k
 run() { # build, clients, rate
   local build=$1 clients=$2 rate=$3 bin env=()
   case $build in

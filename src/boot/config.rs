@@ -258,58 +258,51 @@ impl Config {
                 }
             }
         }
-        // A variable without `__` that does not begin with a section's name (FLUX_BFF_BIN) is
-        // some other program's, not a setting spelt wrong; FLUX_KAFKA_BROKERS is named.
-        given.retain(|key| {
-            key.contains('.')
-                || !self
-                    .figment
-                    .find_metadata(key)
-                    .is_some_and(|m| m.name.contains("FLUX_"))
-                || sections
-                    .iter()
-                    .any(|(name, _)| key.starts_with(&format!("{name}_")))
-        });
         given.sort();
         given.dedup();
-        let leaves = &known.leaves;
-        given
-            .into_iter()
-            .map(|key| {
-                let section = key.split('.').next().unwrap_or_default();
-                let source = match self.figment.find_metadata(&key) {
-                    Some(m) if m.name.contains("FLUX_") => {
-                        format!("set by FLUX_{}", key.replace('.', "__").to_uppercase())
-                    }
-                    Some(m) => match &m.source {
-                        Some(source) => format!("from {} {source}", m.name),
-                        None => format!("from {}", m.name),
-                    },
-                    None => "from the configuration".into(),
-                };
-                let siblings: Vec<&str> = leaves
-                    .iter()
-                    .filter_map(|k| k.strip_prefix(section)?.strip_prefix('.'))
-                    .collect();
-                if siblings.is_empty() {
-                    let sections: BTreeSet<&str> = sections.iter().map(|(n, _)| *n).collect();
-                    let nesting = if key.contains('.') || !source.starts_with("set by") {
-                        ""
-                    } else {
-                        " (a variable names its section and key apart: FLUX_SECTION__KEY)"
-                    };
-                    format!(
-                        "{key} ({source}) is not a setting and is ignored{nesting}; the sections are {}",
-                        sections.into_iter().collect::<Vec<_>>().join(", ")
-                    )
+        let names: BTreeSet<&str> = sections.iter().map(|(n, _)| *n).collect();
+        let mut lines = Vec::new();
+        for key in given {
+            let metadata = self.figment.find_metadata(&key);
+            let from_variable = metadata.is_some_and(|m| m.name.contains("FLUX_"));
+            let section = key.split('.').next().unwrap_or_default();
+            // A variable without `__` that does not begin with a section's name (FLUX_BFF_BIN)
+            // is some other program's, not a setting spelt wrong; FLUX_KAFKA_BROKERS is named.
+            let nested = key.contains('.');
+            if from_variable && !nested && !names.iter().any(|n| key.starts_with(&format!("{n}_")))
+            {
+                continue;
+            }
+            let mut source = source_name(metadata, &key, "from the configuration");
+            if let Some(file) = metadata
+                .and_then(|m| m.source.as_ref())
+                .filter(|_| !from_variable)
+            {
+                source = format!("{source} {file}");
+            }
+            let siblings: Vec<&str> = known
+                .leaves
+                .iter()
+                .filter_map(|k| k.strip_prefix(section)?.strip_prefix('.'))
+                .collect();
+            lines.push(if siblings.is_empty() {
+                let nesting = if from_variable && !nested {
+                    " (a variable names its section and key apart: FLUX_SECTION__KEY)"
                 } else {
-                    format!(
-                        "{key} ({source}) is not a setting and is ignored; [{section}] has {}",
-                        siblings.join(", ")
-                    )
-                }
-            })
-            .collect()
+                    ""
+                };
+                format!(
+                    "{key} ({source}) is not a setting and is ignored{nesting}; the sections are {}",
+                    names.iter().copied().collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                format!(
+                    "{key} ({source}) is not a setting and is ignored; [{section}] has {}",
+                    siblings.join(", ")
+                )
+            });
+        }
+        lines
     }
 }
 
@@ -401,16 +394,22 @@ fn problem_lines(e: figment::Error, section: &str) -> Vec<String> {
             path.splice(0..0, outer);
         }
         let key = path.join(".").to_lowercase();
-        let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
-            Some(name) if name.contains("FLUX_") => {
-                format!("set by FLUX_{}", path.join("__").to_uppercase())
-            }
-            Some(name) => format!("from {name}"),
-            None => "from the defaults".into(),
-        };
+        let source = source_name(err.metadata.as_ref(), &key, "from the defaults");
         lines.push(format!("{key}: {} ({source})", err.kind));
     }
     lines
+}
+
+/// Where the value at dotted `key` came from: `set by FLUX_A__B` for a variable, `from
+/// <provider>` otherwise, `none` when no source is known.
+fn source_name(metadata: Option<&figment::Metadata>, key: &str, none: &str) -> String {
+    match metadata {
+        Some(m) if m.name.contains("FLUX_") => {
+            format!("set by FLUX_{}", key.replace('.', "__").to_uppercase())
+        }
+        Some(m) => format!("from {}", m.name),
+        None => none.to_owned(),
+    }
 }
 
 /// Maps the original Node service's variables onto our keys (D21).

@@ -326,58 +326,49 @@ async fn with_compression_off_every_client_gets_plain_frames() {
     assert!(!compressed);
 }
 
-#[tokio::test]
-async fn a_compressed_client_message_is_inflated_and_handled() {
+/// A client that negotiated compression sends its `userLocationUpdate` deflated, as `send`
+/// frames it; the join happens: the hydration replies come back.
+async fn a_compressed_join_is_handled(name: &str, send: impl AsyncFnOnce(&mut Ws, Vec<u8>)) {
     let _counts = COUNTS.lock().await;
     let app = TestApp::spawn().await;
     app.cache_every_snapshot().await;
-    let (mut ws, extension) = connected(&app, true, "sends-compressed").await;
+    let (mut ws, extension) = connected(&app, true, name).await;
     assert_eq!(extension.as_deref(), Some(ACCEPTED));
-    let text = user_location_update("Lucknow");
-    ws.send(compressed_frame(deflate(text.as_bytes())))
-        .await
-        .unwrap();
-    // The join happened: the hydration replies come back.
+    send(&mut ws, deflate(user_location_update("Lucknow").as_bytes())).await;
     let (reply, _) = wait_event(&mut ws, EV_TOPCOINS).await;
     assert!(reply.contains("\"success\""), "{reply}");
+}
+
+#[tokio::test]
+async fn a_compressed_client_message_is_inflated_and_handled() {
+    a_compressed_join_is_handled("sends-compressed", async |ws, payload| {
+        ws.send(compressed_frame(payload)).await.unwrap();
+    })
+    .await;
 }
 
 /// A compressed message in two frames, as RFC 7692 allows: RSV1 on the first frame only,
 /// the rest of the deflate stream in a continuation frame.
 #[tokio::test]
 async fn a_compressed_client_message_in_two_frames_is_reassembled_and_inflated() {
-    let _counts = COUNTS.lock().await;
-    let app = TestApp::spawn().await;
-    app.cache_every_snapshot().await;
-    let (mut ws, extension) = connected(&app, true, "sends-fragments").await;
-    assert_eq!(extension.as_deref(), Some(ACCEPTED));
-    let payload = deflate(user_location_update("Lucknow").as_bytes());
-    let (head, tail) = payload.split_at(payload.len() / 2);
-    let first = FrameHeader {
-        is_final: false,
-        rsv1: true,
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
-    let rest = FrameHeader {
-        opcode: OpCode::Data(Data::Continue),
-        ..FrameHeader::default()
-    };
-    ws.send(Message::Frame(Frame::from_payload(
-        first,
-        Bytes::from(head.to_vec()),
-    )))
-    .await
-    .unwrap();
-    ws.send(Message::Frame(Frame::from_payload(
-        rest,
-        Bytes::from(tail.to_vec()),
-    )))
-    .await
-    .unwrap();
-    // The join happened: the hydration replies come back.
-    let (reply, _) = wait_event(&mut ws, EV_TOPCOINS).await;
-    assert!(reply.contains("\"success\""), "{reply}");
+    a_compressed_join_is_handled("sends-fragments", async |ws, payload| {
+        let (head, tail) = payload.split_at(payload.len() / 2);
+        let first = FrameHeader {
+            is_final: false,
+            rsv1: true,
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let rest = FrameHeader {
+            opcode: OpCode::Data(Data::Continue),
+            ..FrameHeader::default()
+        };
+        for (header, part) in [(first, head), (rest, tail)] {
+            let frame = Frame::from_payload(header, Bytes::from(part.to_vec()));
+            ws.send(Message::Frame(frame)).await.unwrap();
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
