@@ -28,8 +28,9 @@ pub use settings::SocketIoSettings;
 pub fn declare_metrics() {
     use crate::telemetry::metrics::{
         CLIENT_EVENTS_DROPPED, FANOUT_CONFLATED, FANOUT_DROPPED, LAGGING_SOCKETS, POLLING_SESSIONS,
-        SLOW_DISCONNECTS, SOCKET_BYTES_SENT, SOCKET_DISCONNECTS, SOCKET_MESSAGES_SENT,
-        SOCKETS_CONNECTED, WS_COMPRESSED_FRAMES, WS_INFLATE_FAILURES, add_collector,
+        SLOW_DISCONNECTS, SOCKET_BYTES_SENT, SOCKET_DIRECT_WRITES, SOCKET_DISCONNECTS,
+        SOCKET_MESSAGES_SENT, SOCKETS_CONNECTED, WS_COMPRESSED_FRAMES, WS_INFLATE_FAILURES,
+        add_collector,
     };
     use engineioxide::stats::{self, InflateError};
     static ENGINE_COUNTS: std::sync::Once = std::sync::Once::new();
@@ -51,6 +52,7 @@ pub fn declare_metrics() {
             metrics::counter!(SOCKET_MESSAGES_SENT)
                 .absolute(engineioxide::stats::ws_messages_sent());
             metrics::counter!(SOCKET_BYTES_SENT).absolute(engineioxide::stats::ws_bytes_sent());
+            metrics::counter!(SOCKET_DIRECT_WRITES).absolute(stats::ws_direct_writes());
             let (address, content, miss) = stats::ws_compressed_frames();
             for (cache, n) in [("address", address), ("content", content), ("miss", miss)] {
                 metrics::counter!(WS_COMPRESSED_FRAMES, "cache" => cache).absolute(n);
@@ -81,6 +83,7 @@ pub fn layer(settings: &SocketIoSettings) -> (SocketIoLayer, SocketIo) {
                 .compression
                 .then_some(settings::COMPRESSION_MIN_BYTES),
         )
+        .ws_direct_writes(settings.direct_writes_per_second)
         // socketioxide's defaults let each socket buffer 10 MB of binary attachments for up
         // to 60 s; the gateway takes none (socketio.max_attachments).
         .with_parser(

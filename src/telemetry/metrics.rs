@@ -65,6 +65,7 @@ pub const EVENT_AGE: &str = "flux_event_age_seconds";
 pub const LAST_RECORD_TIMESTAMP: &str = "flux_kafka_last_record_timestamp_seconds";
 pub const SOCKET_MESSAGES_SENT: &str = "flux_socket_messages_sent_total";
 pub const SOCKET_BYTES_SENT: &str = "flux_socket_bytes_sent_total";
+pub const SOCKET_DIRECT_WRITES: &str = "flux_socket_direct_writes_total";
 pub const WS_COMPRESSED_FRAMES: &str = "flux_ws_compressed_frames_total";
 pub const WS_INFLATE_FAILURES: &str = "flux_ws_inflate_failures_total";
 pub const LOG_LINES_HELD_BACK: &str = "flux_log_lines_held_back_total";
@@ -312,6 +313,10 @@ fn describe() {
         SOCKET_BYTES_SENT,
         metrics::Unit::Bytes,
         "Payload bytes of the messages written to client WebSockets (compressed size when compressed)."
+    );
+    describe_counter!(
+        SOCKET_DIRECT_WRITES,
+        "Of the messages written to client WebSockets, those the sending thread wrote itself (socketio.direct_writes_per_second)."
     );
     describe_counter!(
         WS_COMPRESSED_FRAMES,

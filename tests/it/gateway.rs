@@ -614,32 +614,8 @@ fn padded_tick(base: &Value, product: &str, ts: usize, pad: usize) -> Value {
 
 /// A raw WebSocket client that has joined the Lucknow rooms (crypto.global among them) and
 /// then reads only when the test tells it to.
-async fn raw_joined(
-    app: &TestApp,
-    guest: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.send(Message::text(format!(r#"40{{"guestId":"{guest}"}}"#)))
-        .await
-        .unwrap();
-    loop {
-        let m = ws.next().await.unwrap().unwrap();
-        if m.to_text().unwrap_or("").contains("session:init") {
-            break;
-        }
-    }
-    ws.send(Message::text(format!(
-        r#"42["userLocationUpdate",{}]"#,
-        location("Lucknow")
-    )))
-    .await
-    .unwrap();
-    ws
+async fn raw_joined(app: &TestApp, guest: &str) -> crate::support::app::RawWs {
+    crate::support::app::raw_joined(app.addr, guest, &location("Lucknow")).await
 }
 
 #[tokio::test]

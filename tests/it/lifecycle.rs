@@ -75,6 +75,37 @@ async fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus,
     .unwrap()
 }
 
+type Ws = crate::support::app::RawWs;
+
+/// A client of the gateway on `port`, connected as `guest` and in Pune's rooms (the crypto
+/// tickers' among them).
+async fn joined(port: u16, guest: &str) -> Ws {
+    let pune = crate::support::app::location("Pune");
+    crate::support::app::raw_joined(format!("127.0.0.1:{port}"), guest, &pune).await
+}
+
+/// Reads `ws` until a message containing `needle`, within 10 s.
+async fn read_until(ws: &mut Ws, needle: &str) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the message within 10 s")
+            .expect("the stream goes on")
+            .expect("a message");
+        if msg.to_text().unwrap_or("").contains(needle) {
+            return;
+        }
+    }
+}
+
+/// The value of an unlabelled counter in a `/metrics` text.
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exported:\n{metrics}"))
+}
+
 /// The gateway's `/metrics` text.
 async fn metrics(port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
@@ -199,21 +230,7 @@ async fn metrics_show_connected_sockets_and_room_members() {
             .unwrap(),
     );
     wait_healthy(port).await;
-    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.send(Message::text(r#"40{"guestId":"yan"}"#))
-        .await
-        .unwrap();
-    loop {
-        let msg = ws.next().await.unwrap().unwrap();
-        if msg.to_text().unwrap_or("").contains("session:init") {
-            break;
-        }
-    }
-    ws.send(Message::text(r#"42["userLocationUpdate",{"city":"Pune"}]"#))
-        .await
-        .unwrap();
+    let _ws = joined(port, "yan").await;
 
     let deadline = Instant::now() + Duration::from_secs(8);
     let metrics = loop {
@@ -341,19 +358,7 @@ async fn sigterm_while_tickers_stream_never_panics() {
             .spawn()
             .unwrap();
         wait_healthy(port).await;
-        let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        ws.send(Message::text(r#"40{"guestId":"stopper"}"#))
-            .await
-            .unwrap();
-        let mut got_init = false;
-        while !got_init {
-            let msg = ws.next().await.unwrap().unwrap();
-            got_init = msg.to_text().unwrap_or("").contains("session:init");
-        }
-        ws.send(Message::text(r#"42["userLocationUpdate",{"city":"Pune"}]"#))
-            .await
-            .unwrap();
+        let mut ws = joined(port, "stopper").await;
         let flood = {
             let (client, batch) = (reqwest::Client::new(), batch.clone());
             let publish = format!(
@@ -369,16 +374,7 @@ async fn sigterm_while_tickers_stream_never_panics() {
                 {}
             })
         };
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .expect("tickers within 10 s")
-                .expect("the stream goes on")
-                .expect("a message");
-            if msg.to_text().unwrap_or("").contains("cryptoTickerResponse") {
-                break;
-            }
-        }
+        read_until(&mut ws, "cryptoTickerResponse").await;
         // Act: stop it mid-stream; the client keeps reading.
         let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -392,6 +388,64 @@ async fn sigterm_while_tickers_stream_never_panics() {
             "run {run}: the gateway panicked while stopping:\n{logs}"
         );
         assert_eq!(exit.code(), Some(0), "run {run}:\n{logs}");
+    }
+}
+
+/// Room events to sockets written nothing for a while are written by the broadcasting
+/// thread itself (`socketio.direct_writes_per_second`, on by default); `0` turns that off.
+/// The real binary: its metrics are its own, not shared with the other tests.
+#[tokio::test]
+async fn tickers_to_idle_sockets_are_written_directly_unless_turned_off() {
+    let ticker = crate::support::app::fixture("crypto.ticker.event.updated.json").to_string();
+    for direct_writes in [None, Some("0")] {
+        let port = free_port();
+        let mut cmd = gateway(port);
+        cmd.env("FLUX_ADMIN__PUBLISH", "true")
+            .env("FLUX_SIM__ENABLED", "false");
+        if let Some(per_second) = direct_writes {
+            cmd.env("FLUX_SOCKETIO__DIRECT_WRITES_PER_SECOND", per_second);
+        }
+        let _child = Running(cmd.spawn().unwrap());
+        wait_healthy(port).await;
+        let mut clients = Vec::new();
+        for guest in ["d1", "d2", "d3"] {
+            clients.push(joined(port, guest).await);
+        }
+        let publish = format!(
+            "http://127.0.0.1:{port}/admin/publish?topic=crypto.ticker.event.updated&key=BTC-USD"
+        );
+        let http = reqwest::Client::new();
+        // Eight tickers 50 ms apart: each finds every socket idle (written nothing for 15 ms).
+        // A worker thread whose last sends found their sockets busy (the joins' replies,
+        // back to back) writes nothing directly in its next window: with two workers, up to
+        // two tickers go through the writer tasks.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let status = http
+                .post(&publish)
+                .body(ticker.clone())
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success(), "publish: {status}");
+            for ws in &mut clients {
+                read_until(ws, "cryptoTickerResponse").await;
+            }
+        }
+        let m = metrics(port).await;
+        let (direct, sent) = (
+            counter(&m, "flux_socket_direct_writes_total"),
+            counter(&m, "flux_socket_messages_sent_total"),
+        );
+        match direct_writes {
+            None => assert!(
+                direct >= 12.0,
+                "most of the 24 tickers written directly: {direct} of {sent} messages"
+            ),
+            Some(_) => assert_eq!(direct, 0.0, "none when turned off ({sent} messages)"),
+        }
+        assert!(sent >= 24.0, "{sent} messages sent");
     }
 }
 

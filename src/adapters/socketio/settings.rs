@@ -51,6 +51,11 @@ pub struct SocketIoSettings {
     /// WebSocket permessage-deflate with the clients that offer it: each message of at least
     /// [`COMPRESSION_MIN_BYTES`] compressed once and the same frame sent to all of them.
     pub compression: bool,
+    /// Messages per second each worker thread may write to WebSocket connections itself
+    /// when a send finds nothing queued for the socket (one system call in the broadcast's
+    /// loop, instead of waking the socket's writer task to make it); beyond, the writer
+    /// tasks write, on every worker, batching what queued meanwhile. 0: never.
+    pub direct_writes_per_second: u32,
 }
 
 impl Default for SocketIoSettings {
@@ -69,6 +74,7 @@ impl Default for SocketIoSettings {
             max_event_name: 64,
             max_polling_sessions: 2_000,
             compression: true,
+            direct_writes_per_second: 100_000,
         }
     }
 }

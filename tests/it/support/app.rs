@@ -386,6 +386,36 @@ pub fn pune() -> Value {
     serde_json::json!({"city":"Pune","region":"Maharashtra","country":"IN","lat":18.5196,"lon":73.8553,"ip":"49.36.112.10"})
 }
 
+/// A raw WebSocket connection to the gateway (no Socket.IO client in between).
+pub type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket client of the gateway at `addr`, connected as `guest` (its `session:init`
+/// read) and joined to the rooms of `location` (see [`location`]; crypto.global among them);
+/// it reads only when the test tells it to.
+pub async fn raw_joined(addr: impl std::fmt::Display, guest: &str, location: &Value) -> RawWs {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text(format!(r#"40{{"guestId":"{guest}"}}"#)))
+        .await
+        .unwrap();
+    loop {
+        let m = ws.next().await.unwrap().unwrap();
+        if m.to_text().unwrap_or("").contains("session:init") {
+            break;
+        }
+    }
+    ws.send(Message::text(format!(
+        r#"42["userLocationUpdate",{location}]"#
+    )))
+    .await
+    .unwrap();
+    ws
+}
+
 pub fn location(city: &str) -> Value {
     serde_json::json!({"city": city, "region": "Region", "country": "IN", "lat": "12.5", "lon": 77.1, "ip": "10.1.2.3"})
 }

@@ -94,6 +94,15 @@ pub struct EngineIoConfig {
     /// every such client, smaller ones are sent plain; compressed client messages are inflated
     /// up to [`max_payload`](Self::max_payload). `None` (the default): not negotiated.
     pub ws_compression: Option<usize>,
+
+    /// flux-bff patch: messages per second that each thread may write to WebSocket
+    /// connections itself, when a send finds nothing queued before it for the socket;
+    /// beyond, and for `0` (the default), every message goes through the socket's queue to
+    /// its writer task. A direct write saves waking that task (its cost at one event per
+    /// socket at a time); the writer tasks run on every worker and write what queued while
+    /// they waited in one system call, which is cheaper once events come faster than they
+    /// are written.
+    pub ws_direct_writes: u32,
 }
 
 impl Default for EngineIoConfig {
@@ -110,6 +119,7 @@ impl Default for EngineIoConfig {
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
             ws_compression: None,
+            ws_direct_writes: 0,
         }
     }
 }
@@ -251,6 +261,14 @@ impl EngineIoConfigBuilder {
     /// bytes; `None` turns it off (see [`EngineIoConfig::ws_compression`]).
     pub fn ws_compression(mut self, min_bytes: Option<usize>) -> Self {
         self.config.ws_compression = min_bytes;
+        self
+    }
+
+    /// flux-bff patch: messages per second each thread may write to idle WebSocket
+    /// connections itself; `0` turns direct writes off (see
+    /// [`EngineIoConfig::ws_direct_writes`]).
+    pub fn ws_direct_writes(mut self, per_second: u32) -> Self {
+        self.config.ws_direct_writes = per_second;
         self
     }
 

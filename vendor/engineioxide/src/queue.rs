@@ -233,6 +233,17 @@ impl<T> Permit<'_, T> {
         self.shared.push(item);
         std::mem::forget(self); // the slot is used: skip the release in `drop`
     }
+
+    /// Whether this permit's slot is the only one in use: nothing is queued or waiting in the
+    /// receiver's batch, and no other permit is held.
+    pub fn is_only_one_in_use(&self) -> bool {
+        self.shared.used.load(Ordering::Acquire) == 1
+    }
+
+    /// Wakes the receiver, as [`Sender::wake_receiver`].
+    pub fn wake_receiver(&self) {
+        self.shared.rx_waker.wake();
+    }
 }
 
 impl<T> Drop for Permit<'_, T> {
@@ -301,6 +312,7 @@ impl<T> Receiver<T> {
     }
 
     /// The next item, if one is queued.
+    #[cfg_attr(not(any(test, feature = "__test_harness")), allow(dead_code))]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         match self.pop() {
             Some(item) => Ok(item),

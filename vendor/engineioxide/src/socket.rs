@@ -57,7 +57,10 @@
 use std::{
     collections::VecDeque,
     fmt::Debug,
-    sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -105,21 +108,66 @@ impl From<&Error> for Option<DisconnectReason> {
     }
 }
 
+/// flux-bff patch: what a direct write ([`DirectWrite::try_write`]) did with the packets.
+#[derive(Debug)]
+pub(crate) enum Direct {
+    /// Written to the connection.
+    Written,
+    /// Taken by the connection's write half, not all of it written yet: the socket's writer
+    /// task must be woken to finish.
+    Unflushed,
+    /// Not taken (the writer task holds the write half, or has packets of its own to write
+    /// first): they go through the queue.
+    Refused(PacketBuf),
+}
+
+/// flux-bff patch: the write half of a WebSocket connection, for a send that finds nothing
+/// ahead of it in the socket's queue: the sending thread writes the packets to the
+/// connection itself (one system call in the broadcasting thread's loop) instead of waking
+/// the socket's writer task to do it. See `transport::ws::WsOut`.
+pub(crate) trait DirectWrite: Send + Sync {
+    /// Writes `packets` now, without waiting; gives them back when it cannot, or when
+    /// `queued_ahead` (other packets are queued, or being sent, before them).
+    fn try_write(&self, packets: PacketBuf, queued_ahead: bool) -> Direct;
+}
+
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: queue::Permit<'a, PacketBuf>,
+    /// flux-bff patch: the connection's write half, once a WebSocket writer runs.
+    direct: Option<&'a dyn DirectWrite>,
 }
 impl Permit<'_> {
+    /// flux-bff patch: sends `packets` in the reserved slot, through the direct write when
+    /// the socket has one and it takes them (only when this slot is the only one in use:
+    /// nothing queued before it, no other send in progress).
+    #[inline]
+    fn send(self, packets: PacketBuf) {
+        let packets = match self.direct {
+            Some(direct) => match direct.try_write(packets, !self.inner.is_only_one_in_use()) {
+                // The slot is given back as the permit drops.
+                Direct::Written => return,
+                Direct::Unflushed => {
+                    self.inner.wake_receiver();
+                    return;
+                }
+                Direct::Refused(packets) => packets,
+            },
+            None => packets,
+        };
+        self.inner.send(packets);
+    }
+
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -131,7 +179,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -143,7 +191,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 }
 
@@ -272,6 +320,10 @@ where
     /// check at every wait (an atomic load, not the token's mutex).
     pub(crate) cancelled: AtomicBool,
 
+    /// flux-bff patch: the WebSocket connection's write half, set when its writer starts;
+    /// [`Permit`]s write through it when the queue is empty.
+    pub(crate) direct: OnceLock<Arc<dyn DirectWrite>>,
+
     /// Function to call when the socket is closed
     close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
     /// User data bound to the socket
@@ -313,6 +365,7 @@ where
             heartbeat: Heartbeat::default(),
             cancellation_token: CancellationToken::new(),
             cancelled: AtomicBool::new(false),
+            direct: OnceLock::new(),
 
             close_fn,
 
@@ -442,7 +495,10 @@ where
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
         let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        Ok(Permit {
+            inner: permit,
+            direct: self.direct.get().map(|direct| &**direct),
+        })
     }
 
     /// Emits a message to the client.
@@ -630,6 +686,7 @@ where
             heartbeat: Heartbeat::default(),
             cancellation_token: CancellationToken::new(),
             cancelled: AtomicBool::new(false),
+            direct: OnceLock::new(),
             close_fn,
 
             data: D::default(),

@@ -259,6 +259,14 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// flux-bff patch: messages per second each thread may write to idle WebSocket
+    /// connections itself instead of waking their writer tasks; `0` (the default) turns it
+    /// off. See engineioxide's `EngineIoConfig::ws_direct_writes`.
+    pub fn ws_direct_writes(mut self, per_second: u32) -> Self {
+        self.engine_config_builder = self.engine_config_builder.ws_direct_writes(per_second);
+        self
+    }
+
     /// Allowed transports on this server
     ///
     /// The `transports` array should have a size of 1 or 2

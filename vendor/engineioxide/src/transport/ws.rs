@@ -4,10 +4,16 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
+    Sink, SinkExt, StreamExt, TryStreamExt,
     stream::{SplitSink, SplitStream},
 };
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
@@ -29,7 +35,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket,
@@ -38,7 +44,7 @@ use crate::{
     engine::EngineIo,
     errors::Error,
     handler::EngineIoHandler,
-    socket::InternalRx,
+    socket::{Direct, DirectWrite, InternalRx},
     transport::{deflate, make_open_packet},
 };
 
@@ -238,7 +244,7 @@ where
     // Pipe between websocket and internal socket channel. Spawned from a plain function: a
     // writer future built here would be reserved in this future's state (2.3 KB) although
     // it is moved out at once.
-    let rx = spawn_writer::<H, S>(&socket, ws, compression);
+    let rx = spawn_writer::<H, S>(&socket, ws, compression, engine.config.ws_direct_writes);
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(engine, rx, &socket, compression.is_some())
@@ -266,17 +272,20 @@ where
     Ok(())
 }
 
-/// Splits `ws` and spawns its writer; returns the reading half.
+/// Splits `ws` and spawns its writer; returns the reading half. `direct_writes`: see
+/// [`EngineIoConfig::ws_direct_writes`] (flux-bff patch).
 fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     compression: Option<usize>,
+    direct_writes: u32,
 ) -> SplitStream<WebSocketStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = ws.split();
-    let writer = forward_to_socket::<H, S>(socket.clone(), tx, compression);
+    let out = WsOut::new(tx, socket.protocol, compression, direct_writes);
+    let writer = forward_to_socket::<H, S>(socket.clone(), out);
     tokio::spawn(writer);
     rx
 }
@@ -374,16 +383,300 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
     )
 }
 
+/// flux-bff patch: the write half of a WebSocket connection, shared by the connection's
+/// writer task and the threads that send to the socket.
+///
+/// A send that finds the socket idle (nothing queued, nothing written for
+/// [`DIRECT_IDLE_NS`]) writes its packets here itself ([`DirectWrite::try_write`]), within
+/// its thread's budget ([`take_direct_budget`]): when events to a socket are sparse, each
+/// is a write of its own anyway, and the broadcasting thread then writes every socket of
+/// a room in one loop instead of waking each socket's writer task to write it (about a
+/// fifth of the CPU per delivery at 1000 × 50/s, BENCHMARKS.md "Direct writes"). Whatever
+/// it cannot write at once, and every other packet, goes through the queue to the writer
+/// task as before.
+///
+/// Order: the writer task takes packets from the queue only while it holds this lock, and
+/// feeds them to the sink (or to `held`) before letting go; a direct write happens only
+/// under the same lock, with nothing queued, nothing held and nothing unflushed. So a
+/// direct write never overtakes a queued packet.
+struct WsOut<S> {
+    state: std::sync::Mutex<Option<WsOutState<S>>>,
+    protocol: ProtocolVersion,
+    compression: Option<usize>,
+    /// Direct writes a thread may make per budget window ([`take_direct_budget`]).
+    direct_per_window: u32,
+    /// When messages were last fed to the sink ([`clock_ns`]): a socket written less than
+    /// [`DIRECT_IDLE_NS`] ago is left to its writer task. Outside the lock, so that a send
+    /// that finds the socket busy refuses without taking it.
+    last_fed: AtomicU64,
+}
+
+/// Nanoseconds since the first call: [`Instant`] in an atomic.
+fn clock_ns(at: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_nanos() as u64
+}
+
+/// The windows of a second over which a thread's direct writes are counted.
+const DIRECT_WINDOWS_PER_S: u32 = 100;
+const DIRECT_WINDOW_NS: u64 = 1_000_000_000 / DIRECT_WINDOWS_PER_S as u64;
+
+/// A thread's current window: its direct writes, and how busy the sockets it sent to were.
+#[derive(Clone, Copy)]
+struct Window {
+    /// When it began ([`clock_ns`]).
+    start: u64,
+    written: u32,
+    /// Sends through a `Permit` to sockets with a direct write, and those of them that
+    /// found the socket busy: packets queued ahead, or written less than [`DIRECT_IDLE_NS`]
+    /// ago.
+    sends: u32,
+    busy: u32,
+    /// Whether direct writes are allowed in this window: the sockets of the previous one
+    /// were mostly idle.
+    allowed: bool,
+}
+
+thread_local! {
+    static WINDOW: std::cell::Cell<Window> = const {
+        std::cell::Cell::new(Window { start: 0, written: 0, sends: 0, busy: 0, allowed: true })
+    };
+}
+
+/// Counts a send that found its socket busy.
+fn count_busy_send() {
+    WINDOW.with(|window| {
+        let mut w = window.get();
+        w.sends += 1;
+        w.busy += 1;
+        window.set(w);
+    });
+}
+
+/// A thread writes directly only if at most one in this many of the sends of its previous
+/// window found their socket busy.
+const DIRECT_BUSY_ONE_IN: u32 = 10;
+
+/// Whether this thread may write directly at `now` ([`clock_ns`]) to a socket found idle:
+/// at most `per_window` times in a window of [`DIRECT_WINDOW_NS`], and only if at most one
+/// in [`DIRECT_BUSY_ONE_IN`] of the sends of its previous window (the counts since the
+/// window before began, if no idle socket came by since) found their socket busy.
+///
+/// The budget bounds what a broadcast to a large room spends writing on its own thread
+/// before it leaves the rest to the writer tasks on every worker. The busy share keeps
+/// direct writes out of the way under load: when sockets are busy, the writer tasks are
+/// behind or have bursts to batch, and a broadcast that wrote the idle sockets first, one
+/// by one on its thread, only adds to the wait of the others (at 3000 × 120/s, load spikes
+/// left sockets idle for 15 ms, and the direct writes that followed raised the p99 from 28
+/// to 47 ms; through Kafka at 3000 × 100/s, with half the sends busy allowed, a run's p99
+/// went to 121 ms: BENCHMARKS.md "Direct writes").
+fn take_direct_budget(per_window: u32, now: u64) -> bool {
+    WINDOW.with(|window| {
+        let mut w = window.get();
+        if now.saturating_sub(w.start) >= DIRECT_WINDOW_NS {
+            w = Window {
+                start: now,
+                written: 0,
+                sends: 0,
+                busy: 0,
+                allowed: w.busy.saturating_mul(DIRECT_BUSY_ONE_IN) <= w.sends,
+            };
+        }
+        w.sends += 1;
+        let take = w.allowed && w.written < per_window;
+        w.written += u32::from(take);
+        window.set(w);
+        take
+    })
+}
+
+struct WsOutState<S> {
+    tx: SplitSink<WebSocketStream<S>, Message>,
+    /// Messages the sink could not take yet (its buffer was full), oldest first.
+    held: VecDeque<Message>,
+    /// Messages fed since the last completed flush.
+    unflushed: bool,
+}
+
+/// How long (ns) a socket must have been written nothing for a send to write to it directly.
+/// Events that come closer together are left to the socket's writer task, which writes
+/// all that queued while it waited in one system call: a burst of events to the same
+/// sockets (a consumer's batch) then costs one write per socket, where direct writes would
+/// cost one per event. At 50 events/s per socket (20 ms apart) the writer tasks had written
+/// 1.005 times per delivery, each event alone; at 350/s, bursts of 3–4, one write for them
+/// (BENCHMARKS.md, "Direct writes").
+const DIRECT_IDLE_NS: u64 = 15_000_000;
+
+impl<S> WsOut<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// The write half `tx`; `direct_writes`: see [`EngineIoConfig::ws_direct_writes`].
+    fn new(
+        tx: SplitSink<WebSocketStream<S>, Message>,
+        protocol: ProtocolVersion,
+        compression: Option<usize>,
+        direct_writes: u32,
+    ) -> Arc<Self> {
+        Arc::new(WsOut {
+            state: std::sync::Mutex::new(Some(WsOutState {
+                tx,
+                held: VecDeque::new(),
+                unflushed: false,
+            })),
+            protocol,
+            compression,
+            direct_per_window: direct_writes.div_ceil(DIRECT_WINDOWS_PER_S),
+            last_fed: AtomicU64::new(clock_ns(Instant::now())),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<WsOutState<S>>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<S> WsOutState<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Feeds `msg` to the sink, after what is held; holds it when the sink is full. Counts
+    /// what was fed in `sent` (messages, payload bytes).
+    fn feed(&mut self, msg: Message, sent: &mut (u64, u64), cx: &mut Context<'_>) {
+        if self.held.is_empty() {
+            if let Poll::Ready(ready) = Pin::new(&mut self.tx).poll_ready(cx) {
+                self.start_send(ready, msg, sent);
+                return;
+            }
+        }
+        self.held.push_back(msg);
+    }
+
+    /// Feeds the held messages to the sink until it is full.
+    fn feed_held(&mut self, sent: &mut (u64, u64), cx: &mut Context<'_>) {
+        if self.held.is_empty() {
+            return;
+        }
+        while let Some(msg) = self.held.pop_front() {
+            match Pin::new(&mut self.tx).poll_ready(cx) {
+                Poll::Ready(ready) => self.start_send(ready, msg, sent),
+                Poll::Pending => {
+                    self.held.push_front(msg);
+                    return;
+                }
+            }
+        }
+        // Only a full sink makes it hold anything: an idle socket keeps no buffer here.
+        self.held = VecDeque::new();
+    }
+
+    /// Sends `msg` to a sink that was found `ready`; an error drops it (logged), as the
+    /// upstream writer did.
+    fn start_send(
+        &mut self,
+        ready: Result<(), tungstenite::Error>,
+        msg: Message,
+        sent: &mut (u64, u64),
+    ) {
+        let len = match &msg {
+            Message::Frame(frame) => frame.payload().len(),
+            msg => msg.len(),
+        } as u64;
+        match ready.and_then(|()| Pin::new(&mut self.tx).start_send(msg)) {
+            Ok(()) => {
+                self.unflushed = true;
+                sent.0 += 1;
+                sent.1 += len;
+            }
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("error sending packet: {}", _e);
+            }
+        }
+    }
+
+    /// Flushes what was fed; `Ready` once all of it is written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.unflushed {
+            // An error is the connection's: its reading half sees it and closes the session.
+            std::task::ready!(Pin::new(&mut self.tx).poll_flush(cx)).ok();
+            self.unflushed = false;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl<S> DirectWrite for WsOut<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn try_write(&self, mut packets: PacketBuf, queued_ahead: bool) -> Direct {
+        if queued_ahead {
+            count_busy_send();
+            return Direct::Refused(packets);
+        }
+        let now = clock_ns(Instant::now());
+        if now.saturating_sub(self.last_fed.load(Ordering::Relaxed)) < DIRECT_IDLE_NS {
+            count_busy_send();
+            return Direct::Refused(packets); // more may follow: the writer task batches them
+        }
+        // Held by the writer task (it is writing) or by another sender: queue.
+        let Ok(mut state) = self.state.try_lock() else {
+            count_busy_send();
+            return Direct::Refused(packets);
+        };
+        let Some(state) = state.as_mut() else {
+            return Direct::Refused(packets); // the writer has closed the connection
+        };
+        if state.unflushed || !state.held.is_empty() {
+            count_busy_send();
+            return Direct::Refused(packets); // the writer task has its own to write first
+        }
+        if !take_direct_budget(self.direct_per_window, now) {
+            return Direct::Refused(packets); // this thread's share is spent: the tasks write
+        }
+        // Nothing waits on this context: whatever is left to write is the writer task's,
+        // which the caller wakes on `Unflushed`, and which polls the sink with its own waker.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut sent = (0, 0);
+        // Outside tokio's cooperative budget: a broadcast writes every socket of a room in
+        // one poll of its task, and a spent budget would make each write after the 128th
+        // pretend the connection is full (the writer tasks would do them after all).
+        let mut write = std::pin::pin!(tokio::task::coop::unconstrained(std::future::poll_fn(
+            |cx| {
+                for packet in std::mem::take(&mut packets) {
+                    if let Some(msg) = ws_message(self.protocol, packet, self.compression) {
+                        state.feed(msg, &mut sent, cx);
+                    }
+                }
+                if state.held.is_empty() {
+                    state.poll_flush(cx)
+                } else {
+                    Poll::Pending
+                }
+            }
+        )));
+        let flushed = write.as_mut().poll(&mut cx).is_ready();
+        self.last_fed.store(now, Ordering::Relaxed);
+        crate::stats::add_ws_sent(sent.0, sent.1);
+        if flushed {
+            crate::stats::add_ws_direct(sent.0);
+            Direct::Written
+        } else {
+            Direct::Unflushed
+        }
+    }
+}
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained. With
 /// `compression` (flux-bff patch: permessage-deflate negotiated, and its threshold), text
 /// messages of at least that size go out compressed, each compressed once for all sockets.
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-    compression: Option<usize>,
-) where
+/// flux-bff patch: the write half is shared with senders that write directly ([`WsOut`]).
+async fn forward_to_socket<H: EngineIoHandler, S>(socket: Arc<Socket<H::Data>>, out: Arc<WsOut<S>>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
@@ -402,52 +695,61 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // flux-bff patch: one `feed` await point (upstream had one per macro expansion, which made
-    // this future 2.3 KB): wait for a first batch, then send it and everything queued behind
-    // it, then flush once.
-    loop {
-        // flux-bff patch: one waker for the queue, the volatile packets and the cancellation.
-        let cancelled = &socket.cancelled;
-        let next = std::future::poll_fn(|cx| {
-            crate::socket::poll_ws_packets(buffered_rx, volatile_rx, cancelled, cx)
-        });
-        let Some(first) = next.await else { break };
-        let mut batch = Some(first);
-        let (mut messages, mut bytes) = (0u64, 0u64);
-        while let Some(packets) = batch.take() {
-            for packet in packets {
-                let Some(msg) = ws_message(socket.protocol, packet, compression) else {
-                    continue;
-                };
-                let len = match &msg {
-                    Message::Frame(frame) => frame.payload().len(),
-                    msg => msg.len(),
-                } as u64;
-                match tx.feed(msg).await {
-                    Ok(()) => {
-                        messages += 1;
-                        bytes += len;
-                    }
-                    Err(_e) => {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+    if out.direct_per_window > 0 {
+        // A socket has one WebSocket writer: a second WebSocket request is refused.
+        socket.direct.set(out.clone()).ok();
+    }
+
+    // Wait for packets, feed them and everything queued behind them, flush once the queue
+    // is drained; until the queue closes or the socket is cancelled.
+    std::future::poll_fn(|cx| {
+        let mut state = out.lock();
+        let Some(state) = state.as_mut() else {
+            return Poll::Ready(());
+        };
+        let mut sent = (0, 0);
+        let poll = loop {
+            state.feed_held(&mut sent, cx);
+            if !state.held.is_empty() {
+                break Poll::Pending; // the sink wakes this task when it has room
+            }
+            match crate::socket::poll_ws_packets(buffered_rx, volatile_rx, &socket.cancelled, cx) {
+                Poll::Ready(Some(packets)) => {
+                    for packet in packets {
+                        if let Some(msg) = ws_message(out.protocol, packet, out.compression) {
+                            state.feed(msg, &mut sent, cx);
+                        }
                     }
                 }
+                Poll::Ready(None) => break Poll::Ready(()),
+                Poll::Pending => {
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = %socket.id, "ws flush");
+                    // Ready or not, wait: for packets (the queue's waker is registered) and,
+                    // while the flush is incomplete, for room in the connection.
+                    let _ = state.poll_flush(cx);
+                    break Poll::Pending;
+                }
             }
-            batch = buffered_rx.try_recv().ok();
+        };
+        if sent.0 > 0 {
+            out.last_fed
+                .store(clock_ns(Instant::now()), Ordering::Relaxed);
+            crate::stats::add_ws_sent(sent.0, sent.1);
         }
-        crate::stats::add_ws_sent(messages, bytes);
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
-    }
+        poll
+    })
+    .await;
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    // No direct write from now on.
+    let state = out.lock().take();
+    if let Some(mut state) = state {
+        state.tx.flush().await.ok();
+        state.tx.close().await.ok();
+    }
 }
 
 /// The websocket message of `packet`; `None` for a packet that is not sent (a Noop maybe
@@ -648,8 +950,7 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            tx,
-            None,
+            WsOut::new(tx, socket.protocol, None, 0),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -673,8 +974,7 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            tx,
-            None,
+            WsOut::new(tx, socket.protocol, None, 0),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 

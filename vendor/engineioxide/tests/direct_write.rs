@@ -1,0 +1,284 @@
+//! flux-bff patch: a send that finds a WebSocket socket idle writes to the connection itself
+//! (`EngineIoConfig::ws_direct_writes`); everything else goes through the socket's queue to
+//! its writer task. Nothing may be lost or reordered where the two meet: behind a queued
+//! packet, on a connection too full to take a message at once, with senders on two threads.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use engineioxide::{
+    ProtocolVersion, Str,
+    config::EngineIoConfig,
+    handler::EngineIoHandler,
+    service::EngineIoService,
+    socket::{DisconnectReason, Socket},
+    stats,
+};
+use futures_util::StreamExt;
+use http::Request;
+use tokio::{
+    io::DuplexStream,
+    sync::{Mutex, mpsc},
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::Role},
+};
+
+/// Longer than the time a socket must have been written nothing for a direct write (15 ms).
+const IDLE: Duration = Duration::from_millis(40);
+
+/// The direct-write counter is process-wide: the tests that read it run one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+#[derive(Debug)]
+struct Handler(mpsc::UnboundedSender<Arc<Socket<()>>>);
+impl EngineIoHandler for Handler {
+    type Data = ();
+    fn on_connect(self: Arc<Self>, socket: Arc<Socket<()>>) {
+        self.0.send(socket).ok();
+    }
+    fn on_disconnect(&self, _: Arc<Socket<()>>, _: DisconnectReason) {}
+    fn on_message(self: &Arc<Self>, _: Str, _: Arc<Socket<()>>) {}
+    fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
+}
+
+/// A server with direct writes of `direct_writes` per second and thread, and the sockets
+/// it connects.
+struct Server {
+    svc: EngineIoService<Handler>,
+    sockets: mpsc::UnboundedReceiver<Arc<Socket<()>>>,
+}
+
+impl Server {
+    fn new(direct_writes: u32) -> Self {
+        let (tx, sockets) = mpsc::unbounded_channel();
+        let config = EngineIoConfig::builder()
+            .ping_interval(Duration::from_secs(60))
+            .ping_timeout(Duration::from_secs(60))
+            .max_buffer_size(64)
+            .ws_direct_writes(direct_writes)
+            .build();
+        let svc = EngineIoService::with_config(Arc::new(Handler(tx)), config);
+        Self { svc, sockets }
+    }
+
+    /// A WebSocket session over an in-memory connection that holds at most `buffer` bytes
+    /// in flight (so that a large message or a slow reader fills it).
+    async fn connect(&mut self, buffer: usize) -> (Arc<Socket<()>>, WebSocketStream<DuplexStream>) {
+        let (server, client) = tokio::io::duplex(buffer);
+        let parts = Request::builder()
+            .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        tokio::spawn(self.svc.ws_init(server, ProtocolVersion::V4, None, parts));
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let open = next_text(&mut client).await;
+        assert!(open.starts_with("0{"), "the open packet: {open}");
+        let socket = self.sockets.recv().await.expect("the session is connected");
+        (socket, client)
+    }
+}
+
+async fn connect(buffer: usize) -> (Arc<Socket<()>>, WebSocketStream<DuplexStream>) {
+    Server::new(1_000_000).connect(buffer).await
+}
+
+/// The next text message, pings skipped (the engine's heartbeat pings a new session).
+async fn next_text(client: &mut WebSocketStream<DuplexStream>) -> String {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        match msg {
+            Message::Text(text) if text.as_str() == "2" => continue,
+            Message::Text(text) => return text.to_string(),
+            other => panic!("a text message, got {other:?}"),
+        }
+    }
+}
+
+fn emit(socket: &Socket<()>, msg: impl Into<String>) {
+    socket
+        .reserve()
+        .expect("room in the queue")
+        .emit(msg.into().into());
+}
+
+#[tokio::test]
+async fn an_idle_socket_is_written_by_the_sender_and_nothing_overtakes_the_queue() {
+    let _serial = SERIAL.lock().await;
+    let (socket, mut client) = connect(64 * 1024).await;
+    tokio::time::sleep(IDLE).await;
+    let before = stats::ws_direct_writes();
+
+    emit(&socket, "direct");
+    assert_eq!(
+        stats::ws_direct_writes() - before,
+        1,
+        "an idle socket's message is written at once by the sender"
+    );
+    // Right after a write, the next one is the writer task's (more may follow to batch).
+    emit(&socket, "soon after");
+    assert_eq!(stats::ws_direct_writes() - before, 1);
+    assert_eq!(next_text(&mut client).await, "4direct");
+    assert_eq!(next_text(&mut client).await, "4soon after");
+
+    tokio::time::sleep(IDLE).await;
+    // A packet queued first (a plain `emit` always queues): the next send waits behind it
+    // even though the socket has been idle.
+    socket.emit("queued").unwrap();
+    emit(&socket, "behind");
+    assert_eq!(stats::ws_direct_writes() - before, 1);
+    assert_eq!(next_text(&mut client).await, "4queued");
+    assert_eq!(next_text(&mut client).await, "4behind");
+
+    // Two of the three sends since the first found the socket busy: this thread writes
+    // nothing itself in its next window (under load the writer tasks batch). One send to
+    // an idle socket later, it does again.
+    tokio::time::sleep(IDLE).await;
+    emit(&socket, "not yet");
+    assert_eq!(stats::ws_direct_writes() - before, 1);
+    tokio::time::sleep(IDLE).await;
+    emit(&socket, "direct again");
+    assert_eq!(stats::ws_direct_writes() - before, 2);
+    assert_eq!(next_text(&mut client).await, "4not yet");
+    assert_eq!(next_text(&mut client).await, "4direct again");
+}
+
+#[tokio::test]
+async fn a_direct_write_the_connection_cannot_take_at_once_is_finished_by_the_writer() {
+    let _serial = SERIAL.lock().await;
+    // 64 bytes in flight: a 2000-byte message is written in part, the rest waits for room.
+    let (socket, mut client) = connect(64).await;
+    let large = "x".repeat(2000);
+    tokio::time::sleep(IDLE).await;
+    let before = stats::ws_direct_writes();
+    emit(&socket, large.clone());
+    assert_eq!(
+        stats::ws_direct_writes(),
+        before,
+        "begun by the sender, not finished by it"
+    );
+    // Nothing else is sent and nothing here polls the server: only the writer task, woken
+    // by the sender, can finish the write (a lost wake-up times out).
+    assert_eq!(next_text(&mut client).await, format!("4{large}"));
+
+    // A message sent behind an unfinished write is queued behind it.
+    tokio::time::sleep(IDLE).await;
+    emit(&socket, large.clone());
+    emit(&socket, "after it");
+    assert_eq!(next_text(&mut client).await, format!("4{large}"));
+    assert_eq!(next_text(&mut client).await, "4after it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_on_two_threads_through_a_full_connection_lose_and_reorder_nothing() {
+    let _serial = SERIAL.lock().await;
+    const N: usize = 3000;
+    let (socket, mut client) = connect(256).await;
+    let before = stats::ws_direct_writes();
+    let sender = |tag: &'static str| {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                loop {
+                    match socket.reserve() {
+                        Ok(permit) => {
+                            permit.emit(format!("{tag}{i}").into());
+                            break;
+                        }
+                        Err(_full) => tokio::task::yield_now().await,
+                    }
+                }
+                if i % 200 < 3 {
+                    // Idle now and then, so that some sends find the socket idle (and, past
+                    // a first one, this thread's window allowing direct writes).
+                    tokio::time::sleep(IDLE).await;
+                }
+            }
+        })
+    };
+    let (a, b) = (sender("a"), sender("b"));
+    let mut next = [0usize; 2];
+    for n in 0..2 * N {
+        let text = next_text(&mut client).await;
+        let (tag, i) = text
+            .strip_prefix('4')
+            .and_then(|t| t.split_at_checked(1))
+            .expect("a message packet");
+        let k = usize::from(tag == "b");
+        assert_eq!(
+            i.parse::<usize>().unwrap(),
+            next[k],
+            "sender {tag}'s messages in order"
+        );
+        next[k] += 1;
+        if n % 700 == 0 {
+            // A slow reader: the connection fills and the writes wait for room.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    a.await.unwrap();
+    b.await.unwrap();
+    assert_eq!(next, [N, N]);
+    let direct = stats::ws_direct_writes() - before;
+    assert!(
+        direct > 0 && direct < 2 * N as u64,
+        "both paths were taken: {direct} of {} written out directly",
+        2 * N
+    );
+}
+
+/// A broadcast writes every socket of a room in one poll of its task: more writes than
+/// tokio's cooperative budget allows a task per poll (128), which must not turn the later
+/// ones into pretend-full connections left to the writer tasks.
+#[tokio::test]
+async fn a_broadcast_writes_every_idle_socket_of_a_large_room_itself() {
+    let _serial = SERIAL.lock().await;
+    let mut server = Server::new(1_000_000);
+    let mut room = Vec::new();
+    for _ in 0..300 {
+        room.push(server.connect(4096).await);
+    }
+    tokio::time::sleep(IDLE).await;
+    let before = stats::ws_direct_writes();
+    for (socket, _) in &room {
+        emit(socket, "tick");
+    }
+    assert_eq!(stats::ws_direct_writes() - before, 300);
+    for (_, client) in &mut room {
+        assert_eq!(next_text(client).await, "4tick");
+    }
+}
+
+/// Past its budget, a thread leaves the room's other sockets to their writer tasks.
+#[tokio::test]
+async fn a_thread_writes_at_most_its_budget_itself() {
+    let _serial = SERIAL.lock().await;
+    // 1000 per second: 10 per window of 10 ms.
+    let mut server = Server::new(1000);
+    let mut room = Vec::new();
+    for _ in 0..50 {
+        room.push(server.connect(4096).await);
+    }
+    tokio::time::sleep(IDLE).await;
+    let before = stats::ws_direct_writes();
+    let start = std::time::Instant::now();
+    for (socket, _) in &room {
+        emit(socket, "tick");
+    }
+    let direct = stats::ws_direct_writes() - before;
+    if start.elapsed() < Duration::from_millis(10) {
+        assert_eq!(direct, 10, "one window's budget");
+    } else {
+        assert!(direct < 50, "{direct} of 50 written directly");
+    }
+    for (_, client) in &mut room {
+        assert_eq!(next_text(client).await, "4tick");
+    }
+}
