@@ -400,8 +400,10 @@ async fn tickers_to_idle_sockets_are_written_directly_unless_turned_off() {
     for direct_writes in [None, Some("0")] {
         let port = free_port();
         let mut cmd = gateway(port);
+        // Two workers whatever the machine (the count of windows below depends on it).
         cmd.env("FLUX_ADMIN__PUBLISH", "true")
-            .env("FLUX_SIM__ENABLED", "false");
+            .env("FLUX_SIM__ENABLED", "false")
+            .env("TOKIO_WORKER_THREADS", "2");
         if let Some(per_second) = direct_writes {
             cmd.env("FLUX_SOCKETIO__DIRECT_WRITES_PER_SECOND", per_second);
         }
@@ -410,6 +412,15 @@ async fn tickers_to_idle_sockets_are_written_directly_unless_turned_off() {
         let mut clients = Vec::new();
         for guest in ["d1", "d2", "d3"] {
             clients.push(joined(port, guest).await);
+        }
+        // The heartbeat pings a new session at its next pass (every 500 ms here): read what
+        // comes for 600 ms, so that no first ping is written just before a ticker (a socket
+        // written less than 15 ms ago is busy). The next pings are 25 s away.
+        let quiet = tokio::time::Instant::now() + Duration::from_millis(600);
+        for ws in &mut clients {
+            while let Ok(Some(msg)) = tokio::time::timeout_at(quiet, ws.next()).await {
+                msg.expect("a message");
+            }
         }
         let publish = format!(
             "http://127.0.0.1:{port}/admin/publish?topic=crypto.ticker.event.updated&key=BTC-USD"

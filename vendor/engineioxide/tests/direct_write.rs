@@ -28,7 +28,8 @@ use tokio_tungstenite::{
 /// Longer than the time a socket must have been written nothing for a direct write (15 ms).
 const IDLE: Duration = Duration::from_millis(40);
 
-/// The direct-write counter is process-wide: the tests that read it run one at a time.
+/// The direct-write counter is process-wide: the tests that read it run one at a time. (A
+/// thread's direct-write window is thread-local: each test runs on a thread of its own.)
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 #[derive(Debug)]
@@ -52,11 +53,16 @@ struct Server {
 
 impl Server {
     fn new(direct_writes: u32) -> Self {
+        Self::with_queue(direct_writes, 64)
+    }
+
+    /// With a send queue of `queue` packets per socket.
+    fn with_queue(direct_writes: u32, queue: usize) -> Self {
         let (tx, sockets) = mpsc::unbounded_channel();
         let config = EngineIoConfig::builder()
             .ping_interval(Duration::from_secs(60))
             .ping_timeout(Duration::from_secs(60))
-            .max_buffer_size(64)
+            .max_buffer_size(queue)
             .ws_direct_writes(direct_writes)
             .build();
         let svc = EngineIoService::with_config(Arc::new(Handler(tx)), config);
@@ -82,8 +88,27 @@ impl Server {
     }
 }
 
+/// A session of its own server, its first ping read.
 async fn connect(buffer: usize) -> (Arc<Socket<()>>, WebSocketStream<DuplexStream>) {
-    Server::new(1_000_000).connect(buffer).await
+    let (socket, mut client) = Server::new(1_000_000).connect(buffer).await;
+    pinged(&mut client).await;
+    (socket, client)
+}
+
+/// Reads up to the session's first ping. The engine's heartbeat pings a new session at its
+/// next pass (within 500 ms), through the queue; a test that counts direct writes waits for
+/// it, so that a ping written just before a send does not make the socket busy.
+async fn pinged(client: &mut WebSocketStream<DuplexStream>) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .expect("the first ping within 5 s")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        if msg.to_text().is_ok_and(|text| text == "2") {
+            return;
+        }
+    }
 }
 
 /// The next text message, pings skipped (the engine's heartbeat pings a new session).
@@ -176,6 +201,44 @@ async fn a_direct_write_the_connection_cannot_take_at_once_is_finished_by_the_wr
     assert_eq!(next_text(&mut client).await, "4after it");
 }
 
+/// A client that stops reading: once the connection is full, what is sent to it waits in
+/// the socket's queue — neither a direct write nor the writer task piles it into the
+/// WebSocket's write buffer — so the queue fills and says so (the gateway's sign of a
+/// lagging socket).
+#[tokio::test]
+async fn a_client_that_stops_reading_fills_the_socket_queue() {
+    let _serial = SERIAL.lock().await;
+    let mut server = Server::with_queue(1_000_000, 4);
+    let (socket, mut client) = server.connect(64).await;
+    pinged(&mut client).await;
+    tokio::time::sleep(IDLE).await;
+    // 2000 bytes into a connection that holds 64: the rest waits for room.
+    emit(&socket, "x".repeat(2000));
+    let mut queued = 0;
+    loop {
+        // Idle between sends, so that each could be a direct write if nothing prevented it.
+        tokio::time::sleep(IDLE).await;
+        match socket.reserve() {
+            Ok(permit) => permit.emit(format!("m{queued}").into()),
+            Err(_full) => break,
+        }
+        queued += 1;
+        assert!(
+            queued <= 4,
+            "{queued} messages taken by a connection that is not read"
+        );
+    }
+    assert_eq!(queued, 4, "the queue's four slots");
+    // The client reads again: everything arrives, in order.
+    assert_eq!(
+        next_text(&mut client).await,
+        format!("4{}", "x".repeat(2000))
+    );
+    for n in 0..4 {
+        assert_eq!(next_text(&mut client).await, format!("4m{n}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_on_two_threads_through_a_full_connection_lose_and_reorder_nothing() {
     let _serial = SERIAL.lock().await;
@@ -245,6 +308,9 @@ async fn a_broadcast_writes_every_idle_socket_of_a_large_room_itself() {
     for _ in 0..300 {
         room.push(server.connect(4096).await);
     }
+    for (_, client) in &mut room {
+        pinged(client).await;
+    }
     tokio::time::sleep(IDLE).await;
     let before = stats::ws_direct_writes();
     for (socket, _) in &room {
@@ -265,6 +331,9 @@ async fn a_thread_writes_at_most_its_budget_itself() {
     let mut room = Vec::new();
     for _ in 0..50 {
         room.push(server.connect(4096).await);
+    }
+    for (_, client) in &mut room {
+        pinged(client).await;
     }
     tokio::time::sleep(IDLE).await;
     let before = stats::ws_direct_writes();

@@ -398,7 +398,8 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
 /// Order: the writer task takes packets from the queue only while it holds this lock, and
 /// feeds them to the sink (or to `held`) before letting go; a direct write happens only
 /// under the same lock, with nothing queued, nothing held and nothing unflushed. So a
-/// direct write never overtakes a queued packet.
+/// direct write never overtakes a queued packet. (Volatile packets, which bypass the queue
+/// and are unordered by contract, are not counted as queued.)
 struct WsOut<S> {
     state: std::sync::Mutex<Option<WsOutState<S>>>,
     protocol: ProtocolVersion,
@@ -448,8 +449,8 @@ thread_local! {
 fn count_busy_send() {
     WINDOW.with(|window| {
         let mut w = window.get();
-        w.sends += 1;
-        w.busy += 1;
+        w.sends = w.sends.saturating_add(1);
+        w.busy = w.busy.saturating_add(1);
         window.set(w);
     });
 }
@@ -483,7 +484,7 @@ fn take_direct_budget(per_window: u32, now: u64) -> bool {
                 allowed: w.busy.saturating_mul(DIRECT_BUSY_ONE_IN) <= w.sends,
             };
         }
-        w.sends += 1;
+        w.sends = w.sends.saturating_add(1);
         let take = w.allowed && w.written < per_window;
         w.written += u32::from(take);
         window.set(w);
@@ -497,6 +498,11 @@ struct WsOutState<S> {
     held: VecDeque<Message>,
     /// Messages fed since the last completed flush.
     unflushed: bool,
+    /// A flush was begun and the connection could not take all of it: the writer takes no
+    /// more packets from the queue until it is done, so that a client that stops reading
+    /// fills the socket's queue (where the gateway sees it lag) rather than the WebSocket's
+    /// write buffer (128 KiB before it pushes back).
+    flushing: bool,
 }
 
 /// How long (ns) a socket must have been written nothing for a send to write to it directly.
@@ -524,6 +530,7 @@ where
                 tx,
                 held: VecDeque::new(),
                 unflushed: false,
+                flushing: false,
             })),
             protocol,
             compression,
@@ -599,9 +606,11 @@ where
     /// Flushes what was fed; `Ready` once all of it is written.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.unflushed {
+            self.flushing = true;
             // An error is the connection's: its reading half sees it and closes the session.
             std::task::ready!(Pin::new(&mut self.tx).poll_flush(cx)).ok();
             self.unflushed = false;
+            self.flushing = false;
         }
         Poll::Ready(())
     }
@@ -712,6 +721,9 @@ where
             state.feed_held(&mut sent, cx);
             if !state.held.is_empty() {
                 break Poll::Pending; // the sink wakes this task when it has room
+            }
+            if state.flushing && state.poll_flush(cx).is_pending() {
+                break Poll::Pending; // the connection wakes this task when it has room
             }
             match crate::socket::poll_ws_packets(buffered_rx, volatile_rx, &socket.cancelled, cx) {
                 Poll::Ready(Some(packets)) => {
