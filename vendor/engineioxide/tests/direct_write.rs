@@ -289,12 +289,12 @@ async fn senders_on_two_threads_through_a_full_connection_lose_and_reorder_nothi
     a.await.unwrap();
     b.await.unwrap();
     assert_eq!(next, [N, N]);
+    // How many sends found the socket idle depends on the two threads' timing (none, on a
+    // loaded machine: the busy rule then keeps them all in the queue); the direct path
+    // itself is covered by the tests above. What holds whatever the mix: nothing lost,
+    // nothing reordered, and not everything direct (the connection was full).
     let direct = stats::ws_direct_writes() - before;
-    assert!(
-        direct > 0 && direct < 2 * N as u64,
-        "both paths were taken: {direct} of {} written out directly",
-        2 * N
-    );
+    assert!(direct < 2 * N as u64, "{direct} written out directly");
 }
 
 /// A broadcast writes every socket of a room in one poll of its task: more writes than
