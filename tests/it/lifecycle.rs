@@ -86,16 +86,21 @@ async fn joined(port: u16, guest: &str) -> Ws {
 
 /// Reads `ws` until a message containing `needle`, within 10 s.
 async fn read_until(ws: &mut Ws, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let msg = next_before(ws, deadline)
             .await
-            .expect("the message within 10 s")
-            .expect("the stream goes on")
-            .expect("a message");
+            .expect("the message within 10 s");
         if msg.to_text().unwrap_or("").contains(needle) {
             return;
         }
     }
+}
+
+/// The next message of `ws`, or `None` at `deadline`.
+async fn next_before(ws: &mut Ws, deadline: tokio::time::Instant) -> Option<Message> {
+    let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
+    Some(msg.expect("the stream goes on").expect("a message"))
 }
 
 /// The value of an unlabelled counter in a `/metrics` text.
@@ -418,9 +423,7 @@ async fn tickers_to_idle_sockets_are_written_directly_unless_turned_off() {
         // written less than 15 ms ago is busy). The next pings are 25 s away.
         let quiet = tokio::time::Instant::now() + Duration::from_millis(600);
         for ws in &mut clients {
-            while let Ok(Some(msg)) = tokio::time::timeout_at(quiet, ws.next()).await {
-                msg.expect("a message");
-            }
+            while next_before(ws, quiet).await.is_some() {}
         }
         let publish = format!(
             "http://127.0.0.1:{port}/admin/publish?topic=crypto.ticker.event.updated&key=BTC-USD"

@@ -11,9 +11,29 @@ use crate::{
     config::EngineIoConfig,
     handler::EngineIoHandler,
     socket::{DisconnectReason, Socket},
+    transport::direct::DirectPolicy,
 };
 
 type SocketMap<T> = RwLock<HashMap<Sid, Arc<T>>>;
+
+/// flux-bff patch: the engine's clock, time since it started: tokio's, so that paused time
+/// works in tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock(tokio::time::Instant);
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        Clock(tokio::time::Instant::now())
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
 
 /// The [`EngineIo`] struct holds the state of the engine.io server as well as utility methods to manage the state
 pub struct EngineIo<H: EngineIoHandler> {
@@ -26,8 +46,11 @@ pub struct EngineIo<H: EngineIoHandler> {
     /// The config for the engine.io server
     pub config: EngineIoConfig,
 
-    /// flux-bff patch: the clock of the heartbeat (tokio's, so paused time works in tests).
-    epoch: tokio::time::Instant,
+    /// flux-bff patch: the clock of the heartbeat and of the direct writes.
+    clock: Clock,
+    /// flux-bff patch: when a send writes a WebSocket connection itself; `None` when
+    /// [`EngineIoConfig::ws_direct_writes`] is 0.
+    pub(crate) direct: Option<DirectPolicy>,
     /// flux-bff patch: starts the one heartbeat task, with the first session.
     heartbeat_task: Once,
 }
@@ -35,11 +58,13 @@ pub struct EngineIo<H: EngineIoHandler> {
 impl<H: EngineIoHandler> EngineIo<H> {
     /// Create a new Engine.IO server with a [`EngineIoHandler`] and a [`EngineIoConfig`]
     pub fn new(handler: Arc<H>, config: EngineIoConfig) -> Self {
+        let clock = Clock::start();
         Self {
             sockets: RwLock::new(HashMap::new()),
+            direct: DirectPolicy::new(config.ws_direct_writes, clock),
             config,
             handler,
-            epoch: tokio::time::Instant::now(),
+            clock,
             heartbeat_task: Once::new(),
         }
     }
@@ -105,7 +130,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
 
     /// Milliseconds since the engine started (the heartbeat clock).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     /// One pass of the heartbeat over every socket: pings the ones due, closes the ones whose

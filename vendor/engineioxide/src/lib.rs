@@ -24,6 +24,14 @@ pub mod sid {
 
 mod body;
 mod engine;
+
+/// flux-bff patch: locks `mutex`, through a poison: its holders leave what it guards whole
+/// (no panic between two writes of it), so a panic elsewhere while it was held loses nothing.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 mod errors;
 mod queue;
 mod transport;

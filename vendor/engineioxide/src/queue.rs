@@ -48,7 +48,7 @@ struct Shared<T> {
 
 impl<T> Shared<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.items)
     }
 
     /// Takes a slot, unless the queue is closed or full.

@@ -99,32 +99,27 @@ async fn connect(buffer: usize) -> (Arc<Socket<()>>, WebSocketStream<DuplexStrea
 /// next pass (within 500 ms), through the queue; a test that counts direct writes waits for
 /// it, so that a ping written just before a send does not make the socket busy.
 async fn pinged(client: &mut WebSocketStream<DuplexStream>) {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), client.next())
-            .await
-            .expect("the first ping within 5 s")
-            .expect("the connection is open")
-            .expect("a valid frame");
-        if msg.to_text().is_ok_and(|text| text == "2") {
-            return;
-        }
-    }
+    while next_frame(client, "the first ping").await != Message::text("2") {}
 }
 
 /// The next text message, pings skipped (the engine's heartbeat pings a new session).
 async fn next_text(client: &mut WebSocketStream<DuplexStream>) -> String {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), client.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("the connection is open")
-            .expect("a valid frame");
-        match msg {
+        match next_frame(client, "a message").await {
             Message::Text(text) if text.as_str() == "2" => continue,
             Message::Text(text) => return text.to_string(),
             other => panic!("a text message, got {other:?}"),
         }
     }
+}
+
+/// The next message of `client`, `what` is expected, within 5 s.
+async fn next_frame(client: &mut WebSocketStream<DuplexStream>, what: &str) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 5 s"))
+        .expect("the connection is open")
+        .expect("a valid frame")
 }
 
 fn emit(socket: &Socket<()>, msg: impl Into<String>) {

@@ -22,6 +22,8 @@ use engineioxide_core::Str;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use http::HeaderMap;
 
+use crate::lock;
+
 /// The extension as accepted: no context kept on either side.
 const ACCEPT: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 /// [`ACCEPT`] for an offer that asked for a server window of 15 bits, which a server accepts by
@@ -317,11 +319,6 @@ impl FrameCache {
         *lock(slot) = Some(entry());
         frame
     }
-}
-
-fn lock(slot: &Mutex<Option<Entry>>) -> std::sync::MutexGuard<'_, Option<Entry>> {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn slot_of(key: u64) -> usize {

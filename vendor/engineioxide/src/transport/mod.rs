@@ -5,6 +5,7 @@ use engineioxide_core::{OpenPacket, Sid, TransportType};
 use crate::config::EngineIoConfig;
 
 pub(crate) mod deflate;
+pub(crate) mod direct;
 mod frames;
 pub mod polling;
 pub mod ws;

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use futures_util::{
     Sink, SinkExt, StreamExt, TryStreamExt,
@@ -45,7 +44,7 @@ use crate::{
     errors::Error,
     handler::EngineIoHandler,
     socket::{Direct, DirectWrite, InternalRx},
-    transport::{deflate, make_open_packet},
+    transport::{deflate, direct::DirectPolicy, make_open_packet},
 };
 
 /// flux-bff patch: the capacity a connection's write buffer keeps once written out; the
@@ -244,7 +243,7 @@ where
     // Pipe between websocket and internal socket channel. Spawned from a plain function: a
     // writer future built here would be reserved in this future's state (2.3 KB) although
     // it is moved out at once.
-    let rx = spawn_writer::<H, S>(&socket, ws, compression, engine.config.ws_direct_writes);
+    let rx = spawn_writer::<H, S>(&socket, ws, compression, engine.direct);
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(engine, rx, &socket, compression.is_some())
@@ -272,19 +271,19 @@ where
     Ok(())
 }
 
-/// Splits `ws` and spawns its writer; returns the reading half. `direct_writes`: see
-/// [`EngineIoConfig::ws_direct_writes`] (flux-bff patch).
+/// Splits `ws` and spawns its writer; returns the reading half. Sends write the connection
+/// directly as `direct` allows (flux-bff patch).
 fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     compression: Option<usize>,
-    direct_writes: u32,
+    direct: Option<DirectPolicy>,
 ) -> SplitStream<WebSocketStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = ws.split();
-    let out = WsOut::new(tx, socket.protocol, compression, direct_writes);
+    let out = WsOut::new(tx, socket.protocol, compression, direct);
     let writer = forward_to_socket::<H, S>(socket.clone(), out);
     tokio::spawn(writer);
     rx
@@ -386,15 +385,14 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
 /// flux-bff patch: the write half of a WebSocket connection, shared by the connection's
 /// writer task and the threads that send to the socket.
 ///
-/// A send that finds the socket idle (nothing queued, nothing written for
-/// [`DIRECT_IDLE_NS`]) writes its packets here itself ([`DirectWrite::try_write`]), within
-/// its thread's budget ([`take_direct_budget`]): when events to a socket are sparse, each
-/// is a write of its own anyway, and the broadcasting thread then writes every socket of
-/// a room in one loop instead of waking each socket's writer task to write it (at 1000 ×
-/// 50/s, 3.5 % of the CPU per delivery through Kafka, a fifth with the gateway alone:
-/// BENCHMARKS.md "Direct writes"). Whatever
-/// it cannot write at once, and every other packet, goes through the queue to the writer
-/// task as before.
+/// A send that finds the socket idle (nothing queued, nothing written lately) writes its
+/// packets here itself ([`DirectWrite::try_write`]), as its engine's [`DirectPolicy`]
+/// allows: when events to a socket are sparse, each is a write of its own anyway, and the
+/// broadcasting thread then writes every socket of a room in one loop instead of waking each
+/// socket's writer task to write it (at 1000 × 50/s, 3.5 % of the CPU per delivery through
+/// Kafka, a fifth with the gateway alone: BENCHMARKS.md "Direct writes"). Whatever it cannot
+/// write at once, and every other packet, goes through the queue to the writer task as
+/// before.
 ///
 /// Order: the writer task takes packets from the queue only while it holds this lock, and
 /// feeds them to the sink (or to `held`) before letting go; a direct write happens only
@@ -405,92 +403,12 @@ struct WsOut<S> {
     state: std::sync::Mutex<Option<WsOutState<S>>>,
     protocol: ProtocolVersion,
     compression: Option<usize>,
-    /// Direct writes a thread may make per budget window ([`take_direct_budget`]).
-    direct_per_window: u32,
-    /// When messages were last fed to the sink ([`clock_ns`]): a socket written less than
-    /// [`DIRECT_IDLE_NS`] ago is left to its writer task. Outside the lock, so that a send
-    /// that finds the socket busy refuses without taking it.
+    /// When sends write directly; `None`: never.
+    direct: Option<DirectPolicy>,
+    /// When messages were last fed to the sink (the policy's clock, ns): a socket written
+    /// lately is left to its writer task. Outside the lock, so that a send that finds the
+    /// socket busy refuses without taking it.
     last_fed: AtomicU64,
-}
-
-/// Nanoseconds since the first call: [`Instant`] in an atomic.
-fn clock_ns(at: Instant) -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
-        .as_nanos() as u64
-}
-
-/// The windows of a second over which a thread's direct writes are counted.
-const DIRECT_WINDOWS_PER_S: u32 = 100;
-const DIRECT_WINDOW_NS: u64 = 1_000_000_000 / DIRECT_WINDOWS_PER_S as u64;
-
-/// A thread's current window: its direct writes, and how busy the sockets it sent to were.
-#[derive(Clone, Copy)]
-struct Window {
-    /// When it began ([`clock_ns`]).
-    start: u64,
-    written: u32,
-    /// Sends through a `Permit` to sockets with a direct write, and those of them that
-    /// found the socket busy: packets queued ahead, or written less than [`DIRECT_IDLE_NS`]
-    /// ago.
-    sends: u32,
-    busy: u32,
-    /// Whether direct writes are allowed in this window: the sockets of the previous one
-    /// were mostly idle.
-    allowed: bool,
-}
-
-thread_local! {
-    static WINDOW: std::cell::Cell<Window> = const {
-        std::cell::Cell::new(Window { start: 0, written: 0, sends: 0, busy: 0, allowed: true })
-    };
-}
-
-/// Counts a send that found its socket busy.
-fn count_busy_send() {
-    WINDOW.with(|window| {
-        let mut w = window.get();
-        w.sends = w.sends.saturating_add(1);
-        w.busy = w.busy.saturating_add(1);
-        window.set(w);
-    });
-}
-
-/// A thread writes directly only if at most one in this many of the sends of its previous
-/// window found their socket busy.
-const DIRECT_BUSY_ONE_IN: u32 = 10;
-
-/// Whether this thread may write directly at `now` ([`clock_ns`]) to a socket found idle:
-/// at most `per_window` times in a window of [`DIRECT_WINDOW_NS`], and only if at most one
-/// in [`DIRECT_BUSY_ONE_IN`] of the sends of its previous window (the counts since the
-/// window before began, if no idle socket came by since) found their socket busy.
-///
-/// The budget bounds what a broadcast to a large room spends writing on its own thread
-/// before it leaves the rest to the writer tasks on every worker. The busy share keeps
-/// direct writes out of the way under load: when sockets are busy, the writer tasks are
-/// behind or have bursts to batch, and a broadcast that wrote the idle sockets first, one
-/// by one on its thread, only adds to the wait of the others (at 3000 × 120/s, load spikes
-/// left sockets idle for 15 ms, and the direct writes that followed raised the p99 from 28
-/// to 47 ms; through Kafka at 3000 × 100/s, with half the sends busy allowed, a run's p99
-/// went to 121 ms: BENCHMARKS.md "Direct writes").
-fn take_direct_budget(per_window: u32, now: u64) -> bool {
-    WINDOW.with(|window| {
-        let mut w = window.get();
-        if now.saturating_sub(w.start) >= DIRECT_WINDOW_NS {
-            w = Window {
-                start: now,
-                written: 0,
-                sends: 0,
-                busy: 0,
-                allowed: w.busy.saturating_mul(DIRECT_BUSY_ONE_IN) <= w.sends,
-            };
-        }
-        w.sends = w.sends.saturating_add(1);
-        let take = w.allowed && w.written < per_window;
-        w.written += u32::from(take);
-        window.set(w);
-        take
-    })
 }
 
 struct WsOutState<S> {
@@ -506,25 +424,16 @@ struct WsOutState<S> {
     flushing: bool,
 }
 
-/// How long (ns) a socket must have been written nothing for a send to write to it directly.
-/// Events that come closer together are left to the socket's writer task, which writes
-/// all that queued while it waited in one system call: a burst of events to the same
-/// sockets (a consumer's batch) then costs one write per socket, where direct writes would
-/// cost one per event. At 50 events/s per socket (20 ms apart) the writer tasks had written
-/// 1.005 times per delivery, each event alone; at 350/s, bursts of 3–4, one write for them
-/// (BENCHMARKS.md, "Direct writes").
-const DIRECT_IDLE_NS: u64 = 15_000_000;
-
 impl<S> WsOut<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// The write half `tx`; `direct_writes`: see [`EngineIoConfig::ws_direct_writes`].
+    /// The write half `tx`, written directly as `direct` allows.
     fn new(
         tx: SplitSink<WebSocketStream<S>, Message>,
         protocol: ProtocolVersion,
         compression: Option<usize>,
-        direct_writes: u32,
+        direct: Option<DirectPolicy>,
     ) -> Arc<Self> {
         Arc::new(WsOut {
             state: std::sync::Mutex::new(Some(WsOutState {
@@ -535,13 +444,13 @@ where
             })),
             protocol,
             compression,
-            direct_per_window: direct_writes.div_ceil(DIRECT_WINDOWS_PER_S),
-            last_fed: AtomicU64::new(clock_ns(Instant::now())),
+            last_fed: AtomicU64::new(direct.map_or(0, |policy| policy.now())),
+            direct,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<WsOutState<S>>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 }
 
@@ -622,28 +531,31 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn try_write(&self, mut packets: PacketBuf, queued_ahead: bool) -> Direct {
+        let Some(policy) = self.direct else {
+            return Direct::Refused(packets);
+        };
         if queued_ahead {
-            count_busy_send();
+            policy.count_busy();
             return Direct::Refused(packets);
         }
-        let now = clock_ns(Instant::now());
-        if now.saturating_sub(self.last_fed.load(Ordering::Relaxed)) < DIRECT_IDLE_NS {
-            count_busy_send();
+        let now = policy.now();
+        if policy.written_recently(self.last_fed.load(Ordering::Relaxed), now) {
+            policy.count_busy();
             return Direct::Refused(packets); // more may follow: the writer task batches them
         }
         // Held by the writer task (it is writing) or by another sender: queue.
         let Ok(mut state) = self.state.try_lock() else {
-            count_busy_send();
+            policy.count_busy();
             return Direct::Refused(packets);
         };
         let Some(state) = state.as_mut() else {
             return Direct::Refused(packets); // the writer has closed the connection
         };
         if state.unflushed || !state.held.is_empty() {
-            count_busy_send();
+            policy.count_busy();
             return Direct::Refused(packets); // the writer task has its own to write first
         }
-        if !take_direct_budget(self.direct_per_window, now) {
+        if !policy.take_budget(now) {
             return Direct::Refused(packets); // this thread's share is spent: the tasks write
         }
         // Nothing waits on this context: whatever is left to write is the writer task's,
@@ -705,7 +617,7 @@ where
         ..
     } = &mut *internal_rx;
 
-    if out.direct_per_window > 0 {
+    if out.direct.is_some() {
         // A socket has one WebSocket writer: a second WebSocket request is refused.
         socket.direct.set(out.clone()).ok();
     }
@@ -746,8 +658,9 @@ where
             }
         };
         if sent.0 > 0 {
-            out.last_fed
-                .store(clock_ns(Instant::now()), Ordering::Relaxed);
+            if let Some(policy) = out.direct {
+                out.last_fed.store(policy.now(), Ordering::Relaxed);
+            }
             crate::stats::add_ws_sent(sent.0, sent.1);
         }
         poll
@@ -963,7 +876,7 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsOut::new(tx, socket.protocol, None, 0),
+            WsOut::new(tx, socket.protocol, None, None),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -987,7 +900,7 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsOut::new(tx, socket.protocol, None, 0),
+            WsOut::new(tx, socket.protocol, None, None),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
