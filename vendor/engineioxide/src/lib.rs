@@ -16,6 +16,10 @@ pub mod service;
 pub mod socket;
 pub mod stats;
 
+/// flux-bff patch: a hint to the processor.
+#[doc(hidden)]
+pub mod hint;
+
 /// Socket id type and generator
 pub mod sid {
     #[deprecated(since = "0.16.2", note = "Use engineioxide::socket::Sid instead")]

@@ -157,6 +157,12 @@ pub struct Receiver<T> {
 }
 
 impl<T> Sender<T> {
+    /// flux-bff patch: starts loading what a reservation reads (see [`crate::hint`]).
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::hint::prefetch(&*self.shared);
+    }
+
     /// Reserves a slot, or fails at once when the queue is full or closed.
     pub fn try_reserve(&self) -> Result<Permit<'_, T>, TrySendError<()>> {
         self.shared.reserve()?;

@@ -129,6 +129,9 @@ pub(crate) trait DirectWrite: Send + Sync {
     /// Writes `packets` now, without waiting; gives them back when it cannot, or when
     /// `queued_ahead` (other packets are queued, or being sent, before them).
     fn try_write(&self, packets: PacketBuf, queued_ahead: bool) -> Direct;
+
+    /// Starts loading what [`DirectWrite::try_write`] reads first (see [`crate::hint`]).
+    fn prefetch(&self);
 }
 
 /// A permit to emit a message to the client.
@@ -485,6 +488,24 @@ where
     /// Returns the current [`TransportType`] of the [`Socket`]
     pub fn transport_type(&self) -> TransportType {
         TransportType::from(self.transport.load(Ordering::Relaxed))
+    }
+
+    /// flux-bff patch: starts loading what a send to this socket reads, `depth` pointers
+    /// below it: 0 its own fields, 1 its queue and its connection's write half. A broadcast
+    /// asks for the next sockets' lines at increasing depths while it writes one (see
+    /// [`crate::hint`]).
+    #[doc(hidden)]
+    #[inline]
+    pub fn prefetch_send(&self, depth: usize) {
+        if depth == 0 {
+            crate::hint::prefetch(&self.internal_tx);
+            crate::hint::prefetch(&self.direct);
+        } else {
+            self.internal_tx.prefetch();
+            if let Some(direct) = self.direct.get() {
+                direct.prefetch();
+            }
+        }
     }
 
     /// Reserve `n` permits to emit multiple messages and ensure that there is enough

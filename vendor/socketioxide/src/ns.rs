@@ -184,7 +184,10 @@ impl<A: Adapter> Namespace<A> {
                     sid: socketioxide_core::Sid,
                     pid: &'a str,
                 }
-                let payload = ConnectWithPid { sid: socket.id, pid };
+                let payload = ConnectWithPid {
+                    sid: socket.id,
+                    pid,
+                };
                 Some(self.parser.encode_default(&payload).unwrap())
             }
             (ProtocolVersion::V4, _) => None,
@@ -301,6 +304,10 @@ trait InnerEmitter: Send + Sync + 'static {
     fn disconnect_many(&self, sids: Vec<Sid>) -> Result<(), Vec<SocketError>>;
 }
 
+/// flux-bff patch: the levels of pointers below a socket that a broadcast prefetches
+/// ([`Socket::prefetch_send`]).
+const PREFETCH_LEVELS: usize = 3;
+
 impl<A: Adapter> InnerEmitter for Namespace<A> {
     fn get_remote_sockets(&self, sids: BroadcastIter<'_>, uid: Uid) -> Vec<RemoteSocketData> {
         let sockets = self.sockets.read().unwrap();
@@ -324,10 +331,22 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
 
     fn send_many(&self, sids: BroadcastIter<'_>, data: Value) -> Result<(), Vec<SocketError>> {
         let sockets = self.sockets.read().unwrap();
-        let errs: Vec<SocketError> = sids
-            .filter_map(|sid| sockets.get(&sid))
-            .filter_map(|socket| socket.send_raw(data.clone()).err())
-            .collect();
+        // flux-bff patch: a send reads a chain of pointers (the socket, its engine.io
+        // socket, its queue and connection), cold in the cache when a room's events are
+        // far apart. While one socket is written, the next ones' lines are asked for, one
+        // level deeper for each socket nearer its turn, so that each load finds its line.
+        let targets: Vec<&Arc<Socket<A>>> = sids.filter_map(|sid| sockets.get(&sid)).collect();
+        let mut errs = Vec::new();
+        for (i, socket) in targets.iter().enumerate() {
+            for ahead in 1..=PREFETCH_LEVELS {
+                if let Some(next) = targets.get(i + ahead) {
+                    next.prefetch_send(PREFETCH_LEVELS - ahead);
+                }
+            }
+            if let Err(e) = socket.send_raw(data.clone()) {
+                errs.push(e);
+            }
+        }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
@@ -655,5 +674,56 @@ mod tests {
         );
         assert!(ns.clone().connect(sid, esocket, None).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// flux-bff patch: the broadcast loop prefetches ahead of its sends; it still sends to
+    /// every socket once and reports each one whose queue is full.
+    #[tokio::test]
+    async fn a_broadcast_reaches_every_socket_once_and_reports_each_full_one() {
+        let sids: [Sid; 8] = std::array::from_fn(|_| Sid::new());
+        let ns = Namespace::<LocalAdapter>::new_dummy(sids);
+        let parser = crate::parser::Parser::default();
+        let packet = || Packet::event("/", parser.encode_value(&(), Some("e")).unwrap());
+        let socket = |sid| ns.get_socket(sid).unwrap();
+        // Nothing awaits before the broadcast: the dummy sockets' drain tasks do not run.
+        let cap = std::iter::repeat_with(|| socket(sids[7]).send(packet()))
+            .take_while(Result::is_ok)
+            .count();
+        let full = [sids[2], sids[5], sids[7]];
+        let room_left = |sid| match sid {
+            sid if full.contains(&sid) => 0,
+            sid if sid == sids[3] => 2,
+            _ => 1,
+        };
+        for &sid in &sids[1..7] {
+            for _ in 0..cap - room_left(sid) {
+                socket(sid).send(packet()).unwrap();
+            }
+        }
+
+        let errors = match socket(sids[0]).broadcast().emit("e", &()).await {
+            Err(crate::BroadcastError::Socket(errors)) => errors,
+            other => panic!("the full sockets reported, got {other:?}"),
+        };
+        assert_eq!(errors.len(), full.len(), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .all(|e| matches!(e, SocketError::InternalChannelFull))
+        );
+        for &sid in &sids[1..] {
+            let left = std::iter::repeat_with(|| socket(sid).send(packet()))
+                .take_while(Result::is_ok)
+                .count();
+            assert_eq!(
+                left,
+                room_left(sid).saturating_sub(1),
+                "{sid}: one packet taken"
+            );
+        }
+        assert!(
+            socket(sids[0]).send(packet()).is_ok(),
+            "not sent to the sender"
+        );
     }
 }

@@ -763,6 +763,17 @@ impl<A: Adapter> Socket<A> {
         permit.send(packet, self.parser);
         Ok(())
     }
+    /// flux-bff patch: starts loading what a send to this socket reads, `depth` pointers
+    /// below it (0: its own fields; then its engine.io socket's, see
+    /// `engineioxide::Socket::prefetch_send`).
+    #[inline]
+    pub(crate) fn prefetch_send(&self, depth: usize) {
+        match depth {
+            0 => engineioxide::hint::prefetch(&self.esocket),
+            _ => self.esocket.prefetch_send(depth - 1),
+        }
+    }
+
     pub(crate) fn send_raw(&self, value: Value) -> Result<(), SocketError> {
         let permit = self.reserve()?;
         permit.send_raw(value);

@@ -530,6 +530,10 @@ impl<S> DirectWrite for WsOut<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    fn prefetch(&self) {
+        crate::hint::prefetch(self);
+    }
+
     fn try_write(&self, mut packets: PacketBuf, queued_ahead: bool) -> Direct {
         let Some(policy) = self.direct else {
             return Direct::Refused(packets);
