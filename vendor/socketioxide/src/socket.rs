@@ -763,6 +763,7 @@ impl<A: Adapter> Socket<A> {
         permit.send(packet, self.parser);
         Ok(())
     }
+
     /// flux-bff patch: starts loading what a send to this socket reads, `depth` pointers
     /// below it (0: its own fields; then its engine.io socket's, see
     /// `engineioxide::Socket::prefetch_send`).
