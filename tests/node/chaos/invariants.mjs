@@ -25,7 +25,8 @@
 //                      `ahead` gave (D26): that replica had not read as far as the client's
 //                      offset, and its room emits then repeat what the client got before from
 //                      the replica further ahead. Only a copy on that connection (or a later
-//                      one) of a number first received on an earlier connection.
+//                      one) of a number first received on a connection before it; with several
+//                      such refusals, the latest one at or before the copy's connection counts.
 //   lagging_conflated  A ticker replaced by a newer one of its product while the client did not
 //                      read (socketio.max_buffer: tickers to a lagging socket are conflated;
 //                      flux_fanout_conflated_total), produced within a stall of that client.
@@ -125,8 +126,10 @@ export function checkClient(client, truth, sendAt, gateway = {}, partitions = nu
     // Received counts and order.
     const count = new Map();
     const firstConn = new Map(); // seq -> the connection it first arrived on
-    // The first connection, if any, that a recovery refused as `ahead`.
-    const behindFrom = client.connects.findIndex((c) => c.attempted && !c.recovered && c.reason === "ahead");
+    // The connections a recovery refused as `ahead`, and the latest of them at or before a
+    // connection (-1: none).
+    const aheadRefused = client.connects.flatMap((c, i) => (c.attempted && !c.recovered && c.reason === "ahead" ? [i] : []));
+    const behindSince = (conn) => aheadRefused.findLast((i) => i <= conn) ?? -1;
     let max = -Infinity;
     for (const e of events) {
       if (!firstConn.has(e.seq)) firstConn.set(e.seq, e.conn);
@@ -137,7 +140,7 @@ export function checkClient(client, truth, sendAt, gateway = {}, partitions = nu
         result.foreign.push({ stream, seq: e.seq, why: "received a number the log does not hold", at: e.at, conn: e.conn });
       } else if (n > want) {
         if (ticker && stalledBefore(e.at)) except("lagging_duplicate");
-        else if (behindFrom >= 0 && e.conn >= behindFrom && firstConn.get(e.seq) < behindFrom) except("refused:ahead_duplicate");
+        else if (firstConn.get(e.seq) < behindSince(e.conn)) except("refused:ahead_duplicate");
         else result.duplicated.push({ stream, seq: e.seq, why: `received ${n} times (log holds it ${want} time${want > 1 ? "s" : ""})`, at: e.at, conn: e.conn });
       } else if (e.seq < max) {
         const moved = partitions?.[stream] && partitions[stream].get(e.seq) !== partitions[stream].get(max);

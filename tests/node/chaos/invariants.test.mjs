@@ -153,6 +153,24 @@ describe("events", () => {
     assert.equal(checkClient(client(within, connects, { firstAt: { 1: 700 } }), truth(S, 1, 3), sent(S, 1, 3)).duplicated.length, 1);
   });
 
+  it("excuses the repeats of a second 'ahead' refusal of what came between the two", () => {
+    // Found by the CI soak (seed 1): refused as `ahead` on connection 1, then moved and
+    // refused as `ahead` again on connection 3; connection 3's replica repeats 3 and 4, which
+    // arrived first on connection 2, after the first refusal.
+    const connects = [
+      { at: 0, recovered: false, attempted: false },
+      { at: 150, recovered: false, attempted: true, reason: "ahead" },
+      { at: 250, recovered: true, attempted: true },
+      { at: 650, recovered: false, attempted: true, reason: "ahead" },
+    ];
+    const events = [[1, 100], [2, 200, 1], [3, 300, 2], [4, 400, 2], [3, 700, 3], [4, 710, 3], [5, 720, 3]];
+    const r = checkClient(client(events, connects, { firstAt: { 1: 200, 3: 700 } }), truth(S, 1, 5), sent(S, 1, 5));
+    assert.deepEqual([r.duplicated.length, r.exceptions["refused:ahead_duplicate"]], [0, 2]);
+    // The same repeats on the recovered connection 2 (no refusal since they first came): duplicates.
+    const recovered = [[1, 100], [2, 200, 1], [3, 300, 2], [3, 310, 2], [4, 400, 2]];
+    assert.equal(checkClient(client(recovered, connects, { firstAt: { 1: 200 } }), truth(S, 1, 4), sent(S, 1, 4)).duplicated.length, 1);
+  });
+
   it("excuses tickers conflated for a client that stopped reading, and repeats after its stall", () => {
     const stalls = [{ from: 250, to: 600 }];
     const r = checkClient(client([[1, 100], [2, 200], [5, 650], [6, 700], [6, 900]], undefined, { stalls }), truth(S, 1, 6), sent(S, 1, 6), { laggingConflated: 2 });
