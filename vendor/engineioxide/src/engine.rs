@@ -48,9 +48,9 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// flux-bff patch: the clock of the heartbeat and of the direct writes.
     clock: Clock,
-    /// flux-bff patch: when a send writes a WebSocket connection itself; `None` when
+    /// flux-bff patch: when a send writes a WebSocket connection itself; off when
     /// [`EngineIoConfig::ws_direct_writes`] is 0.
-    pub(crate) direct: Option<DirectPolicy>,
+    pub(crate) direct: DirectPolicy,
     /// flux-bff patch: starts the one heartbeat task, with the first session.
     heartbeat_task: Once,
 }

@@ -318,7 +318,7 @@ impl<T> Receiver<T> {
     }
 
     /// The next item, if one is queued.
-    #[cfg_attr(not(any(test, feature = "__test_harness")), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests below
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         match self.pop() {
             Some(item) => Ok(item),

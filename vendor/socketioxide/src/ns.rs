@@ -685,10 +685,14 @@ mod tests {
         let parser = crate::parser::Parser::default();
         let packet = || Packet::event("/", parser.encode_value(&(), Some("e")).unwrap());
         let socket = |sid| ns.get_socket(sid).unwrap();
-        // Nothing awaits before the broadcast: the dummy sockets' drain tasks do not run.
-        let cap = std::iter::repeat_with(|| socket(sids[7]).send(packet()))
-            .take_while(Result::is_ok)
-            .count();
+        // Fills the queue of `sid` and counts the packets it took. Nothing awaits before the
+        // broadcast: the dummy sockets' drain tasks do not run.
+        let fill = |sid| {
+            std::iter::repeat_with(|| socket(sid).send(packet()))
+                .take_while(Result::is_ok)
+                .count()
+        };
+        let cap = fill(sids[7]);
         let full = [sids[2], sids[5], sids[7]];
         let room_left = |sid| match sid {
             sid if full.contains(&sid) => 0,
@@ -712,11 +716,8 @@ mod tests {
                 .all(|e| matches!(e, SocketError::InternalChannelFull))
         );
         for &sid in &sids[1..] {
-            let left = std::iter::repeat_with(|| socket(sid).send(packet()))
-                .take_while(Result::is_ok)
-                .count();
             assert_eq!(
-                left,
+                fill(sid),
                 room_left(sid).saturating_sub(1),
                 "{sid}: one packet taken"
             );

@@ -3,13 +3,16 @@
 
 use std::cell::Cell;
 
-use crate::engine::Clock;
+use engineioxide_core::PacketBuf;
+
+use crate::{engine::Clock, socket::Direct};
 
 /// When a send writes directly: the socket is idle (nothing written for
 /// [`DirectPolicy::IDLE_NS`]; nothing queued, which the caller checks), the sending thread
 /// has budget left in its window, and the sockets this thread sent to in its previous
 /// window were mostly idle. Built once per engine from [`EngineIoConfig::ws_direct_writes`]
-/// and copied to each connection's write half.
+/// and copied to each connection's write half; with 0 it is off ([`DirectPolicy::is_on`]),
+/// and its budget is none.
 ///
 /// [`EngineIoConfig::ws_direct_writes`]: crate::config::EngineIoConfig::ws_direct_writes
 #[derive(Debug, Clone, Copy)]
@@ -37,12 +40,17 @@ impl DirectPolicy {
     /// previous window found their socket busy.
     const BUSY_ONE_IN: u32 = 10;
 
-    /// The policy for `per_second` direct writes per thread, on `clock`; `None` for 0 (off).
-    pub(crate) fn new(per_second: u32, clock: Clock) -> Option<Self> {
-        (per_second > 0).then(|| DirectPolicy {
+    /// The policy for `per_second` direct writes per thread, on `clock`; 0 turns them off.
+    pub(crate) fn new(per_second: u32, clock: Clock) -> Self {
+        DirectPolicy {
             clock,
             per_window: per_second.div_ceil(Self::WINDOWS_PER_S),
-        })
+        }
+    }
+
+    /// Whether sends write directly at all.
+    pub(crate) fn is_on(&self) -> bool {
+        self.per_window > 0
     }
 
     /// Now, on the policy's clock (ns).
@@ -56,15 +64,16 @@ impl DirectPolicy {
         now.saturating_sub(last_written) < Self::IDLE_NS
     }
 
-    /// Counts a send that found its socket busy: packets queued ahead, written recently, or
-    /// its writer task writing.
-    pub(crate) fn count_busy(&self) {
+    /// Counts a send that found its socket busy (packets queued ahead, written recently, or
+    /// its writer task writing) and gives its `packets` back to be queued.
+    pub(crate) fn refuse_busy(&self, packets: PacketBuf) -> Direct {
         WINDOW.with(|window| {
             let mut w = window.get();
             w.sends = w.sends.saturating_add(1);
             w.busy = w.busy.saturating_add(1);
             window.set(w);
         });
+        Direct::Refused(packets)
     }
 
     /// Whether this thread may write directly at `now` to a socket found idle: at most
@@ -131,12 +140,18 @@ mod tests {
 
     /// Each test runs on a thread of its own: its window starts afresh.
     fn policy(per_second: u32) -> DirectPolicy {
-        DirectPolicy::new(per_second, Clock::start()).expect("on")
+        DirectPolicy::new(per_second, Clock::start())
     }
 
     #[test]
     fn zero_turns_direct_writes_off() {
-        assert!(DirectPolicy::new(0, Clock::start()).is_none());
+        let off = policy(0);
+        assert!(!off.is_on());
+        assert!(
+            !off.take_budget(DirectPolicy::WINDOW_NS),
+            "no budget when off"
+        );
+        assert!(policy(1).is_on());
     }
 
     #[test]
@@ -156,11 +171,11 @@ mod tests {
         assert!(policy.take_budget(start));
         // 9 idle sends and 1 busy: one in ten, still allowed.
         (0..8).for_each(|_| assert!(policy.take_budget(start)));
-        policy.count_busy();
+        policy.refuse_busy(PacketBuf::new());
         let next = start + DirectPolicy::WINDOW_NS;
         assert!(policy.take_budget(next), "one busy send in ten is allowed");
         // 1 idle send and 1 busy: half, so none in the window after.
-        policy.count_busy();
+        policy.refuse_busy(PacketBuf::new());
         let after = next + DirectPolicy::WINDOW_NS;
         assert!(
             !policy.take_budget(after),

@@ -277,7 +277,7 @@ fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     compression: Option<usize>,
-    direct: Option<DirectPolicy>,
+    direct: DirectPolicy,
 ) -> SplitStream<WebSocketStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -403,8 +403,8 @@ struct WsOut<S> {
     state: std::sync::Mutex<Option<WsOutState<S>>>,
     protocol: ProtocolVersion,
     compression: Option<usize>,
-    /// When sends write directly; `None`: never.
-    direct: Option<DirectPolicy>,
+    /// When sends write directly.
+    direct: DirectPolicy,
     /// When messages were last fed to the sink (the policy's clock, ns): a socket written
     /// lately is left to its writer task. Outside the lock, so that a send that finds the
     /// socket busy refuses without taking it.
@@ -433,7 +433,7 @@ where
         tx: SplitSink<WebSocketStream<S>, Message>,
         protocol: ProtocolVersion,
         compression: Option<usize>,
-        direct: Option<DirectPolicy>,
+        direct: DirectPolicy,
     ) -> Arc<Self> {
         Arc::new(WsOut {
             state: std::sync::Mutex::new(Some(WsOutState {
@@ -444,7 +444,7 @@ where
             })),
             protocol,
             compression,
-            last_fed: AtomicU64::new(direct.map_or(0, |policy| policy.now())),
+            last_fed: AtomicU64::new(if direct.is_on() { direct.now() } else { 0 }),
             direct,
         })
     }
@@ -535,29 +535,23 @@ where
     }
 
     fn try_write(&self, mut packets: PacketBuf, queued_ahead: bool) -> Direct {
-        let Some(policy) = self.direct else {
-            return Direct::Refused(packets);
-        };
+        let policy = self.direct;
         if queued_ahead {
-            policy.count_busy();
-            return Direct::Refused(packets);
+            return policy.refuse_busy(packets);
         }
         let now = policy.now();
         if policy.written_recently(self.last_fed.load(Ordering::Relaxed), now) {
-            policy.count_busy();
-            return Direct::Refused(packets); // more may follow: the writer task batches them
+            return policy.refuse_busy(packets); // more may follow: the writer task batches them
         }
         // Held by the writer task (it is writing) or by another sender: queue.
         let Ok(mut state) = self.state.try_lock() else {
-            policy.count_busy();
-            return Direct::Refused(packets);
+            return policy.refuse_busy(packets);
         };
         let Some(state) = state.as_mut() else {
             return Direct::Refused(packets); // the writer has closed the connection
         };
         if state.unflushed || !state.held.is_empty() {
-            policy.count_busy();
-            return Direct::Refused(packets); // the writer task has its own to write first
+            return policy.refuse_busy(packets); // the writer task has its own to write first
         }
         if !policy.take_budget(now) {
             return Direct::Refused(packets); // this thread's share is spent: the tasks write
@@ -621,7 +615,7 @@ where
         ..
     } = &mut *internal_rx;
 
-    if out.direct.is_some() {
+    if out.direct.is_on() {
         // A socket has one WebSocket writer: a second WebSocket request is refused.
         socket.direct.set(out.clone()).ok();
     }
@@ -662,8 +656,8 @@ where
             }
         };
         if sent.0 > 0 {
-            if let Some(policy) = out.direct {
-                out.last_fed.store(policy.now(), Ordering::Relaxed);
+            if out.direct.is_on() {
+                out.last_fed.store(out.direct.now(), Ordering::Relaxed);
             }
             crate::stats::add_ws_sent(sent.0, sent.1);
         }
@@ -841,6 +835,10 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(1);
 
+    fn direct_off() -> DirectPolicy {
+        DirectPolicy::new(0, crate::engine::Clock::start())
+    }
+
     #[derive(Debug)]
     struct StubHandler;
     impl EngineIoHandler for StubHandler {
@@ -880,7 +878,7 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsOut::new(tx, socket.protocol, None, None),
+            WsOut::new(tx, socket.protocol, None, direct_off()),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -904,7 +902,7 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsOut::new(tx, socket.protocol, None, None),
+            WsOut::new(tx, socket.protocol, None, direct_off()),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
