@@ -124,7 +124,7 @@ pub(crate) enum Direct {
 /// flux-bff patch: the write half of a WebSocket connection, for a send that finds nothing
 /// ahead of it in the socket's queue: the sending thread writes the packets to the
 /// connection itself (one system call in the broadcasting thread's loop) instead of waking
-/// the socket's writer task to do it. See `transport::ws::WsOut`.
+/// the socket's writer task to do it. See `transport::ws::WsConn`.
 pub(crate) trait DirectWrite: Send + Sync {
     /// Writes `packets` now, without waiting; gives them back when it cannot, or when
     /// `queued_ahead` (other packets are queued, or being sent, before them).

@@ -1,5 +1,5 @@
 //! flux-bff patch: when a thread that sends to a socket writes the socket's WebSocket
-//! connection itself instead of waking the socket's writer task (`ws::WsOut`).
+//! connection itself instead of waking the socket's writer task (`ws::WsConn`).
 
 use std::cell::Cell;
 

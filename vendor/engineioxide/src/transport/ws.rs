@@ -11,10 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use futures_util::{
-    Sink, SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -243,10 +240,10 @@ where
     // Pipe between websocket and internal socket channel. Spawned from a plain function: a
     // writer future built here would be reserved in this future's state (2.3 KB) although
     // it is moved out at once.
-    let rx = spawn_writer::<H, S>(&socket, ws, compression, engine.direct);
+    let ws = spawn_writer::<H, S>(&socket, ws, compression, engine.direct);
 
     // pipe between internal socket channel and websocket
-    match forward_to_handler(engine, rx, &socket, compression.is_some())
+    match forward_to_handler(engine, &ws, &socket, compression.is_some())
         .with_cancellation_token(&socket.cancellation_token)
         .await
     {
@@ -271,22 +268,21 @@ where
     Ok(())
 }
 
-/// Splits `ws` and spawns its writer; returns the reading half. Sends write the connection
-/// directly as `direct` allows (flux-bff patch).
+/// Spawns the writer of `ws`; returns the connection, shared with it, for reading. Sends
+/// write the connection directly as `direct` allows (flux-bff patch).
 fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     compression: Option<usize>,
     direct: DirectPolicy,
-) -> SplitStream<WebSocketStream<S>>
+) -> Arc<WsConn<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = ws.split();
-    let out = WsOut::new(tx, socket.protocol, compression, direct);
-    let writer = forward_to_socket::<H, S>(socket.clone(), out);
+    let conn = WsConn::new(ws, socket.protocol, compression, direct);
+    let writer = forward_to_socket::<H, S>(socket.clone(), conn.clone());
     tokio::spawn(writer);
-    rx
+    conn
 }
 
 /// What the connection task does when the connection ends.
@@ -311,14 +307,17 @@ fn on_closed<H: EngineIoHandler>(engine: &EngineIo<H>, sid: Option<Sid>, res: Re
 /// (permessage-deflate negotiated), compressed messages are inflated first.
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    ws: &WsConn<S>,
     socket: &Arc<Socket<H::Data>>,
     inflate: bool,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = rx.try_next().await? {
+    while let Some(msg) = std::future::poll_fn(|cx| ws.poll_read(cx))
+        .await
+        .transpose()?
+    {
         let msg = match msg {
             Message::Frame(frame) if inflate && frame.header().rsv1 => {
                 inflated(frame, engine.config.max_payload)?
@@ -382,8 +381,15 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
     )
 }
 
-/// flux-bff patch: the write half of a WebSocket connection, shared by the connection's
-/// writer task and the threads that send to the socket.
+/// flux-bff patch: a WebSocket connection, shared by its reading task, its writer task and
+/// the threads that send to the socket.
+///
+/// One lock for both directions, held for one non-blocking poll at a time, instead of
+/// `futures::StreamExt::split`'s `BiLock` behind a second lock for the writers: each write
+/// took the `BiLock` in `poll_ready`, `start_send` and `poll_flush` (2.1 % of the samples at
+/// 1000 × 50/s), and the connection sat in an allocation of its own, one more cold load
+/// per send that [`DirectWrite::prefetch`] could not reach. tungstenite keeps the reader's
+/// and the writer's wakers apart, so either half polls with its own context.
 ///
 /// A send that finds the socket idle (nothing queued, nothing written lately) writes its
 /// packets here itself ([`DirectWrite::try_write`]), as its engine's [`DirectPolicy`]
@@ -395,25 +401,28 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
 /// before.
 ///
 /// Order: the writer task takes packets from the queue only while it holds this lock, and
-/// feeds them to the sink (or to `held`) before letting go; a direct write happens only
+/// feeds them to the connection (or to `held`) before letting go; a direct write happens only
 /// under the same lock, with nothing queued, nothing held and nothing unflushed. So a
 /// direct write never overtakes a queued packet. (Volatile packets, which bypass the queue
 /// and are unordered by contract, are not counted as queued.)
-struct WsOut<S> {
-    state: std::sync::Mutex<Option<WsOutState<S>>>,
+struct WsConn<S> {
+    state: std::sync::Mutex<WsConnState<S>>,
     protocol: ProtocolVersion,
     compression: Option<usize>,
     /// When sends write directly.
     direct: DirectPolicy,
-    /// When messages were last fed to the sink (the policy's clock, ns): a socket written
+    /// When messages were last fed to the connection (the policy's clock, ns): a socket written
     /// lately is left to its writer task. Outside the lock, so that a send that finds the
     /// socket busy refuses without taking it.
     last_fed: AtomicU64,
 }
 
-struct WsOutState<S> {
-    tx: SplitSink<WebSocketStream<S>, Message>,
-    /// Messages the sink could not take yet (its buffer was full), oldest first.
+struct WsConnState<S> {
+    ws: WebSocketStream<S>,
+    /// The writer task has ended and closed the connection: nothing is written any more
+    /// (the reading task may still read the client's answer to the close).
+    closed: bool,
+    /// Messages the connection could not take yet (its buffer was full), oldest first.
     held: VecDeque<Message>,
     /// Messages fed since the last completed flush.
     unflushed: bool,
@@ -424,24 +433,25 @@ struct WsOutState<S> {
     flushing: bool,
 }
 
-impl<S> WsOut<S>
+impl<S> WsConn<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// The write half `tx`, written directly as `direct` allows.
+    /// The connection `ws`, written directly as `direct` allows.
     fn new(
-        tx: SplitSink<WebSocketStream<S>, Message>,
+        ws: WebSocketStream<S>,
         protocol: ProtocolVersion,
         compression: Option<usize>,
         direct: DirectPolicy,
     ) -> Arc<Self> {
-        Arc::new(WsOut {
-            state: std::sync::Mutex::new(Some(WsOutState {
-                tx,
+        Arc::new(WsConn {
+            state: std::sync::Mutex::new(WsConnState {
+                ws,
+                closed: false,
                 held: VecDeque::new(),
                 unflushed: false,
                 flushing: false,
-            })),
+            }),
             protocol,
             compression,
             last_fed: AtomicU64::new(if direct.is_on() { direct.now() } else { 0 }),
@@ -449,20 +459,38 @@ where
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<WsOutState<S>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WsConnState<S>> {
         crate::lock(&self.state)
+    }
+
+    /// The next message from the client; `None` once the connection is closed.
+    fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, tungstenite::Error>>> {
+        Pin::new(&mut self.lock().ws).poll_next(cx)
+    }
+
+    /// Flushes what was written and closes the connection (a close frame); nothing is
+    /// written after. What the connection could not take yet is dropped.
+    async fn close(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            state.closed = true;
+            state.held.clear();
+            // An error is the connection's: its reading task sees it.
+            Pin::new(&mut state.ws).poll_close(cx).map(|_| ())
+        })
+        .await;
     }
 }
 
-impl<S> WsOutState<S>
+impl<S> WsConnState<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Feeds `msg` to the sink, after what is held; holds it when the sink is full. Counts
+    /// Feeds `msg` to the connection, after what is held; holds it when its buffer is full. Counts
     /// what was fed in `sent` (messages, payload bytes).
     fn feed(&mut self, msg: Message, sent: &mut (u64, u64), cx: &mut Context<'_>) {
         if self.held.is_empty() {
-            if let Poll::Ready(ready) = Pin::new(&mut self.tx).poll_ready(cx) {
+            if let Poll::Ready(ready) = Pin::new(&mut self.ws).poll_ready(cx) {
                 self.start_send(ready, msg, sent);
                 return;
             }
@@ -470,13 +498,13 @@ where
         self.held.push_back(msg);
     }
 
-    /// Feeds the held messages to the sink until it is full.
+    /// Feeds the held messages to the connection until its buffer is full.
     fn feed_held(&mut self, sent: &mut (u64, u64), cx: &mut Context<'_>) {
         if self.held.is_empty() {
             return;
         }
         while let Some(msg) = self.held.pop_front() {
-            match Pin::new(&mut self.tx).poll_ready(cx) {
+            match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(ready) => self.start_send(ready, msg, sent),
                 Poll::Pending => {
                     self.held.push_front(msg);
@@ -484,11 +512,11 @@ where
                 }
             }
         }
-        // Only a full sink makes it hold anything: an idle socket keeps no buffer here.
+        // Only a full buffer makes it hold anything: an idle socket keeps no buffer here.
         self.held = VecDeque::new();
     }
 
-    /// Sends `msg` to a sink that was found `ready`; an error drops it (logged), as the
+    /// Sends `msg` to a connection that was found `ready`; an error drops it (logged), as the
     /// upstream writer did.
     fn start_send(
         &mut self,
@@ -500,7 +528,7 @@ where
             Message::Frame(frame) => frame.payload().len(),
             msg => msg.len(),
         } as u64;
-        match ready.and_then(|()| Pin::new(&mut self.tx).start_send(msg)) {
+        match ready.and_then(|()| Pin::new(&mut self.ws).start_send(msg)) {
             Ok(()) => {
                 self.unflushed = true;
                 sent.0 += 1;
@@ -517,8 +545,8 @@ where
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.unflushed {
             self.flushing = true;
-            // An error is the connection's: its reading half sees it and closes the session.
-            std::task::ready!(Pin::new(&mut self.tx).poll_flush(cx)).ok();
+            // An error is the connection's: its reading task sees it and closes the session.
+            std::task::ready!(Pin::new(&mut self.ws).poll_flush(cx)).ok();
             self.unflushed = false;
             self.flushing = false;
         }
@@ -526,7 +554,7 @@ where
     }
 }
 
-impl<S> DirectWrite for WsOut<S>
+impl<S> DirectWrite for WsConn<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -543,13 +571,13 @@ where
         if policy.written_recently(self.last_fed.load(Ordering::Relaxed), now) {
             return policy.refuse_busy(packets); // more may follow: the writer task batches them
         }
-        // Held by the writer task (it is writing) or by another sender: queue.
+        // Held by the writer task (it is writing), the reading task or another sender: queue.
         let Ok(mut state) = self.state.try_lock() else {
             return policy.refuse_busy(packets);
         };
-        let Some(state) = state.as_mut() else {
-            return Direct::Refused(packets); // the writer has closed the connection
-        };
+        if state.closed {
+            return Direct::Refused(packets); // the writer task has closed the connection
+        }
         if state.unflushed || !state.held.is_empty() {
             return policy.refuse_busy(packets); // the writer task has its own to write first
         }
@@ -557,7 +585,7 @@ where
             return Direct::Refused(packets); // this thread's share is spent: the tasks write
         }
         // Nothing waits on this context: whatever is left to write is the writer task's,
-        // which the caller wakes on `Unflushed`, and which polls the sink with its own waker.
+        // which the caller wakes on `Unflushed`, and which polls the connection with its own waker.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut sent = (0, 0);
         // Outside tokio's cooperative budget: a broadcast writes every socket of a room in
@@ -594,9 +622,12 @@ where
 /// The websocket stream is flushed only when the internal channel is drained. With
 /// `compression` (flux-bff patch: permessage-deflate negotiated, and its threshold), text
 /// messages of at least that size go out compressed, each compressed once for all sockets.
-/// flux-bff patch: the write half is shared with senders that write directly ([`WsOut`]).
-async fn forward_to_socket<H: EngineIoHandler, S>(socket: Arc<Socket<H::Data>>, out: Arc<WsOut<S>>)
-where
+/// flux-bff patch: the connection is shared with its reading task and with the senders that
+/// write directly ([`WsConn`]).
+async fn forward_to_socket<H: EngineIoHandler, S>(
+    socket: Arc<Socket<H::Data>>,
+    conn: Arc<WsConn<S>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
@@ -615,23 +646,20 @@ where
         ..
     } = &mut *internal_rx;
 
-    if out.direct.is_on() {
+    if conn.direct.is_on() {
         // A socket has one WebSocket writer: a second WebSocket request is refused.
-        socket.direct.set(out.clone()).ok();
+        socket.direct.set(conn.clone()).ok();
     }
 
     // Wait for packets, feed them and everything queued behind them, flush once the queue
     // is drained; until the queue closes or the socket is cancelled.
     std::future::poll_fn(|cx| {
-        let mut state = out.lock();
-        let Some(state) = state.as_mut() else {
-            return Poll::Ready(());
-        };
+        let mut state = conn.lock();
         let mut sent = (0, 0);
         let poll = loop {
             state.feed_held(&mut sent, cx);
             if !state.held.is_empty() {
-                break Poll::Pending; // the sink wakes this task when it has room
+                break Poll::Pending; // the connection wakes this task when it has room
             }
             if state.flushing && state.poll_flush(cx).is_pending() {
                 break Poll::Pending; // the connection wakes this task when it has room
@@ -639,7 +667,7 @@ where
             match crate::socket::poll_ws_packets(buffered_rx, volatile_rx, &socket.cancelled, cx) {
                 Poll::Ready(Some(packets)) => {
                     for packet in packets {
-                        if let Some(msg) = ws_message(out.protocol, packet, out.compression) {
+                        if let Some(msg) = ws_message(conn.protocol, packet, conn.compression) {
                             state.feed(msg, &mut sent, cx);
                         }
                     }
@@ -656,8 +684,8 @@ where
             }
         };
         if sent.0 > 0 {
-            if out.direct.is_on() {
-                out.last_fed.store(out.direct.now(), Ordering::Relaxed);
+            if conn.direct.is_on() {
+                conn.last_fed.store(conn.direct.now(), Ordering::Relaxed);
             }
             crate::stats::add_ws_sent(sent.0, sent.1);
         }
@@ -668,12 +696,7 @@ where
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    // No direct write from now on.
-    let state = out.lock().take();
-    if let Some(mut state) = state {
-        state.tx.flush().await.ok();
-        state.tx.close().await.ok();
-    }
+    conn.close().await;
 }
 
 /// The websocket message of `packet`; `None` for a packet that is not sent (a Noop maybe
@@ -827,7 +850,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use futures_util::StreamExt;
+    use futures_util::{SinkExt, StreamExt};
     use http::Request;
     use tokio::io::DuplexStream;
 
@@ -873,12 +896,11 @@ mod tests {
     async fn writer_waits_for_the_lock_of_a_polling_request() {
         let socket = socket();
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsOut::new(tx, socket.protocol, None, direct_off()),
+            WsConn::new(server, socket.protocol, None, direct_off()),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -893,16 +915,73 @@ mod tests {
         assert_eq!(msg, Message::text("4hello"));
     }
 
+    /// flux-bff patch: the reading task and the writer share one connection: a reader
+    /// waiting for the client keeps nothing locked, each is woken for its own direction, and
+    /// the reader still reads the client's answer to the writer's close.
+    #[tokio::test]
+    async fn reader_and_writer_share_the_connection() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        // Direct writes on: a send after the close would find the socket idle.
+        let direct = DirectPolicy::new(1_000_000, crate::engine::Clock::start());
+        let conn = WsConn::new(server, socket.protocol, None, direct);
+        let read = |conn: Arc<WsConn<DuplexStream>>| {
+            tokio::spawn(async move { std::future::poll_fn(|cx| conn.poll_read(cx)).await })
+        };
+        let reader = read(conn.clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!reader.is_finished(), "nothing to read yet");
+
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            conn.clone(),
+        ));
+        socket.emit(Str::from("hello")).unwrap();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert_eq!(msg.unwrap().unwrap().unwrap(), Message::text("4hello"));
+
+        client.send(Message::text("4hi")).await.unwrap();
+        let msg = tokio::time::timeout(TIMEOUT, reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.unwrap().unwrap(), Message::text("4hi"));
+
+        socket.cancel();
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .unwrap()
+            .unwrap();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert!(matches!(msg.unwrap().unwrap().unwrap(), Message::Close(_)));
+        client.flush().await.unwrap(); // the client's answer
+        let answer = tokio::time::timeout(TIMEOUT, read(conn.clone())).await;
+        let answer = answer.unwrap().unwrap().unwrap().unwrap();
+        assert!(matches!(answer, Message::Close(_)), "{answer:?}");
+        let end = tokio::time::timeout(TIMEOUT, read(conn.clone())).await;
+        assert!(
+            end.unwrap().unwrap().is_none(),
+            "the close handshake ends the reads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // idle for longer than 15 ms
+        assert!(
+            matches!(
+                conn.try_write(smallvec![Packet::Noop], false),
+                Direct::Refused(_)
+            ),
+            "nothing is written after the close"
+        );
+    }
+
     #[tokio::test]
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let socket = socket();
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsOut::new(tx, socket.protocol, None, direct_off()),
+            WsConn::new(server, socket.protocol, None, direct_off()),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
