@@ -113,15 +113,15 @@ impl From<&Error> for Option<DisconnectReason> {
 pub(crate) enum Direct {
     /// Written to the connection.
     Written,
-    /// Taken by the connection's write half, not all of it written yet: the socket's writer
+    /// Taken by the connection, not all of it written yet: the socket's writer
     /// task must be woken to finish.
     Unflushed,
-    /// Not taken (the writer task holds the write half, or has packets of its own to write
-    /// first): they go through the queue.
+    /// Not taken (the writer task or the reading task holds the connection, or the writer
+    /// has packets of its own to write first): they go through the queue.
     Refused(PacketBuf),
 }
 
-/// flux-bff patch: the write half of a WebSocket connection, for a send that finds nothing
+/// flux-bff patch: a WebSocket connection written directly, by a send that finds nothing
 /// ahead of it in the socket's queue: the sending thread writes the packets to the
 /// connection itself (one system call in the broadcasting thread's loop) instead of waking
 /// the socket's writer task to do it. See `transport::ws::WsConn`.
@@ -138,7 +138,7 @@ pub(crate) trait DirectWrite: Send + Sync {
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: queue::Permit<'a, PacketBuf>,
-    /// flux-bff patch: the connection's write half, once a WebSocket writer runs.
+    /// flux-bff patch: the WebSocket connection, once its writer runs with direct writes on.
     direct: Option<&'a dyn DirectWrite>,
 }
 impl Permit<'_> {
@@ -323,8 +323,8 @@ where
     /// check at every wait (an atomic load, not the token's mutex).
     pub(crate) cancelled: AtomicBool,
 
-    /// flux-bff patch: the WebSocket connection's write half, set when its writer starts;
-    /// [`Permit`]s write through it when the queue is empty.
+    /// flux-bff patch: the WebSocket connection, set when its writer starts (with direct
+    /// writes on); [`Permit`]s write through it when the queue is empty.
     pub(crate) direct: OnceLock<Arc<dyn DirectWrite>>,
 
     /// Function to call when the socket is closed
@@ -491,7 +491,7 @@ where
     }
 
     /// flux-bff patch: starts loading what a send to this socket reads, `depth` pointers
-    /// below it: 0 its own fields, 1 its queue and its connection's write half. A broadcast
+    /// below it: 0 its own fields, 1 its queue and its WebSocket connection. A broadcast
     /// asks for the next sockets' lines at increasing depths while it writes one (see
     /// [`crate::hint`]).
     #[doc(hidden)]

@@ -11,7 +11,7 @@ use crate::{engine::Clock, socket::Direct};
 /// [`DirectPolicy::IDLE_NS`]; nothing queued, which the caller checks), the sending thread
 /// has budget left in its window, and the sockets this thread sent to in its previous
 /// window were mostly idle. Built once per engine from [`EngineIoConfig::ws_direct_writes`]
-/// and copied to each connection's write half; with 0 it is off ([`DirectPolicy::is_on`]),
+/// and copied to each WebSocket connection; with 0 it is off ([`DirectPolicy::is_on`]),
 /// and its budget is none.
 ///
 /// [`EngineIoConfig::ws_direct_writes`]: crate::config::EngineIoConfig::ws_direct_writes
@@ -64,8 +64,9 @@ impl DirectPolicy {
         now.saturating_sub(last_written) < Self::IDLE_NS
     }
 
-    /// Counts a send that found its socket busy (packets queued ahead, written recently, or
-    /// its writer task writing) and gives its `packets` back to be queued.
+    /// Counts a send that found its socket busy (packets queued ahead, written recently, its
+    /// writer task writing or its reading task reading) and gives its `packets` back to be
+    /// queued.
     pub(crate) fn refuse_busy(&self, packets: PacketBuf) -> Direct {
         WINDOW.with(|window| {
             let mut w = window.get();

@@ -268,21 +268,22 @@ where
     Ok(())
 }
 
-/// Spawns the writer of `ws`; returns the connection, shared with it, for reading. Sends
-/// write the connection directly as `direct` allows (flux-bff patch).
+/// Spawns the writer of `ws`; returns the reading task's hold on the connection, which it
+/// shares with the writer. Sends write the connection directly as `direct` allows
+/// (flux-bff patch).
 fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     compression: Option<usize>,
     direct: DirectPolicy,
-) -> Arc<WsConn<S>>
+) -> TaskHold<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = WsConn::new(ws, socket.protocol, compression, direct);
-    let writer = forward_to_socket::<H, S>(socket.clone(), conn.clone());
+    let writer = forward_to_socket::<H, S>(socket.clone(), TaskHold(conn.clone()));
     tokio::spawn(writer);
-    conn
+    TaskHold(conn)
 }
 
 /// What the connection task does when the connection ends.
@@ -384,12 +385,13 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
 /// flux-bff patch: a WebSocket connection, shared by its reading task, its writer task and
 /// the threads that send to the socket.
 ///
-/// One lock for both directions, held for one non-blocking poll at a time, instead of
+/// One lock for both directions, held for one read or one batch of writes at a time (never
+/// across an `.await`: every call under it is a non-blocking poll), instead of
 /// `futures::StreamExt::split`'s `BiLock` behind a second lock for the writers: each write
 /// took the `BiLock` in `poll_ready`, `start_send` and `poll_flush` (2.1 % of the samples at
 /// 1000 × 50/s), and the connection sat in an allocation of its own, one more cold load
 /// per send that [`DirectWrite::prefetch`] could not reach. tungstenite keeps the reader's
-/// and the writer's wakers apart, so either half polls with its own context. (Measured: no
+/// and the writer's wakers apart, so either side polls with its own context. (Measured: no
 /// change in CPU per delivery that a series could tell, 0.3 KB less per connection:
 /// BENCHMARKS.md, "One lock for the whole connection".)
 ///
@@ -408,7 +410,10 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
 /// direct write never overtakes a queued packet. (Volatile packets, which bypass the queue
 /// and are unordered by contract, are not counted as queued.)
 struct WsConn<S> {
-    state: std::sync::Mutex<WsConnState<S>>,
+    /// `None` once both of the connection's tasks have let go of it ([`TaskHold`]): the
+    /// stream is dropped then, and the connection closed, although the socket keeps this
+    /// struct for its direct writes as long as it lives.
+    state: std::sync::Mutex<Option<WsConnState<S>>>,
     protocol: ProtocolVersion,
     compression: Option<usize>,
     /// When sends write directly.
@@ -433,6 +438,38 @@ struct WsConnState<S> {
     /// fills the socket's queue (where the gateway sees it lag) rather than the WebSocket's
     /// write buffer (128 KiB before it pushes back).
     flushing: bool,
+    /// The connection's tasks that still hold it: the reading task and the writer task.
+    holds: u8,
+}
+
+impl<S> WsConn<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<WsConnState<S>>> {
+        crate::lock(&self.state)
+    }
+}
+
+/// A task's hold on its connection (the reading task's, the writer task's): when both have
+/// let go, the stream is dropped — the connection closed, its buffers freed — whoever still
+/// holds the [`WsConn`] (the socket, for direct writes, until it is dropped itself).
+struct TaskHold<S>(Arc<WsConn<S>>);
+
+impl<S> std::ops::Deref for TaskHold<S> {
+    type Target = WsConn<S>;
+    fn deref(&self) -> &WsConn<S> {
+        &self.0
+    }
+}
+
+impl<S> Drop for TaskHold<S> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if let Some(open) = state.as_mut() {
+            open.holds -= 1;
+            if open.holds == 0 {
+                *state = None;
+            }
+        }
+    }
 }
 
 impl<S> WsConn<S>
@@ -446,28 +483,37 @@ where
         compression: Option<usize>,
         direct: DirectPolicy,
     ) -> Arc<Self> {
-        Arc::new(WsConn {
-            state: std::sync::Mutex::new(WsConnState {
+        let conn = Arc::new(WsConn {
+            state: std::sync::Mutex::new(Some(WsConnState {
                 ws,
                 closed: false,
                 held: VecDeque::new(),
                 unflushed: false,
                 flushing: false,
-            }),
+                holds: 2,
+            })),
             protocol,
             compression,
-            last_fed: AtomicU64::new(if direct.is_on() { direct.now() } else { 0 }),
+            last_fed: AtomicU64::new(0),
             direct,
-        })
+        });
+        conn.fed_now(); // a new connection is busy with its handshake's packets
+        conn
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, WsConnState<S>> {
-        crate::lock(&self.state)
+    /// Notes that messages were fed to the connection now (when sends may write directly).
+    fn fed_now(&self) {
+        if self.direct.is_on() {
+            self.last_fed.store(self.direct.now(), Ordering::Relaxed);
+        }
     }
 
     /// The next message from the client; `None` once the connection is closed.
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, tungstenite::Error>>> {
-        Pin::new(&mut self.lock().ws).poll_next(cx)
+        match self.lock().as_mut() {
+            Some(state) => Pin::new(&mut state.ws).poll_next(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     /// Flushes what was written and closes the connection (a close frame); nothing is
@@ -475,6 +521,9 @@ where
     async fn close(&self) {
         std::future::poll_fn(|cx| {
             let mut state = self.lock();
+            let Some(state) = state.as_mut() else {
+                return Poll::Ready(());
+            };
             state.closed = true;
             state.held.clear();
             // An error is the connection's: its reading task sees it.
@@ -565,7 +614,10 @@ where
     }
 
     fn try_write(&self, mut packets: PacketBuf, queued_ahead: bool) -> Direct {
+        // Reached only when direct writes are on: the writer gives the socket this
+        // connection only then.
         let policy = self.direct;
+        debug_assert!(policy.is_on());
         if queued_ahead {
             return policy.refuse_busy(packets);
         }
@@ -577,9 +629,9 @@ where
         let Ok(mut state) = self.state.try_lock() else {
             return policy.refuse_busy(packets);
         };
-        if state.closed {
+        let Some(state) = state.as_mut().filter(|state| !state.closed) else {
             return Direct::Refused(packets); // the writer task has closed the connection
-        }
+        };
         if state.unflushed || !state.held.is_empty() {
             return policy.refuse_busy(packets); // the writer task has its own to write first
         }
@@ -626,10 +678,8 @@ where
 /// messages of at least that size go out compressed, each compressed once for all sockets.
 /// flux-bff patch: the connection is shared with its reading task and with the senders that
 /// write directly ([`WsConn`]).
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    conn: Arc<WsConn<S>>,
-) where
+async fn forward_to_socket<H: EngineIoHandler, S>(socket: Arc<Socket<H::Data>>, conn: TaskHold<S>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
@@ -650,15 +700,19 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
     if conn.direct.is_on() {
         // A socket has one WebSocket writer: a second WebSocket request is refused.
-        socket.direct.set(conn.clone()).ok();
+        socket.direct.set(conn.0.clone()).ok();
     }
 
     // Wait for packets, feed them and everything queued behind them, flush once the queue
-    // is drained; until the queue closes or the socket is cancelled.
+    // is drained; until the queue closes or the socket is cancelled. The lock is taken per
+    // batch, so that the reading task waits for one batch at the most.
     std::future::poll_fn(|cx| {
-        let mut state = conn.lock();
         let mut sent = (0, 0);
         let poll = loop {
+            let mut state = conn.lock();
+            let Some(state) = state.as_mut() else {
+                break Poll::Ready(());
+            };
             state.feed_held(&mut sent, cx);
             if !state.held.is_empty() {
                 break Poll::Pending; // the connection wakes this task when it has room
@@ -686,9 +740,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             }
         };
         if sent.0 > 0 {
-            if conn.direct.is_on() {
-                conn.last_fed.store(conn.direct.now(), Ordering::Relaxed);
-            }
+            conn.fed_now();
             crate::stats::add_ws_sent(sent.0, sent.1);
         }
         poll
@@ -854,7 +906,7 @@ mod tests {
     use bytes::Bytes;
     use futures_util::{SinkExt, StreamExt};
     use http::Request;
-    use tokio::io::DuplexStream;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
 
@@ -902,7 +954,7 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsConn::new(server, socket.protocol, None, direct_off()),
+            TaskHold(WsConn::new(server, socket.protocol, None, direct_off())),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -917,9 +969,12 @@ mod tests {
         assert_eq!(msg, Message::text("4hello"));
     }
 
-    /// flux-bff patch: the reading task and the writer share one connection: a reader
-    /// waiting for the client keeps nothing locked, each is woken for its own direction, and
-    /// the reader still reads the client's answer to the writer's close.
+    /// flux-bff patch: the reading task and the writer share one connection. A reader
+    /// waiting for the client keeps nothing locked; a writer waiting for room in the
+    /// connection and a reader waiting for data are each woken for their own direction; the
+    /// reader still reads the client's answer to the writer's close; nothing is written after
+    /// the close; and once both tasks have let go, the connection is closed although the
+    /// struct lives on (the socket keeps it for direct writes).
     #[tokio::test]
     async fn reader_and_writer_share_the_connection() {
         let socket = socket();
@@ -927,6 +982,7 @@ mod tests {
         // Direct writes on: a send after the close would find the socket idle.
         let direct = DirectPolicy::new(1_000_000, crate::engine::Clock::start());
         let conn = WsConn::new(server, socket.protocol, None, direct);
+        let reading = TaskHold(conn.clone());
         let read = |conn: Arc<WsConn<DuplexStream>>| {
             tokio::spawn(async move { std::future::poll_fn(|cx| conn.poll_read(cx)).await })
         };
@@ -936,11 +992,16 @@ mod tests {
 
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            conn.clone(),
+            TaskHold(conn.clone()),
         ));
-        socket.emit(Str::from("hello")).unwrap();
+        // Sixteen times the pipe: the writer waits for room while the reader waits for data.
+        let long = "x".repeat(16 * 1024);
+        socket.emit(Str::from(long.clone())).unwrap();
         let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
-        assert_eq!(msg.unwrap().unwrap().unwrap(), Message::text("4hello"));
+        assert_eq!(
+            msg.unwrap().unwrap().unwrap(),
+            Message::text(format!("4{long}"))
+        );
 
         client.send(Message::text("4hi")).await.unwrap();
         let msg = tokio::time::timeout(TIMEOUT, reader)
@@ -973,6 +1034,13 @@ mod tests {
             ),
             "nothing is written after the close"
         );
+
+        // The writer task has let go; the reading task lets go: the connection closes.
+        drop(reading);
+        let mut byte = [0u8; 1];
+        let eof = tokio::time::timeout(TIMEOUT, client.get_mut().read(&mut byte)).await;
+        assert_eq!(eof.expect("the server end closes").unwrap(), 0);
+        assert!(Arc::strong_count(&conn) >= 1, "the struct itself lives on");
     }
 
     #[tokio::test]
@@ -983,7 +1051,7 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            WsConn::new(server, socket.protocol, None, direct_off()),
+            TaskHold(WsConn::new(server, socket.protocol, None, direct_off())),
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
