@@ -294,6 +294,12 @@ impl<T> Receiver<T> {
         }
     }
 
+    /// Wakes the task of `cx` on the next send, close or [`Sender::wake_receiver`], without
+    /// taking anything (a receiver busy with what it took still hears of a cancellation).
+    pub fn register(&self, cx: &mut Context<'_>) {
+        self.shared.rx_waker.register(cx.waker());
+    }
+
     /// Polls for the next item; `None` once the queue is closed and empty.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if let Some(item) = self.pop() {

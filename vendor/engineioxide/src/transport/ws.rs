@@ -240,7 +240,7 @@ where
     // Pipe between websocket and internal socket channel. Spawned from a plain function: a
     // writer future built here would be reserved in this future's state (2.3 KB) although
     // it is moved out at once.
-    let ws = spawn_writer::<H, S>(&socket, ws, compression, engine.direct);
+    let ws = spawn_writer::<H, S>(&socket, ws, compression, engine);
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(engine, &ws, &socket, compression.is_some())
@@ -269,21 +269,22 @@ where
 }
 
 /// Spawns the writer of `ws`; returns the reading task's hold on the connection, which it
-/// shares with the writer. Sends write the connection directly as `direct` allows
-/// (flux-bff patch).
+/// shares with the writer. Sends write the connection directly as the engine's policy
+/// allows; a client gets the engine's ping timeout to take the close (flux-bff patch).
 fn spawn_writer<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     compression: Option<usize>,
-    direct: DirectPolicy,
+    engine: &EngineIo<H>,
 ) -> TaskHold<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = WsConn::new(ws, socket.protocol, compression, direct);
-    let writer = forward_to_socket::<H, S>(socket.clone(), TaskHold(conn.clone()));
+    let [reading, writing] = WsConn::open(ws, socket.protocol, compression, engine.direct);
+    let close_timeout = engine.config.ping_timeout;
+    let writer = forward_to_socket::<H, S>(socket.clone(), writing, close_timeout);
     tokio::spawn(writer);
-    TaskHold(conn)
+    reading
 }
 
 /// What the connection task does when the connection ends.
@@ -438,7 +439,8 @@ struct WsConnState<S> {
     /// fills the socket's queue (where the gateway sees it lag) rather than the WebSocket's
     /// write buffer (128 KiB before it pushes back).
     flushing: bool,
-    /// The connection's tasks that still hold it: the reading task and the writer task.
+    /// How many of the connection's two tasks (the reading task, the writer task) still
+    /// hold it ([`WsConn::open`] makes both holds, and only those).
     holds: u8,
 }
 
@@ -462,13 +464,17 @@ impl<S> std::ops::Deref for TaskHold<S> {
 
 impl<S> Drop for TaskHold<S> {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        if let Some(open) = state.as_mut() {
-            open.holds -= 1;
-            if open.holds == 0 {
-                *state = None;
+        let released = {
+            let mut state = self.0.lock();
+            match state.as_mut() {
+                Some(open) if open.holds > 1 => {
+                    open.holds -= 1;
+                    None
+                }
+                _ => state.take(),
             }
-        }
+        };
+        drop(released); // the stream, closed outside the lock
     }
 }
 
@@ -476,13 +482,14 @@ impl<S> WsConn<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// The connection `ws`, written directly as `direct` allows.
-    fn new(
+    /// The connection `ws`, written directly as `direct` allows: the reading task's hold on
+    /// it and the writer task's.
+    fn open(
         ws: WebSocketStream<S>,
         protocol: ProtocolVersion,
         compression: Option<usize>,
         direct: DirectPolicy,
-    ) -> Arc<Self> {
+    ) -> [TaskHold<S>; 2] {
         let conn = Arc::new(WsConn {
             state: std::sync::Mutex::new(Some(WsConnState {
                 ws,
@@ -498,7 +505,7 @@ where
             direct,
         });
         conn.fed_now(); // a new connection is busy with its handshake's packets
-        conn
+        [TaskHold(conn.clone()), TaskHold(conn)]
     }
 
     /// Notes that messages were fed to the connection now (when sends may write directly).
@@ -677,9 +684,16 @@ where
 /// `compression` (flux-bff patch: permessage-deflate negotiated, and its threshold), text
 /// messages of at least that size go out compressed, each compressed once for all sockets.
 /// flux-bff patch: the connection is shared with its reading task and with the senders that
-/// write directly ([`WsConn`]).
-async fn forward_to_socket<H: EngineIoHandler, S>(socket: Arc<Socket<H::Data>>, conn: TaskHold<S>)
-where
+/// write directly ([`WsConn`]). When the session closes, the writer lets go of the queue at
+/// once, even while it waits for room in the connection, and of the connection once the
+/// client has taken the close, or after `close_timeout` (flux-bff patch: upstream's writer
+/// waited for a client that stopped reading for as long as its TCP connection lived, and
+/// the session's close, which waits for the queue, with it).
+async fn forward_to_socket<H: EngineIoHandler, S>(
+    socket: Arc<Socket<H::Data>>,
+    conn: TaskHold<S>,
+    close_timeout: std::time::Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
@@ -714,11 +728,16 @@ where
                 break Poll::Ready(());
             };
             state.feed_held(&mut sent, cx);
-            if !state.held.is_empty() {
-                break Poll::Pending; // the connection wakes this task when it has room
-            }
-            if state.flushing && state.poll_flush(cx).is_pending() {
-                break Poll::Pending; // the connection wakes this task when it has room
+            let waiting_for_room =
+                !state.held.is_empty() || (state.flushing && state.poll_flush(cx).is_pending());
+            if waiting_for_room {
+                // The connection wakes this task when it has room; the queue, when the
+                // session is closed: a client that stopped reading must not keep it.
+                buffered_rx.register(cx);
+                if socket.cancelled.load(Ordering::Acquire) {
+                    break Poll::Ready(());
+                }
+                break Poll::Pending;
             }
             match crate::socket::poll_ws_packets(buffered_rx, volatile_rx, &socket.cancelled, cx) {
                 Poll::Ready(Some(packets)) => {
@@ -747,10 +766,20 @@ where
     })
     .await;
 
+    // The session's close waits for the queue (`EngineIo::close_session`): let go of it
+    // before the close handshake.
+    drop(internal_rx);
+
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    conn.close().await;
+    if tokio::time::timeout(close_timeout, conn.close())
+        .await
+        .is_err()
+    {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(sid = %socket.id, "the client did not take the close in time");
+    }
 }
 
 /// The websocket message of `packet`; `None` for a packet that is not sent (a Noop maybe
@@ -916,6 +945,12 @@ mod tests {
         DirectPolicy::new(0, crate::engine::Clock::start())
     }
 
+    /// The writer's hold on a connection whose reading task has ended.
+    fn writer_hold(server: WebSocketStream<DuplexStream>) -> TaskHold<DuplexStream> {
+        let [_reading, writing] = WsConn::open(server, ProtocolVersion::V4, None, direct_off());
+        writing
+    }
+
     #[derive(Debug)]
     struct StubHandler;
     impl EngineIoHandler for StubHandler {
@@ -954,7 +989,8 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            TaskHold(WsConn::new(server, socket.protocol, None, direct_off())),
+            writer_hold(server),
+            TIMEOUT,
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -981,8 +1017,8 @@ mod tests {
         let (server, mut client) = ws_pair().await;
         // Direct writes on: a send after the close would find the socket idle.
         let direct = DirectPolicy::new(1_000_000, crate::engine::Clock::start());
-        let conn = WsConn::new(server, socket.protocol, None, direct);
-        let reading = TaskHold(conn.clone());
+        let [reading, writing] = WsConn::open(server, socket.protocol, None, direct);
+        let conn = reading.0.clone();
         let read = |conn: Arc<WsConn<DuplexStream>>| {
             tokio::spawn(async move { std::future::poll_fn(|cx| conn.poll_read(cx)).await })
         };
@@ -992,7 +1028,8 @@ mod tests {
 
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            TaskHold(conn.clone()),
+            writing,
+            TIMEOUT,
         ));
         // Sixteen times the pipe: the writer waits for room while the reader waits for data.
         let long = "x".repeat(16 * 1024);
@@ -1026,6 +1063,7 @@ mod tests {
             end.unwrap().unwrap().is_none(),
             "the close handshake ends the reads"
         );
+        assert!(conn.lock().as_ref().is_some_and(|state| state.closed));
         tokio::time::sleep(Duration::from_millis(20)).await; // idle for longer than 15 ms
         assert!(
             matches!(
@@ -1040,7 +1078,42 @@ mod tests {
         let mut byte = [0u8; 1];
         let eof = tokio::time::timeout(TIMEOUT, client.get_mut().read(&mut byte)).await;
         assert_eq!(eof.expect("the server end closes").unwrap(), 0);
-        assert!(Arc::strong_count(&conn) >= 1, "the struct itself lives on");
+        assert!(
+            conn.lock().is_none(),
+            "the stream is dropped, the struct lives on"
+        );
+    }
+
+    /// flux-bff patch: a writer waiting for room in the connection of a client that stopped
+    /// reading still stops with the session: it lets go of the queue at once (the session's
+    /// close waits for it), and of the connection after the close timeout.
+    #[tokio::test]
+    async fn a_writer_waiting_for_room_stops_with_the_session() {
+        let socket = socket();
+        let (server, _client) = ws_pair().await; // it never reads
+        let close_timeout = Duration::from_millis(300);
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            writer_hold(server),
+            close_timeout,
+        ));
+        // Sixty-four times the pipe: the writer waits for room.
+        socket.emit(Str::from("x".repeat(64 * 1024))).unwrap();
+        socket.emit(Str::from("y")).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "the writer waits for room");
+
+        socket.cancel();
+        let queue = tokio::time::timeout(close_timeout / 3, socket.internal_rx.lock()).await;
+        assert!(
+            queue.is_ok(),
+            "the writer lets go of the queue with the session"
+        );
+        drop(queue);
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer stops after the close timeout")
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1051,7 +1124,8 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
-            TaskHold(WsConn::new(server, socket.protocol, None, direct_off())),
+            writer_hold(server),
+            TIMEOUT,
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
