@@ -604,6 +604,86 @@ async fn polling_requests_from_the_frontend_origin_get_cors_headers() {
 }
 
 /// The ticker fixture for `product`, stamped `ts`, with `pad` bytes of filler.
+/// A client that stops reading until its backlog overflows is dropped by closing its
+/// connection, with no DISCONNECT packet: that packet needed room in its full queue (the
+/// socket stayed, counted as dropped), and it stops the official client for good, where a
+/// closed connection makes it reconnect and be hydrated again.
+#[tokio::test]
+async fn a_client_whose_backlog_overflows_has_its_connection_closed() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut settings = Settings::default();
+    settings.socketio.max_buffer = 16;
+    settings.socketio.max_backlog = 4;
+    let app = TestApp::spawn_with(settings).await;
+    let mut stalled = raw_joined(&app, "stalled").await;
+
+    // Tickers it does not read, until it lags (its TCP buffers and queue full: 16 KB
+    // ticks), then news, which a lagging socket's backlog keeps in order, beyond its bound.
+    let products = ["BTC-USD", "ETH-USD", "SOL-USD"];
+    let base = fixture("crypto.ticker.event.updated.json");
+    let news = fixture("news.service.event.updated.json");
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counter(
+        &app.metrics().await,
+        "flux_slow_socket_disconnects_total",
+        &[],
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client was never dropped after {total} ticks"
+        );
+        for _ in 0..300 {
+            let product = products[total % products.len()];
+            app.publish(
+                TICKER_EVENTS,
+                Some(product),
+                &padded_tick(&base, product, total, 16 * 1024),
+            );
+            total += 1;
+        }
+        for _ in 0..8 {
+            app.publish(NEWS_EVENTS, Some("globalnews"), &news);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Its disconnect handler ran (with the queue full, `disconnect` had done nothing).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while counter(
+        &app.metrics().await,
+        "flux_socket_disconnects_total",
+        &["server_disconnect"],
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped socket's disconnect handler did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It reads again: what was written before, then the end of the connection, and no
+    // DISCONNECT packet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, stalled.next()).await {
+            Err(_) => panic!("the connection of the dropped client stayed open"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(msg))) => {
+                let text = msg.to_text().unwrap_or("");
+                assert!(!text.starts_with("41"), "a DISCONNECT packet: {text}");
+                if text == "1" {
+                    break; // Engine.IO's close
+                }
+            }
+        }
+    }
+}
+
 fn padded_tick(base: &Value, product: &str, ts: usize, pad: usize) -> Value {
     let mut tick = base.clone();
     tick["data"]["product_id"] = json!(product);

@@ -145,14 +145,15 @@ impl SocketIoFanout {
         true
     }
 
-    /// Disconnects a socket whose backlog overflowed (its client reconnects and is hydrated
-    /// again).
+    /// Disconnects a socket whose backlog overflowed by closing its connection: its client
+    /// reconnects and is hydrated again (a DISCONNECT packet would need room in its full
+    /// queue, and would stop the official client for good).
     fn too_slow(&self, sid: Sid) {
         metrics::counter!(SLOW_DISCONNECTS).increment(1);
         tracing::warn!(socket = %sid, "client too slow: its backlog overflowed; disconnecting it");
         self.backlogs.remove(sid);
         if let Some(s) = self.get_socket(sid) {
-            let _ = s.disconnect();
+            s.close_connection();
         }
     }
 

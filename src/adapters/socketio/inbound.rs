@@ -123,10 +123,11 @@ async fn resume(s: &SocketRef, session: &Session) {
             let sid = s.id.to_string();
             if let Err(refusal) = resume.recovery.resume(&sid, &resume.cut).await {
                 // Admitted at the handshake, refused now (counted by `resume`): the client
-                // believes it recovered and would miss what it was owed without knowing. It
-                // reconnects, and its next handshake tells it (a normal connection).
+                // believes it recovered and would miss what it was owed without knowing. Its
+                // connection is closed: it reconnects, and its next handshake tells it (a
+                // normal connection). A DISCONNECT packet would stop it for good.
                 tracing::debug!(socket = %s.id, reason = refusal.label(), "replay refused after admission; disconnecting");
-                let _ = s.clone().disconnect();
+                s.clone().close_connection();
             }
         })
         .await;

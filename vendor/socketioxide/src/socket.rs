@@ -691,6 +691,20 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
+    /// flux-bff patch: disconnects the socket from its namespace, as [`Socket::disconnect`]
+    /// does (its disconnect handler runs with [`DisconnectReason::ServerNSDisconnect`]), but
+    /// closes its client's connection instead of sending a DISCONNECT packet. That packet
+    /// needs room in the socket's queue — a socket dropped for lagging has none, and
+    /// `disconnect` then does nothing — and it makes the official client stop for good
+    /// ("io server disconnect"); a closed connection makes it reconnect, as after a network
+    /// failure.
+    pub fn close_connection(self: Arc<Self>) {
+        let esocket = self.esocket.clone();
+        self.close(DisconnectReason::ServerNSDisconnect);
+        // Its other namespaces' sockets, if any, close with the connection.
+        esocket.close(EIoDisconnectReason::TransportClose);
+    }
+
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]

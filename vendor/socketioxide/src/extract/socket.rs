@@ -74,6 +74,12 @@ impl<A: Adapter> SocketRef<A> {
     pub fn disconnect(self) -> Result<(), SocketError> {
         self.0.disconnect()
     }
+
+    /// flux-bff patch: see [`Socket::close_connection`].
+    #[inline(always)]
+    pub fn close_connection(self) {
+        self.0.close_connection()
+    }
 }
 impl<A: Adapter> fmt::Debug for SocketRef<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
