@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the real-client test suites in tests/node against the flux-bff binary:
 #   - contract.test.mjs: the wire contract with the official socket.io-client;
+#   - slow-client.test.mjs: a client that stops reading is dropped by closing its connection
+#     and reconnects on its own (D30);
 #   - dashboard.e2e.test.mjs: the dashboard in headless Chromium (screenshot: target/dashboard.png);
 #   - recovery.test.mjs: connection-state recovery through Apache Kafka (scripts/kafka.sh: java
 #     and the broker's jars, `bash scripts/kafka.sh fetch`) with socket.io-client and a TCP proxy;
