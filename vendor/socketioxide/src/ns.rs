@@ -335,12 +335,18 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
         // socket, its queue and connection), cold in the cache when a room's events are
         // far apart. While one socket is written, the next ones' lines are asked for, one
         // level deeper for each socket nearer its turn, so that each load finds its line.
-        let targets: Vec<&Arc<Socket<A>>> = sids.filter_map(|sid| sockets.get(&sid)).collect();
+        // The next sockets are a window slid along the room, nearest first: no list of the
+        // room's sockets is built per broadcast.
+        let mut targets = sids.filter_map(|sid| sockets.get(&sid)).fuse();
+        let mut ahead: [Option<&Arc<Socket<A>>>; PREFETCH_LEVELS] =
+            std::array::from_fn(|_| targets.next());
         let mut errs = Vec::new();
-        for (i, socket) in targets.iter().enumerate() {
-            for ahead in 1..=PREFETCH_LEVELS {
-                if let Some(next) = targets.get(i + ahead) {
-                    next.prefetch_send(PREFETCH_LEVELS - ahead);
+        while let Some(socket) = ahead[0] {
+            ahead.rotate_left(1);
+            ahead[PREFETCH_LEVELS - 1] = targets.next();
+            for (nearer, next) in ahead.iter().enumerate() {
+                if let Some(next) = next {
+                    next.prefetch_send(PREFETCH_LEVELS - 1 - nearer);
                 }
             }
             if let Err(e) = socket.send_raw(data.clone()) {
