@@ -12,6 +12,7 @@ import { after, before, describe, it } from "node:test";
 
 import { chromium } from "playwright-core";
 
+import { metric } from "./support/metrics.mjs";
 import { repo, startServer } from "./support/server.mjs";
 
 const executablePath = process.env.FLUX_CHROMIUM || "/usr/bin/chromium";
@@ -111,11 +112,7 @@ describe("dashboard in headless Chromium", () => {
     const extensions = await page.evaluate(() => socket.io.engine.transport.ws.extensions);
     assert.equal(extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
     // This browser is the gateway's only client: every compressed frame was written to it.
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    const compressed = metrics
-      .split("\n")
-      .filter((l) => l.startsWith("flux_ws_compressed_frames_total{"))
-      .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+    const compressed = await metric(server, "flux_ws_compressed_frames_total");
     assert.ok(compressed >= 10, `compressed frames written: ${compressed}`);
   });
 

@@ -16,6 +16,7 @@ import assert from "node:assert/strict";
 import { after, afterEach, before, describe, it } from "node:test";
 
 import { TICKER_TOPIC, startKafka, startProducer, tickerSeq, tickerStream } from "./support/kafka.mjs";
+import { scrape, sumBy } from "./support/metrics.mjs";
 import { startProxy } from "./support/proxy.mjs";
 import { connect, location, sleep, startServer, waitReady } from "./support/server.mjs";
 
@@ -150,29 +151,13 @@ function audit(seqs, last) {
  * may still change.
  */
 async function recoveryMetrics(server) {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const sum = (re) => {
-    let total = 0;
-    let found = false;
-    for (const line of text.split("\n")) {
-      const m = line.match(re);
-      if (m) {
-        total += Number(m[1]);
-        found = true;
-      }
-    }
-    return found ? total : 0;
-  };
-  const refusedReasons = {};
-  for (const m of text.matchAll(/^flux_recovery_refused_total\{[^}]*reason="([^"]+)"[^}]*\}\s+(\S+)/gm)) {
-    refusedReasons[m[1]] = (refusedReasons[m[1]] ?? 0) + Number(m[2]);
-  }
+  const m = await scrape(server);
+  const outcomes = sumBy(m, "flux_recovery_sessions_total", "outcome");
   return {
-    recovered: sum(/^flux_recovery_sessions_total\{[^}]*outcome="recovered"[^}]*\}\s+(\S+)/),
-    refused: sum(/^flux_recovery_sessions_total\{[^}]*outcome="refused"[^}]*\}\s+(\S+)/),
-    replayed: sum(/^flux_recovery_replayed_events_total(?:\{[^}]*\})?\s+(\S+)/),
-    refusedReasons,
-    exposed: /^flux_recovery_/m.test(text),
+    recovered: outcomes.recovered ?? 0,
+    refused: outcomes.refused ?? 0,
+    replayed: sumBy(m, "flux_recovery_replayed_events_total")[""] ?? 0,
+    refusedReasons: sumBy(m, "flux_recovery_refused_total", "reason"),
   };
 }
 

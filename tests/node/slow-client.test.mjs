@@ -9,16 +9,8 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 
+import { metric } from "./support/metrics.mjs";
 import { connect, fixture, location, publish, sleep, startServer } from "./support/server.mjs";
-
-/** A counter or gauge of the gateway's /metrics, summed over the lines with `label`. */
-async function metric(server, name, label = "") {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  return text
-    .split("\n")
-    .filter((l) => l.startsWith(name) && l.includes(label))
-    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
-}
 
 describe("a client that stops reading", () => {
   let server;
@@ -75,7 +67,7 @@ describe("a client that stops reading", () => {
       for (let i = 0; i < 8; i++) await publish(server, "news.service.event.updated", "globalnews", news);
     }
     const handled = Date.now() + 5_000;
-    while ((await metric(server, "flux_socket_disconnects_total", 'reason="server_disconnect"')) < 1) {
+    while ((await metric(server, "flux_socket_disconnects_total", { reason: "server_disconnect" })) < 1) {
       assert.ok(Date.now() < handled, "its disconnect handler did not run");
       await sleep(20);
     }

@@ -41,7 +41,8 @@ import { startKafka, startProducer } from "../support/kafka.mjs";
 import { startProxy } from "../support/proxy.mjs";
 import { startRedis } from "../support/redis.mjs";
 import { binary, fixture, freePort, repo, sleep, startServer } from "../support/server.mjs";
-import { asRanges, checkClient, checkCommands, isTickerStream, offsetTime, parseMetrics, scanLog, streamOf, sumBy } from "./invariants.mjs";
+import { scrape as scrapeMetrics, sumBy } from "../support/metrics.mjs";
+import { asRanges, checkClient, checkCommands, isTickerStream, offsetTime, scanLog, streamOf } from "./invariants.mjs";
 import { CHAOS_TOPICS, FAULT_KINDS, describeFault, makeSchedule, prng, scheduleDigest } from "./schedule.mjs";
 
 export const DEFAULTS = {
@@ -249,8 +250,7 @@ export async function runChaos(options = {}) {
       const proc = r.processes.at(-1);
       if (!proc || proc.exit || !r.server) return null;
       try {
-        const res = await fetch(`${r.server.url}/metrics`, { signal: AbortSignal.timeout(2_000) });
-        const parsed = parseMetrics(await res.text());
+        const parsed = await scrapeMetrics(r.server, { timeout: 2_000 });
         const before = sumBy(proc.metrics, "flux_events_conflated_total")[""] ?? 0;
         const after = sumBy(parsed, "flux_events_conflated_total")[""] ?? 0;
         if (after > before) consumerConflations.push({ at: now(), delta: after - before, replica: r.name, port: r.port });

@@ -337,34 +337,6 @@ export function scanLog(text, { brokerDown = () => false, strict = false } = {})
   return { errors, known, panics, warnings, other };
 }
 
-/** Prometheus text into {"name{labels}": value} (labels as printed). */
-export function parseMetrics(text) {
-  const out = {};
-  for (const line of text.split("\n")) {
-    if (!line || line.startsWith("#")) continue;
-    const m = line.match(/^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/);
-    if (m) out[`${m[1]}${m[2] ?? ""}`] = Number(m[3]);
-  }
-  return out;
-}
-
-/** Sums the series of `name` by the value of `label` ({"": total} when label is null). */
-export function sumBy(metrics, name, label = null) {
-  const out = {};
-  for (const [k, v] of Object.entries(metrics)) {
-    const m = k.match(/^([^{]+)(\{.*\})?$/);
-    if (!m || m[1] !== name) continue;
-    let key = "";
-    if (label) {
-      const l = (m[2] ?? "").match(new RegExp(`${label}="([^"]*)"`));
-      if (!l) continue;
-      key = l[1];
-    }
-    out[key] = (out[key] ?? 0) + v;
-  }
-  return out;
-}
-
 /**
  * Findings as ranges: consecutive numbers of one client, stream and cause in one line,
  * `c7 stocks#27-49 (23): why`.

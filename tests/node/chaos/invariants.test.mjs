@@ -5,9 +5,38 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
+import { parseMetrics, sumBy } from "../support/metrics.mjs";
 import { labelOf } from "../support/proxy.mjs";
 import { checkClient, checkCommands, offsetTime, scanLog, streamOf } from "./invariants.mjs";
 import { FAULT_KINDS, makeSchedule, prng, scheduleDigest } from "./schedule.mjs";
+
+describe("metrics", () => {
+  const m = parseMetrics(
+    [
+      "# HELP flux_recovery_refused_total Refused recoveries.",
+      "# TYPE flux_recovery_refused_total counter",
+      'flux_recovery_refused_total{reason="expired",ns="/"} 2',
+      'flux_recovery_refused_total{reason="unknown",ns="/"} 1',
+      'flux_recovery_refused_total{reason="expired",ns="/x"} 4',
+      "flux_sockets_connected 7",
+      'flux_delivery_seconds_bucket{le="0.1"} 9',
+      "flux_delivery_seconds_count 9",
+    ].join("\n"),
+  );
+
+  it("sums one name's series, not its longer namesakes", () => {
+    assert.deepEqual(sumBy(m, "flux_recovery_refused_total"), { "": 7 });
+    assert.deepEqual(sumBy(m, "flux_sockets_connected"), { "": 7 });
+    assert.deepEqual(sumBy(m, "flux_delivery_seconds"), {});
+  });
+
+  it("groups by a label and keeps only the series with every asked pair", () => {
+    assert.deepEqual(sumBy(m, "flux_recovery_refused_total", "reason"), { expired: 6, unknown: 1 });
+    assert.deepEqual(sumBy(m, "flux_recovery_refused_total", null, { reason: "expired", ns: "/" }), { "": 2 });
+    assert.deepEqual(sumBy(m, "flux_recovery_refused_total", "ns", { reason: "expired" }), { "/": 2, "/x": 4 });
+    assert.deepEqual(sumBy(m, "flux_sockets_connected", "reason"), {});
+  });
+});
 
 describe("schedule", () => {
   it("is the same for the same seed and differs for another", () => {
