@@ -193,7 +193,8 @@ where
             Some(socket) => {
                 let mut ws = ws_init().await;
 
-                let upgrade_fut = upgrade_handshake::<H, S>(&socket, &mut ws);
+                let inflate = compression.map(|_| engine.config.max_payload);
+                let upgrade_fut = upgrade_handshake::<H, S>(&socket, &mut ws, inflate);
                 match tokio::time::timeout(engine.config.upgrade_timeout, upgrade_fut)
                     .with_cancellation_token(&socket.cancellation_token)
                     .await
@@ -427,8 +428,8 @@ struct WsConn<S> {
 
 struct WsConnState<S> {
     ws: WebSocketStream<S>,
-    /// The writer task has ended and closed the connection: nothing is written any more
-    /// (the reading task may still read the client's answer to the close).
+    /// The writer task has closed the connection: nothing is written any more (it reads
+    /// the client's answer to the close).
     closed: bool,
     /// Messages the connection could not take yet (its buffer was full), oldest first.
     held: VecDeque<Message>,
@@ -523,6 +524,12 @@ where
         }
     }
 
+    /// Reads, and drops, the client's messages until its answer to the close, or the end of
+    /// the connection.
+    async fn read_until_closed(&self) {
+        while let Some(Ok(_)) = std::future::poll_fn(|cx| self.poll_read(cx)).await {}
+    }
+
     /// Flushes what was written and closes the connection (a close frame); nothing is
     /// written after. What the connection could not take yet is dropped.
     async fn close(&self) {
@@ -533,7 +540,7 @@ where
             };
             state.closed = true;
             state.held.clear();
-            // An error is the connection's: its reading task sees it.
+            // An error is the connection's: the reads after the close see it.
             Pin::new(&mut state.ws).poll_close(cx).map(|_| ())
         })
         .await;
@@ -686,7 +693,7 @@ where
 /// flux-bff patch: the connection is shared with its reading task and with the senders that
 /// write directly ([`WsConn`]). When the session closes, the writer lets go of the queue at
 /// once, even while it waits for room in the connection, and of the connection once the
-/// client has taken the close, or after `close_timeout` (flux-bff patch: upstream's writer
+/// client has answered the close, or after `close_timeout` (flux-bff patch: upstream's writer
 /// waited for a client that stopped reading for as long as its TCP connection lived, and
 /// the session's close, which waits for the queue, with it).
 async fn forward_to_socket<H: EngineIoHandler, S>(
@@ -773,7 +780,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    if tokio::time::timeout(close_timeout, conn.close())
+    // Then read (and drop) what the client still sends until it answers the close: the TCP
+    // connection is closed after the close handshake (RFC 6455 7.1.1), and one closed with
+    // bytes unread is reset, which may cost the client what it had not read yet. The
+    // reading task, cancelled with the session, reads no more.
+    let handshake = async {
+        conn.close().await;
+        conn.read_until_closed().await;
+    };
+    if tokio::time::timeout(close_timeout, handshake)
         .await
         .is_err()
     {
@@ -856,9 +871,13 @@ where
     feature = "tracing",
     tracing::instrument(level = "trace", skip(socket, ws))
 )]
+///
+/// `inflate`: the bound of an inflated message when permessage-deflate was negotiated. A
+/// client may compress any message then, the probe and the upgrade too (flux-bff patch).
 async fn upgrade_handshake<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: &mut WebSocketStream<S>,
+    inflate: Option<u64>,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -882,7 +901,7 @@ where
     let _lock = socket.internal_rx.lock().await;
 
     // Fetch the next packet from the ws stream, it should be a PingUpgrade packet
-    let msg = match ws.next().await {
+    let msg = match next_inflated(ws, inflate).await {
         Some(Ok(Message::Text(d))) => d,
         _ => Err(Error::Upgrade)?,
     };
@@ -898,7 +917,7 @@ where
     };
 
     // Fetch the next packet from the ws stream, it should be an Upgrade packet
-    let msg = match ws.next().await {
+    let msg = match next_inflated(ws, inflate).await {
         Some(Ok(Message::Text(d))) => d,
         Some(Ok(Message::Close(_))) => {
             #[cfg(feature = "tracing")]
@@ -923,6 +942,23 @@ where
     Ok(())
 }
 
+/// The next message of `ws`, inflated if compressed and `inflate` allows it (flux-bff patch;
+/// compressed messages arrive as RSV1 frames only when the extension was negotiated).
+async fn next_inflated<S>(
+    ws: &mut WebSocketStream<S>,
+    inflate: Option<u64>,
+) -> Option<Result<Message, Error>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Some(match (ws.next().await?, inflate) {
+        (Ok(Message::Frame(frame)), Some(max_payload)) if frame.header().rsv1 => {
+            inflated(frame, max_payload)
+        }
+        (msg, _) => msg.map_err(Error::from),
+    })
+}
+
 fn ws_bytes_to_str(bytes: tungstenite::Utf8Bytes) -> Str {
     // SAFETY: the bytes are guaranteed to be valid UTF-8 by the tungstenite parser
     unsafe { Str::from_bytes_unchecked(bytes.into()) }
@@ -935,7 +971,7 @@ mod tests {
     use bytes::Bytes;
     use futures_util::{SinkExt, StreamExt};
     use http::Request;
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
 
@@ -980,6 +1016,58 @@ mod tests {
         )
     }
 
+    /// A compressed (RSV1) text message, as a client sends it once permessage-deflate is
+    /// negotiated: raw deflate, the `00 00 ff ff` tail removed (RFC 7692 7.2.1).
+    fn compressed(text: &str) -> Message {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut out = Vec::with_capacity(text.len() + 64);
+        Compress::new(Compression::default(), false)
+            .compress_vec(text.as_bytes(), &mut out, FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]), "{out:?}");
+        out.truncate(out.len() - 4);
+        let header = tungstenite::protocol::frame::FrameHeader {
+            rsv1: true,
+            opcode: OpCode::Data(Data::Text),
+            ..Default::default()
+        };
+        Message::Frame(Frame::from_payload(header, out.into()))
+    }
+
+    /// Once permessage-deflate is negotiated a client may compress any message, however
+    /// short: the upgrade's probe and upgrade packets too (gorilla/websocket with write
+    /// compression does). They were refused as unexpected frames, which closed the session.
+    #[tokio::test]
+    async fn an_upgrade_in_compressed_messages_completes() {
+        let socket = Arc::new(Socket::new(
+            ProtocolVersion::V4,
+            TransportType::Polling,
+            &EngineIoConfig::default(),
+            Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        ));
+        let (server, client) = tokio::io::duplex(1024);
+        let config = WebSocketConfig::default().accept_rsv1_messages(true);
+        let mut server = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let upgrade = tokio::spawn({
+            let socket = socket.clone();
+            async move { upgrade_handshake::<StubHandler, _>(&socket, &mut server, Some(1024)).await }
+        });
+
+        client.send(compressed("2probe")).await.unwrap();
+        let answer = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
+        assert_eq!(answer.unwrap().unwrap(), Message::Text("3probe".into()));
+        client.send(compressed("5")).await.unwrap();
+        tokio::time::timeout(TIMEOUT, upgrade)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(socket.is_ws(), "upgraded to the websocket");
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
@@ -1007,10 +1095,9 @@ mod tests {
 
     /// flux-bff patch: the reading task and the writer share one connection. A reader
     /// waiting for the client keeps nothing locked; a writer waiting for room in the
-    /// connection and a reader waiting for data are each woken for their own direction; the
-    /// reader still reads the client's answer to the writer's close; nothing is written after
-    /// the close; and once both tasks have let go, the connection is closed although the
-    /// struct lives on (the socket keeps it for direct writes).
+    /// connection and a reader waiting for data are each woken for their own direction;
+    /// nothing is written after the close; and once both tasks have let go, the connection
+    /// is closed although the struct lives on (the socket keeps it for direct writes).
     #[tokio::test]
     async fn reader_and_writer_share_the_connection() {
         let socket = socket();
@@ -1048,16 +1135,13 @@ mod tests {
         assert_eq!(msg.unwrap().unwrap(), Message::text("4hi"));
 
         socket.cancel();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert!(matches!(msg.unwrap().unwrap().unwrap(), Message::Close(_)));
+        client.flush().await.unwrap(); // the client's answer, which the writer reads
         tokio::time::timeout(TIMEOUT, writer)
             .await
             .unwrap()
             .unwrap();
-        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
-        assert!(matches!(msg.unwrap().unwrap().unwrap(), Message::Close(_)));
-        client.flush().await.unwrap(); // the client's answer
-        let answer = tokio::time::timeout(TIMEOUT, read(conn.clone())).await;
-        let answer = answer.unwrap().unwrap().unwrap().unwrap();
-        assert!(matches!(answer, Message::Close(_)), "{answer:?}");
         let end = tokio::time::timeout(TIMEOUT, read(conn.clone())).await;
         assert!(
             end.unwrap().unwrap().is_none(),
@@ -1082,6 +1166,48 @@ mod tests {
             conn.lock().is_none(),
             "the stream is dropped, the struct lives on"
         );
+    }
+
+    /// flux-bff patch: the writer closes the connection only once the client has answered
+    /// its close (RFC 6455 7.1.1), reading and dropping what the client sends until then: a
+    /// connection dropped with bytes unread is reset, not closed, and a client may lose what
+    /// it had not read yet. (The reading task is cancelled with the session.)
+    #[tokio::test]
+    async fn the_writer_waits_for_the_answer_to_its_close() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            writer_hold(server),
+            TIMEOUT,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await; // the writer waits for packets
+        socket.cancel();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert!(matches!(msg.unwrap().unwrap().unwrap(), Message::Close(_)));
+
+        // The client sends a message before its answer (a masked text frame, "3"), and
+        // answers only later. Written raw: the client's own answer waits in its buffer.
+        let raw = client.get_mut();
+        raw.write_all(&[0x81, 0x81, 1, 2, 3, 4, b'3' ^ 1])
+            .await
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), raw.read(&mut byte)).await;
+        assert!(
+            read.is_err(),
+            "the connection stays open until the answer: {read:?}"
+        );
+        assert!(!writer.is_finished());
+
+        // The answer: a masked close frame with no payload.
+        raw.write_all(&[0x88, 0x80, 1, 2, 3, 4]).await.unwrap();
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer ends with the close handshake")
+            .unwrap();
+        let eof = tokio::time::timeout(TIMEOUT, raw.read(&mut byte)).await;
+        assert_eq!(eof.expect("the server end closes").unwrap(), 0);
     }
 
     /// flux-bff patch: a writer waiting for room in the connection of a client that stopped
