@@ -104,8 +104,8 @@ impl ClientService {
         }
     }
 
-    /// The snapshot as a success reply: the process's own first, else the cache's (D24); a
-    /// cache error or timeout counts as a miss.
+    /// The snapshot as a success reply: the process's own first, else the cache's (D24) if it
+    /// is valid (another writer may share the key); a cache error or timeout counts as a miss.
     async fn lookup(&self, request: SnapshotRequest) -> Option<Payload> {
         let key = request.snapshot().key;
         if let Some(hit) = self.local.get(key).and_then(|text| request.hit(&text)) {
@@ -113,7 +113,7 @@ impl ClientService {
             return Some(hit);
         }
         let (result, hit) = match self.cache.get(key).await {
-            Ok(Some(text)) => match request.hit(&text) {
+            Ok(Some(text)) => match request.cached_hit(&text) {
                 Some(p) => ("hit", Some(p)),
                 None => ("corrupt", None),
             },
@@ -430,6 +430,29 @@ mod tests {
                 "weather.Pune"
             ]
         );
+    }
+
+    /// Another writer of the shared cache (the original BFF during a migration) may leave
+    /// values this gateway never stores (contract e.9): they are not served, a valid one is.
+    #[tokio::test]
+    async fn hydration_serves_only_valid_snapshots_from_the_shared_cache() {
+        let cache = Arc::new(MemoryCache::default());
+        let ttl = Duration::from_secs(60);
+        let unavailable = r#"{"status":"unavailable","reason":"rate_limited"}"#;
+        let movers = format!(r#"{{"topGainers":{unavailable},"topLosers":{unavailable}}}"#);
+        for (key, value) in [
+            (topics::SNAP_STOCKS.key, "[]"),
+            (topics::SNAP_MOVERS.key, movers.as_str()),
+            (topics::SNAP_NEWS.key, r#"[{"title":"t"}]"#),
+        ] {
+            cache.set(key, value, ttl).await.unwrap();
+        }
+        let mut sink = MockCommandSink::new();
+        sink.expect_send().returning(|_| Ok(()));
+        let (svc, fanout) = service(cache, sink);
+        svc.location_update(&who(), Some(&pune())).await;
+        let events: Vec<_> = fanout.delivered().iter().map(|d| d.event.clone()).collect();
+        assert_eq!(events, ["newsUpdate"]);
     }
 
     #[tokio::test]

@@ -81,6 +81,30 @@ pub fn route(topic: &str, value: Option<&[u8]>) -> Result<Delivery, Rejection> {
     .map_err(reject)
 }
 
+/// The validation of one stream's record value (a JSON object).
+type Validator = fn(Map<String, Value>) -> Result<Delivery, &'static str>;
+
+/// Whether `cached` has the shape of the snapshot stored under `key`: the value passes the
+/// validation of the record that would have written it. A snapshot read from the shared cache
+/// may come from another writer (the original BFF caches values it never validated, contract
+/// e.9: a movers side `unavailable`, stocks as `[]`), and is served only if it passes (D9).
+pub fn valid_snapshot(key: SnapshotKey, cached: &str) -> bool {
+    let Ok(value) = serde_json::from_str::<Value>(cached) else {
+        return false;
+    };
+    let (record, validate): (Value, Validator) = match key {
+        SNAP_MOVERS => (value, movers),
+        SNAP_TOPCOINS => (value, topcoins),
+        SNAP_STOCKS => (json!({ "data": value }), stocks),
+        SNAP_NEWS => (json!({ "payload": { "data": value } }), news),
+        _ => return false,
+    };
+    match record {
+        Value::Object(obj) => validate(obj).is_ok(),
+        _ => false,
+    }
+}
+
 /// Longest city accepted in a room name (D10).
 pub const MAX_CITY_LEN: usize = 100;
 
@@ -618,6 +642,54 @@ mod tests {
                 assert!(!rejection.reason.is_empty());
             }
         }
+    }
+
+    /// What the original cached from a value it accepted and this gateway rejects (the
+    /// "stricter than original" variants) is refused when read back from the shared cache; what
+    /// this gateway writes is served.
+    #[test]
+    fn a_cached_snapshot_is_served_only_with_the_shape_this_gateway_writes() {
+        let snapshot_topics = [
+            (MOVERS_EVENTS, SNAP_MOVERS, ""),
+            (TOPCOINS_EVENTS, SNAP_TOPCOINS, ""),
+            (STOCK_EVENTS, SNAP_STOCKS, "/data"),
+            (NEWS_EVENTS, SNAP_NEWS, "/payload/data"),
+        ];
+        let mut refused = 0;
+        for (topic, key, cached_at) in snapshot_topics {
+            let valid = fixture(&format!("{topic}.json"));
+            let write = route(topic, Some(&compact(&valid)))
+                .unwrap()
+                .snapshot
+                .unwrap();
+            assert_eq!(write.key, key);
+            assert!(
+                valid_snapshot(key, &write.value),
+                "{topic}: {}",
+                write.value
+            );
+
+            for v in fixture(&format!("{topic}.invalid.json"))
+                .as_array()
+                .unwrap()
+            {
+                if v["required"] != "reject (stricter than original)" {
+                    continue;
+                }
+                let cached = v["value"].pointer(cached_at).unwrap().to_string();
+                assert!(
+                    !valid_snapshot(key, &cached),
+                    "{topic}: {}: {cached}",
+                    v["why"]
+                );
+                refused += 1;
+            }
+            assert!(!valid_snapshot(key, "{not json"));
+        }
+        assert!(
+            refused >= 6,
+            "the original's accepted-but-invalid variants: {refused}"
+        );
     }
 
     #[test]

@@ -65,6 +65,15 @@ impl SnapshotRequest {
         Some(Payload::from_json(text))
     }
 
+    /// As [`hit`](Self::hit), for a snapshot read from the shared cache, which another writer
+    /// may have filled: `None` unless it has the shape this gateway stores
+    /// ([`valid_snapshot`](super::events::valid_snapshot)).
+    pub fn cached_hit(self, cached: &str) -> Option<Payload> {
+        super::events::valid_snapshot(self.snapshot(), cached)
+            .then(|| self.hit(cached))
+            .flatten()
+    }
+
     /// The reply when nothing is cached.
     pub fn miss(self) -> Payload {
         let message = match self {
