@@ -94,25 +94,39 @@ impl ClientService {
     }
 
     async fn hydrate(&self, who: &ClientIdentity) {
-        let lookups = SnapshotRequest::ALL.map(|r| self.lookup(r));
-        let found = futures::future::join_all(lookups).await;
-        for (request, hit) in SnapshotRequest::ALL.into_iter().zip(found) {
-            if let Some(payload) = hit {
+        let cached = SnapshotRequest::ALL.map(|r| self.cached_snapshot(r));
+        let cached = futures::future::join_all(cached).await;
+        let _reading = self.local.reading().await;
+        for (request, cached) in SnapshotRequest::ALL.into_iter().zip(cached) {
+            if let Some(payload) = self.lookup(request, cached) {
                 let name = request.reply_event();
                 self.reply(who, name, &payload, "hydration", "hit").await;
             }
         }
     }
 
-    /// The snapshot as a success reply: the process's own first, else the cache's (D24) if it
-    /// is valid (another writer may share the key); a cache error or timeout counts as a miss.
-    async fn lookup(&self, request: SnapshotRequest) -> Option<Payload> {
+    /// The snapshot as a success reply: the process's own first, else `cached`, what
+    /// [`cached_snapshot`](Self::cached_snapshot) found. Called under the [`reading`](LocalSnapshots::reading)
+    /// gate, held until the reply is pushed.
+    fn lookup(&self, request: SnapshotRequest, cached: Cached) -> Option<Payload> {
         let key = request.snapshot().key;
-        if let Some(hit) = self.local.get(key).and_then(|text| request.hit(&text)) {
-            metrics::counter!(SNAPSHOT_LOOKUPS, "key" => key, "result" => "local").increment(1);
-            return Some(hit);
+        let (result, hit) = match self.local.get(key).and_then(|text| request.hit(&text)) {
+            Some(hit) => ("local", Some(hit)),
+            None => cached,
+        };
+        metrics::counter!(SNAPSHOT_LOOKUPS, "key" => key, "result" => result).increment(1);
+        hit
+    }
+
+    /// The shared cache's snapshot as a success reply (D24), when the process has none of its
+    /// own, and if it is valid (another writer may share the key); a cache error or timeout
+    /// counts as a miss. Read before the gate: the cache may take its timeout.
+    async fn cached_snapshot(&self, request: SnapshotRequest) -> Cached {
+        let key = request.snapshot().key;
+        if self.local.get(key).is_some() {
+            return ("local", None);
         }
-        let (result, hit) = match self.cache.get(key).await {
+        match self.cache.get(key).await {
             Ok(Some(text)) => match request.cached_hit(&text) {
                 Some(p) => ("hit", Some(p)),
                 None => ("corrupt", None),
@@ -122,9 +136,7 @@ impl ClientService {
                 tracing::debug!(key, error = %e, "snapshot lookup failed; treated as a miss");
                 ("error", None)
             }
-        };
-        metrics::counter!(SNAPSHOT_LOOKUPS, "key" => key, "result" => result).increment(1);
-        hit
+        }
     }
 
     /// One command per city outstanding (D23), then the per-user dedup window (D15) for the
@@ -315,9 +327,13 @@ impl ClientRequests for ClientService {
     /// and news) one throttled refresh command, or `error` when that command failed.
     async fn snapshot_request(&self, who: &ClientIdentity, request: SnapshotRequest) {
         let name = request.reply_event();
-        if let Some(hit) = self.lookup(request).await {
-            self.reply(who, name, &hit, name, "hit").await;
-            return;
+        let cached = self.cached_snapshot(request).await;
+        {
+            let _reading = self.local.reading().await;
+            if let Some(hit) = self.lookup(request, cached) {
+                self.reply(who, name, &hit, name, "hit").await;
+                return;
+            }
         }
         match request {
             // Movers: `loading` at once, then the refresh; a failed send adds an `error`.
@@ -350,6 +366,10 @@ impl ClientRequests for ClientService {
     }
 }
 
+/// What the shared cache gave for a snapshot: the `result` label of its lookup, and the
+/// reply when it had a valid one.
+type Cached = (&'static str, Option<Payload>);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +378,7 @@ mod tests {
     use crate::ports::CacheError;
     use crate::ports::command_sink::MockCommandSink;
     use crate::ports::snapshot_cache::MockSnapshotCache;
+    use futures::FutureExt as _;
 
     fn who() -> ClientIdentity {
         ClientIdentity {
@@ -429,6 +450,46 @@ mod tests {
                 "stock.global",
                 "weather.Pune"
             ]
+        );
+    }
+
+    /// A reply pushes the snapshot it read while it holds the gate that keeps the ingest from
+    /// storing and emitting a newer one: the socket gets the older snapshot before the newer
+    /// event, never after it.
+    #[tokio::test]
+    async fn a_reply_pushes_its_snapshot_before_a_newer_one_can_be_published() {
+        let local = Arc::new(LocalSnapshots::default());
+        local.put(&crate::domain::SnapshotWrite {
+            key: topics::SNAP_NEWS,
+            value: r#"[{"title":"t"}]"#.into(),
+        });
+        let mut fanout = crate::ports::client_fanout::MockClientFanout::new();
+        fanout.expect_to_socket().times(1).returning({
+            let local = local.clone();
+            move |_, event, _, _| {
+                assert_eq!(event, "newsUpdate");
+                assert!(
+                    local.publishing().now_or_never().is_none(),
+                    "a newer snapshot waits for the push"
+                );
+                Ok(())
+            }
+        });
+        let limits = LimitSettings::default();
+        let cache = Arc::new(MemoryCache::default());
+        let svc = ClientService::new(
+            local.clone(),
+            cache.clone(),
+            Arc::new(MockCommandSink::new()),
+            Arc::new(fanout),
+            Arc::new(Health::new()),
+            Arc::new(WeatherDesk::new(cache, &limits)),
+            &limits,
+        );
+        svc.snapshot_request(&who(), SnapshotRequest::News).await;
+        assert!(
+            local.publishing().now_or_never().is_some(),
+            "the gate is let go"
         );
     }
 

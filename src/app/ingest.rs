@@ -304,6 +304,7 @@ impl Ingestor {
 mod tests {
     use super::read_back::ReadBack;
     use super::*;
+    use crate::app::snapshots::LocalSnapshots;
     use crate::domain::Payload;
     use crate::ports::CacheError;
     use crate::ports::client_fanout::MockClientFanout;
@@ -367,6 +368,49 @@ mod tests {
                 false,
             )
             .await;
+        stop.cancel();
+    }
+
+    /// A snapshot is stored before its room emit, which runs under the gate that keeps the
+    /// replies reading it out: a socket that joined meanwhile gets the new snapshot from its
+    /// hydration or from the room, never the older one after the newer.
+    #[tokio::test]
+    async fn a_snapshot_is_stored_before_its_room_emit_and_no_reply_reads_it_meanwhile() {
+        let local = Arc::new(LocalSnapshots::default());
+        let mut fanout = MockClientFanout::new();
+        fanout.expect_to_room().times(1).returning({
+            let local = local.clone();
+            move |_, _, _, _| {
+                let held = local.get(topics::SNAP_TOPCOINS.key);
+                assert!(held.is_some_and(|v| v.contains("BTC-USD")), "stored first");
+                assert!(
+                    local.reading().now_or_never().is_none(),
+                    "a reply waits for the end of the emit"
+                );
+                Ok(())
+            }
+        });
+        let mut cache = MockSnapshotCache::new();
+        cache.expect_set().returning(|_, _, _| Ok(()));
+        let stop = CancellationToken::new();
+        let (writer, _) = SnapshotWriter::spawn_with(Arc::new(cache), local.clone(), stop.clone());
+        let ingestor = Ingestor::new(
+            Arc::new(crate::adapters::memory::MemoryBus::new()),
+            Arc::new(fanout),
+            writer,
+            weather_desk(),
+            Arc::new(Health::new()),
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+        );
+        let coins = r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#;
+        ingestor
+            .handle(&[record(topics::TOPCOINS_EVENTS, coins)], false)
+            .await;
+        assert!(
+            local.reading().now_or_never().is_some(),
+            "the gate is let go"
+        );
         stop.cancel();
     }
 

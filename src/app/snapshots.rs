@@ -20,12 +20,30 @@ use crate::telemetry::metrics::{SNAPSHOT_WARMUPS, SNAPSHOT_WRITES};
 
 /// The in-process tier: per snapshot key, the newest valid snapshot seen and when it expires
 /// (as its cache key would). Time is tokio's clock, so paused-time tests can move it.
+///
+/// Its gate orders a snapshot's live emit with the replies that read one: the ingest holds
+/// it exclusively from storing a snapshot to the end of the snapshot's room emit
+/// ([`publishing`](Self::publishing)), a reply shared from reading the snapshot to the end of
+/// its push ([`reading`](Self::reading)). So a socket that joined the room meanwhile gets the
+/// older snapshot before the newer event, or the newer snapshot: never the older one last,
+/// which it would show until the next update (minutes for news).
 #[derive(Debug, Default)]
 pub struct LocalSnapshots {
     entries: Mutex<HashMap<&'static str, (String, Instant)>>, // std Mutex: never held across an .await
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl LocalSnapshots {
+    /// Held by the ingest from storing a snapshot to the end of its room emit.
+    pub async fn publishing(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().await
+    }
+
+    /// Held by a reply from reading a snapshot to the end of its push.
+    pub async fn reading(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
     /// A snapshot consumed live: it replaces what is held.
     pub fn put(&self, write: &SnapshotWrite) {
         let expires = Instant::now() + write.key.ttl;
@@ -166,6 +184,11 @@ impl SnapshotWriter {
             value,
             ttl: crate::domain::weather::WEATHER_TTL,
         });
+    }
+
+    /// The in-process tier's [`publishing`](LocalSnapshots::publishing) gate.
+    pub async fn publishing(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.local.publishing().await
     }
 
     fn queue(&self, write: Write) {

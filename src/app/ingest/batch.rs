@@ -92,7 +92,18 @@ impl Ingestor {
             {
                 self.snapshots.submit_weather(&result.city, value);
             }
-            // Emit first: the cache write happens in the background and never delays it.
+            // A snapshot is stored before its room emit, under the gate that orders it with
+            // the replies reading it: a socket that joins meanwhile gets it from its hydration
+            // or from the room, maybe both, never the older one last. The cache write happens
+            // in the background and never delays the emit.
+            let _publishing = match delivery.snapshot {
+                Some(write) => {
+                    let gate = self.snapshots.publishing().await;
+                    self.snapshots.submit(write);
+                    Some(gate)
+                }
+                None => None,
+            };
             for (i, emit) in delivery.emits.iter().enumerate() {
                 let offset = offsets.as_ref().and_then(|o| o.get(i));
                 let options = EmitOptions {
@@ -118,9 +129,6 @@ impl Ingestor {
             if let Some(at) = record.timestamp {
                 let age = SystemTime::now().duration_since(at).unwrap_or_default();
                 metrics::histogram!(EVENT_AGE, "stream" => stream).record(age.as_secs_f64());
-            }
-            if let Some(write) = delivery.snapshot {
-                self.snapshots.submit(write);
             }
         }
         export_last_record_times(records);
