@@ -201,8 +201,10 @@ impl<A: Adapter> Namespace<A> {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
-            socket.set_connected(false);
-            self.remove_socket(sid);
+            // flux-bff patch: closed like any other socket, so that the disconnect handler
+            // the middleware may have set runs (upstream only removed the socket: what the
+            // middleware counted or registered for it was never undone).
+            socket.close(crate::socket::DisconnectReason::TransportError);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }
@@ -680,6 +682,38 @@ mod tests {
         );
         assert!(ns.clone().connect(sid, esocket, None).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// flux-bff patch: a socket whose CONNECT packet cannot be sent (its connection closed
+    /// while the middleware ran) is closed like any other: the disconnect handler that the
+    /// middleware set runs, and the socket leaves the namespace.
+    #[tokio::test]
+    async fn a_connect_that_cannot_be_sent_runs_the_disconnect_handler() {
+        let sid = Sid::new();
+        let disconnects = Arc::new(AtomicUsize::new(0));
+        let ns = Namespace::<LocalAdapter>::new(
+            Str::from("/"),
+            { async || () }.with({
+                let disconnects = disconnects.clone();
+                async move |s: SocketRef<LocalAdapter>| {
+                    let disconnects = disconnects.clone();
+                    s.on_disconnect(async move || {
+                        disconnects.fetch_add(1, Ordering::SeqCst);
+                    });
+                    Ok::<_, std::io::Error>(())
+                }
+            }),
+            &(),
+            &SocketIoConfig::default(),
+        );
+        // A connection that takes nothing more (as one closed meanwhile): its queue is full.
+        let (esocket, _rx) = EIoSocket::new_dummy_piped(sid, Box::new(|_, _| ()), 1);
+        while esocket.emit(Str::from("x")).is_ok() {}
+
+        assert!(ns.clone().connect(sid, esocket, None).await.is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // the handler's task
+        assert_eq!(disconnects.load(Ordering::SeqCst), 1);
+        assert!(ns.get_socket(sid).is_err(), "the socket left the namespace");
     }
 
     /// flux-bff patch: the broadcast loop prefetches ahead of its sends; it still sends to
