@@ -459,10 +459,13 @@ mod tests {
     #[tokio::test]
     async fn a_reply_pushes_its_snapshot_before_a_newer_one_can_be_published() {
         let local = Arc::new(LocalSnapshots::default());
-        local.put(&crate::domain::SnapshotWrite {
-            key: topics::SNAP_NEWS,
-            value: r#"[{"title":"t"}]"#.into(),
-        });
+        local.put(
+            &crate::domain::SnapshotWrite {
+                key: topics::SNAP_NEWS,
+                value: r#"[{"title":"t"}]"#.into(),
+            },
+            None,
+        );
         let mut fanout = crate::ports::client_fanout::MockClientFanout::new();
         fanout.expect_to_socket().times(1).returning({
             let local = local.clone();

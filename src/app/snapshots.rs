@@ -29,8 +29,16 @@ use crate::telemetry::metrics::{SNAPSHOT_WARMUPS, SNAPSHOT_WRITES};
 /// which it would show until the next update (minutes for news).
 #[derive(Debug, Default)]
 pub struct LocalSnapshots {
-    entries: Mutex<HashMap<&'static str, (String, Instant)>>, // std Mutex: never held across an .await
+    entries: Mutex<HashMap<&'static str, Entry>>, // std Mutex: never held across an .await
     gate: tokio::sync::RwLock<()>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: String,
+    expires: Instant,
+    /// When its record was produced, if known.
+    produced_at: Option<SystemTime>,
 }
 
 impl LocalSnapshots {
@@ -44,11 +52,26 @@ impl LocalSnapshots {
         self.gate.read().await
     }
 
-    /// A snapshot consumed live: it replaces what is held.
-    pub fn put(&self, write: &SnapshotWrite) {
-        let expires = Instant::now() + write.key.ttl;
-        self.lock()
-            .insert(write.key.key, (write.value.clone(), expires));
+    /// A snapshot consumed live, produced at `produced_at` (unknown: now): it replaces what is
+    /// held, unless that was produced later. After an outage a topic's partitions are read
+    /// back in no particular order between them, and a keyless snapshot topic spreads its
+    /// records over all of them: the last one read is not always the newest. Returns whether
+    /// it was kept.
+    pub fn put(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
+        let mut entries = self.lock();
+        let newer_held = entries.get(write.key.key).is_some_and(|held| {
+            matches!((held.produced_at, produced_at), (Some(held), Some(this)) if held > this)
+        });
+        if newer_held {
+            return false;
+        }
+        let entry = Entry {
+            value: write.value.clone(),
+            expires: Instant::now() + write.key.ttl,
+            produced_at,
+        };
+        entries.insert(write.key.key, entry);
+        true
     }
 
     /// A snapshot read back from the log at start-up, produced at `produced_at` (now when
@@ -65,18 +88,23 @@ impl LocalSnapshots {
         if entries.contains_key(write.key.key) {
             return false;
         }
-        entries.insert(write.key.key, (write.value, Instant::now() + left));
+        let entry = Entry {
+            value: write.value,
+            expires: Instant::now() + left,
+            produced_at,
+        };
+        entries.insert(write.key.key, entry);
         true
     }
 
     /// The snapshot held under `key`, unless it expired.
     pub fn get(&self, key: &str) -> Option<String> {
         let entries = self.lock();
-        let (value, expires) = entries.get(key)?;
-        (Instant::now() < *expires).then(|| value.clone())
+        let entry = entries.get(key)?;
+        (Instant::now() < entry.expires).then(|| entry.value.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, (String, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -164,10 +192,16 @@ impl SnapshotWriter {
         (Self { tx, local }, task)
     }
 
-    /// Keeps the snapshot in process at once, and queues its cache write; when the queue is
-    /// full (the cache is stalled) the write is dropped and counted, never waited for.
-    pub fn submit(&self, write: SnapshotWrite) {
-        self.local.put(&write);
+    /// Keeps the snapshot, produced at `produced_at`, in process at once, and queues its cache
+    /// write; when the queue is full (the cache is stalled) the write is dropped and counted,
+    /// never waited for. A snapshot older than the one held is neither kept nor written
+    /// (counted as `result="older"`).
+    pub fn submit(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) {
+        if !self.local.put(&write, produced_at) {
+            metrics::counter!(SNAPSHOT_WRITES, "key" => write.key.key, "result" => "older")
+                .increment(1);
+            return;
+        }
         self.queue(Write {
             key: write.key.key.to_owned(),
             label: write.key.key,
@@ -245,7 +279,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_snapshot_is_held_until_it_would_expire_from_the_cache() {
         let local = LocalSnapshots::default();
-        local.put(&write(SNAP_NEWS, "[1]"));
+        local.put(&write(SNAP_NEWS, "[1]"), None);
         assert_eq!(local.get(SNAP_NEWS.key).as_deref(), Some("[1]"));
         assert_eq!(local.get(SNAP_TOPCOINS.key), None);
         tokio::time::advance(SNAP_NEWS.ttl - Duration::from_millis(1)).await;
@@ -254,10 +288,41 @@ mod tests {
         assert_eq!(local.get(SNAP_NEWS.key), None, "expired like its cache key");
     }
 
+    /// After an outage the partitions of a keyless snapshot topic are read back in no order
+    /// between them: a snapshot produced before the one held is neither kept nor written to
+    /// the cache; one of unknown time replaces it, as does a later one.
+    #[tokio::test]
+    async fn an_older_snapshot_read_after_a_newer_one_is_not_kept_nor_written() {
+        let cache = Arc::new(crate::adapters::memory::MemoryCache::default());
+        let local = Arc::new(LocalSnapshots::default());
+        let stop = CancellationToken::new();
+        let (writer, task) = SnapshotWriter::spawn_with(cache.clone(), local.clone(), stop.clone());
+        let t = SystemTime::now();
+        writer.submit(write(SNAP_TOPCOINS, "{\"n\":10}"), Some(t));
+        writer.submit(
+            write(SNAP_TOPCOINS, "{\"n\":5}"),
+            Some(t - Duration::from_secs(5)),
+        );
+        assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":10}"));
+        drop(writer);
+        stop.cancel();
+        task.await.unwrap();
+        let cached = cache.get(SNAP_TOPCOINS.key).await.unwrap();
+        assert_eq!(cached.as_deref(), Some("{\"n\":10}"));
+
+        assert!(local.put(&write(SNAP_TOPCOINS, "{\"n\":0}"), None));
+        assert!(local.put(&write(SNAP_TOPCOINS, "{\"n\":11}"), Some(t)));
+        assert!(local.put(
+            &write(SNAP_TOPCOINS, "{\"n\":12}"),
+            Some(t + Duration::from_secs(1))
+        ));
+        assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":12}"));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_warmed_snapshot_never_replaces_one_consumed_live_and_keeps_its_age() {
         let local = LocalSnapshots::default();
-        local.put(&write(SNAP_NEWS, "[\"live\"]"));
+        local.put(&write(SNAP_NEWS, "[\"live\"]"), None);
         assert!(!local.warm(write(SNAP_NEWS, "[\"log\"]"), None));
         assert_eq!(local.get(SNAP_NEWS.key).as_deref(), Some("[\"live\"]"));
 

@@ -99,7 +99,7 @@ impl Ingestor {
             let _publishing = match delivery.snapshot {
                 Some(write) => {
                     let gate = self.snapshots.publishing().await;
-                    self.snapshots.submit(write);
+                    self.snapshots.submit(write, record.timestamp);
                     Some(gate)
                 }
                 None => None,
