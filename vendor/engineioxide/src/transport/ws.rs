@@ -780,22 +780,31 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    // Then read (and drop) what the client still sends until it answers the close: the TCP
-    // connection is closed after the close handshake (RFC 6455 7.1.1), and one closed with
-    // bytes unread is reset, which may cost the client what it had not read yet. The
-    // reading task, cancelled with the session, reads no more.
-    let handshake = async {
-        conn.close().await;
-        conn.read_until_closed().await;
-    };
-    if tokio::time::timeout(close_timeout, handshake)
+    if tokio::time::timeout(close_timeout, conn.close())
         .await
         .is_err()
     {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = %socket.id, "the client did not take the close in time");
+        return;
+    }
+    // Then read (and drop) what the client still sends until it answers the close: the TCP
+    // connection is closed after the close handshake (RFC 6455 7.1.1), and one closed with
+    // bytes unread is reset, which may cost the client what it had not read yet. The
+    // reading task, cancelled with the session, reads no more. A client that answers does
+    // so within a round trip; one that does not (a half-open connection) is not waited for.
+    if tokio::time::timeout(CLOSE_ANSWER_TIMEOUT, conn.read_until_closed())
+        .await
+        .is_err()
+    {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(sid = %socket.id, "the client did not answer the close in time");
     }
 }
+
+/// How long the writer waits for the client's answer to its close (flux-bff patch), once
+/// the close is written.
+const CLOSE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The websocket message of `packet`; `None` for a packet that is not sent (a Noop maybe
 /// sent by the server to end a polling request during an upgrade, not polled in time).
@@ -1208,6 +1217,32 @@ mod tests {
             .unwrap();
         let eof = tokio::time::timeout(TIMEOUT, raw.read(&mut byte)).await;
         assert_eq!(eof.expect("the server end closes").unwrap(), 0);
+    }
+
+    /// flux-bff patch: a client that never answers the close (a half-open connection) is
+    /// waited for [`CLOSE_ANSWER_TIMEOUT`], not the whole close timeout.
+    #[tokio::test]
+    async fn a_close_without_answer_is_waited_for_briefly() {
+        let socket = socket();
+        let (server, _client) = ws_pair().await; // it reads nothing, answers nothing
+        let close_timeout = Duration::from_secs(10);
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            writer_hold(server),
+            close_timeout,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let closed_at = tokio::time::Instant::now();
+        socket.cancel();
+        tokio::time::timeout(close_timeout, writer)
+            .await
+            .expect("the writer ends")
+            .unwrap();
+        let waited = closed_at.elapsed();
+        assert!(
+            waited >= CLOSE_ANSWER_TIMEOUT && waited < close_timeout,
+            "{waited:?}"
+        );
     }
 
     /// flux-bff patch: a writer waiting for room in the connection of a client that stopped
