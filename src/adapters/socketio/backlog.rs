@@ -57,8 +57,24 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn is_empty(&self) -> bool {
-        self.urgent.is_empty() && self.latest.is_empty()
+    /// Sends through `send`, urgent first, then the latest per key, until it refuses one.
+    fn drain(&mut self, mut send: impl FnMut(&Pending) -> bool) -> Drained {
+        let mut sent = 0;
+        while let Some(next) = self.urgent.front() {
+            if !send(next) {
+                return Drained { sent, empty: false };
+            }
+            self.urgent.pop_front();
+            sent += 1;
+        }
+        while let Some(next) = self.latest.first() {
+            if !send(next) {
+                return Drained { sent, empty: false };
+            }
+            self.latest.remove(0);
+            sent += 1;
+        }
+        Drained { sent, empty: true }
     }
 
     /// The latest `key` message is now `event` with `payload`: it replaces the one held for
@@ -98,6 +114,13 @@ pub(crate) enum Pushed {
     Overflow,
 }
 
+/// What [`Backlogs::drain`] did: packets sent, and whether the backlog is empty.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Drained {
+    pub sent: usize,
+    pub empty: bool,
+}
+
 /// What [`Backlogs::push_latest_to_room`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RoomPush {
@@ -113,6 +136,11 @@ pub(crate) struct Backlogs {
     lagging: AtomicUsize,
     max_urgent: usize,
     max_keys: usize,
+    /// Held shared by a broadcast that skips the lagging sockets, until it has pushed to
+    /// their backlogs ([`skipping_lagging`](Self::skipping_lagging)); exclusively by a socket
+    /// catching up ([`catch_up`](Self::catch_up)). A socket that stopped lagging in between
+    /// would get that event from neither.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Backlogs {
@@ -122,7 +150,14 @@ impl Backlogs {
             lagging: AtomicUsize::new(0),
             max_urgent,
             max_keys,
+            gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Held by a broadcast that skips the lagging sockets from before it reads the room to
+    /// after its [`push_latest_to_room`](Self::push_latest_to_room).
+    pub async fn skipping_lagging(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     /// How many sockets have a backlog now (cheap; checked before any lookup).
@@ -212,40 +247,37 @@ impl Backlogs {
     }
 
     /// Sends `sid`'s backlog through `send` (urgent first, then the latest per key) until
-    /// `send` says the socket is full again (`false`). Returns how many were sent. When the
-    /// backlog is empty, `caught_up` runs (under the lock, so before any later push can see
-    /// the socket as not lagging) and the socket is no longer lagging.
-    pub fn drain(
+    /// `send` says the socket is full again (`false`). Returns how many were sent and whether
+    /// the backlog is now empty; the socket stays lagging until [`catch_up`](Self::catch_up).
+    pub fn drain(&self, sid: Sid, send: impl FnMut(&Pending) -> bool) -> Drained {
+        match self.lock().get_mut(&sid) {
+            Some(backlog) => backlog.drain(send),
+            None => Drained::default(),
+        }
+    }
+
+    /// Once no broadcast that skips the lagging sockets is under way, sends what `sid`'s
+    /// backlog took meanwhile through `send`, as [`drain`](Self::drain); if that empties it,
+    /// `caught_up` runs (under the lock, so before any later push can see the socket as not
+    /// lagging) and the socket is no longer lagging. Returns whether it caught up.
+    pub async fn catch_up(
         &self,
         sid: Sid,
-        mut send: impl FnMut(&Pending) -> bool,
+        send: impl FnMut(&Pending) -> bool,
         caught_up: impl FnOnce(),
-    ) -> usize {
+    ) -> bool {
+        let _no_broadcast_between = self.gate.write().await;
         let mut map = self.lock();
         let Some(backlog) = map.get_mut(&sid) else {
-            return 0;
+            return false;
         };
-        let mut sent = 0;
-        while let Some(next) = backlog.urgent.front() {
-            if !send(next) {
-                return sent;
-            }
-            backlog.urgent.pop_front();
-            sent += 1;
+        if !backlog.drain(send).empty {
+            return false;
         }
-        while let Some(next) = backlog.latest.first() {
-            if !send(next) {
-                return sent;
-            }
-            backlog.latest.remove(0);
-            sent += 1;
-        }
-        if backlog.is_empty() {
-            caught_up();
-            map.remove(&sid);
-            self.lagging.fetch_sub(1, Ordering::Relaxed);
-        }
-        sent
+        caught_up();
+        map.remove(&sid);
+        self.lagging.fetch_sub(1, Ordering::Relaxed);
+        true
     }
 
     /// Forgets a socket (disconnected).
@@ -311,6 +343,7 @@ impl LatestByRoom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt as _;
 
     fn msg(event: &str, key: Option<&str>, n: u32) -> Pending {
         Pending {
@@ -332,15 +365,21 @@ mod tests {
         assert_eq!(b.push(sid, msg("r", None, 5)), Pushed::Queued);
         assert_eq!(b.lagging(), 1);
         let mut sent = Vec::new();
-        let mut caught_up = false;
-        b.drain(
-            sid,
-            |p| {
-                sent.push(p.payload.as_str().to_owned());
-                true
-            },
-            || caught_up = true,
+        let drained = b.drain(sid, |p| {
+            sent.push(p.payload.as_str().to_owned());
+            true
+        });
+        assert_eq!(
+            drained,
+            Drained {
+                sent: 4,
+                empty: true
+            }
         );
+        assert_eq!(b.lagging(), 1, "lagging until it catches up");
+        let mut caught_up = false;
+        let caught = b.catch_up(sid, |_| true, || caught_up = true);
+        assert!(caught.now_or_never().unwrap());
         assert!(caught_up);
         // Replies first, in order; then the latest price per product, in first-arrival order.
         assert_eq!(sent, ["4", "5", "3", "2"]);
@@ -356,19 +395,71 @@ mod tests {
             b.push(sid, msg("r", None, n));
         }
         let mut budget = 2;
+        let drained = b.drain(sid, |_| {
+            budget -= 1;
+            budget >= 0
+        });
         assert_eq!(
-            b.drain(
-                sid,
-                |_| {
-                    budget -= 1;
-                    budget >= 0
-                },
-                || panic!("not caught up while full"),
-            ),
-            2
+            drained,
+            Drained {
+                sent: 2,
+                empty: false
+            }
         );
+        let catch_up = |b: &Backlogs| b.catch_up(sid, |_| false, || {}).now_or_never().unwrap();
+        assert!(!catch_up(&b), "not caught up while full");
         assert!(b.is_lagging(sid));
-        assert_eq!(b.drain(sid, |_| true, || {}), 1);
+        assert_eq!(
+            b.drain(sid, |_| true),
+            Drained {
+                sent: 1,
+                empty: true
+            }
+        );
+        b.push(sid, msg("r", None, 3)); // pushed since: sent first, or it stays lagging
+        assert!(!catch_up(&b), "not caught up with a packet it cannot send");
+        let caught = b.catch_up(sid, |_| true, || {}).now_or_never().unwrap();
+        assert!(caught);
+        assert!(!b.is_lagging(sid));
+    }
+
+    /// A socket that drained its backlog during a broadcast that skipped it (it was lagging)
+    /// catches up only once that broadcast has pushed to the backlogs, and is sent what it
+    /// pushed first. Caught up in between, it would get the event from neither.
+    #[tokio::test]
+    async fn a_socket_catches_up_only_between_broadcasts_that_skip_it() {
+        let b = Arc::new(Backlogs::new(8, 8));
+        let sid = Sid::new();
+        b.push_for(sid, msg("r", None, 0), || vec!["crypto".to_owned()]);
+        assert!(b.drain(sid, |_| true).empty);
+
+        let broadcast = b.skipping_lagging().await;
+        let catch_up = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let mut sent = Vec::new();
+                let caught = b.catch_up(
+                    sid,
+                    |p| {
+                        sent.push(p.payload.as_str().to_owned());
+                        true
+                    },
+                    || {},
+                );
+                (caught.await, sent)
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!catch_up.is_finished(), "waits for the broadcast");
+        let pushed = b.push_latest_to_room("crypto", "t", &Payload::new(&1), "BTC", None);
+        assert_eq!(
+            pushed.queued, 1,
+            "the lagging socket's backlog took the event"
+        );
+        drop(broadcast);
+        let (caught, sent) = catch_up.await.unwrap();
+        assert!(caught);
+        assert_eq!(sent, ["1"], "the event, sent before it caught up");
         assert!(!b.is_lagging(sid));
     }
 
@@ -419,14 +510,10 @@ mod tests {
         assert_eq!(over, expected);
         let drained = |sid| {
             let mut sent = Vec::new();
-            b.drain(
-                sid,
-                |m| {
-                    sent.push(m.payload.as_str().to_owned());
-                    true
-                },
-                || {},
-            );
+            b.drain(sid, |m| {
+                sent.push(m.payload.as_str().to_owned());
+                true
+            });
             sent
         };
         assert_eq!(drained(in_room), ["0", "2", "3"]);

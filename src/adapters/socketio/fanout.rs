@@ -214,6 +214,13 @@ impl SocketIoFanout {
             return self.to_room_each(room, event, payload, Some(key), offset);
         }
         let lagging = self.backlogs.lagging() > 0;
+        // No lagging socket catches up (leaves the lagging room) until the ticker is in the
+        // lagging backlogs: it would get it from neither.
+        let _skipping_lagging = if lagging {
+            Some(self.backlogs.skipping_lagging().await)
+        } else {
+            None
+        };
         let op = self
             .namespace()
             .ok_or(FanoutError::Closed)?
@@ -270,20 +277,27 @@ impl SocketIoFanout {
             if self.backlogs.lagging() == 0 {
                 continue;
             }
+            let mut drained = Vec::new();
             for sid in self.backlogs.sockets() {
                 match self.get_socket(sid) {
                     Some(s) => {
                         self.backlogs.set_rooms(sid, room_names(&s));
-                        // A socket that caught up leaves the lagging room, or the fast
-                        // broadcasts would skip it for good once it is not lagging.
-                        self.backlogs.drain(
-                            sid,
-                            |p| send(&s, &p.event, &p.payload, p.offset.as_ref()).is_ok(),
-                            || s.leave(LAGGING_ROOM),
-                        );
+                        let send =
+                            |p: &Pending| send(&s, &p.event, &p.payload, p.offset.as_ref()).is_ok();
+                        if self.backlogs.drain(sid, send).empty {
+                            drained.push(s);
+                        }
                     }
                     None => self.backlogs.remove(sid),
                 }
+            }
+            // A socket that caught up leaves the lagging room, or the fast broadcasts would
+            // skip it for good once it is not lagging.
+            for s in drained {
+                let send = |p: &Pending| send(&s, &p.event, &p.payload, p.offset.as_ref()).is_ok();
+                self.backlogs
+                    .catch_up(s.id, send, || s.leave(LAGGING_ROOM))
+                    .await;
             }
             metrics::gauge!(LAGGING_SOCKETS).set(self.backlogs.lagging() as f64);
         }
