@@ -78,10 +78,17 @@ pub fn declare_metrics() {
     }
 }
 
+/// How long a subscription must stay open, when it delivers nothing, before the back-off of
+/// re-subscribing starts again from its shortest delay.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
 /// Why a subscription's consumption ended.
 enum Ended {
     Shutdown,
-    Lost,
+    /// The source was lost; `delivered` tells whether the subscription delivered a record.
+    Lost {
+        delivered: bool,
+    },
 }
 
 pub struct Ingestor {
@@ -166,12 +173,18 @@ impl Ingestor {
                     attempt = 0;
                     self.health.set_consuming(true);
                     self.subscribed.send_replace(true);
-                    delays = self.backoff();
+                    let opened = Instant::now();
                     let ended = self
                         .consume(stream, &mut positions, &mut lag_tick, &shutdown)
                         .await;
-                    if let Ended::Shutdown = ended {
+                    let Ended::Lost { delivered } = ended else {
                         return;
+                    };
+                    // Only a subscription that worked resets the back-off: one that fails
+                    // again at once must not re-subscribe (and reconnect every partition)
+                    // every 200 ms for ever.
+                    if delivered || opened.elapsed() >= HEALTHY_AFTER {
+                        delays = self.backoff();
                     }
                     self.health.set_consuming(false);
                 }
@@ -203,6 +216,7 @@ impl Ingestor {
         // When the current busy period began: since then, records were waiting each time the
         // consumer read. `None` while it keeps up.
         let mut busy_since: Option<Instant> = None;
+        let mut delivered = false;
         loop {
             if busy_since.is_some() {
                 // After a batch handled without waiting: let the socket writers run, and
@@ -233,7 +247,7 @@ impl Ingestor {
             };
             let Some(items) = batch else {
                 tracing::warn!("event stream ended; re-subscribing");
-                return Ended::Lost;
+                return Ended::Lost { delivered };
             };
             let behind =
                 busy_since.get_or_insert_with(Instant::now).elapsed() >= self.conflate_after;
@@ -244,12 +258,13 @@ impl Ingestor {
                 .filter_map(|item| item.map_err(|e| lost = Some(e)).ok())
                 .collect();
             self.handle(&records, behind).await;
+            delivered |= !records.is_empty();
             for record in &records {
                 positions.advance(record);
             }
             if let Some(e) = lost {
                 tracing::warn!(error = %e, "event consumers lost the broker; degraded mode until it is back");
-                return Ended::Lost;
+                return Ended::Lost { delivered };
             }
         }
     }
@@ -712,5 +727,75 @@ mod tests {
         assert_eq!(rx.recv().await.as_deref(), Some("crypto:top-coins"));
         stop.cancel();
         let _ = Payload::new(&1);
+    }
+
+    /// A source whose every subscription opens and fails at once (a partition the adapter
+    /// cannot read, a topic gone), counting subscriptions.
+    #[derive(Default)]
+    struct FailingSource {
+        subscriptions: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventSource for FailingSource {
+        async fn subscribe(
+            &self,
+            _: &[&str],
+            _: &Positions,
+        ) -> Result<RecordStream, crate::ports::EventSourceError> {
+            self.subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let lost = crate::ports::EventSourceError::Other("cannot read a partition".into());
+            Ok(futures::stream::iter([Err(lost)]).boxed())
+        }
+
+        async fn latest_positions(
+            &self,
+            _: &[&str],
+        ) -> Result<Positions, crate::ports::EventSourceError> {
+            let mut positions = Positions::default();
+            positions.set(topics::TICKER_EVENTS, 0, 0);
+            Ok(positions)
+        }
+
+        async fn last_accepted(
+            &self,
+            _: &str,
+            _: crate::ports::Accept<'_>,
+        ) -> Result<Option<Record>, crate::ports::EventSourceError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_that_fails_at_once_does_not_reset_the_back_off() {
+        let source = Arc::new(FailingSource::default());
+        let stop = CancellationToken::new();
+        let (writer, _) = SnapshotWriter::spawn(
+            Arc::new(crate::adapters::memory::MemoryCache::new(16)),
+            stop.clone(),
+        );
+        let ingestor = Ingestor::new(
+            source.clone(),
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
+            writer,
+            weather_desk(),
+            Arc::new(Health::new()),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+        );
+        let consumer = tokio::spawn(ingestor.run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        stop.cancel();
+        consumer.await.unwrap();
+        // With back-off (200 ms doubling, with jitter, up to 5 s): at most 11 in 30 s. Reset
+        // on every subscription: one each 200-400 ms, about a hundred.
+        let subscriptions = source
+            .subscriptions
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (2..=12).contains(&subscriptions),
+            "{subscriptions} subscriptions in 30 s"
+        );
     }
 }

@@ -55,6 +55,7 @@ pub const KAFKA_PRODUCE_ERRORS: &str = "flux_kafka_produce_errors_total";
 pub const KAFKA_PRODUCE_RETRIES: &str = "flux_kafka_produce_retries_total";
 pub const KAFKA_OFFSET_RESETS: &str = "flux_kafka_offset_resets_total";
 pub const KAFKA_FETCH_ERRORS: &str = "flux_kafka_fetch_errors_total";
+pub const KAFKA_UNDECODABLE_BATCHES: &str = "flux_kafka_undecodable_batches_total";
 pub const CACHE_REQUESTS: &str = "flux_cache_requests_total";
 pub const CACHE_UP: &str = "flux_cache_up";
 pub const SIM_COMMANDS: &str = "flux_sim_commands_total";
@@ -271,7 +272,12 @@ fn describe() {
     );
     describe_counter!(
         KAFKA_FETCH_ERRORS,
-        "Fetches that failed and ended the subscription, by topic."
+        "Fetches that failed, by topic: a lost broker ends the subscription, anything else \
+         is retried on that partition alone with back-off."
+    );
+    describe_counter!(
+        KAFKA_UNDECODABLE_BATCHES,
+        "Record batches read past because their records cannot be decoded, by topic."
     );
     describe_counter!(CACHE_REQUESTS, "Valkey calls, by operation and result.");
     describe_gauge!(CACHE_UP, "1 while Valkey is reachable.");

@@ -771,6 +771,95 @@ async fn a_partition_ending_in_a_transaction_marker_is_read_past_it_without_spin
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
 
+#[tokio::test]
+async fn records_of_topics_compressed_by_the_broker_are_delivered() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let codecs = ["gzip", "zstd", "lz4", "snappy"];
+    let topics: Vec<String> = codecs.iter().map(|c| unique(c)).collect();
+    for (codec, topic) in codecs.iter().zip(&topics) {
+        // The broker stores every batch of such a topic compressed with its codec, whatever
+        // the producer sent (as a Java producer with compression.type set would).
+        let config = format!("compression.type={codec}");
+        broker
+            .topics(&[
+                "--create",
+                "--topic",
+                topic,
+                "--partitions",
+                "1",
+                "--config",
+                &config,
+            ])
+            .await;
+        broker.wait_partitions(&direct, topic, 1).await;
+    }
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut stream = source
+        .subscribe(&names, &Positions::default())
+        .await
+        .unwrap();
+    for (codec, topic) in codecs.iter().zip(&topics) {
+        produce(
+            &direct,
+            topic,
+            0,
+            &[&format!("{codec}-0"), &format!("{codec}-1")],
+        )
+        .await;
+    }
+    let got = take(&mut stream, 8, Duration::from_secs(10)).await;
+    let mut got_values = values(&got);
+    got_values.sort();
+    let mut expected: Vec<String> = codecs
+        .iter()
+        .flat_map(|c| [format!("{c}-0"), format!("{c}-1")])
+        .collect();
+    expected.sort();
+    assert_eq!(got_values, expected);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_subscription() {
+    let listen: std::net::SocketAddr =
+        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
+    let proxy = TcpProxy::start(listen).await;
+    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+    let direct = broker.client(DIRECT).await;
+    let (good, bad) = (unique("good"), unique("bad"));
+    broker.create_topic(&direct, &good, 1).await;
+    broker.create_topic(&direct, &bad, 1).await;
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut stream = source
+        .subscribe(&[&good, &bad], &Positions::default())
+        .await
+        .unwrap();
+
+    // Every fetch response holding this value arrives with a batch that fails its CRC: the
+    // fetches of `bad` fail, and keep failing, until the proxy heals.
+    proxy.corrupt(b"spoilt");
+    produce(&direct, &bad, 0, &["spoilt"]).await;
+    produce(&direct, &good, 0, &["g0"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(values(&got), ["g0"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce(&direct, &good, 0, &["g1"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        values(&got),
+        ["g1"],
+        "the subscription goes on while one partition fails"
+    );
+
+    // Retried with back-off, the partition reads on once its fetches work again.
+    proxy.heal();
+    let got = take(&mut stream, 1, Duration::from_secs(40)).await;
+    assert_eq!((got[0].topic.as_ref(), got[0].offset), (bad.as_str(), 0));
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
 /// What clients send through `proxy` in `window`, after a settling pause.
 async fn bytes_up_in(proxy: &TcpProxy, window: Duration) -> u64 {
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -13,14 +13,16 @@ use bytes::Bytes;
 use futures::Stream;
 use rskafka::chrono::{self, DateTime, Utc};
 use rskafka::client::error::{Error as RsError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UndecodableBatch};
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now, topics};
 use crate::ports::{Accept, EventSource, EventSourceError, Positions, Record, RecordStream};
-use crate::telemetry::metrics::{KAFKA_FETCH_ERRORS, KAFKA_OFFSET_RESETS};
+use crate::telemetry::metrics::{
+    KAFKA_FETCH_ERRORS, KAFKA_OFFSET_RESETS, KAFKA_UNDECODABLE_BATCHES,
+};
 
 /// Records buffered between the fetch loops and the consumer of the stream.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -307,11 +309,11 @@ async fn partition_tail(
         while cursor < upper {
             let fetched = bounded(
                 settings.fetch_timeout(),
-                client.fetch_records(cursor, 1..settings.fetch_max_bytes, 0),
+                client.fetch(cursor, 1..settings.fetch_max_bytes, 0),
             )
             .await;
-            let records = match fetched {
-                Ok((records, _)) => records,
+            let (records, next) = match fetched {
+                Ok(fetched) => (fetched.records, fetched.next_offset),
                 // Retention removed the window meanwhile: the log start is reached.
                 Err(RsError::ServerError {
                     protocol_error: ProtocolError::OffsetOutOfRange,
@@ -332,6 +334,8 @@ async fn partition_tail(
             if past {
                 break;
             }
+            // Past batches that returned nothing (markers, undecodable batches).
+            cursor = cursor.max(next.min(upper));
             if cursor == before {
                 cursor += 1;
             }
@@ -417,8 +421,14 @@ async fn pick_up_new_partitions(
     Ok(())
 }
 
+/// The first wait before fetching a partition again after a fetch of it failed for a reason
+/// other than a lost broker; it doubles per failure in a row, up to [`PARTITION_RETRY_MAX`].
+const PARTITION_RETRY: Duration = Duration::from_millis(500);
+const PARTITION_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Fetches one partition from `offset` on, in order, until the broker is lost or the stream
-/// is dropped.
+/// is dropped. A fetch that fails for another reason (a response this client cannot read) is
+/// retried on this partition alone, with back-off; the other partitions read on.
 async fn fetch_loop(
     source: KafkaEventSource,
     client: Arc<PartitionClient>,
@@ -435,13 +445,14 @@ async fn fetch_loop(
         reset(&topic, partition, offset, moved);
         offset = moved;
     }
+    let mut failures = 0u32;
     loop {
         let fetched = bounded(
             settings.fetch_timeout(),
-            client.fetch_records(offset, 1..settings.fetch_max_bytes, max_wait_ms),
+            client.fetch(offset, 1..settings.fetch_max_bytes, max_wait_ms),
         )
         .await;
-        let (records, high_watermark) = match fetched {
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(RsError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
@@ -464,20 +475,47 @@ async fn fetch_loop(
                     return;
                 }
             },
-            Err(e) => {
+            Err(e) if ends_subscription(&topic, &e) => {
                 fail(&tx, &topic, partition, &e).await;
                 return;
             }
+            Err(e) => {
+                failures += 1;
+                let retry_in = PARTITION_RETRY
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(PARTITION_RETRY_MAX);
+                metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_string()).increment(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(
+                        topic = %topic,
+                        partition,
+                        offset,
+                        error = %e,
+                        failures,
+                        ?retry_in,
+                        "kafka fetch of one partition failed; retrying it alone with back-off"
+                    );
+                }
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(retry_in) => continue,
+                }
+            }
         };
+        failures = 0;
+        for batch in &fetched.undecodable {
+            undecodable(&topic, partition, batch);
+        }
+        let high_watermark = fetched.high_watermark;
         // Kafka answers a fetch below the high watermark with at least one batch (KIP-74), and
         // rskafka drops control batches (transaction markers): an empty answer means such a
         // marker sits at `offset`. Without this step a partition ending in one would be
         // fetched forever, without waiting.
-        if records.is_empty() && high_watermark > offset {
+        if fetched.records.is_empty() && fetched.next_offset == offset && high_watermark > offset {
             offset += 1;
         }
         let mut last = None;
-        for record in records {
+        for record in fetched.records {
             if record.offset < offset {
                 continue;
             }
@@ -488,8 +526,30 @@ async fn fetch_loop(
                 return;
             }
         }
+        // Past what the response held but did not return (undecodable batches).
+        offset = offset.max(fetched.next_offset);
         source.saw(&topic, partition, high_watermark, last);
     }
+}
+
+/// Whether a failed fetch ends the whole subscription: the broker is lost (the consumer
+/// re-subscribes with back-off and every partition resumes) or the topic is gone. Anything
+/// else concerns this partition's data and is retried on it alone.
+fn ends_subscription(topic: &str, error: &RsError) -> bool {
+    !matches!(Trouble::from_rskafka(topic, error), Trouble::Refused(_))
+}
+
+/// Counts and logs a batch read past because its records cannot be decoded.
+fn undecodable(topic: &str, partition: i32, batch: &UndecodableBatch) {
+    metrics::counter!(KAFKA_UNDECODABLE_BATCHES, "topic" => topic.to_owned()).increment(1);
+    tracing::warn!(
+        topic,
+        partition,
+        offset = batch.first_offset,
+        last_offset = batch.last_offset,
+        cause = %batch.cause,
+        "kafka record batch cannot be decoded; reading on after it"
+    );
 }
 
 /// Counts and logs a position moved because the log is not where it was.
@@ -522,9 +582,10 @@ async fn resume_check(
         return None;
     }
     let limit = source.client.settings().request_timeout * 2;
-    match bounded(limit, client.fetch_records(last, 1..64 * 1024, 0)).await {
-        Ok((records, _)) => {
-            let same = records
+    match bounded(limit, client.fetch(last, 1..64 * 1024, 0)).await {
+        Ok(fetched) => {
+            let same = fetched
+                .records
                 .iter()
                 .find(|r| r.offset == last)
                 .is_some_and(|r| r.record.timestamp == at);

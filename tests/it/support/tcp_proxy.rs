@@ -8,6 +8,9 @@
 //!
 //! `bytes_up()` counts what clients sent to the server through the proxy: a test can tell a
 //! client that polls once per long-poll from one that spins.
+//!
+//! `corrupt(pattern)` flips the last byte of `pattern` wherever it appears in what the server
+//! sends (a record value in a fetch response: its batch then fails its CRC), until `heal()`.
 
 #![allow(dead_code)]
 
@@ -30,6 +33,7 @@ struct Shared {
     cut: AtomicBool,
     bytes_up: AtomicU64,
     spared: Mutex<Vec<String>>,
+    corrupt: Mutex<Option<Vec<u8>>>,
     // std Mutex: never held across an .await
     connections: Mutex<Vec<(Option<String>, AbortHandle)>>,
 }
@@ -50,6 +54,7 @@ impl TcpProxy {
             cut: AtomicBool::new(false),
             bytes_up: AtomicU64::new(0),
             spared: Mutex::default(),
+            corrupt: Mutex::default(),
             connections: Mutex::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -89,6 +94,16 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Flips the last byte of every `pattern` the server sends, until [`Self::heal`]. A pattern
+    /// split across two reads of the proxy passes intact: keep it short.
+    pub fn corrupt(&self, pattern: &[u8]) {
+        *self.shared.corrupt.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    pub fn heal(&self) {
+        *self.shared.corrupt.lock().unwrap() = None;
     }
 
     /// Bytes clients have sent to the server through the proxy so far.
@@ -165,9 +180,32 @@ async fn serve(
             server_write.write_all(&buf[..n]).await?;
         }
     };
-    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return client_write.shutdown().await;
+            }
+            if let Some(pattern) = shared.corrupt.lock().unwrap().as_deref() {
+                corrupt(&mut buf[..n], pattern);
+            }
+            client_write.write_all(&buf[..n]).await?;
+        }
+    };
     tokio::try_join!(up, down)?;
     Ok(())
+}
+
+fn corrupt(bytes: &mut [u8], pattern: &[u8]) {
+    let mut at = 0;
+    while let Some(found) = bytes[at..]
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+    {
+        at += found + pattern.len();
+        bytes[at - 1] ^= 0x20;
+    }
 }
 
 fn parse_client_id(frame: &[u8]) -> Option<String> {

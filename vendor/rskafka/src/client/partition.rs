@@ -269,6 +269,41 @@ impl PartitionClient {
         Ok((records, partition.high_watermark.0))
     }
 
+    /// flux-bff patch: fetches like [`fetch_records`](Self::fetch_records) and also tells where
+    /// the next fetch starts and what was passed without being returned (see
+    /// [`FetchedRecords`]). A batch that cannot be decoded does not fail the fetch.
+    pub async fn fetch(
+        &self,
+        offset: i64,
+        bytes: Range<i32>,
+        max_wait_ms: i32,
+    ) -> Result<FetchedRecords> {
+        let request = &build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
+
+        let partition = maybe_retry(
+            &self.backoff_config,
+            self.unknown_topic_handling,
+            self,
+            "fetch_records",
+            || async move {
+                let (broker, r#gen) = self
+                    .get()
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+                let response = broker
+                    .request(&request)
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+                maybe_throttle(response.throttle_time_ms)?;
+                process_fetch_response(self.partition, &self.topic, response, offset)
+                    .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
+            },
+        )
+        .await?;
+
+        fetched_records(partition, offset)
+    }
+
     /// Get offset for this partition.
     ///
     /// Note that the value returned by this method should be considered stale data, since:
@@ -833,6 +868,64 @@ fn process_fetch_response(
     Ok(response_partition)
 }
 
+/// flux-bff patch: what [`PartitionClient::fetch`] read.
+#[derive(Debug)]
+pub struct FetchedRecords {
+    /// The records at or after the requested offset, in offset order.
+    pub records: Vec<RecordAndOffset>,
+    /// The offset after the last batch the response held whole, never below the requested
+    /// offset: where the next fetch starts. Beyond the last record returned when the response
+    /// ended in batches that hold nothing to return (transaction markers, undecodable batches).
+    pub next_offset: i64,
+    /// The partition's high watermark.
+    pub high_watermark: i64,
+    /// The partition's last stable offset (no transaction is open below it), when the broker
+    /// sends it (fetch v4+); a read-committed fetch returns nothing at or past it.
+    pub last_stable_offset: Option<i64>,
+    /// The batches that were passed because their records cannot be decoded.
+    pub undecodable: Vec<UndecodableBatch>,
+}
+
+/// flux-bff patch: a record batch whose records cannot be decoded (see
+/// [`ControlBatchOrRecords::Undecodable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecodableBatch {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub cause: String,
+}
+
+fn fetched_records(
+    partition: FetchResponsePartition,
+    request_offset: i64,
+) -> Result<FetchedRecords> {
+    let mut next_offset = request_offset;
+    let mut undecodable = vec![];
+    let mut batches = Vec::with_capacity(partition.records.0.len());
+    for mut batch in partition.records.0 {
+        let last_offset = batch.base_offset + i64::from(batch.last_offset_delta);
+        next_offset = next_offset.max(last_offset + 1);
+        if let ControlBatchOrRecords::Undecodable(cause) = &mut batch.records {
+            if last_offset >= request_offset {
+                undecodable.push(UndecodableBatch {
+                    first_offset: batch.base_offset,
+                    last_offset,
+                    cause: std::mem::take(cause),
+                });
+            }
+            continue;
+        }
+        batches.push(batch);
+    }
+    Ok(FetchedRecords {
+        records: extract_records(batches, request_offset)?,
+        next_offset,
+        high_watermark: partition.high_watermark.0,
+        last_stable_offset: partition.last_stable_offset.map(|o| o.0),
+        undecodable,
+    })
+}
+
 fn extract_records(
     partition_records: Vec<RecordBatch>,
     request_offset: i64,
@@ -843,6 +936,13 @@ fn extract_records(
         match batch.records {
             ControlBatchOrRecords::ControlBatch(_) => {
                 // ignore
+            }
+            // flux-bff patch: as before the patch, such a batch fails the fetch here
+            ControlBatchOrRecords::Undecodable(cause) => {
+                return Err(Error::InvalidResponse(format!(
+                    "Cannot decode the record batch at offset {}: {cause}",
+                    batch.base_offset
+                )));
             }
             ControlBatchOrRecords::Records(protocol_records) => {
                 records.reserve(protocol_records.len());
@@ -1045,5 +1145,131 @@ fn process_delete_records_response(
             is_virtual: false,
         }),
         None => Ok(response_partition),
+    }
+}
+
+// flux-bff patch: tests of `fetched_records`.
+#[cfg(test)]
+mod fetched_tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::protocol::traits::{ReadType, WriteType};
+
+    fn batch(base_offset: i64, values: &[&str]) -> RecordBatch {
+        RecordBatch {
+            base_offset,
+            partition_leader_epoch: 0,
+            last_offset_delta: i32::try_from(values.len()).unwrap() - 1,
+            first_timestamp: 1_700_000_000_000,
+            max_timestamp: 1_700_000_000_000,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records: ControlBatchOrRecords::Records(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| ProtocolRecord {
+                        timestamp_delta: 0,
+                        offset_delta: i32::try_from(i).unwrap(),
+                        key: None,
+                        value: Some(v.as_bytes().to_vec()),
+                        headers: vec![],
+                    })
+                    .collect(),
+            ),
+            compression: RecordBatchCompression::NoCompression,
+            is_transactional: false,
+            timestamp_type: RecordBatchTimestampType::CreateTime,
+        }
+    }
+
+    fn bytes(batch: &RecordBatch) -> Vec<u8> {
+        let mut buf = vec![];
+        batch.write(&mut buf).unwrap();
+        buf
+    }
+
+    /// `batch` marked as compressed with `codec` while its records stay plain: the records
+    /// cannot be decompressed, and the CRC is made to hold, as for a batch the broker
+    /// accepted but this client cannot read.
+    fn undecodable(batch: &RecordBatch, codec: u8) -> Vec<u8> {
+        let mut buf = bytes(batch);
+        // baseOffset 8, batchLength 4, partitionLeaderEpoch 4, magic 1, crc 4, attributes 2
+        buf[22] |= codec;
+        let crc = crc32c::crc32c(&buf[21..]);
+        buf[17..21].copy_from_slice(&crc.to_be_bytes());
+        buf
+    }
+
+    fn partition(batches: Vec<u8>) -> FetchResponsePartition {
+        FetchResponsePartition {
+            partition_index: Int32(0),
+            error_code: None,
+            high_watermark: Int64(100),
+            last_stable_offset: Some(Int64(100)),
+            aborted_transactions: vec![],
+            records: Records::read(&mut Cursor::new({
+                let mut framed = vec![];
+                NullableBytes(Some(batches)).write(&mut framed).unwrap();
+                framed
+            }))
+            .unwrap(),
+        }
+    }
+
+    fn values(fetched: &FetchedRecords) -> Vec<(i64, String)> {
+        fetched
+            .records
+            .iter()
+            .map(|r| {
+                let value = String::from_utf8(r.record.value.clone().unwrap()).unwrap();
+                (r.offset, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_undecodable_batch_is_reported_and_stepped_over_and_the_next_one_is_read() {
+        // lz4 (3) and zstd (4) headers do not match plain records; gzip (1) neither.
+        for codec in [1, 3, 4] {
+            let data = [
+                bytes(&batch(10, &["a", "b"])),
+                undecodable(&batch(12, &["c", "d", "e"]), codec),
+                bytes(&batch(15, &["f"])),
+            ]
+            .concat();
+            let fetched = fetched_records(partition(data), 11).unwrap();
+            assert_eq!(values(&fetched), [(11, "b".into()), (15, "f".into())]);
+            assert_eq!(fetched.next_offset, 16);
+            assert_eq!(fetched.undecodable.len(), 1, "codec {codec}");
+            assert_eq!(
+                (
+                    fetched.undecodable[0].first_offset,
+                    fetched.undecodable[0].last_offset
+                ),
+                (12, 14)
+            );
+        }
+    }
+
+    #[test]
+    fn a_response_ending_in_an_undecodable_batch_moves_the_next_offset_past_it() {
+        let data = undecodable(&batch(12, &["c", "d", "e"]), 1);
+        let fetched = fetched_records(partition(data), 12).unwrap();
+        assert!(fetched.records.is_empty());
+        assert_eq!(fetched.next_offset, 15);
+        assert_eq!(fetched.undecodable.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_whose_crc_fails_still_fails_the_fetch() {
+        let mut data = bytes(&batch(12, &["c"]));
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        let mut framed = vec![];
+        NullableBytes(Some(data)).write(&mut framed).unwrap();
+        assert!(Records::read(&mut Cursor::new(framed)).is_err());
     }
 }

@@ -321,6 +321,13 @@ pub enum ControlBatchOrRecords {
         )
     )]
     Records(Vec<Record>),
+
+    // flux-bff patch: a batch whose CRC holds but whose records cannot be read (an unknown or
+    // broken compression, malformed records). Its header is trustworthy (the CRC covers it), so
+    // the batch's offsets are known and a reader can step past it; the rest of the response
+    // is still read. Never written.
+    #[cfg_attr(test, proptest(skip))]
+    Undecodable(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,17 +425,24 @@ where
         // ==========================================================================================
         // ======================================== CRC data ========================================
         let mut data = Cursor::new(data);
-        let body = RecordBatchBody::read(&mut data)?;
-
-        // check if there is any trailing data because this is likely a bug
-        let bytes_read = data.position();
-        let bytes_total = u64::try_from(data.into_inner().len()).map_err(ReadError::Overflow)?;
-        let bytes_left = bytes_total - bytes_read;
-        if bytes_left != 0 {
-            return Err(ReadError::Malformed(
-                format!("Found {} trailing bytes after RecordBatch", bytes_left).into(),
-            ));
-        }
+        let body = RecordBatchBody::read(&mut data).and_then(|body| {
+            // check if there is any trailing data because this is likely a bug
+            let bytes_read = data.position();
+            let bytes_total = u64::try_from(data.get_ref().len()).map_err(ReadError::Overflow)?;
+            let bytes_left = bytes_total - bytes_read;
+            if bytes_left != 0 {
+                return Err(ReadError::Malformed(
+                    format!("Found {} trailing bytes after RecordBatch", bytes_left).into(),
+                ));
+            }
+            Ok(body)
+        });
+        // flux-bff patch: the CRC held, so the header is what the producer wrote: keep it and
+        // report the records as undecodable instead of failing the whole fetch response.
+        let body = match body {
+            Ok(body) => body,
+            Err(cause) => RecordBatchBody::undecodable(data.get_ref(), cause)?,
+        };
 
         // ==========================================================================================
         // ==========================================================================================
@@ -557,6 +571,61 @@ impl RecordBatchBody {
             }
             Ok(ControlBatchOrRecords::Records(records.into()))
         }
+    }
+}
+
+impl RecordBatchBody {
+    /// flux-bff patch: the header of a batch (CRC-checked) whose records failed to read with
+    /// `cause`; the cause itself when not even the header can be read.
+    fn undecodable(data: &[u8], cause: ReadError) -> Result<Self, ReadError> {
+        let reader = &mut Cursor::new(data);
+        let header = (|| {
+            let attributes = Int16::read(reader)?.0;
+            Ok::<_, ReadError>((
+                attributes,
+                Int32::read(reader)?.0,
+                Int64::read(reader)?.0,
+                Int64::read(reader)?.0,
+                Int64::read(reader)?.0,
+                Int16::read(reader)?.0,
+                Int32::read(reader)?.0,
+            ))
+        })();
+        let Ok((
+            attributes,
+            last_offset_delta,
+            first_timestamp,
+            max_timestamp,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        )) = header
+        else {
+            return Err(cause);
+        };
+        let compression = match attributes & 0x7 {
+            1 => RecordBatchCompression::Gzip,
+            2 => RecordBatchCompression::Snappy,
+            3 => RecordBatchCompression::Lz4,
+            4 => RecordBatchCompression::Zstd,
+            _ => RecordBatchCompression::NoCompression,
+        };
+        Ok(Self {
+            last_offset_delta,
+            first_timestamp,
+            max_timestamp,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            compression,
+            timestamp_type: if ((attributes >> 3) & 0x1) == 0 {
+                RecordBatchTimestampType::CreateTime
+            } else {
+                RecordBatchTimestampType::LogAppendTime
+            },
+            is_transactional: ((attributes >> 4) & 0x1) == 1,
+            records: ControlBatchOrRecords::Undecodable(cause.to_string()),
+        })
     }
 }
 
@@ -789,6 +858,9 @@ impl RecordBatchBodyRef<'_> {
                 }
                 Ok(())
             }
+            ControlBatchOrRecords::Undecodable(_) => Err(WriteError::Malformed(
+                "an undecodable record batch cannot be written".into(),
+            )),
         }
     }
 }
@@ -842,6 +914,7 @@ where
         let n_records = match &self.records {
             ControlBatchOrRecords::ControlBatch(_) => 1,
             ControlBatchOrRecords::Records(records) => records.len(),
+            ControlBatchOrRecords::Undecodable(_) => 0,
         };
         Int32(i32::try_from(n_records)?).write(writer)?;
         match self.compression {
