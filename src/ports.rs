@@ -19,7 +19,9 @@ pub mod snapshot_cache;
 pub use client_fanout::{ClientFanout, EmitOptions, FanoutError};
 pub use command_sink::{CommandSink, CommandSinkError};
 pub use event_publisher::EventPublisher;
-pub use event_source::{Accept, EventSource, EventSourceError, Positions, Record, RecordStream};
+pub use event_source::{
+    Accept, EventSource, EventSourceError, Fetched, Positions, Record, RecordStream,
+};
 pub use inbound::{
     Admission, AuthRefusal, Authenticate, ClientRequests, Readiness, ReadinessReport,
     SessionRecovery,

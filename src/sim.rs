@@ -180,13 +180,18 @@ async fn consume_commands(
                     () = shutdown.cancelled() => return,
                 };
                 match item {
-                    Some(Ok(record)) => {
+                    Some(Ok(crate::ports::Fetched::Record(record))) => {
                         backoff = RETRY_MIN;
                         positions.advance(&record);
                         if tx.send(record).await.is_err() {
                             return;
                         }
                     }
+                    Some(Ok(crate::ports::Fetched::Passed {
+                        topic,
+                        partition,
+                        next_offset,
+                    })) => positions.pass(&topic, partition, next_offset),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "simulator lost the command topics; re-subscribing");
                         break;

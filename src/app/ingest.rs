@@ -19,7 +19,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::topics;
-use crate::ports::{ClientFanout, EventSource, Positions, Record, RecordStream};
+use crate::ports::{ClientFanout, EventSource, Fetched, Positions, RecordStream};
 use crate::telemetry::metrics::KAFKA_LAG;
 use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
@@ -253,14 +253,29 @@ impl Ingestor {
                 busy_since.get_or_insert_with(Instant::now).elapsed() >= self.conflate_after;
             // A stream ends with its error: nothing follows it.
             let mut lost = None;
-            let records: Vec<Record> = items
-                .into_iter()
-                .filter_map(|item| item.map_err(|e| lost = Some(e)).ok())
-                .collect();
+            let mut records = Vec::with_capacity(items.len());
+            let mut passed = Vec::new();
+            for item in items {
+                match item {
+                    Ok(Fetched::Record(record)) => records.push(record),
+                    Ok(Fetched::Passed {
+                        topic,
+                        partition,
+                        next_offset,
+                    }) => passed.push((topic, partition, next_offset)),
+                    Err(e) => lost = Some(e),
+                }
+            }
             self.handle(&records, behind).await;
             delivered |= !records.is_empty();
             for record in &records {
                 positions.advance(record);
+            }
+            // A pass follows the records of its partition read with it: applied after them.
+            for (topic, partition, next_offset) in passed {
+                positions.pass(&topic, partition, next_offset);
+                self.read_back.passed(&topic, partition, next_offset);
+                self.mark_caught_up();
             }
             if let Some(e) = lost {
                 tracing::warn!(error = %e, "event consumers lost the broker; degraded mode until it is back");
@@ -321,9 +336,9 @@ mod tests {
     use super::*;
     use crate::app::snapshots::LocalSnapshots;
     use crate::domain::Payload;
-    use crate::ports::CacheError;
     use crate::ports::client_fanout::MockClientFanout;
     use crate::ports::snapshot_cache::MockSnapshotCache;
+    use crate::ports::{CacheError, Record};
 
     fn record(topic: &str, value: &str) -> Record {
         Record {

@@ -41,6 +41,18 @@ impl Positions {
         }
     }
 
+    /// Records that `topic`/`partition` was read up to `next_offset` past records that were
+    /// not delivered ([`Fetched::Passed`]).
+    pub fn pass(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        let entry = self
+            .0
+            .entry((topic.to_owned(), partition))
+            .or_insert(next_offset);
+        if *entry < next_offset {
+            *entry = next_offset;
+        }
+    }
+
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
         self.0.get(&(topic.to_owned(), partition)).copied()
     }
@@ -64,8 +76,32 @@ impl Positions {
     }
 }
 
+/// What a subscription yields, in offset order per partition.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fetched {
+    Record(Record),
+    /// The partition was read up to `next_offset` (the next offset to read) past records that
+    /// are not delivered: transaction markers, records of aborted transactions, batches that
+    /// cannot be decoded. Nothing below `next_offset` is still to come from it.
+    Passed {
+        topic: Arc<str>,
+        partition: i32,
+        next_offset: i64,
+    },
+}
+
+impl Fetched {
+    /// The record, if this is one.
+    pub fn into_record(self) -> Option<Record> {
+        match self {
+            Self::Record(record) => Some(record),
+            Self::Passed { .. } => None,
+        }
+    }
+}
+
 /// A live subscription. It ends with an `Err` (and then `None`) when the source is lost.
-pub type RecordStream = BoxStream<'static, Result<Record, EventSourceError>>;
+pub type RecordStream = BoxStream<'static, Result<Fetched, EventSourceError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventSourceError {
@@ -98,6 +134,12 @@ pub trait EventSource: Send + Sync {
     ///   start at its latest offset (only records produced after the call are delivered).
     /// - A partition that appears later MUST be read from its beginning.
     /// - Records of one partition MUST be delivered in offset order.
+    /// - Records that are not delivered (transaction markers, records of aborted
+    ///   transactions, batches that cannot be decoded) MUST be announced by a
+    ///   [`Fetched::Passed`] once the partition's position moved past them and no record
+    ///   follows them in the same read, so that a caller waiting for a position sees it
+    ///   reached. Records of a transaction still open MUST NOT be passed: they are delivered
+    ///   once it commits, never if it aborts.
     ///
     /// # Errors
     /// - MUST return [`EventSourceError::Unavailable`] when no broker answers.

@@ -13,7 +13,8 @@ use flux_bff::adapters::kafka::{
 use flux_bff::domain::Command;
 use flux_bff::domain::partitioner::{legacy_partition, murmur2_legacy};
 use flux_bff::ports::{
-    CommandSink, CommandSinkError, EventSource, EventSourceError, Positions, Record, RecordStream,
+    CommandSink, CommandSinkError, EventSource, EventSourceError, Fetched, Positions, Record,
+    RecordStream,
 };
 use futures::StreamExt;
 use rskafka::client::Client;
@@ -78,7 +79,8 @@ async fn take(stream: &mut RecordStream, n: usize, within: Duration) -> Vec<Reco
     while records.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, stream.next()).await {
-            Ok(Some(Ok(record))) => records.push(record),
+            Ok(Some(Ok(Fetched::Record(record)))) => records.push(record),
+            Ok(Some(Ok(Fetched::Passed { .. }))) => {}
             Ok(Some(Err(e))) => panic!("stream failed after {} records: {e}", records.len()),
             Ok(None) => panic!("stream ended after {} of {n} records", records.len()),
             Err(_) => panic!(
@@ -90,10 +92,13 @@ async fn take(stream: &mut RecordStream, n: usize, within: Duration) -> Vec<Reco
     records
 }
 
-/// Asserts that nothing more arrives for `quiet`.
+/// Asserts that no record (nor error, nor end) arrives for `quiet`.
 async fn assert_quiet(stream: &mut RecordStream, quiet: Duration) {
-    if let Ok(item) = tokio::time::timeout(quiet, stream.next()).await {
-        panic!("expected nothing more, got {item:?}");
+    let deadline = tokio::time::Instant::now() + quiet;
+    while let Ok(item) = tokio::time::timeout_at(deadline, stream.next()).await {
+        if !matches!(item, Some(Ok(Fetched::Passed { .. }))) {
+            panic!("expected nothing more, got {item:?}");
+        }
     }
 }
 
@@ -857,6 +862,124 @@ async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_s
     proxy.heal();
     let got = take(&mut stream, 1, Duration::from_secs(40)).await;
     assert_eq!((got[0].topic.as_ref(), got[0].offset), (bad.as_str(), 0));
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+/// Kafka's own producer: `records` records of 8 bytes at `per_second`, in transactions of
+/// `transaction_ms` (committed when that elapses and at the end) with `transactional_id`.
+fn transactional_producer(
+    broker: &KafkaBroker,
+    topic: &str,
+    records: u32,
+    per_second: u32,
+    transaction_ms: u32,
+    transactional_id: &str,
+) -> Vec<String> {
+    [
+        "--topic",
+        topic,
+        "--num-records",
+        &records.to_string(),
+        "--record-size",
+        "8",
+        "--throughput",
+        &per_second.to_string(),
+        "--transactional-id",
+        transactional_id,
+        "--transaction-duration-ms",
+        &transaction_ms.to_string(),
+        "--producer-props",
+        &format!("bootstrap.servers={}", broker.bootstrap()),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
+#[tokio::test]
+async fn the_records_of_a_transaction_held_open_are_all_delivered_once_it_commits() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("open-txn");
+    broker.create_topic(&direct, &topic, 1).await;
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut stream = source
+        .subscribe(&[&topic], &Positions::default())
+        .await
+        .unwrap();
+
+    // 20 records over 2 s in one transaction, committed at the end: while it is open the
+    // log end moves on and the last stable offset stays at 0.
+    let args = transactional_producer(&broker, &topic, 20, 10, 60_000, "flux-test-open");
+    let producer = tokio::spawn(async move {
+        broker
+            .tool("org.apache.kafka.tools.ProducerPerformance", args)
+            .await;
+        broker
+    });
+    let got = take(&mut stream, 20, Duration::from_secs(30)).await;
+    let _broker = producer.await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<i64>>(),
+        "every record of the transaction, none stepped over while it was open"
+    );
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn the_records_of_an_aborted_transaction_are_not_delivered() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("aborted");
+    broker.create_topic(&direct, &topic, 1).await;
+    produce(&direct, &topic, 0, &["before"]).await;
+
+    // A transactional producer writes a few records, then dies with its transaction open;
+    // Kafka's kafka-transactions aborts it (an abort marker after the records).
+    let args = transactional_producer(&broker, &topic, 1_000, 10, 600_000, "flux-test-abort");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut producer = broker.spawn_tool("org.apache.kafka.tools.ProducerPerformance", &args);
+    let partition = direct
+        .partition_client(topic.as_str(), 0, UnknownTopicHandling::Retry)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // The high watermark: ListOffsets (read committed) answers the last stable offset, 1.
+    while partition.fetch_records(0, 1..100_000, 0).await.unwrap().1 < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no transactional records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+    let abort = [
+        "--bootstrap-server",
+        &broker.bootstrap(),
+        "abort",
+        "--topic",
+        &topic,
+        "--partition",
+        "0",
+        "--start-offset",
+        "1",
+    ];
+    broker
+        .tool(
+            "org.apache.kafka.tools.TransactionsCommand",
+            abort.iter().map(|a| (*a).to_owned()).collect(),
+        )
+        .await;
+    produce(&direct, &topic, 0, &["after"]).await;
+
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 0);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    let got = take(&mut stream, 2, Duration::from_secs(10)).await;
+    assert_eq!(values(&got), ["before", "after"]);
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
 

@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now, topics};
-use crate::ports::{Accept, EventSource, EventSourceError, Positions, Record, RecordStream};
+use crate::ports::{
+    Accept, EventSource, EventSourceError, Fetched, Positions, Record, RecordStream,
+};
 use crate::telemetry::metrics::{
     KAFKA_FETCH_ERRORS, KAFKA_OFFSET_RESETS, KAFKA_UNDECODABLE_BATCHES,
 };
@@ -27,7 +29,7 @@ use crate::telemetry::metrics::{
 /// Records buffered between the fetch loops and the consumer of the stream.
 const CHANNEL_CAPACITY: usize = 1024;
 
-type Item = Result<Record, EventSourceError>;
+type Item = Result<Fetched, EventSourceError>;
 type Seen = Arc<Mutex<HashMap<(String, i32), PartitionSeen>>>;
 
 /// What the fetch loops of a source have seen of one partition, across subscriptions.
@@ -507,13 +509,6 @@ async fn fetch_loop(
             undecodable(&topic, partition, batch);
         }
         let high_watermark = fetched.high_watermark;
-        // Kafka answers a fetch below the high watermark with at least one batch (KIP-74), and
-        // rskafka drops control batches (transaction markers): an empty answer means such a
-        // marker sits at `offset`. Without this step a partition ending in one would be
-        // fetched forever, without waiting.
-        if fetched.records.is_empty() && fetched.next_offset == offset && high_watermark > offset {
-            offset += 1;
-        }
         let mut last = None;
         for record in fetched.records {
             if record.offset < offset {
@@ -522,12 +517,25 @@ async fn fetch_loop(
             offset = record.offset + 1;
             last = Some((record.offset, record.record.timestamp));
             let item = port_record(&topic, partition, record);
-            if tx.send(Ok(item)).await.is_err() {
+            if tx.send(Ok(Fetched::Record(item))).await.is_err() {
                 return;
             }
         }
-        // Past what the response held but did not return (undecodable batches).
-        offset = offset.max(fetched.next_offset);
+        // Past what the response held but did not return (transaction markers, aborted
+        // transactions, undecodable batches), never past the last stable offset: the records
+        // of a transaction still open are read when it commits. The broker holds a fetch at
+        // the last stable offset like one at the log end, so waiting there does not spin.
+        if fetched.next_offset > offset {
+            offset = fetched.next_offset;
+            let passed = Fetched::Passed {
+                topic: Arc::clone(&topic),
+                partition,
+                next_offset: offset,
+            };
+            if tx.send(Ok(passed)).await.is_err() {
+                return;
+            }
+        }
         source.saw(&topic, partition, high_watermark, last);
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::domain::Command;
 use crate::ports::{
-    Accept, CommandSink, CommandSinkError, EventPublisher, EventSource, EventSourceError,
+    Accept, CommandSink, CommandSinkError, EventPublisher, EventSource, EventSourceError, Fetched,
     Positions, Record, RecordStream,
 };
 
@@ -336,7 +336,10 @@ fn record_stream(bus: MemoryBus, topics: Vec<String>, positions: Positions) -> R
             }
             loop {
                 if let Some(record) = ready.pop_front() {
-                    return Some((Ok(record), (bus, topics, positions, rx, ready, false)));
+                    return Some((
+                        Ok(Fetched::Record(record)),
+                        (bus, topics, positions, rx, ready, false),
+                    ));
                 }
                 rx.borrow_and_update();
                 let offline = {

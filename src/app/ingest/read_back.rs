@@ -73,6 +73,20 @@ impl ReadBacks {
         true
     }
 
+    /// `topic`/`partition` was read up to `next_offset` past records not delivered (a
+    /// partition ending in a transaction marker): its read-back ends once that reaches its
+    /// live position.
+    pub(super) fn passed(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut read_back = self.lock();
+        let key = (topic.to_owned(), partition);
+        if let Some(range) = read_back.get_mut(&key) {
+            range.next = range.next.max(next_offset);
+            if range.next >= range.live {
+                read_back.remove(&key);
+            }
+        }
+    }
+
     /// Whether every partition reads live (nothing, or nothing more, to read back).
     pub(super) fn is_done(&self) -> bool {
         self.lock().is_empty()
@@ -85,5 +99,35 @@ impl ReadBacks {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), ReadBack>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64) -> Record {
+        Record {
+            topic: std::sync::Arc::from(topics::TICKER_EVENTS),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn a_partition_ending_in_records_not_delivered_finishes_its_read_back_when_passed() {
+        let read_backs = ReadBacks::default();
+        // Records 8 and 9, then a commit marker at 10: live reading began at 11.
+        read_backs.insert(topics::TICKER_EVENTS, 0, ReadBack { next: 8, live: 11 });
+        assert!(read_backs.is_history(&record(8)));
+        assert!(read_backs.is_history(&record(9)));
+        assert!(!read_backs.is_done(), "the marker at 10 is never delivered");
+        read_backs.passed(topics::TICKER_EVENTS, 0, 10);
+        assert!(!read_backs.is_done(), "not yet at the live position");
+        read_backs.passed(topics::TICKER_EVENTS, 0, 11);
+        assert!(read_backs.is_done());
     }
 }

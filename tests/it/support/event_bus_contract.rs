@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use flux_bff::domain::Command;
 use flux_bff::domain::partitioner::legacy_partition;
-use flux_bff::ports::{CommandSink, EventSource, Positions, Record, RecordStream};
+use flux_bff::ports::{CommandSink, EventSource, Fetched, Positions, Record, RecordStream};
 use futures::StreamExt;
 
 async fn next_records(stream: &mut RecordStream, n: usize) -> Vec<Record> {
     let mut records = Vec::new();
     while records.len() < n {
         match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-            Ok(Some(Ok(record))) => records.push(record),
+            Ok(Some(Ok(Fetched::Record(record)))) => records.push(record),
+            Ok(Some(Ok(Fetched::Passed { .. }))) => {}
             other => panic!("record {} of {n}: got {other:?}", records.len() + 1),
         }
     }
@@ -23,8 +24,11 @@ async fn next_records(stream: &mut RecordStream, n: usize) -> Vec<Record> {
 }
 
 async fn quiet(stream: &mut RecordStream) {
-    if let Ok(item) = tokio::time::timeout(Duration::from_millis(400), stream.next()).await {
-        panic!("expected nothing more, got {item:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+    while let Ok(item) = tokio::time::timeout_at(deadline, stream.next()).await {
+        if !matches!(item, Some(Ok(Fetched::Passed { .. }))) {
+            panic!("expected nothing more, got {item:?}");
+        }
     }
 }
 

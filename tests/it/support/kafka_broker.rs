@@ -252,6 +252,20 @@ impl KafkaBroker {
         self.tool("org.apache.kafka.tools.TopicCommand", all).await
     }
 
+    /// Starts one of Kafka's tools (`scripts/kafka.sh tool CLASS ARGS`) and returns at once,
+    /// its output discarded: for a producer the test kills mid-transaction.
+    pub fn spawn_tool(&self, class: &str, args: &[&str]) -> Child {
+        Command::new("bash")
+            .arg(script())
+            .arg("tool")
+            .arg(class)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run scripts/kafka.sh tool: {e}; {HINT}"))
+    }
+
     /// Runs one of Kafka's tools (`scripts/kafka.sh tool CLASS ARGS`); panics with its output
     /// if it fails, else returns it.
     pub async fn tool(&self, class: &str, args: Vec<String>) -> String {

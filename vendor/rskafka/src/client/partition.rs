@@ -871,11 +871,13 @@ fn process_fetch_response(
 /// flux-bff patch: what [`PartitionClient::fetch`] read.
 #[derive(Debug)]
 pub struct FetchedRecords {
-    /// The records at or after the requested offset, in offset order.
+    /// The records at or after the requested offset, in offset order: neither transaction
+    /// markers nor records of aborted transactions.
     pub records: Vec<RecordAndOffset>,
     /// The offset after the last batch the response held whole, never below the requested
-    /// offset: where the next fetch starts. Beyond the last record returned when the response
-    /// ended in batches that hold nothing to return (transaction markers, undecodable batches).
+    /// offset and never past the last stable offset: where the next fetch starts. Beyond the
+    /// last record returned when the response ended in batches that hold nothing to return
+    /// (transaction markers, aborted transactions, undecodable batches).
     pub next_offset: i64,
     /// The partition's high watermark.
     pub high_watermark: i64,
@@ -895,33 +897,58 @@ pub struct UndecodableBatch {
     pub cause: String,
 }
 
+/// The records of a read-committed fetch response, without those of aborted transactions
+/// (as Kafka's Java consumer filters them: a transactional batch of a producer with an aborted
+/// transaction starting at or before the batch is dropped, until that producer's abort
+/// marker), nor any at or past the last stable offset.
 fn fetched_records(
     partition: FetchResponsePartition,
     request_offset: i64,
 ) -> Result<FetchedRecords> {
+    let last_stable_offset = partition.last_stable_offset.map(|o| o.0);
+    let mut aborted = partition.aborted_transactions;
+    aborted.sort_by_key(|t| t.first_offset.0);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut aborting = std::collections::HashSet::new();
     let mut next_offset = request_offset;
     let mut undecodable = vec![];
     let mut batches = Vec::with_capacity(partition.records.0.len());
     for mut batch in partition.records.0 {
         let last_offset = batch.base_offset + i64::from(batch.last_offset_delta);
-        next_offset = next_offset.max(last_offset + 1);
-        if let ControlBatchOrRecords::Undecodable(cause) = &mut batch.records {
-            if last_offset >= request_offset {
-                undecodable.push(UndecodableBatch {
-                    first_offset: batch.base_offset,
-                    last_offset,
-                    cause: std::mem::take(cause),
-                });
-            }
-            continue;
+        if last_stable_offset.is_some_and(|stable| last_offset >= stable) {
+            // Undecided yet (a read-committed fetch should not return it): read it later.
+            break;
         }
-        batches.push(batch);
+        next_offset = next_offset.max(last_offset + 1);
+        while let Some(t) = aborted.next_if(|t| t.first_offset.0 <= last_offset) {
+            aborting.insert(t.producer_id.0);
+        }
+        match &mut batch.records {
+            ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Abort) => {
+                aborting.remove(&batch.producer_id);
+            }
+            ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Commit) => {}
+            ControlBatchOrRecords::Undecodable(cause) => {
+                if last_offset >= request_offset {
+                    undecodable.push(UndecodableBatch {
+                        first_offset: batch.base_offset,
+                        last_offset,
+                        cause: std::mem::take(cause),
+                    });
+                }
+            }
+            ControlBatchOrRecords::Records(_) => {
+                if !(batch.is_transactional && aborting.contains(&batch.producer_id)) {
+                    batches.push(batch);
+                }
+            }
+        }
     }
     Ok(FetchedRecords {
         records: extract_records(batches, request_offset)?,
         next_offset,
         high_watermark: partition.high_watermark.0,
-        last_stable_offset: partition.last_stable_offset.map(|o| o.0),
+        last_stable_offset,
         undecodable,
     })
 }
@@ -1154,6 +1181,7 @@ mod fetched_tests {
     use std::io::Cursor;
 
     use super::*;
+    use crate::protocol::messages::FetchResponseAbortedTransaction;
     use crate::protocol::traits::{ReadType, WriteType};
 
     fn batch(base_offset: i64, values: &[&str]) -> RecordBatch {
@@ -1261,6 +1289,74 @@ mod fetched_tests {
         assert!(fetched.records.is_empty());
         assert_eq!(fetched.next_offset, 15);
         assert_eq!(fetched.undecodable.len(), 1);
+    }
+
+    fn transactional(mut batch: RecordBatch, producer_id: i64) -> RecordBatch {
+        batch.producer_id = producer_id;
+        batch.producer_epoch = 0;
+        batch.is_transactional = true;
+        batch
+    }
+
+    fn marker(offset: i64, producer_id: i64, record: ControlBatchRecord) -> RecordBatch {
+        RecordBatch {
+            records: ControlBatchOrRecords::ControlBatch(record),
+            last_offset_delta: 0,
+            ..transactional(batch(offset, &["-"]), producer_id)
+        }
+    }
+
+    #[test]
+    fn records_of_aborted_transactions_are_dropped_and_committed_ones_kept() {
+        // Producer 1 aborts 0..=1 (marker at 3), producer 2 commits 2 (marker at 4),
+        // producer 1 then commits 5 (marker at 6); 7 is not transactional.
+        let data = [
+            bytes(&transactional(batch(0, &["a0", "a1"]), 1)),
+            bytes(&transactional(batch(2, &["c2"]), 2)),
+            bytes(&marker(3, 1, ControlBatchRecord::Abort)),
+            bytes(&marker(4, 2, ControlBatchRecord::Commit)),
+            bytes(&transactional(batch(5, &["c5"]), 1)),
+            bytes(&marker(6, 1, ControlBatchRecord::Commit)),
+            bytes(&batch(7, &["n7"])),
+        ]
+        .concat();
+        let mut response = partition(data);
+        response.aborted_transactions = vec![FetchResponseAbortedTransaction {
+            producer_id: Int64(1),
+            first_offset: Int64(0),
+        }];
+        let fetched = fetched_records(response, 0).unwrap();
+        assert_eq!(
+            values(&fetched),
+            [(2, "c2".into()), (5, "c5".into()), (7, "n7".into())]
+        );
+        assert_eq!(fetched.next_offset, 8);
+    }
+
+    #[test]
+    fn nothing_at_or_past_the_last_stable_offset_is_returned_or_passed() {
+        let data = [
+            bytes(&batch(0, &["n0"])),
+            bytes(&transactional(batch(1, &["open1", "open2"]), 3)),
+        ]
+        .concat();
+        let mut response = partition(data);
+        response.last_stable_offset = Some(Int64(1));
+        let fetched = fetched_records(response, 0).unwrap();
+        assert_eq!(values(&fetched), [(0, "n0".into())]);
+        assert_eq!(fetched.next_offset, 1, "waits at the last stable offset");
+    }
+
+    #[test]
+    fn a_response_ending_in_a_marker_moves_the_next_offset_past_it() {
+        let data = [
+            bytes(&transactional(batch(0, &["c0"]), 1)),
+            bytes(&marker(1, 1, ControlBatchRecord::Commit)),
+        ]
+        .concat();
+        let fetched = fetched_records(partition(data), 1).unwrap();
+        assert!(fetched.records.is_empty());
+        assert_eq!(fetched.next_offset, 2);
     }
 
     #[test]
