@@ -254,28 +254,35 @@ impl Ingestor {
             // A stream ends with its error: nothing follows it.
             let mut lost = None;
             let mut records = Vec::with_capacity(items.len());
-            let mut passed = Vec::new();
+            // Where each item leaves its partition, in stream order: positions follow the
+            // log read, also when it went back.
+            let mut moves = Vec::with_capacity(items.len());
             for item in items {
                 match item {
-                    Ok(Fetched::Record(record)) => records.push(record),
+                    Ok(Fetched::Record(record)) => {
+                        moves.push(None);
+                        records.push(record);
+                    }
                     Ok(Fetched::Passed {
                         topic,
                         partition,
                         next_offset,
-                    }) => passed.push((topic, partition, next_offset)),
+                    }) => moves.push(Some((topic, partition, next_offset))),
                     Err(e) => lost = Some(e),
                 }
             }
             self.handle(&records, behind).await;
             delivered |= !records.is_empty();
-            for record in &records {
-                positions.advance(record);
-            }
-            // A pass follows the records of its partition read with it: applied after them.
-            for (topic, partition, next_offset) in passed {
-                positions.pass(&topic, partition, next_offset);
-                self.read_back.passed(&topic, partition, next_offset);
-                self.mark_caught_up();
+            let mut handled = records.iter();
+            for step in moves {
+                match step {
+                    None => positions.advance(handled.next().expect("one record per move")),
+                    Some((topic, partition, next_offset)) => {
+                        positions.pass(&topic, partition, next_offset);
+                        self.read_back.passed(&topic, partition, next_offset);
+                        self.mark_caught_up();
+                    }
+                }
             }
             if let Some(e) = lost {
                 tracing::warn!(error = %e, "event consumers lost the broker; degraded mode until it is back");

@@ -24,45 +24,66 @@ pub struct Record {
 /// Tells a usable record from one to read past, for [`EventSource::last_accepted`].
 pub type Accept<'a> = &'a (dyn Fn(&Record) -> bool + Send + Sync);
 
-/// The next offset to read, per topic partition.
+/// The next offset to read, per topic partition, and the last record handled there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Positions(BTreeMap<(String, i32), i64>);
+pub struct Positions(BTreeMap<(String, i32), Position>);
+
+/// Where one partition is: the next offset to read, and the offset and timestamp of the last
+/// record handled (a source tells by reading it again whether the log is still the one read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Position {
+    next: i64,
+    last: Option<(i64, Option<SystemTime>)>,
+}
 
 impl Positions {
-    /// Records that `record` was handled: the next offset to read is the one after it.
+    /// Records that `record` was handled: the next offset to read is the one after it, also
+    /// when that is below the position held (the log went back, and reading follows it).
     pub fn advance(&mut self, record: &Record) {
-        let next = record.offset + 1;
-        let entry = self
-            .0
-            .entry((record.topic.to_string(), record.partition))
-            .or_insert(next);
-        if *entry < next {
-            *entry = next;
-        }
+        self.0.insert(
+            (record.topic.to_string(), record.partition),
+            Position {
+                next: record.offset + 1,
+                last: Some((record.offset, record.timestamp)),
+            },
+        );
     }
 
     /// Records that `topic`/`partition` was read up to `next_offset` past records that were
-    /// not delivered ([`Fetched::Passed`]).
+    /// not delivered ([`Fetched::Passed`]); the last record handled stays what it was.
     pub fn pass(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        let entry = self
-            .0
+        self.0
             .entry((topic.to_owned(), partition))
-            .or_insert(next_offset);
-        if *entry < next_offset {
-            *entry = next_offset;
-        }
+            .and_modify(|p| p.next = next_offset)
+            .or_insert(Position {
+                next: next_offset,
+                last: None,
+            });
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.0.get(&(topic.to_owned(), partition)).copied()
+        self.0.get(&(topic.to_owned(), partition)).map(|p| p.next)
     }
 
+    /// The offset and timestamp of the last record handled from `topic`/`partition`, when one
+    /// was since its position was last [`set`](Self::set).
+    pub fn last_handled(&self, topic: &str, partition: i32) -> Option<(i64, Option<SystemTime>)> {
+        self.0.get(&(topic.to_owned(), partition))?.last
+    }
+
+    /// Sets the next offset to read, with no record handled yet.
     pub fn set(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.0.insert((topic.to_owned(), partition), next_offset);
+        self.0.insert(
+            (topic.to_owned(), partition),
+            Position {
+                next: next_offset,
+                last: None,
+            },
+        );
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
-        self.0.iter().map(|((t, p), o)| (t.as_str(), *p, *o))
+        self.0.iter().map(|((t, p), o)| (t.as_str(), *p, o.next))
     }
 
     /// Whether any partition of `topic` has a position: the topic is resumed, and a
@@ -127,6 +148,10 @@ pub trait EventSource: Send + Sync {
     /// - For a partition listed in `from`, reading MUST start at that offset (the next one to
     ///   read), so that nothing produced while the caller was disconnected is skipped and
     ///   nothing already handled is delivered again.
+    /// - When the log of such a partition is not the one the caller read (it went back, or was
+    ///   replaced, also by one already past that offset), reading MUST resume after the last
+    ///   record the caller handled ([`Positions::last_handled`]), not after the last one the
+    ///   source fetched.
     /// - A partition of a topic that `from` names (a resumed subscription) but that `from` does
     ///   not list appeared since the caller last read that topic: it MUST be read from its
     ///   beginning, or what was produced to it before this call would be lost.
@@ -196,5 +221,49 @@ pub trait EventSource: Send + Sync {
     /// adapter can tell. Used for metrics only; the default knows nothing.
     async fn lag(&self, _positions: &Positions) -> Vec<(String, i32, i64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64) -> Record {
+        Record {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            timestamp: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(offset as u64)),
+        }
+    }
+
+    #[test]
+    fn a_position_follows_the_log_read_also_when_it_went_back() {
+        let mut positions = Positions::default();
+        positions.advance(&record(7));
+        assert_eq!(positions.get("t", 0), Some(8));
+        // The log went back: its records 3 and 4 are the ones handled now.
+        positions.advance(&record(3));
+        positions.advance(&record(4));
+        assert_eq!(positions.get("t", 0), Some(5));
+        assert_eq!(
+            positions.last_handled("t", 0),
+            Some((4, record(4).timestamp))
+        );
+    }
+
+    #[test]
+    fn a_pass_moves_the_position_and_keeps_the_last_record_handled() {
+        let mut positions = Positions::default();
+        positions.advance(&record(4));
+        positions.pass("t", 0, 6);
+        assert_eq!(positions.get("t", 0), Some(6));
+        assert_eq!(positions.last_handled("t", 0).map(|(o, _)| o), Some(4));
+        positions.set("t", 0, 9);
+        assert_eq!(positions.last_handled("t", 0), None);
+        positions.pass("u", 1, 2);
+        assert_eq!(positions.get("u", 1), Some(2));
     }
 }

@@ -1056,7 +1056,7 @@ async fn a_log_that_went_back_is_resumed_after_the_last_record_delivered() {
     let old = stamped("a", 8, at);
     produce_at(&direct, &topic, &old).await;
     let source = KafkaEventSource::new(connect(&broker).await);
-    let positions = read_from_start(&source, &topic, 8).await;
+    let mut positions = read_from_start(&source, &topic, 8).await;
     assert_eq!(positions.get(&topic, 0), Some(8));
 
     // The log goes back: the topic is deleted and created again with the first three records
@@ -1073,6 +1073,63 @@ async fn a_log_that_went_back_is_resumed_after_the_last_record_delivered() {
         "nothing again, nothing lost"
     );
     assert_eq!(got[0].offset, 3);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    for r in &got {
+        positions.advance(r);
+    }
+    assert_eq!(
+        positions.get(&topic, 0),
+        Some(5),
+        "the position follows the new log"
+    );
+
+    // Later, while not subscribed, the new log grows past the old position (8): resuming
+    // there would skip m0..=m2.
+    drop(stream);
+    let newer = stamped("m", 10, |i| {
+        now + rskafka::chrono::TimeDelta::milliseconds(i)
+    });
+    produce_at(&direct, &topic, &newer).await;
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    let got = take(&mut stream, 10, Duration::from_secs(10)).await;
+    assert_eq!(
+        values(&got),
+        ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9"]
+    );
+    assert_eq!(got[0].offset, 5);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_replaced_log_is_resumed_after_the_last_record_handled_not_the_last_fetched() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("handled");
+    broker.create_topic(&direct, &topic, 1).await;
+    let now = flux_bff::adapters::kafka::record_timestamp_now();
+    let at = |s: i64| now - rskafka::chrono::TimeDelta::seconds(60 - s);
+    produce_at(&direct, &topic, &stamped("a", 8, at)).await;
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut from = Positions::default();
+    from.set(&topic, 0, 0);
+    let mut stream = source.subscribe(&[&topic], &from).await.unwrap();
+    // The fetch loop reads all eight into the stream's buffer; the caller handles three.
+    let mut positions = from.clone();
+    for r in take(&mut stream, 3, Duration::from_secs(5)).await {
+        positions.advance(&r);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stream);
+
+    // The log is replaced by one holding the same first two records, then records newer
+    // than a2 (the last handled) but older than a7 (the last fetched).
+    recreate(&broker, &direct, &topic).await;
+    produce_at(&direct, &topic, &stamped("a", 2, at)).await;
+    produce_at(&direct, &topic, &stamped("n", 6, |i| at(3 + i / 3))).await;
+
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    let got = take(&mut stream, 6, Duration::from_secs(10)).await;
+    assert_eq!(values(&got), ["n0", "n1", "n2", "n3", "n4", "n5"]);
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
 

@@ -37,13 +37,14 @@ type Seen = Arc<Mutex<HashMap<(String, i32), PartitionSeen>>>;
 struct PartitionSeen {
     /// The high watermark of the latest fetch.
     high_watermark: i64,
-    /// The timestamp of the latest record delivered, else when the partition was first opened:
-    /// where to resume when the log went back behind our position.
-    since: DateTime<Utc>,
-    /// The offset of the latest record delivered: reading it again, with the timestamp
-    /// `since`, shows that the log is the one we read (see [`resume_check`]).
-    last_offset: Option<i64>,
+    /// When the partition was first opened: where to resume when its log went back before
+    /// the caller handled any record of it.
+    opened: DateTime<Utc>,
 }
+
+/// The offset and timestamp of the last record handled from a partition (see
+/// [`Positions::last_handled`]), then of the last one its fetch loop sent.
+type Last = Option<(i64, Option<SystemTime>)>;
 
 /// Reads event topics from Kafka. Cheap to clone; every subscription has its own fetch loops.
 #[derive(Clone, Debug)]
@@ -68,42 +69,26 @@ impl KafkaEventSource {
         }
     }
 
-    /// Notes a fetch of `topic`/`partition`: its high watermark, and the timestamp of the last
-    /// record it delivered.
-    fn saw(
-        &self,
-        topic: &str,
-        partition: i32,
-        high_watermark: i64,
-        last: Option<(i64, DateTime<Utc>)>,
-    ) {
+    /// Notes a fetch of `topic`/`partition`: its high watermark.
+    fn saw(&self, topic: &str, partition: i32, high_watermark: i64) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = seen
-            .entry((topic.to_owned(), partition))
+        seen.entry((topic.to_owned(), partition))
             .or_insert_with(|| PartitionSeen {
                 high_watermark,
-                since: record_timestamp_now(),
-                last_offset: None,
-            });
-        entry.high_watermark = high_watermark;
-        if let Some((offset, at)) = last {
-            entry.since = at;
-            entry.last_offset = Some(offset);
+                opened: record_timestamp_now(),
+            })
+            .high_watermark = high_watermark;
+    }
+
+    /// Where to resume `topic`/`partition` by time if its log went back: after `last`, the
+    /// last record handled or sent, else after the partition was first opened.
+    fn since(&self, topic: &str, partition: i32, last: Last) -> DateTime<Utc> {
+        if let Some(at) = last.and_then(|(_, at)| at) {
+            return date_time(at);
         }
-    }
-
-    /// The offset and timestamp of the latest record delivered from `topic`/`partition`.
-    fn last_delivered(&self, topic: &str, partition: i32) -> Option<(i64, DateTime<Utc>)> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = seen.get(&(topic.to_owned(), partition))?;
-        Some((entry.last_offset?, entry.since))
-    }
-
-    /// Where to resume `topic`/`partition` by time if its log went back: see [`PartitionSeen`].
-    fn since(&self, topic: &str, partition: i32) -> DateTime<Utc> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(&(topic.to_owned(), partition))
-            .map_or_else(record_timestamp_now, |s| s.since)
+            .map_or_else(record_timestamp_now, |s| s.opened)
     }
 
     async fn open(
@@ -178,6 +163,15 @@ impl EventSource for KafkaEventSource {
         from: &Positions,
     ) -> Result<RecordStream, EventSourceError> {
         let (known, opened) = self.open_all(topics, from).await?;
+        let opened = opened
+            .into_iter()
+            .map(|(client, offset)| {
+                let last = from
+                    .last_handled(client.topic(), client.partition())
+                    .filter(|(last, _)| *last < offset);
+                (client, offset, last)
+            })
+            .collect();
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let supervisor = tokio::spawn(supervise(self.clone(), known, opened, tx));
         Ok(Box::pin(Subscription {
@@ -360,13 +354,13 @@ async fn partition_tail(
 async fn supervise(
     source: KafkaEventSource,
     mut known: HashMap<String, i32>,
-    opened: Vec<(Arc<PartitionClient>, i64)>,
+    opened: Vec<(Arc<PartitionClient>, i64, Last)>,
     tx: mpsc::Sender<Item>,
 ) {
     let settings = source.client.settings().clone();
     let mut loops = JoinSet::new();
-    for (client, offset) in opened {
-        loops.spawn(fetch_loop(source.clone(), client, offset, tx.clone()));
+    for (client, offset, last) in opened {
+        loops.spawn(fetch_loop(source.clone(), client, offset, last, tx.clone()));
     }
     let mut tick = tokio::time::interval(settings.metadata_refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -416,7 +410,7 @@ async fn pick_up_new_partitions(
                 "new partition, reading it from its beginning"
             );
             // Offset 0: if retention already removed it, the fetch loop moves to the earliest.
-            loops.spawn(fetch_loop(source.clone(), client, 0, tx.clone()));
+            loops.spawn(fetch_loop(source.clone(), client, 0, None, tx.clone()));
         }
         *count = (*count).max(now);
     }
@@ -429,19 +423,20 @@ const PARTITION_RETRY: Duration = Duration::from_millis(500);
 const PARTITION_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Fetches one partition from `offset` on, in order, until the broker is lost or the stream
-/// is dropped. A fetch that fails for another reason (a response this client cannot read) is
+/// is dropped. `last` is the last record the caller handled there, if it is known. A fetch that fails for another reason (a response this client cannot read) is
 /// retried on this partition alone, with back-off; the other partitions read on.
 async fn fetch_loop(
     source: KafkaEventSource,
     client: Arc<PartitionClient>,
     mut offset: i64,
+    mut last: Last,
     tx: mpsc::Sender<Item>,
 ) {
     let settings = source.client.settings().clone();
     let topic: Arc<str> = Arc::from(client.topic());
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
-    if let Some(moved) = resume_check(&source, &client, offset).await
+    if let Some(moved) = resume_check(&source, &client, offset, last).await
         && moved != offset
     {
         reset(&topic, partition, offset, moved);
@@ -462,7 +457,7 @@ async fn fetch_loop(
             }) => match out_of_range(
                 &client,
                 offset,
-                source.since(&topic, partition),
+                source.since(&topic, partition, last),
                 settings.request_timeout * 2,
             )
             .await
@@ -509,13 +504,12 @@ async fn fetch_loop(
             undecodable(&topic, partition, batch);
         }
         let high_watermark = fetched.high_watermark;
-        let mut last = None;
         for record in fetched.records {
             if record.offset < offset {
                 continue;
             }
             offset = record.offset + 1;
-            last = Some((record.offset, record.record.timestamp));
+            last = Some((record.offset, record_time(record.record.timestamp)));
             let item = port_record(&topic, partition, record);
             if tx.send(Ok(Fetched::Record(item))).await.is_err() {
                 return;
@@ -536,7 +530,7 @@ async fn fetch_loop(
                 return;
             }
         }
-        source.saw(&topic, partition, high_watermark, last);
+        source.saw(&topic, partition, high_watermark);
     }
 }
 
@@ -573,39 +567,38 @@ fn reset(topic: &str, partition: i32, from: i64, to: i64) {
     );
 }
 
-/// On resuming a partition right after the last record this source delivered from it, reads
+/// On resuming a partition after the last record the caller handled from it (`last`), reads
 /// that record again: if it is gone or is another record (another timestamp), the log was
 /// replaced since (a broker that lost its data and was refilled past our position before we
 /// came back, a topic deleted and created again), and offsets alone cannot show it. Then the
 /// position to resume from, found as for a log that went back ([`resume_by_time`]). `None`
-/// when the log is the one we read, or when the check cannot tell (the fetch loop then
-/// meets any error itself).
+/// when the log is the one we read, when no record was handled there, or when the check
+/// cannot tell (the fetch loop then meets any error itself).
 async fn resume_check(
     source: &KafkaEventSource,
     client: &PartitionClient,
     offset: i64,
+    last: Last,
 ) -> Option<i64> {
-    let (last, at) = source.last_delivered(client.topic(), client.partition())?;
-    if last + 1 != offset {
-        return None;
-    }
+    let (last_offset, at) = last?;
+    let since = source.since(client.topic(), client.partition(), last);
     let limit = source.client.settings().request_timeout * 2;
-    match bounded(limit, client.fetch(last, 1..64 * 1024, 0)).await {
+    match bounded(limit, client.fetch(last_offset, 1..64 * 1024, 0)).await {
         Ok(fetched) => {
             let same = fetched
                 .records
                 .iter()
-                .find(|r| r.offset == last)
-                .is_some_and(|r| r.record.timestamp == at);
+                .find(|r| r.offset == last_offset)
+                .is_some_and(|r| record_time(r.record.timestamp) == at);
             if same {
                 return None;
             }
-            resume_by_time(client, at, limit).await.ok()
+            resume_by_time(client, since, limit).await.ok()
         }
         Err(RsError::ServerError {
             protocol_error: ProtocolError::OffsetOutOfRange,
             ..
-        }) => out_of_range(client, offset, at, limit).await.ok(),
+        }) => out_of_range(client, offset, since, limit).await.ok(),
         Err(_) => None,
     }
 }
@@ -657,6 +650,14 @@ fn port_record(topic: &Arc<str>, partition: i32, r: RecordAndOffset) -> Record {
         value: r.record.value.map(Bytes::from),
         timestamp: record_time(r.record.timestamp),
     }
+}
+
+/// A time as a record timestamp.
+fn date_time(at: SystemTime) -> DateTime<Utc> {
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// A record timestamp as a time, `None` for the "no timestamp" of old producers (-1).
