@@ -865,6 +865,38 @@ async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_s
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
 
+#[tokio::test]
+async fn a_batch_that_cannot_be_decoded_is_read_past_and_stops_nothing_else() {
+    let listen: std::net::SocketAddr =
+        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
+    let proxy = TcpProxy::start(listen).await;
+    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+    let direct = broker.client(DIRECT).await;
+    let (good, bad) = (unique("good"), unique("bad"));
+    broker.create_topic(&direct, &good, 1).await;
+    broker.create_topic(&direct, &bad, 1).await;
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let mut stream = source
+        .subscribe(&[&good, &bad], &Positions::default())
+        .await
+        .unwrap();
+
+    // The batch of "undecodable" arrives marked gzip over plain records, its CRC intact.
+    proxy.mark_gzip(b"undecodable");
+    produce(&direct, &bad, 0, &["undecodable"]).await;
+    produce(&direct, &bad, 0, &["b1"]).await;
+    produce(&direct, &good, 0, &["g0"]).await;
+    let got = take(&mut stream, 2, Duration::from_secs(10)).await;
+    let mut got: Vec<(String, i64)> = got
+        .iter()
+        .zip(values(&got))
+        .map(|(r, v)| (v, r.offset))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("b1".to_owned(), 1), ("g0".to_owned(), 0)]);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
 /// Kafka's own producer: `records` records of 8 bytes at `per_second`, in transactions of
 /// `transaction_ms` (committed when that elapses and at the end) with `transactional_id`.
 fn transactional_producer(

@@ -11,6 +11,8 @@
 //!
 //! `corrupt(pattern)` flips the last byte of `pattern` wherever it appears in what the server
 //! sends (a record value in a fetch response: its batch then fails its CRC), until `heal()`.
+//! `mark_gzip(value)` instead marks the batch holding that value as gzip-compressed and fixes
+//! its CRC: a batch that passes its CRC but whose records cannot be decoded.
 
 #![allow(dead_code)]
 
@@ -33,7 +35,7 @@ struct Shared {
     cut: AtomicBool,
     bytes_up: AtomicU64,
     spared: Mutex<Vec<String>>,
-    corrupt: Mutex<Option<Vec<u8>>>,
+    corrupt: Mutex<Option<(Vec<u8>, Spoil)>>,
     // std Mutex: never held across an .await
     connections: Mutex<Vec<(Option<String>, AbortHandle)>>,
 }
@@ -99,7 +101,14 @@ impl TcpProxy {
     /// Flips the last byte of every `pattern` the server sends, until [`Self::heal`]. A pattern
     /// split across two reads of the proxy passes intact: keep it short.
     pub fn corrupt(&self, pattern: &[u8]) {
-        *self.shared.corrupt.lock().unwrap() = Some(pattern.to_vec());
+        *self.shared.corrupt.lock().unwrap() = Some((pattern.to_vec(), Spoil::Byte));
+    }
+
+    /// Marks as gzip-compressed (and re-checksums) every record batch the server sends whose
+    /// one record has a null key and the value `value` (under 60 bytes), until [`Self::heal`].
+    pub fn mark_gzip(&self, value: &[u8]) {
+        assert!(value.len() < 60, "one-byte varints only");
+        *self.shared.corrupt.lock().unwrap() = Some((value.to_vec(), Spoil::Codec));
     }
 
     pub fn heal(&self) {
@@ -187,14 +196,62 @@ async fn serve(
             if n == 0 {
                 return client_write.shutdown().await;
             }
-            if let Some(pattern) = shared.corrupt.lock().unwrap().as_deref() {
-                corrupt(&mut buf[..n], pattern);
+            if let Some((pattern, spoil)) = shared.corrupt.lock().unwrap().as_ref() {
+                match spoil {
+                    Spoil::Byte => corrupt(&mut buf[..n], pattern),
+                    Spoil::Codec => mark_gzip(&mut buf[..n], pattern),
+                }
             }
             client_write.write_all(&buf[..n]).await?;
         }
     };
     tokio::try_join!(up, down)?;
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Spoil {
+    Byte,
+    Codec,
+}
+
+/// A record batch (magic 2) is: base offset 8, length 4, leader epoch 4, magic 1, CRC-32C 4
+/// (of everything after it), attributes 2 (codec in the low 3 bits), 40 more header bytes,
+/// then the records; a record with a null key and a short value starts with 6 one-byte
+/// fields (length, attributes, timestamp delta, offset delta, key length, value length).
+fn mark_gzip(bytes: &mut [u8], value: &[u8]) {
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(value.len()).position(|w| w == value) {
+        let pos = at + found;
+        at = pos + value.len();
+        let Some(start) = pos.checked_sub(61 + 6) else {
+            continue;
+        };
+        let len = i32::from_be_bytes(bytes[start + 8..start + 12].try_into().unwrap());
+        let end = start + 12 + usize::try_from(len).unwrap_or(0);
+        if bytes[start + 16] != 2 || end > bytes.len() {
+            continue;
+        }
+        bytes[start + 22] |= 1;
+        let crc = crc32c(&bytes[start + 21..end]);
+        bytes[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+/// CRC-32C (Castagnoli), bit by bit: a test's few batches need no table.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 fn corrupt(bytes: &mut [u8], pattern: &[u8]) {
