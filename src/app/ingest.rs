@@ -820,4 +820,55 @@ mod tests {
             "{subscriptions} subscriptions in 30 s"
         );
     }
+
+    #[tokio::test]
+    async fn a_partition_ending_in_records_not_delivered_finishes_the_read_back() {
+        let recovery = Arc::new(crate::app::recovery::Recovery::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            100,
+            1000,
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
+        ));
+        let (ingestor, _fanout, stop) = recording_ingestor(
+            crate::adapters::memory::MemoryBus::new(),
+            Duration::from_secs(3600),
+        );
+        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        // Records 8 and 9 are in the window; a commit marker at 10; live reading began at 11.
+        ingestor
+            .read_back
+            .insert(topics::TICKER_EVENTS, 0, ReadBack { next: 8, live: 11 });
+        let at = |offset: i64, price: u32| {
+            Ok(Fetched::Record(Record {
+                offset,
+                ..tick("BTC-USD", price)
+            }))
+        };
+        let passed = Ok(Fetched::Passed {
+            topic: Arc::from(topics::TICKER_EVENTS),
+            partition: 0,
+            next_offset: 11,
+        });
+        let stream = futures::stream::iter([at(8, 1), at(9, 2), passed]).boxed();
+        let mut positions = Positions::default();
+        let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+        let ended = ingestor
+            .consume(stream, &mut positions, &mut lag_tick, &stop)
+            .await;
+        assert!(matches!(ended, Ended::Lost { delivered: true }));
+        assert!(
+            recovery.is_caught_up(),
+            "the read-back ends at the live position, reached by the pass"
+        );
+        assert_eq!(positions.get(topics::TICKER_EVENTS, 0), Some(11));
+        assert_eq!(
+            positions
+                .last_handled(topics::TICKER_EVENTS, 0)
+                .map(|(offset, _)| offset),
+            Some(9)
+        );
+        stop.cancel();
+    }
 }
