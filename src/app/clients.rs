@@ -106,8 +106,8 @@ impl ClientService {
     }
 
     /// The snapshot as a success reply: the process's own first, else `cached`, what
-    /// [`cached_snapshot`](Self::cached_snapshot) found. Called under the [`reading`](LocalSnapshots::reading)
-    /// gate, held until the reply is pushed.
+    /// [`cached_snapshot`](Self::cached_snapshot) found. Called under the
+    /// [`reading`](LocalSnapshots::reading) gate, held until the reply is pushed.
     fn lookup(&self, request: SnapshotRequest, cached: Cached) -> Option<Payload> {
         let key = request.snapshot().key;
         let (result, hit) = match self.local.get(key).and_then(|text| request.hit(&text)) {

@@ -423,8 +423,9 @@ const PARTITION_RETRY: Duration = Duration::from_millis(500);
 const PARTITION_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Fetches one partition from `offset` on, in order, until the broker is lost or the stream
-/// is dropped. `last` is the last record the caller handled there, if it is known. A fetch that fails for another reason (a response this client cannot read) is
-/// retried on this partition alone, with back-off; the other partitions read on.
+/// is dropped. `last` is the last record the caller handled there, if it is known. A fetch
+/// that fails for another reason (a response this client cannot read) is retried on this
+/// partition alone, with back-off; the other partitions read on.
 async fn fetch_loop(
     source: KafkaEventSource,
     client: Arc<PartitionClient>,
