@@ -369,8 +369,17 @@ mod tests {
         fanout: MockClientFanout,
         cache: MockSnapshotCache,
     ) -> (Ingestor, CancellationToken) {
+        ingestor_with(fanout, cache, Arc::default())
+    }
+
+    /// As [`ingestor`], keeping snapshots in `local`.
+    fn ingestor_with(
+        fanout: MockClientFanout,
+        cache: MockSnapshotCache,
+        local: Arc<LocalSnapshots>,
+    ) -> (Ingestor, CancellationToken) {
         let stop = CancellationToken::new();
-        let (writer, _) = SnapshotWriter::spawn(Arc::new(cache), stop.clone());
+        let (writer, _) = SnapshotWriter::spawn_with(Arc::new(cache), local, stop.clone());
         let ingestor = Ingestor::new(
             Arc::new(crate::adapters::memory::MemoryBus::new()),
             Arc::new(fanout),
@@ -429,17 +438,7 @@ mod tests {
         });
         let mut cache = MockSnapshotCache::new();
         cache.expect_set().returning(|_, _, _| Ok(()));
-        let stop = CancellationToken::new();
-        let (writer, _) = SnapshotWriter::spawn_with(Arc::new(cache), local.clone(), stop.clone());
-        let ingestor = Ingestor::new(
-            Arc::new(crate::adapters::memory::MemoryBus::new()),
-            Arc::new(fanout),
-            writer,
-            weather_desk(),
-            Arc::new(Health::new()),
-            Duration::from_secs(1),
-            Duration::from_millis(50),
-        );
+        let (ingestor, stop) = ingestor_with(fanout, cache, local.clone());
         let coins = r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#;
         ingestor
             .handle(&[record(topics::TOPCOINS_EVENTS, coins)], false)

@@ -826,21 +826,53 @@ async fn records_of_topics_compressed_by_the_broker_are_delivered() {
     assert_quiet(&mut stream, Duration::from_millis(500)).await;
 }
 
+/// Two new one-partition topics, `good` and `bad`, on a broker the gateway's client reaches
+/// through a proxy that can tamper with fetch responses; subscribed from their ends.
+struct GoodAndBad {
+    proxy: TcpProxy,
+    broker: KafkaBroker,
+    direct: Arc<Client>,
+    good: String,
+    bad: String,
+    stream: RecordStream,
+}
+
+impl GoodAndBad {
+    async fn start() -> Self {
+        let listen: std::net::SocketAddr =
+            ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
+        let proxy = TcpProxy::start(listen).await;
+        let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
+        let direct = broker.client(DIRECT).await;
+        let (good, bad) = (unique("good"), unique("bad"));
+        broker.create_topic(&direct, &good, 1).await;
+        broker.create_topic(&direct, &bad, 1).await;
+        let source = KafkaEventSource::new(connect(&broker).await);
+        let stream = source
+            .subscribe(&[&good, &bad], &Positions::default())
+            .await
+            .unwrap();
+        Self {
+            proxy,
+            broker,
+            direct,
+            good,
+            bad,
+            stream,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_subscription() {
-    let listen: std::net::SocketAddr =
-        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
-    let proxy = TcpProxy::start(listen).await;
-    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
-    let direct = broker.client(DIRECT).await;
-    let (good, bad) = (unique("good"), unique("bad"));
-    broker.create_topic(&direct, &good, 1).await;
-    broker.create_topic(&direct, &bad, 1).await;
-    let source = KafkaEventSource::new(connect(&broker).await);
-    let mut stream = source
-        .subscribe(&[&good, &bad], &Positions::default())
-        .await
-        .unwrap();
+    let GoodAndBad {
+        proxy,
+        broker: _broker,
+        direct,
+        good,
+        bad,
+        mut stream,
+    } = GoodAndBad::start().await;
 
     // Every fetch response holding this value arrives with a batch that fails its CRC: the
     // fetches of `bad` fail, and keep failing, until the proxy heals.
@@ -867,19 +899,14 @@ async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_s
 
 #[tokio::test]
 async fn a_batch_that_cannot_be_decoded_is_read_past_and_stops_nothing_else() {
-    let listen: std::net::SocketAddr =
-        ([127, 0, 0, 1], crate::support::kafka_broker::free_port()).into();
-    let proxy = TcpProxy::start(listen).await;
-    let broker = KafkaBroker::start_advertising(listen, proxy.addr).await;
-    let direct = broker.client(DIRECT).await;
-    let (good, bad) = (unique("good"), unique("bad"));
-    broker.create_topic(&direct, &good, 1).await;
-    broker.create_topic(&direct, &bad, 1).await;
-    let source = KafkaEventSource::new(connect(&broker).await);
-    let mut stream = source
-        .subscribe(&[&good, &bad], &Positions::default())
-        .await
-        .unwrap();
+    let GoodAndBad {
+        proxy,
+        broker: _broker,
+        direct,
+        good,
+        bad,
+        mut stream,
+    } = GoodAndBad::start().await;
 
     // The batch of "undecodable" arrives marked gzip over plain records, its CRC intact.
     proxy.mark_gzip(b"undecodable");
