@@ -470,6 +470,18 @@ mod tests {
         stop.cancel();
     }
 
+    /// Connection-state recovery with a test key, a two-minute window and a journal of an hour.
+    fn test_recovery() -> Arc<crate::app::recovery::Recovery> {
+        Arc::new(crate::app::recovery::Recovery::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            100,
+            1000,
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
+        ))
+    }
+
     fn tick(product: &str, price: u32) -> Record {
         record(
             topics::TICKER_EVENTS,
@@ -617,14 +629,7 @@ mod tests {
                 Some(ticker(price).as_bytes()),
             );
         }
-        let recovery = Arc::new(crate::app::recovery::Recovery::new(
-            b"0123456789abcdef0123456789abcdef".to_vec(),
-            Duration::from_secs(120),
-            Duration::from_secs(3600),
-            100,
-            1000,
-            Arc::new(crate::adapters::memory::RecordingFanout::default()),
-        ));
+        let recovery = test_recovery();
         let (ingestor, fanout, stop) = recording_ingestor(bus.clone(), Duration::from_secs(3600));
         let ingestor = ingestor.with_recovery(Some(recovery.clone()));
         let mut subscribed = ingestor.subscribed();
@@ -679,14 +684,7 @@ mod tests {
             crate::adapters::memory::MemoryBus::new(),
             Duration::from_secs(3600),
         );
-        let ingestor = ingestor.with_recovery(Some(Arc::new(crate::app::recovery::Recovery::new(
-            b"0123456789abcdef0123456789abcdef".to_vec(),
-            Duration::from_secs(120),
-            Duration::from_secs(3600),
-            100,
-            1000,
-            Arc::new(crate::adapters::memory::RecordingFanout::default()),
-        ))));
+        let ingestor = ingestor.with_recovery(Some(test_recovery()));
         ingestor
             .read_back
             .insert(topics::TICKER_EVENTS, 0, ReadBack { next: 8, live: 10 });
@@ -822,14 +820,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partition_ending_in_records_not_delivered_finishes_the_read_back() {
-        let recovery = Arc::new(crate::app::recovery::Recovery::new(
-            b"0123456789abcdef0123456789abcdef".to_vec(),
-            Duration::from_secs(120),
-            Duration::from_secs(3600),
-            100,
-            1000,
-            Arc::new(crate::adapters::memory::RecordingFanout::default()),
-        ));
+        let recovery = test_recovery();
         let (ingestor, _fanout, stop) = recording_ingestor(
             crate::adapters::memory::MemoryBus::new(),
             Duration::from_secs(3600),
