@@ -302,8 +302,13 @@ impl ClientRequests for ClientService {
         let city = intent.city().to_owned();
         let city = city.as_str();
         let found = self.weather.on_join(city).await;
-        if let Found::Fresh(payload) = &found {
+        if let Found::Fresh(found) = &found {
+            // Under the gate, the newest result recorded: one emitted to the room since the
+            // lookup must not be followed by this older one.
+            let _reading = self.local.reading().await;
+            let payload = self.weather.fresh(city);
             let event = topics::weather_event(city);
+            let payload = payload.as_ref().unwrap_or(found);
             self.reply(who, &event, payload, "weather", "fresh").await;
         }
         match intent.forward {
@@ -490,6 +495,52 @@ mod tests {
             &limits,
         );
         svc.snapshot_request(&who(), SnapshotRequest::News).await;
+        assert!(
+            local.publishing().now_or_never().is_some(),
+            "the gate is let go"
+        );
+    }
+
+    /// A join's fresh weather reply is pushed under the gate, with the newest result
+    /// recorded: a newer one waits to be recorded and emitted until the push is done (D23).
+    #[tokio::test]
+    async fn a_fresh_weather_reply_is_pushed_before_a_newer_result_can_be_published() {
+        let local = Arc::new(LocalSnapshots::default());
+        let limits = LimitSettings::default();
+        let cache = Arc::new(MemoryCache::default());
+        let weather = Arc::new(WeatherDesk::new(cache.clone(), &limits));
+        weather.record(&crate::domain::weather::WeatherResult {
+            city: "Pune".into(),
+            latest: Some(Payload::new(&json!({"data": {"city": "Pune"}}))),
+        });
+        let mut fanout = crate::ports::client_fanout::MockClientFanout::new();
+        fanout.expect_rooms_of().returning(|_| Ok(Vec::new()));
+        fanout.expect_join().returning(|_, _| Ok(()));
+        fanout
+            .expect_to_socket()
+            .withf(|_, event, _, _| event == "weather.Pune.update")
+            .times(1)
+            .returning({
+                let local = local.clone();
+                move |_, _, payload, _| {
+                    assert_eq!(payload.to_value()["data"]["city"], "Pune");
+                    assert!(
+                        local.publishing().now_or_never().is_none(),
+                        "a newer result waits for the push"
+                    );
+                    Ok(())
+                }
+            });
+        let svc = ClientService::new(
+            local.clone(),
+            cache,
+            Arc::new(MockCommandSink::new()),
+            Arc::new(fanout),
+            Arc::new(Health::new()),
+            weather,
+            &limits,
+        );
+        svc.location_update(&who(), Some(&pune())).await;
         assert!(
             local.publishing().now_or_never().is_some(),
             "the gate is let go"

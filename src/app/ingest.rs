@@ -450,6 +450,33 @@ mod tests {
         stop.cancel();
     }
 
+    /// A city's weather result is emitted under the same gate: a join's weather reply is
+    /// pushed before it or reads it (D23).
+    #[tokio::test]
+    async fn a_weather_result_is_emitted_under_the_gate_of_the_join_replies() {
+        let local = Arc::new(LocalSnapshots::default());
+        let mut fanout = MockClientFanout::new();
+        fanout.expect_to_room().times(1).returning({
+            let local = local.clone();
+            move |room, _, _, _| {
+                assert_eq!(room, "weather.Pune");
+                assert!(
+                    local.reading().now_or_never().is_none(),
+                    "a join's reply waits for the end of the emit"
+                );
+                Ok(())
+            }
+        });
+        let mut cache = MockSnapshotCache::new();
+        cache.expect_set().returning(|_, _, _| Ok(()));
+        let (ingestor, stop) = ingestor_with(fanout, cache, local.clone());
+        let result = include_str!("../../fixtures/weather.service.event.updated.json");
+        ingestor
+            .handle(&[record(topics::WEATHER_EVENTS, result)], false)
+            .await;
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn a_rejected_record_emits_nothing_and_writes_nothing() {
         let mut fanout = MockClientFanout::new();

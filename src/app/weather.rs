@@ -69,6 +69,18 @@ impl WeatherDesk {
         }
     }
 
+    /// The city's fresh result in the process's own view, if any: what a join's reply sends,
+    /// read again under the snapshot gate ([`LocalSnapshots::reading`]) just before the push,
+    /// since a newer result may have been recorded and emitted since [`on_join`](Self::on_join).
+    ///
+    /// [`LocalSnapshots::reading`]: super::snapshots::LocalSnapshots::reading
+    pub fn fresh(&self, city: &str) -> Option<Payload> {
+        match self.lock().gate(city, now()) {
+            Gate::Fresh(payload) => Some(payload),
+            Gate::InFlight | Gate::Stale | Gate::Unknown => None,
+        }
+    }
+
     /// Claims the city's one outstanding command; `Some(claim)` when the caller may send it.
     pub fn claim(&self, city: &str) -> Option<Instant> {
         let at = now();

@@ -85,25 +85,24 @@ impl Ingestor {
             if history {
                 continue;
             }
-            // A weather result is recorded before its room emit: a socket that joins meanwhile
-            // may get it twice (at once and from the room), never miss it (D23).
+            // A snapshot or a city's weather result is stored before its room emit, under the
+            // gate that orders it with the replies reading them: a socket that joins meanwhile
+            // gets it from its hydration (or its join's weather reply) or from the room, maybe
+            // both, never the older one last (D4, D23). The cache writes happen in the
+            // background and never delay the emit.
+            let _publishing = if delivery.snapshot.is_some() || delivery.weather.is_some() {
+                Some(self.snapshots.publishing().await)
+            } else {
+                None
+            };
             if let Some(result) = &delivery.weather
                 && let Some(value) = self.weather.record(result)
             {
                 self.snapshots.submit_weather(&result.city, value);
             }
-            // A snapshot is stored before its room emit, under the gate that orders it with
-            // the replies reading it: a socket that joins meanwhile gets it from its hydration
-            // or from the room, maybe both, never the older one last. The cache write happens
-            // in the background and never delays the emit.
-            let _publishing = match delivery.snapshot {
-                Some(write) => {
-                    let gate = self.snapshots.publishing().await;
-                    self.snapshots.submit(write, record.timestamp);
-                    Some(gate)
-                }
-                None => None,
-            };
+            if let Some(write) = delivery.snapshot {
+                self.snapshots.submit(write, record.timestamp);
+            }
             for (i, emit) in delivery.emits.iter().enumerate() {
                 let offset = offsets.as_ref().and_then(|o| o.get(i));
                 let options = EmitOptions {
