@@ -428,6 +428,28 @@ mod tests {
         (svc, fanout)
     }
 
+    /// A service on `local`, `cache`, `fanout` and `weather` that sends no command (Kafka not
+    /// consuming, and a sink that expects none).
+    fn quiet_service(
+        local: Arc<LocalSnapshots>,
+        cache: Arc<MemoryCache>,
+        fanout: crate::ports::client_fanout::MockClientFanout,
+        weather: Arc<WeatherDesk>,
+    ) -> ClientService {
+        let limits = LimitSettings::default();
+        let sink = Arc::new(MockCommandSink::new());
+        let health = Arc::new(Health::new());
+        ClientService::new(
+            local,
+            cache,
+            sink,
+            Arc::new(fanout),
+            health,
+            weather,
+            &limits,
+        )
+    }
+
     #[tokio::test]
     async fn a_cache_error_skips_hydration_but_rooms_and_the_command_still_happen() {
         let mut cache = MockSnapshotCache::new();
@@ -485,15 +507,8 @@ mod tests {
         });
         let limits = LimitSettings::default();
         let cache = Arc::new(MemoryCache::default());
-        let svc = ClientService::new(
-            local.clone(),
-            cache.clone(),
-            Arc::new(MockCommandSink::new()),
-            Arc::new(fanout),
-            Arc::new(Health::new()),
-            Arc::new(WeatherDesk::new(cache, &limits)),
-            &limits,
-        );
+        let weather = Arc::new(WeatherDesk::new(cache.clone(), &limits));
+        let svc = quiet_service(local.clone(), cache, fanout, weather);
         svc.snapshot_request(&who(), SnapshotRequest::News).await;
         assert!(
             local.publishing().now_or_never().is_some(),
@@ -531,15 +546,7 @@ mod tests {
                     Ok(())
                 }
             });
-        let svc = ClientService::new(
-            local.clone(),
-            cache,
-            Arc::new(MockCommandSink::new()),
-            Arc::new(fanout),
-            Arc::new(Health::new()),
-            weather,
-            &limits,
-        );
+        let svc = quiet_service(local.clone(), cache, fanout, weather);
         svc.location_update(&who(), Some(&pune())).await;
         assert!(
             local.publishing().now_or_never().is_some(),
