@@ -123,7 +123,7 @@ impl ClientService {
     /// counts as a miss. Read before the gate: the cache may take its timeout.
     async fn cached_snapshot(&self, request: SnapshotRequest) -> Cached {
         let key = request.snapshot().key;
-        if self.local.get(key).is_some() {
+        if self.local.holds(key) {
             return ("local", None);
         }
         match self.cache.get(key).await {

@@ -104,6 +104,13 @@ impl LocalSnapshots {
         (Instant::now() < entry.expires).then(|| entry.value.clone())
     }
 
+    /// Whether a snapshot is held under `key` and has not expired (nothing copied).
+    pub fn holds(&self, key: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|entry| Instant::now() < entry.expires)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
