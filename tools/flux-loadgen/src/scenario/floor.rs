@@ -313,6 +313,17 @@ fn write_tasks(
             .enable_all()
             .build()?
     };
+    // Workers start on their own threads after `build` returns: wait for both to register,
+    // or the driver, scheduled on the first, may see only itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tids.lock().unwrap_or_else(|e| e.into_inner()).len() < 2 {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other(
+                "the runtime's 2 worker threads did not start within 5 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let payload: Arc<[u8]> = payload.into();
     let args = args.clone();
     let write_calls = Arc::new(AtomicU64::new(0));
