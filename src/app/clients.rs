@@ -228,6 +228,10 @@ impl ClientService {
                 Ok(())
             }
             Err(e) => {
+                // Only brokers that cannot be reached mark the producer down (D33): a refusal
+                // is the brokers' verdict, which every replica gets; readiness dropping on
+                // every replica would take the fan-out down too, and the probe, which reaches
+                // the brokers, would mark the producer up again at once.
                 if matches!(e, CommandSinkError::Unavailable(_)) {
                     self.health.set_producing(false);
                 }
@@ -743,6 +747,32 @@ mod tests {
         let got = fanout.delivered();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].payload.to_value()["status"], "loading");
+    }
+
+    #[tokio::test]
+    async fn a_command_the_brokers_refuse_fails_and_leaves_the_producer_up() {
+        let mut sink = MockCommandSink::new();
+        let mut answers = [true, false].into_iter();
+        sink.expect_send().times(2).returning(move |_| {
+            if answers.next() == Some(true) {
+                Ok(())
+            } else {
+                Err(CommandSinkError::Rejected("NotEnoughReplicas".into()))
+            }
+        });
+        let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
+        let news = || commands::refresh(Refresh::News, Reason::RefreshCache, SystemTime::now());
+        svc.send(news()).await.expect("accepted");
+        assert!(svc.health.ready());
+
+        let refused = svc.send(news()).await;
+
+        assert!(matches!(refused, Err(CommandSinkError::Rejected(_))));
+        assert!(svc.health.producing(), "the brokers answered: not down");
+        assert!(
+            svc.health.ready(),
+            "a refusal does not take the replica out"
+        );
     }
 
     #[tokio::test(start_paused = true)]

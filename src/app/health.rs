@@ -1,5 +1,5 @@
 //! What `/readyz` and the degraded-mode flags report: whether the event consumers run and
-//! whether the command producer works.
+//! whether the command producer reaches a broker (D33: a broker refusing commands is not down).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,10 +6,13 @@ use crate::domain::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandSinkError {
-    /// The broker cannot be reached; nothing was written.
+    /// No broker could be reached (or none answered in time); nothing was written. The
+    /// producer counts as down until [`CommandSink::probe`] reaches a broker again.
     #[error("command sink unavailable: {0}")]
     Unavailable(String),
-    /// The broker refused the message (too large, unknown topic, …).
+    /// A broker answered and refused the message: at once (too large, not authorised, …) or
+    /// every time until the send's deadline (too few in-sync replicas, no leader, unknown
+    /// topic). The brokers can be reached; the cause is theirs, shared by every replica.
     #[error("command rejected: {0}")]
     Rejected(String),
 }
@@ -26,8 +29,9 @@ pub trait CommandSink: Send + Sync {
     /// - A send that returned `Ok` MUST NOT be lost.
     ///
     /// # Errors
-    /// - [`CommandSinkError::Unavailable`] when the broker cannot be reached (retryable).
-    /// - [`CommandSinkError::Rejected`] when the broker refused the message.
+    /// - [`CommandSinkError::Unavailable`] when no broker can be reached (retryable).
+    /// - [`CommandSinkError::Rejected`] when a broker refused the message, at once or until
+    ///   the deadline.
     async fn send(&self, command: Command) -> Result<(), CommandSinkError>;
 
     /// Whether the broker answers now, without sending anything: how a producer marked down

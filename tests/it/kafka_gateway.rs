@@ -331,6 +331,77 @@ fn start_up_with_no_reachable_broker_exits_1_within_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_command_topic_the_broker_refuses_fails_its_commands_and_leaves_the_replica_ready() {
+    let broker = KafkaBroker::start().await;
+    let mut follower = broker.start_follower().await;
+    // Two replicas and min.insync.replicas=2: with the follower gone, the broker answers
+    // everything but refuses every produce to this topic (acks=all) with NOT_ENOUGH_REPLICAS,
+    // as it would to every replica of the gateway.
+    broker
+        .topics(&[
+            "--create",
+            "--topic",
+            WEATHER_FETCH,
+            "--replica-assignment",
+            "1:2",
+            "--config",
+            "min.insync.replicas=2",
+        ])
+        .await;
+    // A clean shutdown: the controller fences the follower at once, so the topics the
+    // gateway creates land on the leader.
+    follower.stop(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.in_sync(WEATHER_FETCH).await != "1" {
+        assert!(Instant::now() < deadline, "the ISR never shrank");
+    }
+    let app = gateway(&broker.bootstrap(), "bff-refused").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.readyz().await != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = TestClient::connect(&app, Some("refused-user")).await;
+
+    // Act: the weather command is refused for send_timeout (3 s).
+    c.emit("userLocationUpdate", pune()).await;
+
+    let failed = |m: &str| counter(m, "flux_commands_failed_total", &[WEATHER_FETCH]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while failed(&app.metrics().await) < 1.0 {
+        assert_eq!(
+            app.readyz().await,
+            200,
+            "ready while the command is retried"
+        );
+        if Instant::now() > deadline {
+            panic!("the weather command never failed: {}", app.metrics().await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the producer probe's period (2 s): a producer marked down would have shown here.
+    for _ in 0..25 {
+        assert_eq!(app.readyz().await, 200, "ready after the refusal (D33)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "flux_kafka_produce_errors_total",
+            &[WEATHER_FETCH, "reason=\"rejected\""]
+        ),
+        1.0,
+        "counted as the broker's refusal"
+    );
+    assert_eq!(
+        counter(&metrics, "flux_degraded", &["kafka_producer"]),
+        0.0,
+        "the producer is not degraded: the brokers answer"
+    );
+}
+
+#[tokio::test]
 async fn flux_sim_plays_the_domain_services_over_kafka() {
     let broker = KafkaBroker::start().await;
     let mut sim = Command::new(env!("CARGO_BIN_EXE_flux-sim"))

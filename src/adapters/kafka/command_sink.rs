@@ -209,8 +209,12 @@ impl CommandSink for KafkaCommandSink {
         };
         let mut pause = FIRST_RETRY;
         loop {
-            let reason = match tokio::time::timeout_at(deadline, self.attempt(&command, &record))
-                .await
+            // Whether the broker answered the last attempt: what the failure is, if it lasts.
+            let (reason, answered) = match tokio::time::timeout_at(
+                deadline,
+                self.attempt(&command, &record),
+            )
+            .await
             {
                 Ok(Ok(())) => {
                     metrics::counter!(KAFKA_RECORDS_PRODUCED, "topic" => topic).increment(1);
@@ -219,21 +223,31 @@ impl CommandSink for KafkaCommandSink {
                 // A broker verdict is final; transport trouble and stale metadata are not.
                 Ok(Err(Trouble::Refused(reason))) => {
                     metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic" => topic.clone(), "reason" => "rejected")
-                        .increment(1);
+                            .increment(1);
                     return Err(CommandSinkError::Rejected(reason));
                 }
-                Ok(Err(Trouble::Unavailable(reason))) => reason,
-                Ok(Err(Trouble::UnknownTopic(_))) => format!("{topic}: unknown topic or partition"),
-                Err(_) => "no acknowledgement in time".to_owned(),
+                Ok(Err(Trouble::Unavailable(reason))) => (reason, false),
+                Ok(Err(Trouble::Busy(reason))) => (reason, true),
+                Ok(Err(Trouble::UnknownTopic(_))) => {
+                    (format!("{topic}: unknown topic or partition"), true)
+                }
+                Err(_) => ("no acknowledgement in time".to_owned(), false),
             };
             self.forget(&topic);
             if Instant::now() + pause >= deadline {
-                metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic" => topic.clone(), "reason" => "unavailable")
+                let within = humantime_serde::re::humantime::format_duration(settings.send_timeout);
+                // A broker that kept answering with an error refused the command: the brokers
+                // can be reached (readiness stays, D33), and the cause is the broker's.
+                let (label, error) = if answered {
+                    let error = format!("{topic}: refused by the broker for {within}: {reason}");
+                    ("rejected", CommandSinkError::Rejected(error))
+                } else {
+                    let error = format!("{topic}: not acknowledged within {within}: {reason}");
+                    ("unavailable", CommandSinkError::Unavailable(error))
+                };
+                metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic" => topic.clone(), "reason" => label)
                     .increment(1);
-                return Err(CommandSinkError::Unavailable(format!(
-                    "{topic}: not acknowledged within {}: {reason}",
-                    humantime_serde::re::humantime::format_duration(settings.send_timeout)
-                )));
+                return Err(error);
             }
             tracing::debug!(%reason, retry_in = ?pause, "command send failed, retrying with the same idempotency key");
             metrics::counter!(KAFKA_PRODUCE_RETRIES, "topic" => topic.clone()).increment(1);

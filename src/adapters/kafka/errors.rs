@@ -27,6 +27,9 @@ pub enum KafkaError {
 pub(crate) enum Trouble {
     /// No broker answers, or the connection broke: worth retrying later.
     Unavailable(String),
+    /// A broker answered, with an error that may pass (no leader elected yet, too few
+    /// in-sync replicas, …): worth retrying, but the brokers can be reached.
+    Busy(String),
     /// The topic (or partition) does not exist.
     UnknownTopic(String),
     /// A verdict of the broker, or anything else retrying will not fix.
@@ -43,6 +46,9 @@ impl Trouble {
             RsError::Timeout => Self::Unavailable(format!(
                 "{topic}: no answer from the broker in time (kafka.request_timeout)"
             )),
+            e @ RsError::ServerError { .. } if is_connection_error(e) => {
+                Self::Busy(format!("{topic}: {e}"))
+            }
             e if is_connection_error(e) => Self::Unavailable(format!("{topic}: {e}")),
             e => Self::Refused(format!("{topic}: {e}")),
         }

@@ -676,7 +676,7 @@ async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsEr
 
 fn to_source_error(topic: &str, partition: i32, error: &RsError) -> EventSourceError {
     match Trouble::from_rskafka(topic, error) {
-        Trouble::Unavailable(m) => {
+        Trouble::Unavailable(m) | Trouble::Busy(m) => {
             EventSourceError::Unavailable(format!("{m} (partition {partition})"))
         }
         Trouble::Refused(m) => EventSourceError::Other(format!("{m} (partition {partition})")),
@@ -686,7 +686,7 @@ fn to_source_error(topic: &str, partition: i32, error: &RsError) -> EventSourceE
 
 fn to_port_error(trouble: Trouble) -> EventSourceError {
     match trouble {
-        Trouble::Unavailable(m) => EventSourceError::Unavailable(m),
+        Trouble::Unavailable(m) | Trouble::Busy(m) => EventSourceError::Unavailable(m),
         Trouble::UnknownTopic(t) => EventSourceError::UnknownTopic(t),
         Trouble::Refused(m) => EventSourceError::Other(m),
     }

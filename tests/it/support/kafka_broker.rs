@@ -252,6 +252,16 @@ impl KafkaBroker {
         self.tool("org.apache.kafka.tools.TopicCommand", all).await
     }
 
+    /// The in-sync replicas of partition 0 of `topic`, as Kafka's kafka-topics describes them.
+    pub async fn in_sync(&self, topic: &str) -> String {
+        let text = self.topics(&["--describe", "--topic", topic]).await;
+        text.split("Isr: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no Isr in {text}"))
+            .to_owned()
+    }
+
     /// Starts one of Kafka's tools (`scripts/kafka.sh tool CLASS ARGS`) and returns at once,
     /// its output discarded: for a producer the test kills mid-transaction.
     pub fn spawn_tool(&self, class: &str, args: &[&str]) -> Child {
