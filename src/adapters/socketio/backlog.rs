@@ -50,7 +50,7 @@ struct Backlog {
     /// Replies and snapshots, in order; never conflated.
     urgent: VecDeque<Pending>,
     /// Conflatable messages, the latest per key, in first-arrival order.
-    latest: Vec<Pending>,
+    latest: VecDeque<Pending>,
     /// The socket's rooms when it began lagging, refreshed by the drainer: a broadcast
     /// finds the lagging sockets of its room here, without a lookup per socket.
     rooms: Vec<String>,
@@ -67,11 +67,11 @@ impl Backlog {
             self.urgent.pop_front();
             sent += 1;
         }
-        while let Some(next) = self.latest.first() {
+        while let Some(next) = self.latest.front() {
             if !send(next) {
                 return Drained { sent, empty: false };
             }
-            self.latest.remove(0);
+            self.latest.pop_front();
             sent += 1;
         }
         Drained { sent, empty: true }
@@ -99,7 +99,7 @@ impl Backlog {
             return Pushed::Overflow;
         }
         self.latest
-            .push(Pending::latest(event, payload, key, offset));
+            .push_back(Pending::latest(event, payload, key, offset));
         Pushed::Queued
     }
 }
