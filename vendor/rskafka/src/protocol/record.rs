@@ -696,16 +696,14 @@ where
             }
             #[cfg(feature = "compression-lz4")]
             RecordBatchCompression::Lz4 => {
-                use lz4::Decoder;
+                // flux-bff: lz4_flex (pure Rust) instead of the lz4 crate's C library.
+                use lz4_flex::frame::FrameDecoder;
 
-                let mut decoder = Decoder::new(reader)?;
+                let mut decoder = FrameDecoder::new(reader);
                 let records = Self::read_records(&mut decoder, is_control, n_records)?;
 
-                // the lz4 decoder requires us to consume the whole inner stream until we reach EOF
+                // the whole frame must be consumed: its end mark (and checksum) read
                 ensure_eof(&mut decoder, "Data left in LZ4 block")?;
-
-                let (_reader, res) = decoder.finish();
-                res?;
 
                 records
             }
@@ -775,12 +773,16 @@ where
             }
             #[cfg(feature = "compression-zstd")]
             RecordBatchCompression::Zstd => {
-                use zstd::Decoder;
+                // flux-bff: ruzstd (pure Rust) instead of the zstd crate's C library.
+                use ruzstd::decoding::StreamingDecoder;
 
-                let mut decoder = Decoder::new(reader)?;
+                let mut decoder =
+                    StreamingDecoder::new(reader).map_err(|e| ReadError::Malformed(Box::new(e)))?;
                 let records = Self::read_records(&mut decoder, is_control, n_records)?;
 
                 ensure_eof(&mut decoder, "Data left in zstd block")?;
+                // the decoder reads one frame: nothing may follow it
+                ensure_eof(decoder.get_mut(), "Data left after the zstd frame")?;
 
                 records
             }
@@ -931,17 +933,19 @@ where
             }
             #[cfg(feature = "compression-lz4")]
             RecordBatchCompression::Lz4 => {
-                use lz4::{EncoderBuilder, liblz4::BlockMode};
+                use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
 
-                let mut encoder = EncoderBuilder::new()
-                    .block_mode(
+                let mut encoder = FrameEncoder::with_frame_info(
+                    FrameInfo::new().block_mode(
                         // the only one supported by Kafka
                         BlockMode::Independent,
-                    )
-                    .build(writer)?;
+                    ),
+                    writer,
+                );
                 Self::write_records(&mut encoder, self.records)?;
-                let (_writer, res) = encoder.finish();
-                res?;
+                encoder
+                    .finish()
+                    .map_err(|e| WriteError::Malformed(Box::new(e)))?;
             }
             #[cfg(feature = "compression-snappy")]
             RecordBatchCompression::Snappy => {
@@ -960,11 +964,15 @@ where
             }
             #[cfg(feature = "compression-zstd")]
             RecordBatchCompression::Zstd => {
-                use zstd::Encoder;
+                use ruzstd::encoding::{CompressionLevel, compress_to_vec};
 
-                let mut encoder = Encoder::new(writer, 0)?;
-                Self::write_records(&mut encoder, self.records)?;
-                encoder.finish()?;
+                // ruzstd's encoder has no error path for its sink: compress into memory.
+                let mut input = vec![];
+                Self::write_records(&mut input, self.records)?;
+                writer.write_all(&compress_to_vec(
+                    input.as_slice(),
+                    CompressionLevel::Fastest,
+                ))?;
             }
             #[allow(unreachable_patterns)]
             _ => {
