@@ -52,6 +52,10 @@ impl Default for AuthSettings {
     }
 }
 
+/// Largest `auth.leeway`: clock skew between the token issuer and the gateway, which a
+/// longer value would turn into a longer life for every token.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
 /// Shortest HS256 secret: RFC 7518 §3.2 wants a key at least as long as the hash (256 bits).
 pub const MIN_HS256_SECRET: usize = 32;
 
@@ -68,6 +72,13 @@ impl TokenVerifier {
     /// Names the key, the file and the fix: unreadable file, a secret too short, a key that
     /// does not fit the algorithm, issuer or audience given without a key.
     pub fn from_settings(s: &AuthSettings) -> anyhow::Result<Option<Self>> {
+        if s.leeway > MAX_LEEWAY {
+            anyhow::bail!(
+                "auth.leeway: must be at most {} (clock skew, not a token's life), got {}",
+                humantime_serde::re::humantime::format_duration(MAX_LEEWAY),
+                humantime_serde::re::humantime::format_duration(s.leeway)
+            );
+        }
         for (key, value) in [
             ("jwt_issuer", &s.jwt_issuer),
             ("jwt_audience", &s.jwt_audience),

@@ -92,6 +92,7 @@ impl Settings {
         problems.extend(self.recovery.problems());
         problems.extend(self.http.problems());
         problems.extend(self.limits.problems());
+        problems.extend(self.lifecycle.problems());
         if let Err(e) = TokenVerifier::from_settings(&self.auth) {
             problems.push(e.to_string());
         }
@@ -123,6 +124,37 @@ impl Default for LifecycleSettings {
     }
 }
 
+impl LifecycleSettings {
+    /// What is wrong with these settings, one line per problem naming the key.
+    fn problems(&self) -> Vec<String> {
+        [
+            // Zero would exit at once, skip the producer's flush, or retry in a busy loop.
+            (
+                "startup_deadline",
+                self.startup_deadline,
+                Duration::from_secs(1),
+            ),
+            (
+                "shutdown_deadline",
+                self.shutdown_deadline,
+                Duration::from_secs(1),
+            ),
+            ("max_backoff", self.max_backoff, Duration::from_millis(100)),
+        ]
+        .into_iter()
+        .filter(|(_, value, least)| value < least)
+        .map(|(key, value, least)| {
+            let show = humantime_serde::re::humantime::format_duration;
+            format!(
+                "lifecycle.{key}: must be at least {}, got {}",
+                show(least),
+                show(value)
+            )
+        })
+        .collect()
+    }
+}
+
 /// The loaded configuration: the gateway's settings plus the merged sources, from which each
 /// adapter reads its own section.
 #[derive(Clone, Debug)]
@@ -146,6 +178,7 @@ impl Config {
     /// # Errors
     /// As for [`Config::load`].
     pub fn from_parts(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        empty_broker_variables(env)?;
         let mut figment = Figment::new();
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
@@ -412,6 +445,30 @@ fn source_name(metadata: Option<&figment::Metadata>, key: &str, none: &str) -> S
     }
 }
 
+/// Refuses a broker variable that is set but names no broker. Unset, the gateway runs
+/// embedded (simulated data); set empty it is a deployment's slip (a template that rendered
+/// nothing), which must not serve simulated prices, nor write them into a shared Valkey. The
+/// original refused to start without a broker address.
+fn empty_broker_variables(env: &[(String, String)]) -> anyhow::Result<()> {
+    for name in ["KAFKA_BROKER_ADDRESS", "FLUX_KAFKA__BROKERS"] {
+        let Some((_, value)) = env.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let names_one = value
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .any(|broker| !broker.trim().trim_matches(['"', '\'']).trim().is_empty());
+        if !names_one {
+            anyhow::bail!(
+                "invalid configuration: {name} is set but names no broker ({value:?}): give the brokers as host:port[,host:port], or unset it to run embedded with simulated data"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Maps the original Node service's variables onto our keys (D21).
 fn legacy_env(env: &[(String, String)]) -> anyhow::Result<Value> {
     let get = |k: &str| {
@@ -490,6 +547,81 @@ mod tests {
             let c = Config::from_parts(None, &[]).unwrap();
             assert_eq!(c.settings, Settings::default());
             assert!(!c.is_set("kafka.brokers"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_broker_variable_set_empty_is_refused_not_taken_for_embedded_mode() {
+        for (name, value) in [
+            ("KAFKA_BROKER_ADDRESS", ""),
+            ("KAFKA_BROKER_ADDRESS", " , "),
+            ("FLUX_KAFKA__BROKERS", ""),
+            ("FLUX_KAFKA__BROKERS", "[]"),
+            ("FLUX_KAFKA__BROKERS", "[\"\"]"),
+        ] {
+            let err = Config::from_parts(None, &env(&[(name, value), ("VALKEY_HOST", "v")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{name}={value:?}: {err}");
+            assert!(err.contains("names no broker"), "{err}");
+        }
+        // Jail serialises the tests that read the process environment.
+        figment::Jail::expect_with(|_| {
+            let c = Config::from_parts(None, &env(&[("KAFKA_BROKER_ADDRESS", "k:9092,")]))
+                .map_err(|e| e.to_string())?;
+            assert!(c.is_set("kafka.brokers"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn values_that_would_break_every_connection_or_the_shutdown_are_refused() {
+        for (name, value, key) in [
+            ("FLUX_SOCKETIO__MAX_BUFFER", "0", "socketio.max_buffer"),
+            ("FLUX_SOCKETIO__MAX_BACKLOG", "0", "socketio.max_backlog"),
+            (
+                "FLUX_SOCKETIO__MAX_EVENT_NAME",
+                "10",
+                "socketio.max_event_name",
+            ),
+            (
+                "FLUX_SOCKETIO__PING_INTERVAL",
+                "0s",
+                "socketio.ping_interval",
+            ),
+            ("FLUX_SOCKETIO__PING_TIMEOUT", "0s", "socketio.ping_timeout"),
+            (
+                "FLUX_SOCKETIO__CONNECT_TIMEOUT",
+                "0s",
+                "socketio.connect_timeout",
+            ),
+            (
+                "FLUX_LIFECYCLE__SHUTDOWN_DEADLINE",
+                "0s",
+                "lifecycle.shutdown_deadline",
+            ),
+            (
+                "FLUX_LIFECYCLE__STARTUP_DEADLINE",
+                "0s",
+                "lifecycle.startup_deadline",
+            ),
+            ("FLUX_LIFECYCLE__MAX_BACKOFF", "0s", "lifecycle.max_backoff"),
+            ("FLUX_AUTH__LEEWAY", "10y", "auth.leeway"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(name, value);
+                let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+                assert!(err.contains(key), "{name}={value}: {err}");
+                Ok(())
+            });
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_SOCKETIO__MAX_EVENT_NAME", "25");
+            jail.set_env("FLUX_SOCKETIO__MAX_BUFFER", "1");
+            jail.set_env("FLUX_LIFECYCLE__MAX_BACKOFF", "100ms");
+            jail.set_env("FLUX_AUTH__LEEWAY", "5m");
+            Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

@@ -67,6 +67,29 @@ pub const REQ_STOCKS: &str = "stockTopPerformersRequest";
 pub const REQ_NEWS: &str = "topNewsRequest";
 pub const REQ_USER_ID: &str = "getUserId";
 
+/// Every event a client of the contract sends.
+pub const CLIENT_EVENTS: [&str; 6] = [
+    REQ_LOCATION,
+    REQ_MOVERS,
+    REQ_TOPCOINS,
+    REQ_STOCKS,
+    REQ_NEWS,
+    REQ_USER_ID,
+];
+
+/// Length in bytes of the longest of [`CLIENT_EVENTS`].
+pub const LONGEST_CLIENT_EVENT: usize = {
+    let mut longest = 0;
+    let mut i = 0;
+    while i < CLIENT_EVENTS.len() {
+        if CLIENT_EVENTS[i].len() > longest {
+            longest = CLIENT_EVENTS[i].len();
+        }
+        i += 1;
+    }
+    longest
+};
+
 /// A cached snapshot: its key (relative to the cache prefix) and time to live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotKey {

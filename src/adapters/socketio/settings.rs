@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::topics::LONGEST_CLIENT_EVENT;
+
 /// Smallest Engine.IO message compressed when permessage-deflate is on, in bytes. Every
 /// event of the contract is larger (a ticker about 450–560 bytes, which deflate without
 /// context shrinks by about 37 %; weather about 500; snapshots 1.6–8 KB, 59–75 %), and every
@@ -92,6 +94,33 @@ impl SocketIoSettings {
         if self.rate_per_second == 0 || self.burst == 0 {
             problems
                 .push("socketio.rate_per_second and socketio.burst: must be at least 1".to_owned());
+        }
+        // Zero would panic every session (a queue of no packets), or close every socket.
+        for (key, value) in [
+            ("max_buffer", self.max_buffer),
+            ("max_backlog", self.max_backlog),
+        ] {
+            if value == 0 {
+                problems.push(format!("socketio.{key}: must be at least 1"));
+            }
+        }
+        if self.max_event_name < LONGEST_CLIENT_EVENT {
+            problems.push(format!(
+                "socketio.max_event_name: must be at least {LONGEST_CLIENT_EVENT} bytes (the longest client event of the contract), got {}",
+                self.max_event_name
+            ));
+        }
+        for (key, value) in [
+            ("ping_interval", self.ping_interval),
+            ("ping_timeout", self.ping_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                problems.push(format!(
+                    "socketio.{key}: must be at least 100ms, got {}",
+                    humantime_serde::re::humantime::format_duration(value)
+                ));
+            }
         }
         problems
     }
