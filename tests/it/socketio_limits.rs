@@ -164,6 +164,15 @@ async fn polling_handshakes_beyond_max_polling_sessions_are_refused_websockets_a
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Every spelling engineioxide takes for a polling handshake is refused too.
+    for target in [
+        "/socket.io?EIO=4&transport=polling",
+        "/socket.io/?EIO=4&transport=polling=x",
+        "/socket.io/?transport=polling&EIO=4&transport=websocket",
+    ] {
+        let (status, body) = http_get(&app, target).await;
+        assert_eq!(status, 503, "{target}: {body}");
+    }
     let ws = TestClient::connect(&app, Some("on-websocket")).await;
     ws.emit_empty(REQ_TOPCOINS).await;
     assert!(

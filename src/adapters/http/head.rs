@@ -28,10 +28,19 @@ pub fn prepare_head(req: Request) -> Request {
     trim_socketio_head(detach_head(req))
 }
 
+/// Whether Engine.IO serves `path`: `/socket.io` itself or below it, as engineioxide matches
+/// its path (`/socket.io?EIO=4…`, without the slash, opens a session too).
+fn is_socketio_path(path: &str) -> bool {
+    path.strip_prefix("/socket.io")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The transport (`polling`, `websocket`) of a request that opens a new Engine.IO session:
-/// a `/socket.io/` request without `sid` (an upgrade or a poll of a session carries its `sid`).
+/// a Socket.IO request without `sid` (an upgrade or a poll of a session carries its `sid`).
+/// The query is read as engineioxide reads it (the first `transport=` pair, its value up to
+/// a further `=`), so that no spelling opens a session this check does not see.
 pub(super) fn engine_handshake(req: &Request) -> Option<&str> {
-    if !req.uri().path().starts_with("/socket.io/") {
+    if !is_socketio_path(req.uri().path()) {
         return None;
     }
     let query = req.uri().query()?;
@@ -40,7 +49,8 @@ pub(super) fn engine_handshake(req: &Request) -> Option<&str> {
     }
     query
         .split('&')
-        .find_map(|kv| kv.strip_prefix("transport="))
+        .find(|kv| kv.starts_with("transport="))
+        .and_then(|kv| kv.split('=').nth(1))
 }
 
 /// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake
@@ -65,7 +75,7 @@ const SOCKETIO_HEADERS: [header::HeaderName; 10] = [
 /// extensions: 1–2 KB per connection, as much as the rest of an idle socket); only
 /// [`SOCKETIO_HEADERS`] are kept on `/socket.io/` requests.
 pub(super) fn trim_socketio_head(mut req: Request) -> Request {
-    if !req.uri().path().starts_with("/socket.io/") {
+    if !is_socketio_path(req.uri().path()) {
         return req;
     }
     let headers = req.headers_mut();
@@ -135,8 +145,37 @@ mod tests {
             ]
         );
         assert_eq!(req.headers().get_all("x-forwarded-for").iter().count(), 2);
-        // Other routes are untouched.
+        // Other routes are untouched; Engine.IO's path without its slash is trimmed too.
         assert_eq!(trim_socketio_head(browser("/metrics")).headers().len(), 9);
+        assert_eq!(
+            trim_socketio_head(browser("/socket.ioX/")).headers().len(),
+            9
+        );
+        let bare = trim_socketio_head(browser("/socket.io?EIO=4&transport=polling"));
+        assert_eq!(bare.headers().len(), 6);
+    }
+
+    #[test]
+    fn a_handshake_is_recognised_in_every_spelling_engineioxide_accepts() {
+        let transport = |target: &str| {
+            let mut req = Request::new(Body::empty());
+            *req.uri_mut() = target.parse().unwrap();
+            engine_handshake(&req).map(str::to_owned)
+        };
+        for (target, expected) in [
+            ("/socket.io/?EIO=4&transport=polling", Some("polling")),
+            ("/socket.io?EIO=4&transport=polling", Some("polling")),
+            ("/socket.io/?EIO=4&transport=polling=x", Some("polling")),
+            (
+                "/socket.io/?transport=websocket&transport=polling",
+                Some("websocket"),
+            ),
+            ("/socket.io/?EIO=4&transport=polling&sid=abc", None),
+            ("/socket.ioX/?EIO=4&transport=polling", None),
+            ("/metrics?transport=polling", None),
+        ] {
+            assert_eq!(transport(target).as_deref(), expected, "{target}");
+        }
     }
 
     #[test]
