@@ -55,12 +55,16 @@ impl LocalSnapshots {
     /// A snapshot consumed live, produced at `produced_at` (unknown: now): it replaces what is
     /// held, unless that was produced later. After an outage a topic's partitions are read
     /// back in no particular order between them, and a keyless snapshot topic spreads its
-    /// records over all of them: the last one read is not always the newest. Returns whether
+    /// records over all of them: the last one read is not always the newest. A record stamped
+    /// in the future (its producer's clock ahead) counts as produced now, and an expired
+    /// snapshot holds nothing off: neither may keep the next snapshots out. Returns whether
     /// it was kept.
     pub fn put(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
+        let produced_at = produced_at.map(|at| at.min(SystemTime::now()));
         let mut entries = self.lock();
         let newer_held = entries.get(write.key.key).is_some_and(|held| {
-            matches!((held.produced_at, produced_at), (Some(held), Some(this)) if held > this)
+            Instant::now() < held.expires
+                && matches!((held.produced_at, produced_at), (Some(held), Some(this)) if held > this)
         });
         if newer_held {
             return false;
@@ -324,6 +328,31 @@ mod tests {
             Some(t + Duration::from_secs(1))
         ));
         assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":12}"));
+    }
+
+    /// Found by review: a snapshot stamped an hour ahead kept every later one out, even
+    /// after it expired.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_from_a_clock_ahead_or_an_expired_one_keeps_no_later_snapshot_out() {
+        let local = LocalSnapshots::default();
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        assert!(local.put(&write(SNAP_NEWS, "[\"ahead\"]"), Some(ahead)));
+        assert!(
+            local.put(&write(SNAP_NEWS, "[\"next\"]"), Some(SystemTime::now())),
+            "counted as produced when it was read"
+        );
+        assert_eq!(local.get(SNAP_NEWS.key).as_deref(), Some("[\"next\"]"));
+
+        let t = SystemTime::now();
+        assert!(local.put(&write(SNAP_TOPCOINS, "{\"n\":2}"), Some(t)));
+        let older = Some(t - Duration::from_secs(5));
+        assert!(!local.put(&write(SNAP_TOPCOINS, "{\"n\":1}"), older));
+        tokio::time::advance(SNAP_TOPCOINS.ttl).await;
+        assert!(
+            local.put(&write(SNAP_TOPCOINS, "{\"n\":1}"), older),
+            "an expired snapshot is no longer held"
+        );
+        assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":1}"));
     }
 
     #[tokio::test(start_paused = true)]
