@@ -528,10 +528,13 @@ mod tests {
         let limits = LimitSettings::default();
         let cache = Arc::new(MemoryCache::default());
         let weather = Arc::new(WeatherDesk::new(cache.clone(), &limits));
-        weather.record(&crate::domain::weather::WeatherResult {
-            city: "Pune".into(),
-            latest: Some(Payload::new(&json!({"data": {"city": "Pune"}}))),
-        });
+        weather.record(
+            &crate::domain::weather::WeatherResult {
+                city: "Pune".into(),
+                latest: Some(Payload::new(&json!({"data": {"city": "Pune"}}))),
+            },
+            None,
+        );
         let mut fanout = crate::ports::client_fanout::MockClientFanout::new();
         fanout.expect_rooms_of().returning(|_| Ok(Vec::new()));
         fanout.expect_join().returning(|_, _| Ok(()));
@@ -722,10 +725,13 @@ mod tests {
         let (svc, fanout) = service(Arc::new(MemoryCache::default()), sink);
         let payload = Payload::new(&json!({"data": {"city": "Pune"}, "status": "success"}));
         svc.weather
-            .record(&crate::domain::weather::WeatherResult {
-                city: "Pune".into(),
-                latest: Some(payload.clone()),
-            })
+            .record(
+                &crate::domain::weather::WeatherResult {
+                    city: "Pune".into(),
+                    latest: Some(payload.clone()),
+                },
+                None,
+            )
             .unwrap();
         svc.location_update(&who(), Some(&pune())).await;
         let got = fanout.delivered();

@@ -92,14 +92,22 @@ impl WeatherDesk {
         self.lock().release(city, claim);
     }
 
-    /// A consumed result: ends the city's outstanding command and keeps a success result as
-    /// the latest. Returns the value to write to the shared cache, if any.
-    pub fn record(&self, result: &WeatherResult) -> Option<String> {
-        self.lock().record(result, now());
-        result
-            .latest
-            .as_ref()
-            .map(|payload| weather::cache_value(payload, epoch_ms(SystemTime::now())))
+    /// A consumed result, produced at `produced_at` (unknown: now): ends the city's
+    /// outstanding command and keeps a success result as the latest, aged by when it was
+    /// produced (capped at now), unless a newer one is held: a result read from a backlog
+    /// after an outage is as old as it is, not fresh. Returns the value to write to the
+    /// shared cache when it became the latest.
+    pub fn record(
+        &self,
+        result: &WeatherResult,
+        produced_at: Option<SystemTime>,
+    ) -> Option<String> {
+        let wall = SystemTime::now();
+        let produced = produced_at.map_or(wall, |at| at.min(wall));
+        let age = wall.duration_since(produced).unwrap_or_default();
+        let latest = self.lock().record(result, now().checked_sub(age));
+        let payload = result.latest.as_ref().filter(|_| latest)?;
+        Some(weather::cache_value(payload, epoch_ms(produced)))
     }
 
     async fn load(&self, city: &str) -> Option<(Payload, u64)> {
@@ -134,4 +142,50 @@ fn now() -> Instant {
 fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::adapters::memory::MemoryCache;
+
+    fn result(n: u32) -> WeatherResult {
+        WeatherResult {
+            city: "Pune".into(),
+            latest: Some(Payload::new(
+                &json!({"data": {"city": "Pune", "n": n}, "status": "success"}),
+            )),
+        }
+    }
+
+    /// Found by review: after an outage the backlog's results were stamped with the time they
+    /// were read, so a result 20 minutes old was served as fresh (and cached so) and no
+    /// command went out for the city; an older one read after a newer one replaced it.
+    #[tokio::test]
+    async fn a_result_read_late_is_as_old_as_when_it_was_produced() {
+        let desk = WeatherDesk::new(Arc::new(MemoryCache::default()), &LimitSettings::default());
+        let now = SystemTime::now();
+        let long_ago = now - Duration::from_secs(20 * 60);
+        let cached = desk.record(&result(1), Some(long_ago)).expect("the latest");
+        assert_eq!(desk.fresh("Pune"), None, "20 minutes old: not fresh");
+        assert_eq!(desk.on_join("Pune").await, Found::Nothing);
+        assert_eq!(
+            weather::parse_cached("Pune", &cached).map(|(_, at)| at),
+            Some(epoch_ms(long_ago)),
+            "cached with the time it was produced"
+        );
+
+        assert!(
+            desk.record(&result(2), Some(now - Duration::from_secs(5)))
+                .is_some()
+        );
+        assert_eq!(
+            desk.record(&result(3), Some(now - Duration::from_secs(10))),
+            None,
+            "older than the one held: neither kept nor cached"
+        );
+        assert_eq!(desk.fresh("Pune"), result(2).latest);
+    }
 }

@@ -147,15 +147,23 @@ impl WeatherBook {
         }
     }
 
-    /// A result for the city arrived at `at`: the outstanding command is over, and a success
-    /// result becomes the latest.
-    pub fn record(&mut self, result: &WeatherResult, at: Instant) {
+    /// A result for the city, produced at `at` (`None`: longer ago than this clock reaches):
+    /// the outstanding command is over, and a success result becomes the latest unless a
+    /// newer one is held (after an outage the backlog is read late, a keyless topic's
+    /// partitions in no order). Returns whether it became the latest.
+    pub fn record(&mut self, result: &WeatherResult, at: Option<Instant>) -> bool {
         let entry = self
             .cities
             .get_or_insert_mut(result.city.clone(), City::default);
         entry.in_flight = None;
-        if let Some(payload) = &result.latest {
-            entry.latest = Some((payload.clone(), at));
+        match (&result.latest, at) {
+            (Some(payload), Some(at))
+                if entry.latest.as_ref().is_none_or(|(_, held)| *held <= at) =>
+            {
+                entry.latest = Some((payload.clone(), at));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -200,7 +208,7 @@ mod tests {
         assert!(!b.claim("Pune", t0 + Duration::from_secs(1)));
         assert_eq!(b.gate("Pune", t0), Gate::InFlight);
         assert!(b.claim("Agra", t0), "cities are independent");
-        b.record(&success("Pune"), t0 + Duration::from_secs(2));
+        b.record(&success("Pune"), Some(t0 + Duration::from_secs(2)));
         assert!(matches!(
             b.gate("Pune", t0 + Duration::from_secs(3)),
             Gate::Fresh(_)
@@ -212,7 +220,7 @@ mod tests {
         let mut b = book();
         let t0 = Instant::now();
         let result = success("Pune");
-        b.record(&result, t0);
+        b.record(&result, Some(t0));
         assert_eq!(
             b.gate("Pune", t0 + FRESH - Duration::from_millis(1)),
             Gate::Fresh(result.latest.clone().unwrap())
@@ -235,7 +243,7 @@ mod tests {
     fn an_unavailable_result_ends_the_command_and_keeps_the_last_good_result() {
         let mut b = book();
         let t0 = Instant::now();
-        b.record(&success("Pune"), t0);
+        b.record(&success("Pune"), Some(t0));
         let later = t0 + FRESH;
         assert!(b.claim("Pune", later));
         b.record(
@@ -243,7 +251,7 @@ mod tests {
                 city: "Pune".into(),
                 latest: None,
             },
-            later,
+            Some(later),
         );
         assert_eq!(b.gate("Pune", later), Gate::Stale, "not in flight any more");
         let mut fresh = book();
@@ -252,7 +260,7 @@ mod tests {
                 city: "Agra".into(),
                 latest: None,
             },
-            t0,
+            Some(t0),
         );
         assert_eq!(fresh.gate("Agra", t0), Gate::Unknown, "nothing kept");
     }
@@ -274,12 +282,32 @@ mod tests {
         let mut b = book();
         let t0 = Instant::now();
         let newer = success("Pune");
-        b.record(&newer, t0 + Duration::from_secs(10));
+        b.record(&newer, Some(t0 + Duration::from_secs(10)));
         let older = Payload::new(&json!({"data": {"city": "Pune"}, "status": "success"}));
         b.adopt("Pune", older, t0);
         assert_eq!(
             b.gate("Pune", t0 + Duration::from_secs(11)),
             Gate::Fresh(newer.latest.unwrap())
+        );
+    }
+
+    #[test]
+    fn a_result_produced_before_the_held_one_is_not_the_latest() {
+        let mut b = book();
+        let t0 = Instant::now();
+        let newer = success("Pune");
+        assert!(b.record(&newer, Some(t0 + Duration::from_secs(5))));
+        assert!(b.claim("Pune", t0 + FRESH + Duration::from_secs(5)));
+        let older = WeatherResult {
+            city: "Pune".into(),
+            latest: Some(Payload::new(&json!({"data": {"city": "Pune", "t": 0}}))),
+        };
+        assert!(!b.record(&older, Some(t0)));
+        assert!(!b.record(&older, None), "too old for the clock");
+        assert_eq!(
+            b.gate("Pune", t0 + Duration::from_secs(6)),
+            Gate::Fresh(newer.latest.unwrap()),
+            "and any result ends the outstanding command"
         );
     }
 

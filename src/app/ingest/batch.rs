@@ -96,7 +96,7 @@ impl Ingestor {
                 None
             };
             if let Some(result) = &delivery.weather
-                && let Some(value) = self.weather.record(result)
+                && let Some(value) = self.weather.record(result, record.timestamp)
             {
                 self.snapshots.submit_weather(&result.city, value);
             }
