@@ -184,8 +184,14 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(legacy_env(env)?));
-        // FLUX_CONFIG names the file (`--config`), it is not a setting.
-        figment = figment.merge(Env::prefixed("FLUX_").ignore(&["config"]).split("__"));
+        // FLUX_CONFIG names the file (`--config`), it is not a setting. Credentials are taken
+        // verbatim: figment reads every other value as TOML-like data.
+        let mut ignored = vec!["config".to_owned()];
+        ignored.extend(VERBATIM_KEYS.iter().map(|key| key.replace('.', "__")));
+        let ignored: Vec<&str> = ignored.iter().map(String::as_str).collect();
+        figment = figment
+            .merge(Env::prefixed("FLUX_").ignore(&ignored).split("__"))
+            .merge(VerbatimEnv::read());
         let mut config = Self {
             settings: Settings::default(),
             figment,
@@ -428,9 +434,70 @@ fn problem_lines(e: figment::Error, section: &str) -> Vec<String> {
         }
         let key = path.join(".").to_lowercase();
         let source = source_name(err.metadata.as_ref(), &key, "from the defaults");
-        lines.push(format!("{key}: {} ({source})", err.kind));
+        let what = match &err.kind {
+            figment::error::Kind::InvalidType(_, expected)
+            | figment::error::Kind::InvalidValue(_, expected)
+                if VERBATIM_KEYS.contains(&key.as_str()) =>
+            {
+                format!("invalid value (not shown), expected {expected}")
+            }
+            kind => kind.to_string(),
+        };
+        lines.push(format!("{key}: {what} ({source})"));
     }
     lines
+}
+
+/// Keys whose `FLUX_*` variables are taken as the text they hold. figment reads other values
+/// as data, so a password `12345678` was a number (refused, with the password in the error),
+/// `0123` would have lost its zero, and `"x"` its quotes. Their values are never shown in an
+/// error.
+const VERBATIM_KEYS: [&str; 6] = [
+    "valkey.url",
+    "valkey.username",
+    "valkey.password",
+    "kafka.sasl.username",
+    "kafka.sasl.password",
+    "socketio.recovery_secret",
+];
+
+/// The `FLUX_*` variables of [`VERBATIM_KEYS`] in the process environment (where figment's
+/// `Env` reads the others), as strings.
+struct VerbatimEnv(Value);
+
+impl VerbatimEnv {
+    fn read() -> Self {
+        let mut root = Value::Object(Map::new());
+        for key in VERBATIM_KEYS {
+            let name = format!("FLUX_{}", key.replace('.', "__").to_uppercase());
+            let Ok(value) = std::env::var(&name) else {
+                continue;
+            };
+            let mut at = &mut root;
+            let mut parts = key.split('.').peekable();
+            while let Some(part) = parts.next() {
+                let Value::Object(map) = at else { break };
+                if parts.peek().is_none() {
+                    map.insert(part.to_owned(), json!(value));
+                    break;
+                }
+                at = map.entry(part.to_owned()).or_insert_with(|| json!({}));
+            }
+        }
+        Self(root)
+    }
+}
+
+impl figment::Provider for VerbatimEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("FLUX_ environment variables (verbatim)")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(&self.0).data()
+    }
 }
 
 /// Where the value at dotted `key` came from: `set by FLUX_A__B` for a variable, `from
@@ -622,6 +689,37 @@ mod tests {
             jail.set_env("FLUX_LIFECYCLE__MAX_BACKOFF", "100ms");
             jail.set_env("FLUX_AUTH__LEEWAY", "5m");
             Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    /// Found by review: a numeric password was refused with the password in the error (and
+    /// the pod's log), and figment would have read `0123` as 123.
+    #[test]
+    fn credentials_are_taken_verbatim_and_never_shown_in_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLUX_VALKEY__PASSWORD", "0123");
+            jail.set_env("FLUX_KAFKA__SASL__PASSWORD", "12345678");
+            jail.set_env("FLUX_KAFKA__SASL__USERNAME", "true");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            let valkey: ValkeySettings = c.section("valkey").map_err(|e| e.to_string())?;
+            assert_eq!(valkey.password.as_deref(), Some("0123"));
+            let kafka: KafkaSettings = c.section("kafka").map_err(|e| e.to_string())?;
+            let sasl = kafka.sasl.expect("sasl on");
+            assert_eq!(sasl.password, "12345678");
+            assert_eq!(sasl.username, "true");
+
+            jail.clear_env();
+            jail.create_file("flux.toml", "[valkey]\npassword = 87654321\n")?;
+            let err = Config::from_parts(Some(Path::new("flux.toml")), &[])
+                .and_then(|c| c.section::<ValkeySettings>("valkey"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("valkey.password"), "{err}");
+            assert!(
+                !err.contains("87654321"),
+                "the password is not shown: {err}"
+            );
             Ok(())
         });
     }
