@@ -1,6 +1,6 @@
 //! Who a connection is: the guest id from the handshake and the client's address.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -54,14 +54,18 @@ pub fn client_ip(forwarded_for: Option<&str>, peer: Option<IpAddr>) -> Option<St
 /// one of the `trusted` proxies; then the nearest address of `X-Forwarded-For` (read from the
 /// right, the hop the proxy added last) that is not a trusted proxy. A hop that is not an
 /// address ends the walk at the last trusted one: a client cannot hide behind garbage.
+/// Addresses are compared in their canonical form (an IPv4 peer of a dual-stack listener is
+/// `::ffff:a.b.c.d`), and a hop may carry a port or brackets (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`, as some proxies write it).
 pub fn limit_address(forwarded_for: Option<&str>, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
     let mut nearest = peer;
     for hop in forwarded_for.unwrap_or_default().rsplit(',') {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        let Some(ip) = forwarded_hop(hop) else {
             return nearest;
         };
         if !is_trusted(&ip) {
@@ -70,6 +74,17 @@ pub fn limit_address(forwarded_for: Option<&str>, peer: IpAddr, trusted: &[IpNet
         nearest = ip;
     }
     nearest
+}
+
+/// One `X-Forwarded-For` hop as an address: bare, with a port, or in brackets.
+fn forwarded_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -143,5 +158,36 @@ mod tests {
         );
         assert_eq!(limit_address(None, proxy, &trusted), proxy);
         assert_eq!(limit_address(Some(""), proxy, &trusted), proxy);
+    }
+
+    /// Found by review: a mapped IPv4 proxy was not trusted, and a hop with a port ended the
+    /// walk at the proxy, which then counted as the client of everyone behind it.
+    #[test]
+    fn the_limit_address_reads_mapped_peers_and_hops_with_ports_or_brackets() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mapped_proxy: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            limit_address(Some("203.0.113.7"), mapped_proxy, &trusted),
+            ip("203.0.113.7")
+        );
+        let proxy = ip("10.0.0.9");
+        for (hop, client) in [
+            ("203.0.113.7:5678", "203.0.113.7"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("::ffff:203.0.113.7", "203.0.113.7"),
+        ] {
+            assert_eq!(
+                limit_address(Some(hop), proxy, &trusted),
+                ip(client),
+                "{hop}"
+            );
+        }
+        assert_eq!(
+            limit_address(None, ip("::ffff:198.51.100.4"), &trusted),
+            ip("198.51.100.4"),
+            "an untrusted mapped peer counts as its IPv4 address"
+        );
     }
 }
