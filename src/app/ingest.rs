@@ -27,6 +27,7 @@ use super::health::Health;
 use super::recovery::Recovery;
 use super::snapshots::SnapshotWriter;
 use super::weather::WeatherDesk;
+use batch::Pass;
 use read_back::ReadBacks;
 
 mod batch;
@@ -254,8 +255,10 @@ impl Ingestor {
             // A stream ends with its error: nothing follows it.
             let mut lost = None;
             let mut records = Vec::with_capacity(items.len());
-            // Where each item leaves its partition, in stream order: positions follow the
-            // log read, also when it went back.
+            // Partitions read past records not delivered, each where it came among the records.
+            let mut passes = Vec::new();
+            // Where each item leaves its partition, in stream order (a record, or a pass by its
+            // index): positions follow the log read, also when it went back.
             let mut moves = Vec::with_capacity(items.len());
             for item in items {
                 match item {
@@ -267,19 +270,33 @@ impl Ingestor {
                         topic,
                         partition,
                         next_offset,
-                    }) => moves.push(Some((topic, partition, next_offset))),
+                    }) => {
+                        moves.push(Some(passes.len()));
+                        passes.push(Pass {
+                            before: records.len(),
+                            topic,
+                            partition,
+                            next_offset,
+                        });
+                    }
                     Err(e) => lost = Some(e),
                 }
             }
-            self.handle(&records, behind).await;
+            self.handle_passing(&records, &passes, behind).await;
             delivered |= !records.is_empty();
             let mut handled = records.iter();
             for step in moves {
                 match step {
                     None => positions.advance(handled.next().expect("one record per move")),
-                    Some((topic, partition, next_offset)) => {
-                        positions.pass(&topic, partition, next_offset);
-                        self.read_back.passed(&topic, partition, next_offset);
+                    Some(pass) => {
+                        let Pass {
+                            topic,
+                            partition,
+                            next_offset,
+                            ..
+                        } = &passes[pass];
+                        positions.pass(topic, *partition, *next_offset);
+                        self.read_back.passed(topic, *partition, *next_offset);
                         self.mark_caught_up();
                     }
                 }
@@ -885,6 +902,76 @@ mod tests {
                 .last_handled(topics::TICKER_EVENTS, 0)
                 .map(|(offset, _)| offset),
             Some(9)
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_cut_taken_after_a_marker_recovers_on_a_replica_that_started_past_it() {
+        use crate::domain::recovery::{Cut, Journal};
+        let recovery = test_recovery();
+        let (ingestor, fanout, stop) = recording_ingestor(
+            crate::adapters::memory::MemoryBus::new(),
+            Duration::from_secs(3600),
+        );
+        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        // Tickers, partition 0: a record at 40, a commit marker at 41, nothing since. Then,
+        // read with them, a top-coins record at 5: its emit's offset is the cut a client holds.
+        let ticker = Record {
+            offset: 40,
+            ..tick("BTC-USD", 1)
+        };
+        let passed = Fetched::Passed {
+            topic: Arc::from(topics::TICKER_EVENTS),
+            partition: 0,
+            next_offset: 42,
+        };
+        let coins = Record {
+            offset: 5,
+            ..record(
+                topics::TOPCOINS_EVENTS,
+                r#"{"topCoins":[{"symbol":"BTC-USD"}]}"#,
+            )
+        };
+        let items = [
+            Ok(Fetched::Record(ticker)),
+            Ok(passed),
+            Ok(Fetched::Record(coins.clone())),
+        ];
+        let mut positions = Positions::default();
+        let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+        ingestor
+            .consume(
+                futures::stream::iter(items).boxed(),
+                &mut positions,
+                &mut lag_tick,
+                &stop,
+            )
+            .await;
+        let emitted = fanout.delivered();
+        let last = emitted.last().expect("emits");
+        assert_eq!(last.event, "cryptoTopCoinsResponse");
+        let cut_a = Cut::decode(last.offset.as_deref().expect("an offset")).unwrap();
+        // A replica started since, at the end of each log, reads the same top-coins record.
+        let now = crate::app::recovery::now_ms();
+        let ticker_t = topics::event_topic_index(topics::TICKER_EVENTS).unwrap();
+        let coins_t = topics::event_topic_index(topics::TOPCOINS_EVENTS).unwrap();
+        let mut fresh = Journal::new(100, 120_000);
+        fresh.start(ticker_t, 0, 42);
+        fresh.start(coins_t, 0, 5);
+        let delivery = crate::domain::route(&coins.topic, coins.value.as_deref()).unwrap();
+        let offsets = fresh.append_delivery(coins_t, 0, 5, &delivery, now);
+        let cut_b = Cut::decode(offsets.last().unwrap()).unwrap();
+        let rooms = [topics::ROOM_CRYPTO];
+        assert_eq!(
+            fresh.check(&cut_a, &rooms, 100, now),
+            Ok(()),
+            "a client of the long-running replica recovers on the fresh one"
+        );
+        assert_eq!(
+            recovery.journal().await.check(&cut_b, &rooms, 100, now),
+            Ok(()),
+            "a client of the fresh replica recovers on the long-running one"
         );
         stop.cancel();
     }

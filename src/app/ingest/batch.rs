@@ -2,6 +2,7 @@
 //! conflated when the consumer is behind), journaled for recovery, snapshots handed to the
 //! background writer.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::domain::{self, topics};
@@ -13,6 +14,29 @@ use crate::telemetry::metrics::{
 
 use super::super::recovery::{Recovery, now_ms};
 use super::Ingestor;
+
+/// A partition read past records not delivered (a [`Fetched::Passed`](crate::ports::Fetched)):
+/// a transaction marker, an aborted transaction, a batch that cannot be decoded (D32). It came
+/// before `records[before]` of its batch (`before == records.len()`: after all of them).
+#[derive(Debug)]
+pub(super) struct Pass {
+    pub(super) before: usize,
+    pub(super) topic: Arc<str>,
+    pub(super) partition: i32,
+    pub(super) next_offset: i64,
+}
+
+impl Pass {
+    /// Moves the recovery journal's head of the partition to `next_offset`, as past a handled
+    /// record. Without it a cut taken after a marker names the marker's offset, which a replica
+    /// that started reading at the log's end (past it) does not hold (`too_old`), and that
+    /// replica's cuts are ahead of this one's on the partition until its next record (D26).
+    fn apply(&self, journal: &mut domain::recovery::Journal) {
+        if let Some(t) = topics::event_topic_index(&self.topic) {
+            journal.pass(t, self.partition, self.next_offset);
+        }
+    }
+}
 
 impl Ingestor {
     /// Tells recovery once the window read back at start-up is behind (D26).
@@ -29,10 +53,16 @@ impl Ingestor {
     /// `behind`, a ticker superseded by a newer one of the batch is not emitted.
     /// Never fails: a bad record is counted and logged, and the others go on.
     pub async fn handle(&self, records: &[Record], behind: bool) {
+        self.handle_passing(records, &[], behind).await;
+    }
+
+    /// [`Ingestor::handle`], with the partitions read past records not delivered among
+    /// `records`: each is journaled in its place, before the emits of the records after it.
+    pub(super) async fn handle_passing(&self, records: &[Record], passes: &[Pass], behind: bool) {
         let mut streams = Vec::with_capacity(records.len());
         let mut deliveries = Vec::with_capacity(records.len());
         let mut origins = Vec::with_capacity(records.len());
-        for record in records {
+        for (index, record) in records.iter().enumerate() {
             let stream = topics::stream_name(&record.topic);
             let history = self.read_back.is_history(record);
             match domain::route(&record.topic, record.value.as_deref()) {
@@ -42,7 +72,7 @@ impl Ingestor {
                     }
                     streams.push(stream);
                     deliveries.push(delivery);
-                    origins.push((record, history));
+                    origins.push((index, record, history));
                 }
                 Err(rejection) => {
                     metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
@@ -75,9 +105,15 @@ impl Ingestor {
             None => None,
         };
         let now = now_ms();
-        for ((stream, delivery), (record, history)) in
+        let mut passes = passes.iter().peekable();
+        for ((stream, delivery), (index, record, history)) in
             streams.into_iter().zip(deliveries).zip(origins)
         {
+            if let Some(journal) = journal.as_deref_mut() {
+                while let Some(pass) = passes.next_if(|p| p.before <= index) {
+                    pass.apply(journal);
+                }
+            }
             let offsets = journal.as_deref_mut().and_then(|j| {
                 let topic = topics::event_topic_index(&record.topic)?;
                 Some(j.append_delivery(topic, record.partition, record.offset, &delivery, now))
@@ -133,6 +169,9 @@ impl Ingestor {
         export_last_record_times(records);
         self.mark_caught_up();
         if let Some(journal) = journal.as_deref_mut() {
+            for pass in passes {
+                pass.apply(journal);
+            }
             for record in records {
                 if let Some(t) = topics::event_topic_index(&record.topic) {
                     journal.advance(t, record.partition, record.offset);

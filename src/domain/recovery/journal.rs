@@ -223,7 +223,21 @@ impl Journal {
 
     /// The record at `offset` is handled (emitted, rejected or skipped): the head moves past it.
     pub fn advance(&mut self, topic: u8, partition: i32, offset: i64) {
-        let next = (offset + 1, 0);
+        self.reach(topic, partition, (offset + 1, 0));
+    }
+
+    /// `partition` of `topic` was read up to `next_offset` past records that emit nothing (a
+    /// transaction marker, an aborted transaction, a batch that cannot be decoded): the head
+    /// moves there, as past a handled record. A cut taken after them then names the offset a
+    /// replica that starts reading at the log's end holds from, and compares equal on both.
+    /// Where the journal holds emits from stays where it was (a partition not yet followed
+    /// starts there, as with [`Journal::advance`]).
+    pub fn pass(&mut self, topic: u8, partition: i32, next_offset: i64) {
+        self.reach(topic, partition, (next_offset, 0));
+    }
+
+    /// Moves the head of a partition forward to `next` (never back).
+    fn reach(&mut self, topic: u8, partition: i32, next: Mark) {
         match self.head.mark(topic, partition) {
             None => {
                 self.head.marks.insert((topic, partition), next);
@@ -562,6 +576,66 @@ mod tests {
                 .collect();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn a_cut_taken_after_a_marker_compares_equal_with_a_replica_that_started_past_it() {
+        // Tickers (3, 0): a record at 40, a commit marker at 41, nothing since. News (4, 0):
+        // one record at 7. Replica A read them all; replica B started later, at the end of
+        // the tickers' log (42).
+        let rooms = ["crypto.global", "news.global"];
+        let mut a = Journal::new(100, 60_000);
+        a.start(3, 0, 40);
+        a.start(4, 0, 7);
+        let before_marker = a.append(
+            pos(3, 0, 40, 0),
+            true,
+            "crypto.global",
+            "t",
+            &Payload::new(&40),
+            Some("BTC"),
+            1000,
+        );
+        a.advance(3, 0, 40);
+        a.pass(3, 0, 42);
+        let news = |j: &mut Journal| {
+            j.append(
+                pos(4, 0, 7, 0),
+                true,
+                "news.global",
+                "n",
+                &Payload::new(&7),
+                None,
+                1001,
+            )
+        };
+        let offset_a = news(&mut a);
+        let mut b = Journal::new(100, 60_000);
+        b.start(3, 0, 42);
+        b.start(4, 0, 7);
+        let offset_b = news(&mut b);
+        let (cut_a, cut_b) = (
+            Cut::decode(&offset_a).unwrap(),
+            Cut::decode(&offset_b).unwrap(),
+        );
+        assert_eq!(
+            b.check(&cut_a, &rooms, 100, 2000),
+            Ok(()),
+            "a client of A recovers on B"
+        );
+        assert_eq!(
+            a.check(&cut_b, &rooms, 100, 2000),
+            Ok(()),
+            "a client of B recovers on A"
+        );
+        assert_eq!(offset_a, offset_b, "the same cut on both replicas");
+        // A still holds everything it held: a client whose last event was the record before
+        // the marker gets the news event.
+        let before_marker = Cut::decode(&before_marker).unwrap();
+        assert_eq!(
+            payloads(&a.replay(&before_marker, &rooms, 100, 2000).unwrap()),
+            [7]
+        );
     }
 
     #[test]
