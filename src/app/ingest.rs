@@ -906,6 +906,79 @@ mod tests {
         stop.cancel();
     }
 
+    /// The sum of the samples of counter `name` (any labels) in Prometheus text.
+    fn counted(text: &str, name: &str) -> u64 {
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn records_read_back_are_journaled_all_and_counted_neither_conflated_nor_rejected() {
+        use crate::telemetry::metrics::{EVENTS_CONFLATED, EVENTS_REJECTED};
+        // This test's own recorder (the thread's, which the current-thread runtime runs on):
+        // the process-wide one is shared with the tests running beside it.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let recovery = test_recovery();
+        let (ingestor, fanout, stop) =
+            recording_ingestor(crate::adapters::memory::MemoryBus::new(), Duration::ZERO);
+        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        // Offsets 8 to 12 are in the recovery window; live reading began at 13.
+        ingestor
+            .read_back
+            .insert(topics::TICKER_EVENTS, 0, ReadBack { next: 8, live: 13 });
+        let at = |offset: i64, price: u32| Record {
+            offset,
+            ..tick("BTC-USD", price)
+        };
+        let bad = |offset: i64| Record {
+            offset,
+            ..record(topics::TICKER_EVENTS, "not json")
+        };
+        let journaled = async || {
+            recovery
+                .journal()
+                .await
+                .entries()
+                .map(|e| e.payload.to_value()["data"]["data"]["price"].clone())
+                .collect::<Vec<_>>()
+        };
+        // The consumer is behind, as it almost always is while it reads the window back.
+        ingestor
+            .handle(&[at(8, 1), at(9, 2), at(10, 3), bad(11)], true)
+            .await;
+        assert!(
+            fanout.delivered().is_empty(),
+            "read-back records are not emitted"
+        );
+        assert_eq!(journaled().await, ["1", "2", "3"]);
+        let text = metrics.render();
+        assert_eq!(counted(&text, EVENTS_CONFLATED), 0, "{text}");
+        assert_eq!(counted(&text, EVENTS_REJECTED), 0, "{text}");
+        // The last record read back, then live ones: only the live ones are conflated, and a
+        // live rejection is counted.
+        ingestor
+            .handle(&[at(12, 4), at(13, 5), at(14, 6), bad(15)], true)
+            .await;
+        let emitted: Vec<_> = fanout
+            .delivered()
+            .iter()
+            .map(|d| d.payload.to_value()["data"]["data"]["price"].clone())
+            .collect();
+        assert_eq!(emitted, ["6"]);
+        assert_eq!(journaled().await, ["1", "2", "3", "4", "6"]);
+        let text = metrics.render();
+        assert_eq!(counted(&text, EVENTS_CONFLATED), 1, "{text}");
+        assert_eq!(counted(&text, EVENTS_REJECTED), 1, "{text}");
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn a_cut_taken_after_a_marker_recovers_on_a_replica_that_started_past_it() {
         use crate::domain::recovery::{Cut, Journal};

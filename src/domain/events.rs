@@ -1,6 +1,8 @@
 //! The six event streams: validation of a record value, then the room emits and the snapshot
 //! write it causes. A rejected value causes nothing at all.
 
+use std::borrow::BorrowMut;
+
 use serde_json::{Map, Value, json};
 
 use super::payload::Payload;
@@ -318,8 +320,9 @@ fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
 /// would get that newer price or weather anyway. Everything else, snapshots included, stays,
 /// in order.
 ///
+/// `batch` holds the deliveries, or references to those of them that are emitted.
 /// Returns how many emits were dropped. A batch of one is never changed.
-pub fn conflate(batch: &mut [Delivery]) -> usize {
+pub fn conflate<D: BorrowMut<Delivery>>(batch: &mut [D]) -> usize {
     if batch.len() < 2 {
         return 0;
     }
@@ -327,6 +330,7 @@ pub fn conflate(batch: &mut [Delivery]) -> usize {
     {
         let mut later = std::collections::HashSet::new();
         for (i, delivery) in batch.iter().enumerate().rev() {
+            let delivery: &Delivery = delivery.borrow();
             let Some(key) = delivery.supersede_key.as_deref() else {
                 continue;
             };
@@ -340,7 +344,7 @@ pub fn conflate(batch: &mut [Delivery]) -> usize {
     // Pushed from the last delivery and emit backwards, so removing in that order keeps the
     // indices still to remove valid.
     for &(i, j) in &superseded {
-        batch[i].emits.remove(j);
+        batch[i].borrow_mut().emits.remove(j);
     }
     superseded.len()
 }

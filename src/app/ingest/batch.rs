@@ -74,6 +74,8 @@ impl Ingestor {
                     deliveries.push(delivery);
                     origins.push((index, record, history));
                 }
+                // Counted and logged where it was read live, not again at every start (D26).
+                Err(_) if history => {}
                 Err(rejection) => {
                     metrics::counter!(EVENTS_REJECTED, "stream" => stream, "reason" => rejection.reason)
                         .increment(1);
@@ -90,8 +92,16 @@ impl Ingestor {
                 }
             }
         }
+        // Only what is emitted is conflated: records read back are journaled as they were,
+        // since a replay within the budget sends every event (D26).
         let conflated = if behind {
-            domain::conflate(&mut deliveries)
+            let mut live: Vec<&mut domain::Delivery> = deliveries
+                .iter_mut()
+                .zip(&origins)
+                .filter(|(_, (_, _, history))| !history)
+                .map(|(delivery, _)| delivery)
+                .collect();
+            domain::conflate(&mut live)
         } else {
             0
         };
