@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicUsize;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::config::Settings;
 use super::wiring::Ports;
@@ -44,6 +45,8 @@ pub struct Application {
     recovery: Option<Arc<Recovery>>,
     /// Sockets on the polling transport, recounted every second (`socketio.max_polling_sessions`).
     polling_sessions: Arc<AtomicUsize>,
+    /// The client events being handled, which a shutdown lets finish (D19).
+    handling: TaskTracker,
 }
 
 impl Application {
@@ -76,6 +79,7 @@ impl Application {
         let auth = Authenticator::from_settings(&settings.auth)?
             .map(|a| Arc::new(a) as Arc<dyn Authenticate>);
         let recovery = Recovery::from_settings(&settings.recovery, Arc::new(fanout.clone()))?;
+        let handling = TaskTracker::new();
         socketio::register(
             &io,
             &settings.socketio,
@@ -89,6 +93,7 @@ impl Application {
                         joined.mark();
                     }
                 })),
+                handling: handling.clone(),
             },
         );
         let polling_sessions = Arc::new(AtomicUsize::new(0));
@@ -115,6 +120,7 @@ impl Application {
             local,
             recovery,
             polling_sessions,
+            handling,
         })
     }
 
@@ -145,6 +151,7 @@ impl Application {
             local,
             recovery,
             polling_sessions,
+            handling,
         } = self;
         let background = CancellationToken::new();
         tokio::spawn(crate::telemetry::metrics::run_upkeep(background.clone()));
@@ -241,6 +248,9 @@ impl Application {
             consuming.cancel();
             let _ = consumers.await;
             io.close().await; // disconnect every client
+            // Client events received before the close finish, and send their commands.
+            handling.close();
+            handling.wait().await;
             background.cancel(); // stop refreshes, the fan-out's tasks and the snapshot writer
             if let Some(refreshes) = refreshes {
                 let _ = refreshes.await;

@@ -788,3 +788,67 @@ async fn a_client_that_catches_up_gets_live_tickers_again_while_another_still_la
         }
     }
 }
+
+/// A cache whose dedup claim (`set_unless_same`) answers after `delay`, as a slow Valkey.
+struct SlowClaims {
+    inner: flux_bff::adapters::memory::MemoryCache,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl flux_bff::ports::SnapshotCache for SlowClaims {
+    async fn get(&self, key: &str) -> Result<Option<String>, flux_bff::ports::CacheError> {
+        self.inner.get(key).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), flux_bff::ports::CacheError> {
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_unless_same(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, flux_bff::ports::CacheError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.set_unless_same(key, value, ttl).await
+    }
+    async fn delete_if_same(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<(), flux_bff::ports::CacheError> {
+        self.inner.delete_if_same(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), flux_bff::ports::CacheError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// Found by review: a shutdown flushed the producer while a client event received before it
+/// was still being handled (waiting for the cache), so its command was never sent (D19).
+#[tokio::test]
+async fn a_shutdown_lets_client_events_received_before_it_send_their_commands() {
+    let bus = flux_bff::adapters::memory::MemoryBus::new();
+    let cache = std::sync::Arc::new(SlowClaims {
+        inner: flux_bff::adapters::memory::MemoryCache::default(),
+        delay: Duration::from_millis(500),
+    });
+    let app = TestApp::spawn_on(Settings::default(), bus.clone(), cache).await;
+    let c = TestClient::connect(&app, Some("leaving")).await;
+    c.wait_for("session:init").await;
+
+    c.emit("userLocationUpdate", pune()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // being handled: claiming
+    app.stop().await;
+
+    assert_eq!(
+        bus.records(WEATHER_FETCH).len(),
+        1,
+        "the weather command was sent before the gateway stopped"
+    );
+}

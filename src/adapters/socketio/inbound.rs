@@ -15,6 +15,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
+use tokio_util::task::TaskTracker;
 
 use super::settings::SocketIoSettings;
 use crate::domain::identity::{self, ClientIdentity};
@@ -40,6 +41,9 @@ pub struct Inbound {
     /// Called with the request head of every connection that joins the namespace (the HTTP
     /// server counts WebSocket sessions that never do).
     pub on_join: Option<JoinHook>,
+    /// Tracks the client events being handled: a shutdown waits for them before it flushes
+    /// the producer, so that the command of an event received before it is not lost (D19).
+    pub handling: TaskTracker,
 }
 
 /// Per-socket state kept in the socket's extensions.
@@ -54,6 +58,8 @@ struct Session {
     /// Connection-state recovery (D26): the replay owed to a recovered socket, done once before
     /// anything else reaches it (its client events wait for it).
     resume: Option<Arc<Resume>>,
+    /// [`Inbound::handling`].
+    handling: TaskTracker,
 }
 
 /// A recovered session's replay, run once by whichever comes first: the connect handler or
@@ -184,6 +190,7 @@ async fn prepare(
         requests: inbound.requests.clone(),
         max_event_name: handlers.max_event_name,
         resume,
+        handling: inbound.handling.clone(),
     });
 
     s.on_fallback(
@@ -205,6 +212,7 @@ async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
     let Some(session) = s.extensions.get::<Session>() else {
         return;
     };
+    let _handling = session.handling.token();
     let requests = &session.requests;
     session_init(&s, &session);
     resume(&s, &session).await;
