@@ -18,6 +18,7 @@ use redis::Commands;
 
 use crate::support::redis_server::RedisServer;
 use crate::support::snapshot_cache_contract::{snapshot_cache_contract, unique_key};
+use crate::support::tcp_proxy::TcpProxy;
 
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// What a failing call may take: the timeout plus scheduling slack.
@@ -581,4 +582,66 @@ fn metrics_count_hits_misses_errors_and_track_availability() {
     // One line per state change, not one per call.
     assert_eq!(logs.matches("valkey unavailable").count(), 1, "{logs}");
     assert_eq!(logs.matches("valkey reachable again").count(), 1, "{logs}");
+}
+
+#[test]
+fn a_burst_beyond_the_pool_size_shares_the_connections_instead_of_going_down() {
+    // One pooled connection behind a link that holds every chunk 5 ms each way: 64 calls one
+    // after another would take 640 ms, far beyond the 250 ms timeout; pipelined on the one
+    // connection they take a few round trips.
+    all_logs();
+    let server = RedisServer::start();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let mut host = String::new();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Arrange
+            let proxy = TcpProxy::start_raw(server.addr().parse().unwrap()).await;
+            host = proxy.addr.to_string();
+            let settings = ValkeySettings {
+                url: format!("redis://{}", proxy.addr),
+                pool_size: 1,
+                ..settings_for(&server)
+            };
+            let cache = connected(&settings).await;
+            let key = unique_key("burst");
+            cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();
+            proxy.delay(Duration::from_millis(5));
+
+            // Act
+            let burst = futures::future::join_all((0..64).map(|_| cache.get(&key)));
+            let went_down = async {
+                while cache.is_available() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            let results = tokio::select! {
+                results = burst => results,
+                () = went_down => panic!("the cache went down during the burst"),
+            };
+
+            // Assert
+            for result in results {
+                assert_eq!(result.unwrap().as_deref(), Some("v"));
+            }
+            assert!(cache.is_available());
+        });
+    });
+    let logs = logs_about(&host);
+    assert!(
+        !logs.contains("valkey unavailable"),
+        "never degraded:\n{logs}"
+    );
+    let rendered = metrics.render();
+    for line in [
+        r#"flux_cache_requests_total{op="get",result="hit"} 64"#,
+        "flux_cache_up 1",
+    ] {
+        assert!(rendered.contains(line), "missing {line:?} in:\n{rendered}");
+    }
 }

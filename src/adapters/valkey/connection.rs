@@ -1,6 +1,7 @@
 //! The bb8 connection manager for Valkey and the classification of redis errors into what the
 //! cache does next (count it, or go degraded) and what the operator is told.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,11 +10,50 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
 use tokio::sync::Notify;
 
-/// A pooled connection, flagged `broken` by the caller when it failed or timed out so that bb8
-/// drops it instead of handing it out again (redis' multiplexed connection cannot tell).
+/// A pooled connection. Calls do not hold it: each takes a [`Lease`] (a clone of the
+/// multiplexed connection, which pipelines the commands of all its clones on one socket) and
+/// returns it to the pool at once, so the pool size bounds connections, not concurrent calls.
 pub(crate) struct Conn {
+    inner: MultiplexedConnection,
+    /// Set through a lease whose call failed or timed out, so that the pool drops this
+    /// connection instead of handing it out again (redis' multiplexed connection cannot tell).
+    broken: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn new(inner: MultiplexedConnection) -> Self {
+        Self {
+            inner,
+            broken: Arc::default(),
+        }
+    }
+
+    /// A handle for one call; the pooled connection can go back to the pool meanwhile.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            inner: self.inner.clone(),
+            broken: Arc::clone(&self.broken),
+        }
+    }
+
+    /// A lease of this connection failed: dropping it (rather than returning it to the pool)
+    /// closes it for good.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+}
+
+/// One call's share of a pooled connection.
+pub(crate) struct Lease {
     pub(crate) inner: MultiplexedConnection,
-    pub(crate) broken: bool,
+    broken: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// Keeps the pooled connection from being handed out again.
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -60,10 +100,7 @@ impl ManageConnection for Connector {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        Ok(Conn {
-            inner,
-            broken: false,
-        })
+        Ok(Conn::new(inner))
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
@@ -76,7 +113,7 @@ impl ManageConnection for Connector {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken
+        conn.is_broken()
     }
 }
 

@@ -40,7 +40,8 @@ pub struct ValkeySettings {
     /// Prepended to every key, so `crypto:top-movers` is stored as `bff:crypto:top-movers`.
     /// May be empty. Default `bff:`. Env: `FLUX_VALKEY__KEY_PREFIX`.
     pub key_prefix: String,
-    /// Maximum number of pooled connections (each one is multiplexed). 1 to 1024, default 16.
+    /// Maximum number of pooled connections. Each one is multiplexed and shared by the calls,
+    /// so this bounds connections, not concurrent calls. 1 to 1024, default 16.
     /// Env: `FLUX_VALKEY__POOL_SIZE`.
     pub pool_size: u32,
     /// Upper bound of every cache call, connecting included (a human duration: `250ms`,

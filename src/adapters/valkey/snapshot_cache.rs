@@ -248,30 +248,42 @@ impl Shared {
         let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
         let checkout = async {
             let failed = self.connect_errors.failed();
-            tokio::select! {
-                conn = pool.get() => conn.map_err(|e| match e {
-                    RunError::User(e) => Failure::from_connect_error(&e),
-                    RunError::TimedOut => self.connect_failure(),
-                }),
-                () = failed => Err(self.connect_failure()),
+            tokio::pin!(failed);
+            loop {
+                let conn = tokio::select! {
+                    conn = pool.get() => conn.map_err(|e| match e {
+                        RunError::User(e) => Failure::from_connect_error(&e),
+                        RunError::TimedOut => self.connect_failure(),
+                    })?,
+                    () = &mut failed => return Err(self.connect_failure()),
+                };
+                // The guard goes back to the pool here, before the command runs: the leases
+                // of one connection pipeline their commands, so a burst of calls must not
+                // wait for a free connection (and time out as if the server were down).
+                // A connection whose lease failed meanwhile is dropped by the pool instead.
+                if !conn.is_broken() {
+                    return Ok(conn.lease());
+                }
             }
         };
-        let mut conn = match timeout_at(deadline, checkout).await {
-            Ok(conn) => conn?,
+        let mut lease = match timeout_at(deadline, checkout).await {
+            Ok(lease) => lease?,
             // A connection attempt that failed just before the deadline is the better cause.
             Err(_) => {
                 return Err(self.connect_failure());
             }
         };
-        match timeout_at(deadline, cmd.query_async::<T>(&mut conn.inner)).await {
+        match timeout_at(deadline, cmd.query_async::<T>(&mut lease.inner)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 let failure = Failure::from_redis(&error);
-                conn.broken = matches!(failure, Failure::Down { .. });
+                if matches!(failure, Failure::Down { .. }) {
+                    lease.mark_broken();
+                }
                 Err(failure)
             }
             Err(_) => {
-                conn.broken = true; // its reply may still arrive; never pair it with another call
+                lease.mark_broken(); // a silent connection is not handed out again
                 Err(Failure::Timeout)
             }
         }

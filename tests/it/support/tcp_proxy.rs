@@ -13,12 +13,17 @@
 //! sends (a record value in a fetch response: its batch then fails its CRC), until `heal()`.
 //! `mark_gzip(value)` instead marks the batch holding that value as gzip-compressed and fixes
 //! its CRC: a batch that passes its CRC but whose records cannot be decoded.
+//!
+//! `start_raw` proxies any protocol (no client id is read, so nothing can be spared), and
+//! `delay(latency)` holds every chunk that long before passing it on, in both directions: a
+//! slow network on which pipelined commands share one wait and serialized ones add up.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +37,9 @@ pub struct TcpProxy {
 
 struct Shared {
     upstream: Mutex<SocketAddr>,
+    /// Not Kafka: forward from the first byte without reading a client id.
+    raw: bool,
+    latency: Mutex<Duration>,
     cut: AtomicBool,
     bytes_up: AtomicU64,
     spared: Mutex<Vec<String>>,
@@ -49,10 +57,21 @@ impl Shared {
 impl TcpProxy {
     /// Listens on a free loopback port; `upstream` may be set later with [`Self::set_upstream`].
     pub async fn start(upstream: SocketAddr) -> Self {
+        Self::spawn(upstream, false).await
+    }
+
+    /// Like [`Self::start`], for a protocol other than Kafka.
+    pub async fn start_raw(upstream: SocketAddr) -> Self {
+        Self::spawn(upstream, true).await
+    }
+
+    async fn spawn(upstream: SocketAddr, raw: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
             upstream: Mutex::new(upstream),
+            raw,
+            latency: Mutex::default(),
             cut: AtomicBool::new(false),
             bytes_up: AtomicU64::new(0),
             spared: Mutex::default(),
@@ -92,6 +111,11 @@ impl TcpProxy {
                 false
             }
         });
+    }
+
+    /// Holds every chunk `latency` before forwarding it (zero: none), from now on.
+    pub fn delay(&self, latency: Duration) {
+        *self.shared.latency.lock().unwrap() = latency;
     }
 
     pub fn restore(&self) {
@@ -159,23 +183,34 @@ async fn serve(
     id_tx: tokio::sync::oneshot::Sender<Option<String>>,
 ) -> std::io::Result<()> {
     // The first Kafka request: length prefix, then api key, version, correlation id, client id.
-    let mut len = [0u8; 4];
-    client.read_exact(&mut len).await?;
-    let size = usize::try_from(i32::from_be_bytes(len).max(0)).unwrap_or(0);
-    let mut frame = vec![0u8; size];
-    client.read_exact(&mut frame).await?;
-    let client_id = parse_client_id(&frame);
+    let mut first = Vec::new();
+    let mut client_id = None;
+    if !shared.raw {
+        let mut len = [0u8; 4];
+        client.read_exact(&mut len).await?;
+        let size = usize::try_from(i32::from_be_bytes(len).max(0)).unwrap_or(0);
+        let mut frame = vec![0u8; size];
+        client.read_exact(&mut frame).await?;
+        client_id = parse_client_id(&frame);
+        first.extend_from_slice(&len);
+        first.extend_from_slice(&frame);
+    }
     if shared.cut.load(Ordering::SeqCst) && !shared.is_spared(client_id.as_deref()) {
         return Ok(()); // refused: dropping the socket closes it
     }
     let upstream = *shared.upstream.lock().unwrap();
     let mut server = TcpStream::connect(upstream).await?;
     let _ = id_tx.send(client_id);
-    server.write_all(&len).await?;
-    server.write_all(&frame).await?;
+    server.write_all(&first).await?;
     shared
         .bytes_up
-        .fetch_add((len.len() + frame.len()) as u64, Ordering::SeqCst);
+        .fetch_add(first.len() as u64, Ordering::SeqCst);
+    let delay = || async {
+        let latency = *shared.latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let up = async {
@@ -186,6 +221,7 @@ async fn serve(
                 return server_write.shutdown().await;
             }
             shared.bytes_up.fetch_add(n as u64, Ordering::SeqCst);
+            delay().await;
             server_write.write_all(&buf[..n]).await?;
         }
     };
@@ -202,6 +238,7 @@ async fn serve(
                     Spoil::Codec => mark_gzip(&mut buf[..n], pattern),
                 }
             }
+            delay().await;
             client_write.write_all(&buf[..n]).await?;
         }
     };
