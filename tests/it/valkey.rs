@@ -272,6 +272,37 @@ async fn a_restart_between_calls_costs_no_failed_call() {
 }
 
 #[tokio::test]
+async fn a_restart_between_calls_does_not_degrade_the_cache_on_a_dedup_call() {
+    // The dedup script is not retried on a dead pooled connection (it may have run), but a
+    // restarted server is not a down one.
+    let mut server = RedisServer::start();
+    let cache = connected(&settings_for(&server)).await;
+    let key = unique_key("blip-dedup");
+    let burst = (0..20).map(|_| cache.set(&key, "v", Duration::from_secs(60)));
+    for result in futures::future::join_all(burst).await {
+        result.unwrap();
+    }
+    server.restart();
+    let error = cache
+        .set_unless_same(&key, "h", Duration::from_secs(2))
+        .await
+        .expect_err("the connection died under the call");
+    assert!(matches!(error, CacheError::Unavailable(_)), "{error:?}");
+    assert!(
+        cache.is_available(),
+        "a dead connection is not a dead server"
+    );
+    assert!(
+        cache
+            .set_unless_same(&key, "h", Duration::from_secs(2))
+            .await
+            .expect("the next call runs on a fresh pool"),
+        "the failed call stored nothing"
+    );
+    assert!(cache.is_available());
+}
+
+#[tokio::test]
 async fn a_frozen_server_times_out_within_the_timeout_and_recovers_when_resumed() {
     // Arrange
     let server = RedisServer::start();

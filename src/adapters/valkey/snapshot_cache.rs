@@ -35,6 +35,9 @@ const PROBE_MAX_DELAY: Duration = Duration::from_secs(1);
 ///   false, and further calls fail at once (no waiting) while a background probe reconnects
 ///   (after 100 ms, then doubling up to 1 s). The first successful call or probe restores
 ///   normal mode, with one info line.
+/// - A pooled connection found closed (the server restarted) does not degrade the cache: the
+///   pool is replaced and the call retried once, except `set_unless_same`, which may have run
+///   and fails instead.
 /// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` |
 ///   `set_unless_same` | `delete_if_same` | `delete`; `result` = `hit` | `miss` for `get`, `ok` for the others, or `error` |
 ///   `timeout`) and the gauge `flux_cache_up` (1 reachable, 0 not yet or not any more).
@@ -179,7 +182,8 @@ impl SnapshotCache for ValkeySnapshotCache {
             .arg(value)
             .arg(px(ttl));
         // Not retried on a dropped connection: the first attempt may have stored the value,
-        // and a retry would then report a duplicate. The caller's fallback handles the error.
+        // and a retry would then report a duplicate. The caller's fallback handles the error;
+        // the cache stays up (the pool is replaced, and the next call finds out).
         let result = self
             .shared
             .exec::<i64>(&cmd, false)
@@ -238,6 +242,24 @@ impl Shared {
                     // too, so retry on a fresh pool.
                     retries_left -= 1;
                     self.replace_pool();
+                }
+                Err(Failure::Down {
+                    cause,
+                    dropped: true,
+                }) if !retry_dropped => {
+                    // Same, for a command that must not run twice. redis cannot tell whether
+                    // it was sent before the connection closed, so it is not retried, but the
+                    // next call, on a fresh pool, finds out whether the server is down.
+                    self.replace_pool();
+                    tracing::debug!(
+                        host = %self.host,
+                        error = %cause,
+                        "valkey connection closed under a call that is not retried"
+                    );
+                    return Err(CacheError::Unavailable(format!(
+                        "Valkey at {} {cause}",
+                        self.host
+                    )));
                 }
                 Err(failure) => return Err(self.fail(failure)),
             }
