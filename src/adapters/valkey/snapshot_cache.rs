@@ -25,6 +25,41 @@ const DOWN: u8 = 2;
 const PROBE_FIRST_DELAY: Duration = Duration::from_millis(100);
 const PROBE_MAX_DELAY: Duration = Duration::from_secs(1);
 
+/// Whether the cache is up, and the gauge `flux_cache_up` that shows it.
+///
+/// A change sets both under one lock, so that the last change sets both: set one after the
+/// other, a call timing out (state DOWN) and one succeeding (state UP, gauge 1) could
+/// interleave so that the gauge is set 0 last, and stays 0 while the cache works.
+struct Availability {
+    state: AtomicU8,     // read without the lock
+    changing: Mutex<()>, // std Mutex: never held across an .await
+}
+
+impl Availability {
+    fn new() -> Self {
+        metrics::gauge!(CACHE_UP).set(0.0);
+        Self {
+            state: AtomicU8::new(UNKNOWN),
+            changing: Mutex::new(()),
+        }
+    }
+
+    fn get(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    /// Sets the state and the gauge to match; returns the state before.
+    fn set(&self, to: u8) -> u8 {
+        if self.get() == to {
+            return to; // whoever set it sets (or has set) the gauge too
+        }
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.state.swap(to, Ordering::SeqCst);
+        metrics::gauge!(CACHE_UP).set(if to == UP { 1.0 } else { 0.0 });
+        previous
+    }
+}
+
 /// The [`SnapshotCache`] on Valkey (or Redis) through a bb8 pool of multiplexed connections.
 ///
 /// - Keys are `key_prefix + key`; values are stored as given (JSON text).
@@ -56,7 +91,7 @@ struct Shared {
     /// dead, dropping every connection of the old server at once instead of discovering them
     /// dead one call at a time.
     pool: RwLock<Pool<Connector>>,
-    state: AtomicU8,
+    state: Availability,
     /// Why the cache is down, for the errors returned while degraded.
     cause: Mutex<String>, // std Mutex: never held across an .await
     probing: AtomicBool,
@@ -94,11 +129,10 @@ impl ValkeySnapshotCache {
             connector,
             connect_errors,
             pool: RwLock::new(pool),
-            state: AtomicU8::new(UNKNOWN),
+            state: Availability::new(),
             cause: Mutex::new(String::new()),
             probing: AtomicBool::new(false),
         });
-        metrics::gauge!(CACHE_UP).set(0.0);
         shared.spawn_probe();
         Ok(Self { shared })
     }
@@ -214,7 +248,7 @@ impl SnapshotCache for ValkeySnapshotCache {
     }
 
     fn is_available(&self) -> bool {
-        self.shared.state.load(Ordering::SeqCst) == UP
+        self.shared.state.get() == UP
     }
 }
 
@@ -225,7 +259,7 @@ impl Shared {
         cmd: &Cmd,
         retry_dropped: bool,
     ) -> Result<T, CacheError> {
-        if self.state.load(Ordering::SeqCst) == DOWN {
+        if self.state.get() == DOWN {
             self.spawn_probe();
             return Err(self.unavailable());
         }
@@ -345,11 +379,10 @@ impl Shared {
     }
 
     fn mark_up(&self) {
-        let previous = self.state.swap(UP, Ordering::SeqCst);
+        let previous = self.state.set(UP);
         if previous == UP {
             return;
         }
-        metrics::gauge!(CACHE_UP).set(1.0);
         self.connect_errors.clear();
         if previous == DOWN {
             tracing::info!(host = %self.host, "valkey reachable again, leaving degraded mode");
@@ -365,9 +398,8 @@ impl Shared {
             current.clone_from(&cause);
             changed
         };
-        let previous = self.state.swap(DOWN, Ordering::SeqCst);
+        let previous = self.state.set(DOWN);
         if previous != DOWN {
-            metrics::gauge!(CACHE_UP).set(0.0);
             tracing::warn!(
                 host = %self.host,
                 error = %cause,
@@ -415,12 +447,10 @@ async fn probe_loop(weak: Weak<Shared>) {
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        if shared.state.load(Ordering::SeqCst) == UP {
+        if shared.state.get() == UP {
             shared.probing.store(false, Ordering::SeqCst);
             // Went down again between the check and the store, without starting a probe?
-            if shared.state.load(Ordering::SeqCst) == UP
-                || shared.probing.swap(true, Ordering::SeqCst)
-            {
+            if shared.state.get() == UP || shared.probing.swap(true, Ordering::SeqCst) {
                 return;
             }
         }
@@ -432,11 +462,101 @@ async fn probe_loop(weak: Weak<Shared>) {
             Err(Failure::Down { cause, .. }) => shared.mark_down(cause),
             Err(Failure::Command(message)) => shared.mark_down(format!("failed: {message}")),
         }
-        if shared.state.load(Ordering::SeqCst) == UP {
+        if shared.state.get() == UP {
             continue;
         }
         drop(shared);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(PROBE_MAX_DELAY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+    use std::sync::atomic::AtomicU64;
+
+    use metrics::{
+        Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+
+    /// A recorder whose `flux_cache_up` is slow to set, as if the thread setting it were
+    /// preempted: it widens the gap between a state change and its gauge update.
+    #[derive(Default)]
+    struct SlowGauge(Arc<SlowGaugeValue>);
+
+    #[derive(Default)]
+    struct SlowGaugeValue(AtomicU64);
+
+    impl SlowGauge {
+        fn value(&self) -> f64 {
+            f64::from_bits(self.0.0.load(Ordering::SeqCst))
+        }
+    }
+
+    impl GaugeFn for SlowGaugeValue {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            std::thread::sleep(Duration::from_micros(20));
+            self.0.store(value.to_bits(), Ordering::SeqCst);
+        }
+    }
+
+    impl Recorder for SlowGauge {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            assert_eq!(key.name(), CACHE_UP);
+            Gauge::from_arc(Arc::clone(&self.0))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_gauge_ends_as_the_state_however_a_going_down_and_a_coming_up_interleave() {
+        let recorder = SlowGauge::default();
+        let rounds: Vec<Availability> = metrics::with_local_recorder(&recorder, || {
+            (0..1_000).map(|_| Availability::new()).collect()
+        });
+        let step = Barrier::new(3);
+        let mut wrong = Vec::new(); // not asserted in the loop: a panic there would hang the others
+        std::thread::scope(|scope| {
+            for to in [UP, DOWN] {
+                let (recorder, rounds, step) = (&recorder, &rounds, &step);
+                scope.spawn(move || {
+                    metrics::with_local_recorder(recorder, || {
+                        for availability in rounds {
+                            step.wait();
+                            availability.set(to);
+                            step.wait();
+                        }
+                    });
+                });
+            }
+            for (round, availability) in rounds.iter().enumerate() {
+                step.wait(); // both change the state of this round
+                step.wait();
+                let expected = if availability.get() == UP { 1.0 } else { 0.0 };
+                if recorder.value() != expected {
+                    wrong.push(round);
+                }
+            }
+        });
+        assert!(
+            wrong.is_empty(),
+            "the gauge differs from the state after {} of {} rounds, first {:?}",
+            wrong.len(),
+            rounds.len(),
+            &wrong[..wrong.len().min(5)]
+        );
     }
 }
