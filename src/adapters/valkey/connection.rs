@@ -171,6 +171,19 @@ impl Failure {
         if error.is_timeout() {
             return Self::Timeout; // redis' own connection or response timeout
         }
+        if matches!(error.code(), Some("READONLY" | "MASTERDOWN")) {
+            // The node was demoted, or lost its primary, in a failover: this connection leads
+            // to the wrong node. Treated as dropped: the pool is replaced, so the next
+            // connection resolves the URL again and reaches the new primary (a retryable call
+            // is retried there at once), instead of every write failing on the old one.
+            return Self::Down {
+                cause: format!(
+                    "answered {} (a failover: the URL no longer leads to the primary; check that FLUX_VALKEY__URL names the primary's endpoint)",
+                    error.code().unwrap_or_default()
+                ),
+                dropped: true,
+            };
+        }
         let auth = is_auth_failure(error);
         let transport = error.is_io_error()
             || error.is_connection_dropped()
@@ -228,6 +241,8 @@ pub(crate) fn describe(error: &RedisError) -> String {
 
 #[cfg(test)]
 mod tests {
+    use redis::ServerErrorKind;
+
     use super::*;
 
     #[test]
@@ -276,6 +291,22 @@ mod tests {
             Failure::from_connect_error(&error),
             Failure::Down { .. }
         ));
+    }
+
+    /// Found by review: a write answered READONLY (a node demoted in a failover) was a
+    /// command error, so every write failed on the old node until bb8 recycled the
+    /// connections (30 min) while the cache counted as up.
+    #[test]
+    fn a_failover_answer_replaces_the_connections() {
+        for kind in [ServerErrorKind::ReadOnly, ServerErrorKind::MasterDown] {
+            let error = RedisError::from((ErrorKind::Server(kind), "failover"));
+            let failure = Failure::from_redis(&error);
+            assert!(failure.is_dropped_connection(), "{failure:?}");
+            assert!(
+                matches!(&failure, Failure::Down { cause, .. } if cause.contains("FLUX_VALKEY__URL")),
+                "{failure:?}"
+            );
+        }
     }
 
     #[test]
