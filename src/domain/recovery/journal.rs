@@ -73,6 +73,8 @@ pub struct Journal {
     low: BTreeMap<(u8, i32), Mark>,
     /// Per partition, how many of its emits the journal holds (none: not listed).
     held: HashMap<(u8, i32), usize>,
+    /// Per partition held, where its newest emit is.
+    newest: HashMap<(u8, i32), Position>,
     /// Room and event names shared by the entries (a handful, plus one room per city).
     names: HashSet<Arc<str>>,
     max_entries: usize,
@@ -87,6 +89,7 @@ impl Journal {
             head: Cut::default(),
             low: BTreeMap::new(),
             held: HashMap::new(),
+            newest: HashMap::new(),
             names: HashSet::new(),
             max_entries: max_entries.max(1),
             window_ms,
@@ -124,6 +127,7 @@ impl Journal {
         self.entries
             .retain(|e| (e.pos.topic, e.pos.partition) != (topic, partition));
         self.held.remove(&(topic, partition));
+        self.newest.remove(&(topic, partition));
         self.head.marks.insert((topic, partition), (offset, 0));
         self.low.insert((topic, partition), (offset, 0));
     }
@@ -158,6 +162,7 @@ impl Journal {
         self.head.at_ms = now_ms;
         let offset: Arc<str> = Arc::from(self.head.encode());
         *self.held.entry((pos.topic, pos.partition)).or_default() += 1;
+        self.newest.insert((pos.topic, pos.partition), pos);
         let (room, event) = (self.name(room), self.name(event));
         self.entries.push_back(Entry {
             pos,
@@ -263,6 +268,7 @@ impl Journal {
                 *count -= 1;
                 if *count == 0 {
                     self.held.remove(&tp);
+                    self.newest.remove(&tp);
                 }
             }
             let after = (gone.pos.offset, gone.pos.emit + 1);
@@ -310,6 +316,42 @@ impl Journal {
         self.select(cut, rooms, budget, now_ms).map(|_| ())
     }
 
+    /// The emits to `rooms` that `cut` does not cover, oldest first, and how many entries the
+    /// walk looked at. Walking back from the newest emit: the emits of one partition are in
+    /// offset order, so once one of them is covered, so is every older one of that partition,
+    /// and once every partition held is, the walk stops. A partition whose newest emit is
+    /// covered is done before the walk starts: a rare stream (news every few minutes) seen
+    /// by the client does not make the walk go back to its last emit, through the whole
+    /// window of tickers, under the journal's lock. A partition the cut does not name was never
+    /// delivered from: all of it is new.
+    fn after(&self, cut: &Cut, rooms: &[&str]) -> (Vec<&Entry>, usize) {
+        let mut finished: HashSet<(u8, i32)> = self
+            .newest
+            .iter()
+            .filter(|(_, newest)| cut.covers(newest))
+            .map(|(tp, _)| *tp)
+            .collect();
+        let mut after: Vec<&Entry> = Vec::new();
+        let mut walked = 0;
+        for e in self.entries.iter().rev() {
+            if finished.len() == self.held.len() {
+                break;
+            }
+            walked += 1;
+            let tp = (e.pos.topic, e.pos.partition);
+            if finished.contains(&tp) {
+                continue;
+            }
+            if cut.covers(&e.pos) {
+                finished.insert(tp);
+            } else if rooms.contains(&&*e.room) {
+                after.push(e);
+            }
+        }
+        after.reverse();
+        (after, walked)
+    }
+
     /// The entries of a replay and how many tickers were conflated.
     fn select(
         &self,
@@ -334,27 +376,7 @@ impl Journal {
                 return Err(Refusal::TooOld);
             }
         }
-        // Walking back from the newest emit: the emits of one partition are in offset order,
-        // so once one of them is covered, so is every older one of that partition, and once
-        // every partition held is, the walk stops: it costs the events after the cut, not the
-        // window. A partition the cut does not name was never delivered from: all of it is new.
-        let mut finished: HashSet<(u8, i32)> = HashSet::new();
-        let mut after: Vec<&Entry> = Vec::new();
-        for e in self.entries.iter().rev() {
-            let tp = (e.pos.topic, e.pos.partition);
-            if finished.contains(&tp) {
-                continue;
-            }
-            if cut.covers(&e.pos) {
-                finished.insert(tp);
-                if finished.len() == self.held.len() {
-                    break;
-                }
-            } else if rooms.contains(&&*e.room) {
-                after.push(e);
-            }
-        }
-        after.reverse();
+        let (mut after, _) = self.after(cut, rooms);
         let mut conflated = 0;
         if after.len() > budget {
             let mut seen = HashSet::new();
@@ -635,6 +657,67 @@ mod tests {
         assert_eq!(
             payloads(&a.replay(&before_marker, &rooms, 100, 2000).unwrap()),
             [7]
+        );
+    }
+
+    /// Found by review: a partition whose newest emit the client had seen (news, minutes ago)
+    /// was finished only when the walk reached that emit, through every ticker since, under
+    /// the journal's lock, twice per recovery.
+    #[test]
+    fn a_replay_walks_the_events_after_the_cut_not_back_to_a_rare_stream() {
+        let mut j = Journal::new(10_000, 600_000);
+        j.append(
+            pos(4, 0, 0, 0),
+            true,
+            "news.global",
+            "n",
+            &Payload::new(&-1),
+            None,
+            10,
+        );
+        j.advance(4, 0, 0);
+        let mut offsets = Vec::new();
+        for i in 0..1000 {
+            let offset = j.append(
+                pos(3, 0, i, 0),
+                true,
+                "crypto.global",
+                "t",
+                &Payload::new(&i),
+                Some("BTC"),
+                10,
+            );
+            j.advance(3, 0, i);
+            offsets.push(offset);
+        }
+        let cut = Cut::decode(&offsets[989]).unwrap();
+        let rooms = ["crypto.global", "news.global"];
+        let (after, walked) = j.after(&cut, &rooms);
+        assert_eq!(after.len(), 10);
+        assert!(
+            walked <= 11,
+            "walked {walked} entries for 10 events after the cut"
+        );
+        let (after, walked) = j.after(&Cut::decode(&offsets[999]).unwrap(), &rooms);
+        assert_eq!(
+            (after.len(), walked),
+            (0, 0),
+            "nothing after the newest emit"
+        );
+        // A news event after the cut: all of both partitions after it, nothing more.
+        j.append(
+            pos(4, 0, 1, 0),
+            true,
+            "news.global",
+            "n",
+            &Payload::new(&-2),
+            None,
+            11,
+        );
+        let replay = j.replay(&cut, &rooms, 100, 20).unwrap();
+        assert_eq!(
+            payloads(&replay),
+            [990, 991, 992, 993, 994, 995, 996, 997, 998, 999, -2]
         );
     }
 
