@@ -11,7 +11,7 @@ mod server;
 mod settings;
 
 pub use head::prepare_head;
-pub use router::{Routes, router};
+pub use router::{PollingHandshake, Routes, router};
 pub use server::{Joined, SessionWatch, serve, serve_with};
 pub use settings::{AdminSettings, HttpSettings};
 

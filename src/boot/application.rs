@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::config::Settings;
 use super::wiring::Ports;
-use crate::adapters::http::{self, Joined, Routes};
+use crate::adapters::http::{self, Joined, PollingHandshake, Routes};
 use crate::adapters::socketio::{self, Inbound, SocketIoFanout};
 use crate::app::auth::Authenticator;
 use crate::app::clients::ClientService;
@@ -91,6 +91,9 @@ impl Application {
                 on_join: Some(Arc::new(|head: &axum::http::request::Parts| {
                     if let Some(joined) = head.extensions.get::<Joined>() {
                         joined.mark();
+                    }
+                    if let Some(polling) = head.extensions.get::<PollingHandshake>() {
+                        polling.joined();
                     }
                 })),
                 handling: handling.clone(),

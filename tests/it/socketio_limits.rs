@@ -114,6 +114,34 @@ async fn an_engine_io_session_that_never_joins_the_namespace_is_closed_after_con
     );
 }
 
+/// Found by review: the limit counted only sessions that had joined the namespace, so
+/// handshakes that never join (each alive for `connect_timeout`) were not bounded by it.
+#[tokio::test]
+async fn polling_handshakes_that_never_join_count_against_max_polling_sessions() {
+    let mut settings = Settings::default();
+    settings.socketio.max_polling_sessions = 1;
+    settings.socketio.connect_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(settings).await;
+    polling_session(&app).await; // never joins
+
+    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 503, "a second one is refused at once: {body}");
+
+    // Once the first is closed for not joining, its place is free again.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (status, _) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place of a session closed after connect_timeout is never given back"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_event_name_over_max_event_name_is_dropped_and_counted() {
     let app = TestApp::spawn().await;

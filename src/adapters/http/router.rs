@@ -22,6 +22,45 @@ use super::settings::HttpSettings;
 use crate::ports::{EventPublisher, Readiness};
 use crate::telemetry::metrics;
 
+/// The request extension of a polling handshake the limit let through, kept with the head
+/// Engine.IO keeps for the session's life: it counts the session as polling until the
+/// namespace connect marks it [`joined`](Self::joined) (from then the Socket.IO adapter's
+/// count has it) or the session ends without joining (closed after `connect_timeout`).
+/// Handshakes that never join would otherwise escape `socketio.max_polling_sessions`.
+#[derive(Clone, Debug)]
+pub struct PollingHandshake(Arc<Unjoined>);
+
+#[derive(Debug)]
+struct Unjoined {
+    count: Arc<AtomicUsize>,
+    joined: std::sync::atomic::AtomicBool,
+}
+
+impl PollingHandshake {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::new(Unjoined {
+            count: Arc::clone(count),
+            joined: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The session joined the namespace: counted among its sockets from now on.
+    pub fn joined(&self) {
+        if !self.0.joined.swap(true, Ordering::Relaxed) {
+            self.0.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Unjoined {
+    fn drop(&mut self) {
+        if !*self.joined.get_mut() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the routes serve besides static files.
 pub struct Routes {
     /// What `/readyz` reports.
@@ -62,6 +101,8 @@ pub fn router(settings: &HttpSettings, routes: Routes) -> Router {
     if publisher.is_some() {
         app = app.route("/admin/publish", post(publish));
     }
+    // Polling sessions not joined yet (each counted by its `PollingHandshake`).
+    let unjoined = Arc::new(AtomicUsize::new(0));
     let mut app = app
         .with_state(AppState {
             readiness,
@@ -71,10 +112,15 @@ pub fn router(settings: &HttpSettings, routes: Routes) -> Router {
         // Inside CORS, which still sees every header.
         .layer(tower::util::MapRequestLayer::new(trim_socketio_head))
         .layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let over = max_polling > 0
-                    && engine_handshake(&req) == Some("polling")
-                    && polling_sessions.load(Ordering::Relaxed) >= max_polling;
+            move |mut req: Request, next: Next| {
+                let polling = max_polling > 0 && engine_handshake(&req) == Some("polling");
+                let open =
+                    polling_sessions.load(Ordering::Relaxed) + unjoined.load(Ordering::Relaxed);
+                let over = polling && open >= max_polling;
+                if polling && !over {
+                    req.extensions_mut()
+                        .insert(PollingHandshake::new(&unjoined));
+                }
                 async move {
                     if over {
                         Refused::MaxPollingSessions.count();

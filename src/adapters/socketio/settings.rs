@@ -47,8 +47,8 @@ pub struct SocketIoSettings {
     pub connect_timeout: Duration,
     /// Longest client event name, in bytes; a longer event is dropped and counted.
     pub max_event_name: usize,
-    /// Sockets on the polling transport (not upgraded to WebSocket) at most; beyond, a new
-    /// polling handshake is refused with 503. 0: no limit.
+    /// Sockets on the polling transport (not upgraded to WebSocket) at most, handshakes not
+    /// joined yet included; beyond, a new polling handshake is refused with 503. 0: no limit.
     pub max_polling_sessions: usize,
     /// WebSocket permessage-deflate with the clients that offer it: each message of at least
     /// [`COMPRESSION_MIN_BYTES`] compressed once and the same frame sent to all of them.
