@@ -143,6 +143,20 @@ async fn polling_handshakes_that_never_join_count_against_max_polling_sessions()
 }
 
 #[tokio::test]
+async fn a_polling_session_that_joined_counts_once_against_max_polling_sessions() {
+    let mut settings = Settings::default();
+    settings.socketio.max_polling_sessions = 2;
+    let app = TestApp::spawn_with(settings).await;
+    let sid = polling_session(&app).await;
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(&app, "POST", &target, "40").await.0, 200, "joins");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // recounted among the sockets
+
+    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "one of two places taken, not both: {body}");
+}
+
+#[tokio::test]
 async fn an_event_name_over_max_event_name_is_dropped_and_counted() {
     let app = TestApp::spawn().await;
     let c = TestClient::connect(&app, Some("long-name")).await;
