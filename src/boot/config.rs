@@ -463,28 +463,15 @@ const VERBATIM_KEYS: [&str; 6] = [
 
 /// The `FLUX_*` variables of [`VERBATIM_KEYS`] in the process environment (where figment's
 /// `Env` reads the others), as strings.
-struct VerbatimEnv(Value);
+struct VerbatimEnv(Vec<(&'static str, String)>);
 
 impl VerbatimEnv {
     fn read() -> Self {
-        let mut root = Value::Object(Map::new());
-        for key in VERBATIM_KEYS {
+        let set = VERBATIM_KEYS.into_iter().filter_map(|key| {
             let name = format!("FLUX_{}", key.replace('.', "__").to_uppercase());
-            let Ok(value) = std::env::var(&name) else {
-                continue;
-            };
-            let mut at = &mut root;
-            let mut parts = key.split('.').peekable();
-            while let Some(part) = parts.next() {
-                let Value::Object(map) = at else { break };
-                if parts.peek().is_none() {
-                    map.insert(part.to_owned(), json!(value));
-                    break;
-                }
-                at = map.entry(part.to_owned()).or_insert_with(|| json!({}));
-            }
-        }
-        Self(root)
+            std::env::var(name).ok().map(|value| (key, value))
+        });
+        Self(set.collect())
     }
 }
 
@@ -496,7 +483,12 @@ impl figment::Provider for VerbatimEnv {
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        Serialized::defaults(&self.0).data()
+        // figment nests each dotted key itself.
+        let each = self
+            .0
+            .iter()
+            .map(|(key, value)| Serialized::default(key, value));
+        each.fold(Figment::new(), Figment::merge).data()
     }
 }
 
