@@ -1,12 +1,14 @@
 //! The head of an HTTP request, as hyper parses it (httparse) and as the gateway prepares it
 //! before any handler: copied out of the read buffer, and trimmed to what Socket.IO keeps on
-//! `/socket.io/` paths; then the client address from `X-Forwarded-For`. Nothing may panic.
+//! `/socket.io/` paths; and the client address from `X-Forwarded-For`, every hop trusted (the
+//! walk reads every value). Nothing may panic.
 #![no_main]
 
 use axum::body::Body;
 use axum::http::Request;
 use flux_bff::adapters::http::prepare_head;
 use flux_bff::domain::identity;
+use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,8 +28,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = builder.body(Body::empty()) else {
         return;
     };
-    let request = prepare_head(request);
-    for value in request.headers().get_all("x-forwarded-for") {
-        let _ = identity::client_ip(value.to_str().ok(), None);
-    }
+    let forwarded: Vec<&str> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let everyone: [IpNet; 2] = ["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    let _ = identity::limit_address(Some(&forwarded.join(",")), [127, 0, 0, 1].into(), &everyone);
+    let _ = prepare_head(request);
 });

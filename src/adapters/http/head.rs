@@ -55,9 +55,10 @@ pub(super) fn engine_handshake(req: &Request) -> Option<&str> {
 
 /// The request headers a Socket.IO request keeps: what engineioxide needs for the handshake
 /// (the permessage-deflate offer among them; engineioxide drops it once answered) and the
-/// polling transport, and what the gateway reads (`x-forwarded-for`). A header the gateway
-/// starts to read must be added here.
-const SOCKETIO_HEADERS: [header::HeaderName; 10] = [
+/// polling transport. The client's address is read before
+/// ([`ClientAddress`](crate::domain::identity::ClientAddress), an extension), so
+/// `X-Forwarded-For` is not kept. A header the gateway starts to read must be added here.
+const SOCKETIO_HEADERS: [header::HeaderName; 9] = [
     header::HOST,
     header::UPGRADE,
     header::CONNECTION,
@@ -67,7 +68,6 @@ const SOCKETIO_HEADERS: [header::HeaderName; 10] = [
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
-    header::HeaderName::from_static("x-forwarded-for"),
 ];
 
 /// Engine.IO keeps the head of the request that opened a session for the life of the socket.
@@ -141,10 +141,8 @@ mod tests {
                 "sec-websocket-extensions",
                 "sec-websocket-key",
                 "upgrade",
-                "x-forwarded-for"
             ]
         );
-        assert_eq!(req.headers().get_all("x-forwarded-for").iter().count(), 2);
         // Other routes are untouched; Engine.IO's path without its slash is trimmed too.
         assert_eq!(trim_socketio_head(browser("/metrics")).headers().len(), 9);
         assert_eq!(
@@ -152,7 +150,7 @@ mod tests {
             9
         );
         let bare = trim_socketio_head(browser("/socket.io?EIO=4&transport=polling"));
-        assert_eq!(bare.headers().len(), 6);
+        assert_eq!(bare.headers().len(), 4);
     }
 
     #[test]

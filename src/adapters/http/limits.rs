@@ -86,6 +86,13 @@ impl Limits {
             return true;
         }
         slot.pending = false;
+        let client = self.client_of(req, peer);
+        self.take_client(&mut slot, client)
+    }
+
+    /// The client of a request from `peer`: the peer, or the nearest untrusted hop of every
+    /// `X-Forwarded-For` header when the peer is a trusted proxy ([`identity::limit_address`]).
+    pub(super) fn client_of(&self, req: &Request, peer: IpAddr) -> IpAddr {
         let forwarded: Vec<&str> = req
             .headers()
             .get_all("x-forwarded-for")
@@ -93,8 +100,7 @@ impl Limits {
             .filter_map(|v| v.to_str().ok())
             .collect();
         let forwarded = forwarded.join(",");
-        let client = identity::limit_address(Some(&forwarded), peer, &self.trusted_proxies);
-        self.take_client(&mut slot, client)
+        identity::limit_address(Some(&forwarded), peer, &self.trusted_proxies)
     }
 
     /// Counts the connection against `client`; `false` (counted) when over the limit.

@@ -19,6 +19,7 @@ use super::Refused;
 use super::head::{detach_head, engine_handshake};
 use super::limits::{Limits, Slot, too_many_connections};
 use super::settings::HttpSettings;
+use crate::domain::identity::ClientAddress;
 use crate::telemetry::metrics::WS_NEVER_JOINED;
 
 /// Serves `router` on `listener` over HTTP/1.1 with upgrades (WebSocket) until `stop` is
@@ -35,7 +36,8 @@ use crate::telemetry::metrics::WS_NEVER_JOINED;
 /// build has no HTTP/2 (axum's `http2` feature is off), so nothing is lost by going straight
 /// to hyper's HTTP/1 connection, and [`detach_head`] copies the head out of the buffer.
 /// Each request carries `ConnectInfo<SocketAddr>` as with
-/// `into_make_service_with_connect_info`, and every accepted socket gets TCP_NODELAY.
+/// `into_make_service_with_connect_info`, an Engine.IO handshake also the client's
+/// [`ClientAddress`] (trusted proxies honoured), and every accepted socket gets TCP_NODELAY.
 pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
     serve_with(listener, router, stop, HttpSettings::default()).await;
 }
@@ -88,8 +90,12 @@ pub async fn serve_with(
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut req = detach_head(req.map(Body::new));
                 req.extensions_mut().insert(ConnectInfo(peer));
-                if engine_handshake(&req) == Some("websocket") {
-                    session.websocket.store(true, Ordering::Relaxed);
+                if let Some(transport) = engine_handshake(&req) {
+                    if transport == "websocket" {
+                        session.websocket.store(true, Ordering::Relaxed);
+                    }
+                    let client = ClientAddress(limits.client_of(&req, peer.ip()));
+                    req.extensions_mut().insert(client);
                 }
                 req.extensions_mut().insert(Joined(Arc::clone(&session)));
                 let admitted = limits.admit_forwarded(&slot, &req, peer.ip());
@@ -236,6 +242,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use axum::routing::get;
+    use ipnet::IpNet;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -277,6 +284,50 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         stop.cancel();
         server.await.unwrap();
+    }
+
+    /// The client address an Engine.IO handshake from this machine carries, with `forwarded`
+    /// as its `X-Forwarded-For`, under `trusted_proxies`.
+    async fn handshake_address(forwarded: &str, trusted_proxies: Vec<IpNet>) -> String {
+        async fn named(req: Request) -> String {
+            format!("{:?}", req.extensions().get::<ClientAddress>())
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let app = Router::new().route("/socket.io/", get(named));
+        let settings = HttpSettings {
+            trusted_proxies,
+            ..HttpSettings::default()
+        };
+        let server = tokio::spawn(serve_with(listener, app, stop.clone(), settings));
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nhost: x\r\n\
+             x-forwarded-for: {forwarded}\r\nconnection: close\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        stop.cancel();
+        server.await.unwrap();
+        response.lines().last().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_handshake_names_the_client_a_trusted_proxy_forwarded_and_no_other() {
+        let loopback: IpNet = "127.0.0.0/8".parse().unwrap();
+        // From a trusted proxy: the nearest untrusted hop, not the first (which the client
+        // itself may have written).
+        assert_eq!(
+            handshake_address("198.51.100.9, 203.0.113.7", vec![loopback]).await,
+            "Some(ClientAddress(203.0.113.7))"
+        );
+        // From any other peer: the peer, whatever it forwards.
+        assert_eq!(
+            handshake_address("203.0.113.7", Vec::new()).await,
+            "Some(ClientAddress(127.0.0.1))"
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use socketioxide::socket::DisconnectReason;
 use tokio_util::task::TaskTracker;
 
 use super::settings::SocketIoSettings;
-use crate::domain::identity::{self, ClientIdentity};
+use crate::domain::identity::{self, ClientAddress, ClientIdentity};
 use crate::domain::recovery::Cut;
 use crate::domain::replies::SnapshotRequest;
 use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
@@ -149,15 +149,16 @@ async fn prepare(
     if let Some(on_join) = &inbound.on_join {
         on_join(parts);
     }
-    let forwarded = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let peer = parts
+    // The address the HTTP server named (a trusted proxy's client, D34), else the peer.
+    let ip = parts
         .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let ip = identity::client_ip(forwarded, peer);
+        .get::<ClientAddress>()
+        .map(|a| a.0)
+        .or_else(|| {
+            let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+            Some(peer.0.ip().to_canonical())
+        })
+        .map(|ip| ip.to_string());
     let user_id = match &inbound.auth {
         Some(auth) => auth.admit(handshake.as_ref(), ip.as_deref())?,
         None => identity::accept_guest_id(handshake.as_ref())
