@@ -81,6 +81,7 @@ pub async fn serve_with(
             // socket: an upgraded WebSocket outlives this task (hyper hands the socket over).
             let slot = Arc::new(std::sync::Mutex::new(slot));
             let session = Arc::new(SessionWatch::default());
+            let watch = Arc::clone(&session);
             let tcp = Held {
                 io: tcp,
                 _slot: Arc::clone(&slot),
@@ -100,12 +101,15 @@ pub async fn serve_with(
                 req.extensions_mut().insert(Joined(Arc::clone(&session)));
                 let admitted = limits.admit_forwarded(&slot, &req, peer.ip());
                 let router = router.clone();
+                let session = Arc::clone(&session);
                 async move {
-                    if admitted {
+                    let response = if admitted {
                         router.oneshot(req).await
                     } else {
                         Ok(too_many_connections())
-                    }
+                    };
+                    session.arrived.store(false, Ordering::Relaxed);
+                    response
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -123,7 +127,10 @@ pub async fn serve_with(
                 }
             };
             if let Err(e) = result {
-                if e.is_timeout() {
+                if e.is_timeout() && !watch.arrived.load(Ordering::Relaxed) {
+                    // hyper's header timer also closes a keep-alive connection left idle.
+                    tracing::trace!(%peer, "idle HTTP connection closed");
+                } else if e.is_timeout() {
                     Refused::HeaderTimeout.count();
                 } else if e.is_parse_too_large() {
                     Refused::HeadTooLarge.count();
@@ -153,6 +160,10 @@ struct Held {
 pub struct SessionWatch {
     websocket: std::sync::atomic::AtomicBool,
     joined: std::sync::atomic::AtomicBool,
+    /// Bytes arrived since the connection's last response was ready, or since it opened.
+    /// hyper's header timer also runs while a keep-alive connection waits for its next
+    /// request: a timeout with nothing arrived is an idle connection closed, not a slow head.
+    arrived: std::sync::atomic::AtomicBool,
 }
 
 /// The request extension through which the namespace connect marks its connection joined.
@@ -182,7 +193,12 @@ impl tokio::io::AsyncRead for Held {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.session.arrived.store(true, Ordering::Relaxed);
+        }
+        read
     }
 }
 
@@ -327,6 +343,59 @@ mod tests {
         assert_eq!(
             handshake_address("203.0.113.7", Vec::new()).await,
             "Some(ClientAddress(127.0.0.1))"
+        );
+    }
+
+    #[test]
+    fn only_a_head_that_started_and_did_not_end_counts_as_a_header_timeout() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // One thread: the server's tasks count into this thread's recorder.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let stop = CancellationToken::new();
+                let app = Router::new().route("/peer", get(peer));
+                let settings = HttpSettings {
+                    header_timeout: Duration::from_millis(300),
+                    ..HttpSettings::default()
+                };
+                let server = tokio::spawn(serve_with(listener, app, stop.clone(), settings));
+                // Idle after a request (keep-alive), idle from the start, and a head that
+                // never ends: all three are closed after the timeout.
+                let mut kept_alive = TcpStream::connect(addr).await.unwrap();
+                ask(&mut kept_alive, false).await;
+                let mut silent = TcpStream::connect(addr).await.unwrap();
+                let mut slow = TcpStream::connect(addr).await.unwrap();
+                slow.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n")
+                    .await
+                    .unwrap();
+                for tcp in [&mut kept_alive, &mut silent, &mut slow] {
+                    let mut rest = Vec::new();
+                    let closed =
+                        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+                            .await;
+                    assert!(closed.is_ok(), "closed by the header timer");
+                }
+                stop.cancel();
+                server.await.unwrap();
+            });
+        });
+        let text = handle.render();
+        let counted: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("flux_http_connections_refused_total{reason=\"header_timeout\"}")
+            })
+            .collect();
+        assert_eq!(
+            counted,
+            ["flux_http_connections_refused_total{reason=\"header_timeout\"} 1"]
         );
     }
 
