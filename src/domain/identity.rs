@@ -72,6 +72,16 @@ pub fn limit_address(forwarded_for: Option<&str>, peer: IpAddr, trusted: &[IpNet
     nearest
 }
 
+/// What a client's connections count under for per-client limits: an IPv4 address itself, an
+/// IPv6 address's /64 network (its low 64 bits masked). One IPv6 subscriber holds a whole /64
+/// (a home network's or a phone's prefix) and can connect from any of its 2^64 addresses.
+pub fn limit_key(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// One `X-Forwarded-For` hop as an address: bare, with a port, or in brackets.
 fn forwarded_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim();
@@ -118,6 +128,16 @@ mod tests {
         assert_eq!(accept_guest_id(Some(&json!({ "guestId": ok }))), Some(ok));
         let long = "😀".repeat(65);
         assert_eq!(accept_guest_id(Some(&json!({ "guestId": long }))), None);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64_network_and_an_ipv4_one_by_its_address() {
+        let key = |ip: &str| limit_key(ip.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
     }
 
     #[test]

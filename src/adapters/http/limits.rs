@@ -54,6 +54,8 @@ impl Limits {
     /// A new connection from `peer`: its slot, or `None` (counted) when a limit refuses it.
     /// A peer that is not a trusted proxy is the client and is counted now.
     pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
+        // A dual-stack listener's IPv4 peer is `::ffff:a.b.c.d`: compared as IPv4.
+        let peer = peer.to_canonical();
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
             Refused::MaxConnections.count();
@@ -103,11 +105,13 @@ impl Limits {
         identity::limit_address(Some(&forwarded), peer, &self.trusted_proxies)
     }
 
-    /// Counts the connection against `client`; `false` (counted) when over the limit.
+    /// Counts the connection against `client` (its /64 for IPv6, [`identity::limit_key`]);
+    /// `false` (counted) when over the limit.
     fn take_client(&self, slot: &mut Slot, client: IpAddr) -> bool {
         if self.max_per_client == 0 {
             return true;
         }
+        let client = identity::limit_key(client);
         let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
         let count = per_client.entry(client).or_insert(0);
         if *count >= self.max_per_client {
@@ -149,4 +153,49 @@ pub(super) fn too_many_connections() -> Response {
         "too many connections from this client address\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_per_client: usize) -> Arc<Limits> {
+        Arc::new(Limits::new(&HttpSettings {
+            max_connections_per_client: max_per_client,
+            ..HttpSettings::default()
+        }))
+    }
+
+    #[test]
+    fn a_proxy_seen_through_a_dual_stack_listener_is_still_trusted() {
+        let limits = limits(1);
+        let proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let slots: Vec<Slot> = (0..3).filter_map(|_| limits.admit(proxy)).collect();
+        assert_eq!(slots.len(), 3, "the proxy is not a client of its own");
+        assert!(
+            slots.iter().all(|slot| slot.pending),
+            "its requests name the clients"
+        );
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv6_64_network_share_a_client_limit() {
+        let limits = limits(2);
+        let admit = |ip: &str| limits.admit(ip.parse().unwrap());
+        let held: Vec<Slot> = ["2001:db8:0:1::1", "2001:db8:0:1:ffff::2"]
+            .into_iter()
+            .filter_map(admit)
+            .collect();
+        assert_eq!(held.len(), 2);
+        assert!(
+            admit("2001:db8:0:1::3").is_none(),
+            "a third address of the /64"
+        );
+        assert!(
+            admit("2001:db8:0:2::1").is_some(),
+            "another /64 is another client"
+        );
+        drop(held);
+        assert!(admit("2001:db8:0:1::3").is_some(), "given back when closed");
+    }
 }
