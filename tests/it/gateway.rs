@@ -852,3 +852,120 @@ async fn a_shutdown_lets_client_events_received_before_it_send_their_commands() 
         "the weather command was sent before the gateway stopped"
     );
 }
+
+/// Found by review: a recovered socket whose replay overflowed its queue lags, and its
+/// backlog recorded its rooms before the replay's end put it back in them: until the drainer's
+/// next pass, the tickers of those rooms skipped it (broadcasts skip lagging sockets) and did
+/// not reach its backlog either. Every product ticked once after the reconnect must arrive.
+#[tokio::test]
+async fn a_socket_that_lags_from_its_replay_gets_the_tickers_of_the_rooms_it_rejoined() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut settings = Settings::default();
+    settings.socketio.max_buffer = 4;
+    settings.recovery.replay_budget = 1_000;
+    let app = TestApp::spawn_with(settings).await;
+    let base = fixture("crypto.ticker.event.updated.json");
+    let tick = |product: &str, ts: usize| padded_tick(&base, product, ts, 16);
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
+
+    // A client with a session id and the offset of a ticker it got.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text(r#"40{"guestId":"again"}"#))
+        .await
+        .unwrap();
+    let mut pid = String::new();
+    let mut offset = String::new();
+    let mut joined = false;
+    while offset.is_empty() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .unwrap();
+        let text = msg.to_text().unwrap_or("").to_owned();
+        if let Some(connect) = text.strip_prefix("40") {
+            let v: Value = serde_json::from_str(connect).unwrap();
+            pid = v["pid"].as_str().expect("recovery is on").to_owned();
+        } else if text.contains("session:init") && !joined {
+            joined = true;
+            let joining = format!(r#"42["userLocationUpdate",{}]"#, location("Lucknow"));
+            ws.send(Message::text(joining)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            app.publish(TICKER_EVENTS, Some("FIRST-USD"), &tick("FIRST-USD", 0));
+        } else if let Some(body) = text.strip_prefix("42")
+            && let Ok(v) = serde_json::from_str::<Value>(body)
+            && v[0] == EV_TICKER
+            && let Some(last) = v.as_array().and_then(|a| a.last()).and_then(Value::as_str)
+        {
+            offset = last.to_owned();
+        }
+    }
+    drop(ws);
+
+    // Missed while away: more than its queue holds, so the replay makes it lag.
+    for i in 0..40 {
+        let product = format!("MISSED{i}-USD");
+        app.publish(TICKER_EVENTS, Some(&product), &tick(&product, i + 1));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Back with its session; meanwhile one ticker every half millisecond, each of another
+    // product, for 300 ms: some come right after the replay put it back in its rooms.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let connect = json!({"guestId": "again", "pid": pid, "offset": offset});
+    ws.send(Message::text(format!("40{connect}")))
+        .await
+        .unwrap();
+    let publisher = {
+        let bus = app.bus.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            for i in 0..600 {
+                let product = format!("LIVE{i}-USD");
+                let value = padded_tick(&base, &product, 1_000 + i, 16).to_string();
+                bus.publish(TICKER_EVENTS, Some(&product), Some(value.as_bytes()));
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        })
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut recovered = None;
+    let mut last_message = tokio::time::Instant::now();
+    loop {
+        let left = Duration::from_secs(2).saturating_sub(last_message.elapsed());
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(left, ws.next()).await else {
+            break;
+        };
+        last_message = tokio::time::Instant::now();
+        let text = msg.to_text().unwrap_or("").to_owned();
+        if text == "2" {
+            ws.send(Message::text("3")).await.unwrap();
+        } else if let Some(connect) = text.strip_prefix("40") {
+            let v: Value = serde_json::from_str(connect).unwrap();
+            recovered = Some(v["pid"] == json!(pid));
+        } else if let Some(body) = text.strip_prefix("42")
+            && let Ok(v) = serde_json::from_str::<Value>(body)
+            && v[0] == EV_TICKER
+        {
+            let product = v[1].to_string();
+            if let Some(start) = product.find("LIVE").or_else(|| product.find("MISSED")) {
+                let end = start + product[start..].find("-USD").unwrap();
+                seen.insert(product[start..end].to_owned());
+            }
+        }
+    }
+    publisher.await.unwrap();
+    assert_eq!(recovered, Some(true), "the session is recovered");
+    let missing: Vec<String> = (0..40)
+        .map(|i| format!("MISSED{i}"))
+        .chain((0..600).map(|i| format!("LIVE{i}")))
+        .filter(|p| !seen.contains(p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} products never arrived: {missing:?}",
+        missing.len()
+    );
+}
