@@ -175,19 +175,23 @@ impl Backlogs {
         self.push_for(sid, message, Vec::new)
     }
 
-    /// Queues `message` for `sid`, conflating by key; `rooms` gives the socket's rooms when
-    /// this makes it lagging.
+    /// Queues `message` for `sid`, conflating by key. When this makes the socket lagging,
+    /// `becomes_lagging` runs under the lock and gives the socket's rooms: the caller puts the
+    /// socket in the lagging room there, as [`catch_up`](Self::catch_up) takes it out under
+    /// the same lock. Joined after the lock, a catch-up in between could leave the socket in
+    /// the lagging room with no backlog: every broadcast would skip it for good (found by
+    /// review).
     pub fn push_for(
         &self,
         sid: Sid,
         message: Pending,
-        rooms: impl FnOnce() -> Vec<String>,
+        becomes_lagging: impl FnOnce() -> Vec<String>,
     ) -> Pushed {
         let mut map = self.lock();
         let backlog = map.entry(sid).or_insert_with(|| {
             self.lagging.fetch_add(1, Ordering::Relaxed);
             Backlog {
-                rooms: rooms(),
+                rooms: becomes_lagging(),
                 ..Backlog::default()
             }
         });
@@ -384,6 +388,32 @@ mod tests {
         // Replies first, in order; then the latest price per product, in first-arrival order.
         assert_eq!(sent, ["4", "5", "3", "2"]);
         assert_eq!(b.lagging(), 0);
+        assert!(!b.is_lagging(sid));
+    }
+
+    #[test]
+    fn a_catch_up_cannot_come_between_becoming_lagging_and_joining_the_lagging_room() {
+        let b = Arc::new(Backlogs::new(8, 8));
+        let sid = Sid::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (in_hook, hook_entered) = std::sync::mpsc::channel();
+        let pusher = {
+            let (b, log) = (Arc::clone(&b), Arc::clone(&log));
+            std::thread::spawn(move || {
+                b.push_for(sid, msg("r", None, 1), || {
+                    in_hook.send(()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    log.lock().unwrap().push("joined");
+                    Vec::new()
+                })
+            })
+        };
+        hook_entered.recv().unwrap();
+        let left = || log.lock().unwrap().push("left");
+        let caught_up = futures::executor::block_on(b.catch_up(sid, |_| true, left));
+        assert_eq!(pusher.join().unwrap(), Pushed::Queued);
+        assert!(caught_up, "the catch-up found the backlog the push made");
+        assert_eq!(*log.lock().unwrap(), ["joined", "left"]);
         assert!(!b.is_lagging(sid));
     }
 

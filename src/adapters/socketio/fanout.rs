@@ -131,9 +131,12 @@ impl SocketIoFanout {
         } else {
             "ordered"
         };
-        match self.backlogs.push_for(s.id, pending, || room_names(s)) {
+        let becomes_lagging = || {
+            s.join(LAGGING_ROOM);
+            room_names(s)
+        };
+        match self.backlogs.push_for(s.id, pending, becomes_lagging) {
             Pushed::Queued => {
-                s.join(LAGGING_ROOM);
                 metrics::counter!(FANOUT_BACKLOGGED, "kind" => kind).increment(1);
             }
             Pushed::Conflated => metrics::counter!(FANOUT_CONFLATED).increment(1),
