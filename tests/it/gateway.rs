@@ -603,13 +603,26 @@ async fn polling_requests_from_the_frontend_origin_get_cors_headers() {
     );
 }
 
-/// The ticker fixture for `product`, stamped `ts`, with `pad` bytes of filler.
 /// A client that stops reading until its backlog overflows is dropped by closing its
 /// connection, with no DISCONNECT packet: that packet needed room in its full queue (the
 /// socket stayed, counted as dropped), and it stops the official client for good, where a
-/// closed connection makes it reconnect and be hydrated again.
-#[tokio::test]
-async fn a_client_whose_backlog_overflows_has_its_connection_closed() {
+/// closed connection makes it reconnect and be hydrated again. Its metrics are this test's
+/// own (a recorder of this thread, where the gateway's tasks run): `flux_lagging_sockets` is
+/// a gauge other tests move.
+#[test]
+fn a_client_whose_backlog_overflows_has_its_connection_closed() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(overflowing_backlog(move || handle.render()));
+    });
+}
+
+async fn overflowing_backlog(metrics: impl Fn() -> String) {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
 
@@ -618,33 +631,36 @@ async fn a_client_whose_backlog_overflows_has_its_connection_closed() {
     settings.socketio.max_backlog = 4;
     let app = TestApp::spawn_with(settings).await;
     let mut stalled = raw_joined(&app, "stalled").await;
+    // Joined (its weather command is sent after the rooms are joined).
+    app.wait_records(WEATHER_FETCH, 1).await;
 
     // Tickers it does not read, until it lags (its TCP buffers and queue full: 16 KB
-    // ticks), then news, which a lagging socket's backlog keeps in order, beyond its bound.
-    let products = ["BTC-USD", "ETH-USD", "SOL-USD"];
+    // ticks of 64 products, which the consumer does not conflate away) and the drainer has
+    // counted it; then news, which a lagging socket's backlog keeps in order, beyond its
+    // bound.
+    let products: Vec<String> = (0..64).map(|i| format!("P{i}-USD")).collect();
     let base = fixture("crypto.ticker.event.updated.json");
     let news = fixture("news.service.event.updated.json");
     let mut total = 0usize;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while counter(
-        &app.metrics().await,
-        "flux_slow_socket_disconnects_total",
-        &[],
-    ) < 1.0
-    {
+    while counter(&metrics(), "flux_lagging_sockets", &[]) < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the stalled client was never dropped after {total} ticks"
+            "the stalled client was not lagging after {total} ticks"
         );
         for _ in 0..300 {
-            let product = products[total % products.len()];
-            app.publish(
-                TICKER_EVENTS,
-                Some(product),
-                &padded_tick(&base, product, total, 16 * 1024),
-            );
+            let product = &products[total % products.len()];
+            let tick = padded_tick(&base, product, total, 16 * 1024);
+            app.publish(TICKER_EVENTS, Some(product), &tick);
             total += 1;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while counter(&metrics(), "flux_slow_socket_disconnects_total", &[]) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client was never dropped"
+        );
         for _ in 0..8 {
             app.publish(NEWS_EVENTS, Some("globalnews"), &news);
         }
@@ -654,7 +670,7 @@ async fn a_client_whose_backlog_overflows_has_its_connection_closed() {
     // Its disconnect handler ran (with the queue full, `disconnect` had done nothing).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while counter(
-        &app.metrics().await,
+        &metrics(),
         "flux_socket_disconnects_total",
         &["server_disconnect"],
     ) < 1.0
@@ -662,6 +678,16 @@ async fn a_client_whose_backlog_overflows_has_its_connection_closed() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the dropped socket's disconnect handler did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing lags any more, and the gauge says so (it stayed at 1: only a drainer pass over
+    // lagging sockets set it, and the overflow removed the last one elsewhere).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while counter(&metrics(), "flux_lagging_sockets", &[]) > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flux_lagging_sockets stayed above 0 after the only lagging client was dropped"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -684,6 +710,7 @@ async fn a_client_whose_backlog_overflows_has_its_connection_closed() {
     }
 }
 
+/// The ticker fixture for `product`, stamped `ts`, with `pad` bytes of filler.
 fn padded_tick(base: &Value, product: &str, ts: usize, pad: usize) -> Value {
     let mut tick = base.clone();
     tick["data"]["product_id"] = json!(product);

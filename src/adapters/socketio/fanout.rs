@@ -287,6 +287,8 @@ impl SocketIoFanout {
                 _ = tick.tick() => {}
             }
             if self.backlogs.lagging() == 0 {
+                // The last lagging socket may have gone elsewhere (too slow, disconnected).
+                metrics::gauge!(LAGGING_SOCKETS).set(0.0);
                 continue;
             }
             let mut drained = Vec::new();
