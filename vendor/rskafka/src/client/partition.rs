@@ -23,7 +23,7 @@ use crate::{
     throttle::maybe_throttle,
     validation::ExactlyOne,
 };
-use chrono::{DateTime, LocalResult, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use std::{
     ops::{ControlFlow, Deref, Range},
     sync::Arc,
@@ -982,29 +982,13 @@ fn extract_records(
                         continue;
                     }
 
-                    let timestamp_millis =
-                        match batch.first_timestamp.checked_add(record.timestamp_delta) {
-                            Some(ts) => ts,
-                            None => {
-                                return Err(Error::InvalidResponse(format!(
-                                    "Timestamp overflow (first_timestamp={}, delta={}",
-                                    batch.first_timestamp, record.timestamp_delta
-                                )));
-                            }
-                        };
-                    let timestamp = match Utc.timestamp_millis_opt(timestamp_millis) {
-                        LocalResult::None => {
-                            return Err(Error::InvalidResponse(format!(
-                                "Not a valid timestamp ({timestamp_millis})"
-                            )));
-                        }
-                        LocalResult::Single(ts) => ts,
-                        LocalResult::Ambiguous(a, b) => {
-                            return Err(Error::InvalidResponse(format!(
-                                "Ambiguous timestamp ({timestamp_millis}): {a} or {b}"
-                            )));
-                        }
-                    };
+                    // flux-bff patch: never fails the fetch; LogAppendTime read from the batch
+                    let timestamp = record_timestamp(
+                        batch.timestamp_type,
+                        batch.first_timestamp,
+                        batch.max_timestamp,
+                        record.timestamp_delta,
+                    );
 
                     records.push(RecordAndOffset {
                         record: Record {
@@ -1025,6 +1009,33 @@ fn extract_records(
     }
 
     Ok(records)
+}
+
+/// flux-bff patch: Kafka's "no timestamp" (`RecordBatch.NO_TIMESTAMP`, -1 ms).
+const NO_TIMESTAMP: i64 = -1;
+
+/// flux-bff patch: the timestamp of a record, as Kafka's Java client reads it
+/// (`DefaultRecordBatch.RecordIterator`, `DefaultRecord.readFrom`): the batch's max timestamp
+/// for a `LogAppendTime` batch (the broker rewrites only that field), else the batch's first
+/// timestamp plus the record's delta. A timestamp whose sum overflows or that chrono cannot
+/// represent (a producer that wrote nanoseconds) is read as Kafka's "no timestamp" (-1 ms)
+/// instead of failing the whole fetch: Kafka accepts such timestamps, so a failed fetch would
+/// stop the partition on that record for good.
+fn record_timestamp(
+    timestamp_type: RecordBatchTimestampType,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    timestamp_delta: i64,
+) -> DateTime<Utc> {
+    let millis = match timestamp_type {
+        RecordBatchTimestampType::LogAppendTime => Some(max_timestamp),
+        RecordBatchTimestampType::CreateTime => first_timestamp.checked_add(timestamp_delta),
+    };
+    millis
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(|| {
+            DateTime::from_timestamp_millis(NO_TIMESTAMP).expect("-1 ms is within chrono's range")
+        })
 }
 
 fn build_list_offsets_request(partition: i32, topic: &str, at: OffsetAt) -> ListOffsetsRequest {
@@ -1357,6 +1368,72 @@ mod fetched_tests {
         let fetched = fetched_records(partition(data), 1).unwrap();
         assert!(fetched.records.is_empty());
         assert_eq!(fetched.next_offset, 2);
+    }
+
+    fn timestamps(fetched: &FetchedRecords) -> Vec<(i64, i64)> {
+        fetched
+            .records
+            .iter()
+            .map(|r| (r.offset, r.record.timestamp.timestamp_millis()))
+            .collect()
+    }
+
+    #[test]
+    fn a_timestamp_chrono_cannot_represent_is_read_as_no_timestamp_and_the_fetch_goes_on() {
+        // A producer that wrote nanoseconds: far past chrono's range of some 262,000 years.
+        let mut nanos = batch(10, &["nanos"]);
+        nanos.first_timestamp = 1_700_000_000_000_000_000;
+        nanos.max_timestamp = 1_700_000_000_000_000_000;
+        let data = [bytes(&nanos), bytes(&batch(11, &["good"]))].concat();
+        let fetched = fetched_records(partition(data), 10).unwrap();
+        assert_eq!(
+            values(&fetched),
+            [(10, "nanos".into()), (11, "good".into())]
+        );
+        assert_eq!(
+            timestamps(&fetched),
+            [(10, NO_TIMESTAMP), (11, 1_700_000_000_000)]
+        );
+        assert_eq!(fetched.next_offset, 12);
+    }
+
+    #[test]
+    fn a_timestamp_delta_that_overflows_is_read_as_no_timestamp_and_the_fetch_goes_on() {
+        let mut overflowing = batch(10, &["overflow", "next"]);
+        if let ControlBatchOrRecords::Records(records) = &mut overflowing.records {
+            records[0].timestamp_delta = i64::MAX;
+        }
+        let data = [bytes(&overflowing), bytes(&batch(12, &["good"]))].concat();
+        let fetched = fetched_records(partition(data), 10).unwrap();
+        assert_eq!(
+            values(&fetched),
+            [
+                (10, "overflow".into()),
+                (11, "next".into()),
+                (12, "good".into())
+            ]
+        );
+        assert_eq!(
+            timestamps(&fetched),
+            [
+                (10, NO_TIMESTAMP),
+                (11, 1_700_000_000_000),
+                (12, 1_700_000_000_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_records_of_a_log_append_time_batch_take_its_max_timestamp() {
+        let mut appended = batch(10, &["a", "b"]);
+        appended.timestamp_type = RecordBatchTimestampType::LogAppendTime;
+        appended.first_timestamp = 1;
+        appended.max_timestamp = 2000;
+        if let ControlBatchOrRecords::Records(records) = &mut appended.records {
+            records[1].timestamp_delta = 5;
+        }
+        let fetched = fetched_records(partition(bytes(&appended)), 10).unwrap();
+        assert_eq!(timestamps(&fetched), [(10, 2000), (11, 2000)]);
     }
 
     #[test]
