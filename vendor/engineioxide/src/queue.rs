@@ -183,6 +183,19 @@ impl<T> Sender<T> {
         }
     }
 
+    /// flux-bff patch: queues `item` even when the queue is full (one slot past its bound),
+    /// failing only when it is closed. For the heartbeat's ping, of which at most one is
+    /// outstanding: a slow client whose queue stays full (a lagging socket's backlog keeps it
+    /// so) must still be asked for its pong, behind what it has not read yet.
+    pub fn send_past_bound(&self, item: T) -> Result<(), TrySendError<T>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(TrySendError::Closed(item));
+        }
+        self.shared.used.fetch_add(1, Ordering::AcqRel);
+        self.shared.push(item);
+        Ok(())
+    }
+
     /// Queues `item`, waiting for room; fails when the queue is closed.
     pub async fn send(&self, item: T) -> Result<(), TrySendError<T>> {
         let mut item = Some(item);

@@ -444,8 +444,12 @@ where
         if self.is_upgrading() || now_ms < hb.next_ping_ms.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // flux-bff patch: past the queue's bound when it is full. Upstream closed the socket
+        // at once when its queue was full at ping time, so a slow client (its queue kept full
+        // by the gateway's backlog drainer) was dropped as a heartbeat timeout with no grace;
+        // now it gets the ping behind what it has queued, and `timeout` to answer it.
         self.internal_tx
-            .try_send(smallvec![Packet::Ping])
+            .send_past_bound(smallvec![Packet::Ping])
             .map_err(|_| Error::HeartbeatTimeout)?;
         hb.ping_sent_ms.store(now_ms.max(1), Ordering::Relaxed);
         hb.next_ping_ms.store(now_ms + interval, Ordering::Relaxed);
@@ -795,6 +799,46 @@ mod tests {
         socket.cancel();
         let got = tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
         assert!(got.is_none());
+    }
+
+    /// flux-bff patch: a slow client's full queue does not close it at ping time; the ping
+    /// goes behind its packets, and only an unanswered ping closes it after the timeout.
+    #[tokio::test]
+    async fn a_full_queue_at_ping_time_gets_the_ping_behind_its_packets() {
+        let config = EngineIoConfig::builder().max_buffer_size(2).build();
+        let socket = Arc::new(Socket::<()>::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &config,
+            Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        ));
+        socket.emit("first").unwrap();
+        socket.emit("second").unwrap();
+        assert!(socket.emit("third").is_err(), "the queue is full");
+        let (interval, timeout) = (Duration::from_secs(25), Duration::from_secs(20));
+        socket.heartbeat_start(1_000);
+        assert!(
+            socket.heartbeat_check(1_000, interval, timeout).is_ok(),
+            "a full queue is no heartbeat timeout"
+        );
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.extend(next(&socket).await.unwrap().unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                Packet::Message("first".into()),
+                Packet::Message("second".into()),
+                Packet::Ping
+            ]
+        );
+        assert!(socket.emit("after").is_ok(), "the queue has room again");
+        // No pong: closed once the timeout has passed, not before.
+        assert!(socket.heartbeat_check(20_999, interval, timeout).is_ok());
+        assert!(socket.heartbeat_check(21_000, interval, timeout).is_err());
     }
 
     #[tokio::test]
