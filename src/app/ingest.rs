@@ -166,7 +166,16 @@ impl Ingestor {
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
-            match self.open(&mut positions).await {
+            // Opening waits for brokers (each step bounded, but they add up in an outage): a
+            // shutdown must not wait for it, or its deadline runs out before the commands are
+            // flushed (D19). Dropping `open` midway leaves nothing half done that matters:
+            // `positions` are assigned only once the offsets are all known, and the consumer
+            // stops here anyway.
+            let opened = tokio::select! {
+                () = shutdown.cancelled() => return,
+                opened = self.open(&mut positions) => opened,
+            };
+            match opened {
                 Ok(stream) => {
                     if attempt > 0 {
                         tracing::info!(attempts = attempt, "event consumers reconnected");
@@ -860,6 +869,65 @@ mod tests {
             (2..=12).contains(&subscriptions),
             "{subscriptions} subscriptions in 30 s"
         );
+    }
+
+    /// A source whose subscriptions never open (a broker that accepts the connection and
+    /// never answers, a slow start).
+    struct HangingSource;
+
+    #[async_trait::async_trait]
+    impl EventSource for HangingSource {
+        async fn subscribe(
+            &self,
+            _: &[&str],
+            _: &Positions,
+        ) -> Result<RecordStream, crate::ports::EventSourceError> {
+            futures::future::pending().await
+        }
+
+        async fn latest_positions(
+            &self,
+            _: &[&str],
+        ) -> Result<Positions, crate::ports::EventSourceError> {
+            let mut positions = Positions::default();
+            positions.set(topics::TICKER_EVENTS, 0, 0);
+            Ok(positions)
+        }
+
+        async fn last_accepted(
+            &self,
+            _: &str,
+            _: crate::ports::Accept<'_>,
+        ) -> Result<Option<Record>, crate::ports::EventSourceError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_while_the_subscription_is_opening_stops_the_consumer_at_once() {
+        let stop = CancellationToken::new();
+        let (writer, _) = SnapshotWriter::spawn(
+            Arc::new(crate::adapters::memory::MemoryCache::new(16)),
+            stop.clone(),
+        );
+        let ingestor = Ingestor::new(
+            Arc::new(HangingSource),
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
+            writer,
+            weather_desk(),
+            Arc::new(Health::new()),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+        );
+        let consumer = tokio::spawn(ingestor.run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        // The shutdown deadline (10 s by default) must be left for closing the server,
+        // finishing the client events and flushing the producer (D19).
+        tokio::time::timeout(Duration::from_millis(100), consumer)
+            .await
+            .expect("the consumer stops without waiting for the subscription")
+            .unwrap();
     }
 
     #[tokio::test]
