@@ -22,9 +22,10 @@ pub(super) struct ReadBacks(Mutex<HashMap<(String, i32), ReadBack>>); // std Mut
 
 impl ReadBacks {
     /// Where to start reading each partition of `live` (the live positions), given `back`
-    /// (the first positions within the recovery window): the earlier of the two. Every
-    /// partition that starts before its live position is read back; `journal` starts each
-    /// partition where reading starts.
+    /// (the first positions within the recovery window): the earlier of the two, but no
+    /// further back than the journal's capacity of records. Every partition that starts
+    /// before its live position is read back; `journal` starts each partition where reading
+    /// starts.
     pub(super) fn plan(
         &self,
         live: &Positions,
@@ -33,8 +34,20 @@ impl ReadBacks {
     ) -> Positions {
         let mut read_back = self.lock();
         let mut from = Positions::default();
+        // `back` is the first record stamped at or after the window's start, so one record
+        // stamped far ahead (a producer clock hours fast, microseconds written as
+        // milliseconds) puts it days of the partition back. The journal keeps at most
+        // `capacity` emits over all partitions, one or more per record it holds: reading
+        // further back than that many records of one partition journals only what is evicted
+        // again (but for the room rejected records and transaction markers leave), and holds
+        // every live event of the partition back meanwhile.
+        let most = i64::try_from(journal.capacity()).unwrap_or(i64::MAX);
         for (topic, partition, live_at) in live.iter() {
-            let at = back.get(topic, partition).unwrap_or(live_at).min(live_at);
+            let at = back
+                .get(topic, partition)
+                .unwrap_or(live_at)
+                .min(live_at)
+                .max(live_at.saturating_sub(most));
             from.set(topic, partition, at);
             if at < live_at {
                 let range = ReadBack {
@@ -115,6 +128,29 @@ mod tests {
             value: None,
             timestamp: None,
         }
+    }
+
+    #[test]
+    fn a_read_back_starts_no_further_back_than_the_journal_holds() {
+        let read_backs = ReadBacks::default();
+        let mut journal = Journal::new(100, 120_000);
+        let mut live = Positions::default();
+        live.set(topics::TICKER_EVENTS, 0, 1_000_000);
+        live.set(topics::NEWS_EVENTS, 0, 50);
+        // A record stamped far ahead at offset 0 is the first "at or after" the window's start.
+        let mut back = Positions::default();
+        back.set(topics::TICKER_EVENTS, 0, 0);
+        back.set(topics::NEWS_EVENTS, 0, 10);
+        let from = read_backs.plan(&live, &back, &mut journal);
+        assert_eq!(from.get(topics::TICKER_EVENTS, 0), Some(999_900));
+        assert_eq!(
+            from.get(topics::NEWS_EVENTS, 0),
+            Some(10),
+            "a window within the bound is read back whole"
+        );
+        // The records before the bound are not history: read-back ends at the live position.
+        assert!(read_backs.is_history(&record(999_900)));
+        assert!(!read_backs.is_history(&record(1_000_000)));
     }
 
     #[test]

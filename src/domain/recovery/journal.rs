@@ -96,6 +96,11 @@ impl Journal {
         }
     }
 
+    /// The most emits the journal holds.
+    pub fn capacity(&self) -> usize {
+        self.max_entries
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
