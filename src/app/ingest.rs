@@ -4,10 +4,10 @@
 //!
 //! Records already read when the consumer gets to them are handled as one batch. Once the
 //! consumer has been busy for `socketio.conflate_after` (records waiting each time it
-//! read), a ticker or weather result superseded within its batch by a newer one for the same
-//! product or city is not emitted ([`domain::conflate`]): when events outrun the fan-out, the
-//! consumer's lag stays bounded instead of growing without end. While it keeps up, every
-//! event goes out.
+//! read), a ticker or successful weather result superseded within its batch by a newer one
+//! for the same product or city is not emitted ([`domain::conflate`]): when events outrun the
+//! fan-out, the consumer's lag stays bounded instead of growing without end. While it keeps
+//! up, every event goes out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +46,9 @@ const MAX_BATCH: usize = 512;
 #[serde(default)]
 pub struct IngestSettings {
     /// How long the event consumer may stay busy (records waiting each time it reads) before
-    /// it stops emitting a ticker or a weather result when a newer one for the same product or
-    /// city was read with it: the bound on the consumer's lag when events outrun the fan-out.
+    /// it stops emitting a ticker or a successful weather result when a newer one for the same
+    /// product or city was read with it: the bound on the consumer's lag when events outrun the
+    /// fan-out. Other weather results (`unavailable`, D8) are always emitted.
     #[serde(with = "humantime_serde")]
     pub conflate_after: Duration,
 }

@@ -34,7 +34,9 @@ pub struct Delivery {
     pub conflation_key: Option<String>,
     /// When the consumer is behind, a later delivery of the same batch with the same room,
     /// event and key makes this one's emits pointless ([`conflate`]): tickers (per product)
-    /// and weather (per city: each result is the whole current weather of its room).
+    /// and successful weather results (per city: each is the whole current weather of its
+    /// room). Other weather results (`unavailable`, no status) have none: the frontend ignores
+    /// them (D8), so superseding a success with one would leave clients on older weather.
     pub supersede_key: Option<String>,
     /// For weather results that name their city: what the result means for the city's
     /// latest result and outstanding command (D23).
@@ -132,8 +134,8 @@ fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
             .ok_or("unavailable_without_city")?;
         let reason = obj.get("reason").cloned().unwrap_or(Value::Null);
         let payload = json!({"status": "unavailable", "reason": reason});
+        // No supersede key: it tells nothing of the weather, which a room keeps showing.
         let mut delivery = one(weather_room(city), weather_event(city), &payload, None);
-        delivery.supersede_key = Some(city.to_owned());
         delivery.weather = Some(WeatherResult {
             city: city.to_owned(),
             latest: None,
@@ -170,7 +172,8 @@ fn weather(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
         city: city.clone(),
         latest: success.then(|| delivery.emits[0].payload.clone()),
     });
-    delivery.supersede_key = Some(city);
+    // Only a result the frontend shows makes an older one pointless (D8).
+    delivery.supersede_key = success.then_some(city);
     Ok(delivery)
 }
 
@@ -315,7 +318,7 @@ fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
 }
 
 /// Conflates a batch of deliveries read together (the consumer was behind): an emit of a
-/// supersedable delivery (a ticker, a weather result) is dropped when a later delivery of the
+/// supersedable delivery (a ticker, a successful weather result) is dropped when a later delivery of the
 /// same batch emits the same event to the same room with the same key, since every client
 /// would get that newer price or weather anyway. Everything else, snapshots included, stays,
 /// in order.
@@ -604,6 +607,53 @@ mod tests {
                 ("weather.Pune".to_owned(), 22.0)
             ]
         );
+    }
+
+    #[test]
+    fn a_weather_result_the_frontend_ignores_does_not_supersede_a_success() {
+        let success = |temp: f64| {
+            let mut v = fixture("weather.service.event.updated.json");
+            v["data"]["temperatureC"] = json!(temp);
+            route(WEATHER_EVENTS, Some(&compact(&v))).unwrap()
+        };
+        let unavailable = route(
+            WEATHER_EVENTS,
+            Some(br#"{"status":"unavailable","reason":"timeout","data":{"city":"Pune"}}"#),
+        )
+        .unwrap();
+        let mut v = fixture("weather.service.event.updated.json");
+        v.as_object_mut().unwrap().remove("status");
+        let without_status = route(WEATHER_EVENTS, Some(&compact(&v))).unwrap();
+        let (success_20, success_22) = (success(20.0), success(22.0));
+        assert_eq!(
+            (
+                unavailable.emits[0].room.as_str(),
+                success_20.emits[0].room.as_str()
+            ),
+            ("weather.Pune", "weather.Pune")
+        );
+
+        let mut batch = vec![
+            success_20.clone(),
+            unavailable.clone(),
+            without_status.clone(),
+        ];
+        assert_eq!(conflate(&mut batch), 0);
+        assert_eq!(
+            batch[0].emits, success_20.emits,
+            "the room keeps the success it shows"
+        );
+        assert_eq!(
+            batch[1].emits, unavailable.emits,
+            "and still hears of the outage"
+        );
+        assert_eq!(batch[2].emits, without_status.emits);
+
+        // A newer success still supersedes an older one, across the others.
+        let mut batch = vec![success_20, unavailable, without_status, success_22.clone()];
+        assert_eq!(conflate(&mut batch), 1);
+        assert!(batch[0].emits.is_empty());
+        assert_eq!(batch[3].emits, success_22.emits);
     }
 
     #[test]
