@@ -834,6 +834,7 @@ struct GoodAndBad {
     direct: Arc<Client>,
     good: String,
     bad: String,
+    source: KafkaEventSource,
     stream: RecordStream,
 }
 
@@ -858,6 +859,7 @@ impl GoodAndBad {
             direct,
             good,
             bad,
+            source,
             stream,
         }
     }
@@ -872,6 +874,7 @@ async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_s
         good,
         bad,
         mut stream,
+        ..
     } = GoodAndBad::start().await;
 
     // Every fetch response holding this value arrives with a batch that fails its CRC: the
@@ -898,6 +901,40 @@ async fn a_partition_whose_fetches_fail_stops_neither_the_other_topics_nor_the_s
 }
 
 #[tokio::test]
+async fn the_lag_of_a_partition_whose_fetches_fail_follows_its_log_end() {
+    let GoodAndBad {
+        proxy,
+        broker: _broker,
+        direct,
+        bad,
+        source,
+        stream: _stream,
+        ..
+    } = GoodAndBad::start().await;
+
+    let mut stuck = Positions::default();
+    stuck.set(&bad, 0, 0);
+    let lag_becomes = async |lag: i64, why: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = source.lag(&stuck).await;
+            if now == [(bad.clone(), 0, lag)] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{why}: the lag stays at {now:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    lag_becomes(0, "an empty partition is fetched").await;
+    // Then the fetches of `bad` fail from offset 0 on (its first batch fails its CRC) while
+    // its log grows: the consumer stays at 0, three records behind.
+    proxy.corrupt(b"spoilt");
+    produce(&direct, &bad, 0, &["spoilt"]).await;
+    produce(&direct, &bad, 0, &["b1", "b2"]).await;
+    lag_becomes(3, "a partition retried with back-off").await;
+}
+
+#[tokio::test]
 async fn a_batch_that_cannot_be_decoded_is_read_past_and_stops_nothing_else() {
     let GoodAndBad {
         proxy,
@@ -906,6 +943,7 @@ async fn a_batch_that_cannot_be_decoded_is_read_past_and_stops_nothing_else() {
         good,
         bad,
         mut stream,
+        ..
     } = GoodAndBad::start().await;
 
     // The batch of "undecodable" arrives marked gzip over plain records, its CRC intact.

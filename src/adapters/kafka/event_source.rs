@@ -482,6 +482,7 @@ async fn fetch_loop(
                 let retry_in = PARTITION_RETRY
                     .saturating_mul(1 << (failures - 1).min(16))
                     .min(PARTITION_RETRY_MAX);
+                let retry_at = tokio::time::Instant::now() + retry_in;
                 metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_string()).increment(1);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(
@@ -494,9 +495,19 @@ async fn fetch_loop(
                         "kafka fetch of one partition failed; retrying it alone with back-off"
                     );
                 }
+                // No fetch answers a high watermark while this lasts: read the log end
+                // within the back-off, so that the partition's lag keeps growing (and its
+                // alert fires) instead of staying at its last value.
+                let refresh = async {
+                    let end = latest(&client, settings.request_timeout * 2).await;
+                    if let Ok(end) = end {
+                        source.saw(&topic, partition, end);
+                    }
+                    tokio::time::sleep_until(retry_at).await;
+                };
                 tokio::select! {
                     () = tx.closed() => return,
-                    () = tokio::time::sleep(retry_in) => continue,
+                    () = refresh => continue,
                 }
             }
         };
