@@ -163,6 +163,10 @@ impl EventSource for KafkaEventSource {
         from: &Positions,
     ) -> Result<RecordStream, EventSourceError> {
         let (known, opened) = self.open_all(topics, from).await?;
+        for topic in topics {
+            // At zero from the start, so that the first failure is an increase to the alert.
+            metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => (*topic).to_owned()).increment(0);
+        }
         let opened = opened
             .into_iter()
             .map(|(client, offset)| {
