@@ -318,10 +318,10 @@ fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
 }
 
 /// Conflates a batch of deliveries read together (the consumer was behind): an emit of a
-/// supersedable delivery (a ticker, a successful weather result) is dropped when a later delivery of the
-/// same batch emits the same event to the same room with the same key, since every client
-/// would get that newer price or weather anyway. Everything else, snapshots included, stays,
-/// in order.
+/// supersedable delivery (a ticker, a successful weather result) is dropped when a later
+/// delivery of the same batch emits the same event to the same room with the same key, since
+/// every client would get that newer price or weather anyway. Everything else, snapshots
+/// included, stays, in order.
 ///
 /// `batch` holds the deliveries, or references to those of them that are emitted.
 /// Returns how many emits were dropped. A batch of one is never changed.
