@@ -19,7 +19,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::topics;
-use crate::ports::{ClientFanout, EventSource, Fetched, Positions, RecordStream};
+use crate::ports::{ClientFanout, EventSource, EventSourceError, Fetched, Positions, RecordStream};
 use crate::telemetry::metrics::KAFKA_LAG;
 use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
@@ -107,7 +107,7 @@ pub struct Ingestor {
     /// Becomes `true` once the first subscription is open (start-up commands wait for it).
     subscribed: watch::Sender<bool>,
     /// Why the last subscription attempt failed, for the start-up failure message.
-    last_error: watch::Sender<Option<String>>,
+    last_error: watch::Sender<Option<EventSourceError>>,
     /// Connection-state recovery's journal of emits (D26), when on.
     recovery: Option<Arc<Recovery>>,
     /// Per partition with records in the recovery window at start-up: those records, up to
@@ -156,7 +156,7 @@ impl Ingestor {
     }
 
     /// Why the last subscription attempt failed, if it did.
-    pub fn last_error(&self) -> watch::Receiver<Option<String>> {
+    pub fn last_error(&self) -> watch::Receiver<Option<EventSourceError>> {
         self.last_error.subscribe()
     }
 
@@ -200,11 +200,11 @@ impl Ingestor {
                     self.health.set_consuming(false);
                 }
                 Err(e) => {
-                    self.last_error.send_replace(Some(e.to_string()));
                     attempt += 1;
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, attempt, "cannot subscribe to the event topics; retrying with back-off");
                     }
+                    self.last_error.send_replace(Some(e));
                 }
             }
             let delay = delays.next().unwrap_or(self.max_backoff);

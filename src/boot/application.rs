@@ -24,7 +24,7 @@ use crate::app::ingest::Ingestor;
 use crate::app::recovery::Recovery;
 use crate::app::snapshots::{self, LocalSnapshots, SnapshotWriter};
 use crate::app::weather::WeatherDesk;
-use crate::ports::{Authenticate, SessionRecovery};
+use crate::ports::{Authenticate, EventSourceError, SessionRecovery};
 
 /// How often a producer marked down is probed (`ClientService::watch_producer`).
 const PRODUCER_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -210,14 +210,14 @@ impl Application {
                 if r.is_err() {
                     background.cancel();
                     http_stop.cancel();
-                    let cause = last_error
-                        .borrow()
-                        .clone()
-                        .unwrap_or_else(|| "no answer".into());
+                    let cause = last_error.borrow().clone();
                     anyhow::bail!(
-                        "Kafka unreachable: no answer from {} within {:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE",
-                        ports.source_name,
-                        settings.lifecycle.startup_deadline
+                        "{}",
+                        startup_failure(
+                            &ports.source_name,
+                            settings.lifecycle.startup_deadline,
+                            cause.as_ref()
+                        )
                     );
                 }
                 false
@@ -284,4 +284,65 @@ fn declare_metrics() {
     crate::app::health::declare_metrics();
     socketio::declare_metrics();
     http::declare_metrics();
+}
+
+/// Why the start-up gave up: the consumers did not subscribe within `deadline`. The cause
+/// and the fix depend on the last subscription error: a missing topic is no unreachable
+/// broker.
+fn startup_failure(
+    source: &str,
+    deadline: std::time::Duration,
+    last_error: Option<&EventSourceError>,
+) -> String {
+    match last_error {
+        Some(EventSourceError::UnknownTopic(topic)) => format!(
+            "Kafka topic {topic} does not exist (on {source}, within {deadline:?}) and kafka.create_topics is off: create it, or set FLUX_KAFKA__CREATE_TOPICS=true"
+        ),
+        Some(EventSourceError::TopicNotCreated { topic, reason }) => format!(
+            "Kafka topic {topic} does not exist and could not be created on {source} ({reason}): create it (partitions and replication as the domain services need), or set FLUX_KAFKA__TOPIC_PARTITIONS / FLUX_KAFKA__REPLICATION_FACTOR to what the brokers allow"
+        ),
+        cause => {
+            let cause = cause.map_or_else(|| "no answer".to_owned(), ToString::to_string);
+            format!(
+                "Kafka unreachable: no answer from {source} within {deadline:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_start_up_failure_names_the_cause_and_the_fix() {
+        let deadline = Duration::from_secs(30);
+        let fails = |e: Option<EventSourceError>| startup_failure("b1:9092", deadline, e.as_ref());
+        let missing = fails(Some(EventSourceError::UnknownTopic("news".into())));
+        assert!(missing.contains("topic news does not exist"), "{missing}");
+        assert!(missing.contains("FLUX_KAFKA__CREATE_TOPICS"), "{missing}");
+        assert!(!missing.contains("unreachable"), "{missing}");
+        let refused = fails(Some(EventSourceError::TopicNotCreated {
+            topic: "news".into(),
+            reason: "replication factor 3 larger than available brokers 1".into(),
+        }));
+        assert!(refused.contains("replication factor 3"), "{refused}");
+        assert!(
+            refused.contains("FLUX_KAFKA__REPLICATION_FACTOR"),
+            "{refused}"
+        );
+        assert!(!refused.contains("unreachable"), "{refused}");
+        for lost in [
+            None,
+            Some(EventSourceError::Unavailable("connection refused".into())),
+        ] {
+            let lost = fails(lost);
+            assert!(
+                lost.starts_with("Kafka unreachable: no answer from b1:9092"),
+                "{lost}"
+            );
+        }
+    }
 }

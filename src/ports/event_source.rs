@@ -124,14 +124,18 @@ impl Fetched {
 /// A live subscription. It ends with an `Err` (and then `None`) when the source is lost.
 pub type RecordStream = BoxStream<'static, Result<Fetched, EventSourceError>>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum EventSourceError {
     /// The broker cannot be reached or the connection was lost; re-subscribing later may work.
     #[error("event source unavailable: {0}")]
     Unavailable(String),
-    /// A topic does not exist (and could not be created).
+    /// A topic does not exist (and creating topics is off).
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+    /// A topic does not exist and creating it failed (replication factor above the brokers,
+    /// no authorisation to create topics, …).
+    #[error("topic {topic} does not exist and could not be created: {reason}")]
+    TopicNotCreated { topic: String, reason: String },
     /// Anything else the adapter could not recover from.
     #[error("event source failed: {0}")]
     Other(String),

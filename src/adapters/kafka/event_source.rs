@@ -115,7 +115,7 @@ impl KafkaEventSource {
             .map_err(|e| match e {
                 KafkaError::CreateTopic { topic, reason } => {
                     tracing::warn!(%topic, %reason, "cannot create kafka topic");
-                    EventSourceError::UnknownTopic(topic)
+                    EventSourceError::TopicNotCreated { topic, reason }
                 }
                 e => to_port_error(e.into()),
             })?;
