@@ -803,14 +803,16 @@ mod tests {
     }
 
     /// A source whose every subscription opens and fails at once (a partition the adapter
-    /// cannot read, a topic gone), counting subscriptions.
+    /// cannot read, a topic gone) or, `hanging`, never opens (a broker that accepts the
+    /// connection and never answers, a slow start), counting subscriptions.
     #[derive(Default)]
-    struct FailingSource {
+    struct TroubledSource {
+        hanging: bool,
         subscriptions: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait::async_trait]
-    impl EventSource for FailingSource {
+    impl EventSource for TroubledSource {
         async fn subscribe(
             &self,
             _: &[&str],
@@ -818,6 +820,9 @@ mod tests {
         ) -> Result<RecordStream, crate::ports::EventSourceError> {
             self.subscriptions
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.hanging {
+                futures::future::pending::<()>().await;
+            }
             let lost = crate::ports::EventSourceError::Other("cannot read a partition".into());
             Ok(futures::stream::iter([Err(lost)]).boxed())
         }
@@ -840,16 +845,17 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_subscription_that_fails_at_once_does_not_reset_the_back_off() {
-        let source = Arc::new(FailingSource::default());
-        let stop = CancellationToken::new();
+    /// The consumer of `source`, running until `stop`.
+    fn consuming(
+        source: Arc<TroubledSource>,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let (writer, _) = SnapshotWriter::spawn(
             Arc::new(crate::adapters::memory::MemoryCache::new(16)),
             stop.clone(),
         );
         let ingestor = Ingestor::new(
-            source.clone(),
+            source,
             Arc::new(crate::adapters::memory::RecordingFanout::default()),
             writer,
             weather_desk(),
@@ -857,7 +863,14 @@ mod tests {
             Duration::from_secs(5),
             Duration::from_millis(50),
         );
-        let consumer = tokio::spawn(ingestor.run(stop.clone()));
+        tokio::spawn(ingestor.run(stop.clone()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_that_fails_at_once_does_not_reset_the_back_off() {
+        let source = Arc::new(TroubledSource::default());
+        let stop = CancellationToken::new();
+        let consumer = consuming(source.clone(), &stop);
         tokio::time::sleep(Duration::from_secs(30)).await;
         stop.cancel();
         consumer.await.unwrap();
@@ -872,55 +885,14 @@ mod tests {
         );
     }
 
-    /// A source whose subscriptions never open (a broker that accepts the connection and
-    /// never answers, a slow start).
-    struct HangingSource;
-
-    #[async_trait::async_trait]
-    impl EventSource for HangingSource {
-        async fn subscribe(
-            &self,
-            _: &[&str],
-            _: &Positions,
-        ) -> Result<RecordStream, crate::ports::EventSourceError> {
-            futures::future::pending().await
-        }
-
-        async fn latest_positions(
-            &self,
-            _: &[&str],
-        ) -> Result<Positions, crate::ports::EventSourceError> {
-            let mut positions = Positions::default();
-            positions.set(topics::TICKER_EVENTS, 0, 0);
-            Ok(positions)
-        }
-
-        async fn last_accepted(
-            &self,
-            _: &str,
-            _: crate::ports::Accept<'_>,
-        ) -> Result<Option<Record>, crate::ports::EventSourceError> {
-            Ok(None)
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_while_the_subscription_is_opening_stops_the_consumer_at_once() {
+        let source = Arc::new(TroubledSource {
+            hanging: true,
+            ..TroubledSource::default()
+        });
         let stop = CancellationToken::new();
-        let (writer, _) = SnapshotWriter::spawn(
-            Arc::new(crate::adapters::memory::MemoryCache::new(16)),
-            stop.clone(),
-        );
-        let ingestor = Ingestor::new(
-            Arc::new(HangingSource),
-            Arc::new(crate::adapters::memory::RecordingFanout::default()),
-            writer,
-            weather_desk(),
-            Arc::new(Health::new()),
-            Duration::from_secs(5),
-            Duration::from_millis(50),
-        );
-        let consumer = tokio::spawn(ingestor.run(stop.clone()));
+        let consumer = consuming(source, &stop);
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.cancel();
         // The shutdown deadline (10 s by default) must be left for closing the server,

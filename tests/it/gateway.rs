@@ -607,19 +607,10 @@ async fn polling_requests_from_the_frontend_origin_get_cors_headers() {
 /// connection, with no DISCONNECT packet: that packet needed room in its full queue (the
 /// socket stayed, counted as dropped), and it stops the official client for good, where a
 /// closed connection makes it reconnect and be hydrated again. Its metrics are this test's
-/// own (a recorder of this thread, where the gateway's tasks run): `flux_lagging_sockets` is
-/// a gauge other tests move.
+/// own: `flux_lagging_sockets` is a gauge other tests move.
 #[test]
 fn a_client_whose_backlog_overflows_has_its_connection_closed() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(overflowing_backlog(move || handle.render()));
-    });
+    with_own_metrics(|handle| overflowing_backlog(move || handle.render()));
 }
 
 async fn overflowing_backlog(metrics: impl Fn() -> String) {

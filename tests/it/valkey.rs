@@ -511,15 +511,7 @@ fn with_logs_and_metrics<F: std::future::Future<Output = ()>>(
     test: impl FnOnce(PrometheusHandle) -> F,
 ) -> (String, PrometheusHandle) {
     all_logs();
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(test(handle.clone()));
-    });
+    let handle = crate::support::app::with_own_metrics(test);
     (logs_about(addr), handle)
 }
 

@@ -201,6 +201,25 @@ pub fn fixture(name: &str) -> Value {
 }
 
 /// The sum of a counter's samples whose line contains every one of `labels`.
+/// Runs `test` on a current-thread runtime (so that the background tasks it starts, a whole
+/// gateway's included, run on this thread too) with a Prometheus recorder of its own: its
+/// series are no other test's (the binary's global recorder is shared by the tests running
+/// beside it). Returns the recorder's handle.
+pub fn with_own_metrics<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(metrics_exporter_prometheus::PrometheusHandle) -> F,
+) -> metrics_exporter_prometheus::PrometheusHandle {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test(handle.clone()));
+    });
+    handle
+}
+
 pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
