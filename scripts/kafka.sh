@@ -29,7 +29,8 @@
 #
 # Environment: KAFKA_VERSION (default 4.1.0, the version of compose.yaml's apache/kafka
 # image), FLUX_KAFKA_HOME (default ~/.cache/flux-bff/kafka-$KAFKA_VERSION), KAFKA_HEAP_OPTS
-# (default -Xms256m -Xmx512m), JAVA (default: java on PATH).
+# (default -Xms256m -Xmx512m), JAVA (default: java on PATH), KAFKA_NUM_PARTITIONS (the
+# broker's num.partitions, default 1).
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.0}"
@@ -128,7 +129,7 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
-num.partitions=1
+num.partitions=${KAFKA_NUM_PARTITIONS:-1}
 auto.create.topics.enable=false
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1

@@ -401,37 +401,42 @@ async fn subscribing_to_a_missing_topic_names_it_when_topic_creation_is_off() {
     }
 }
 
+/// Missing topics are created with the configured partitions, or by default with the
+/// brokers' own (`num.partitions`, 3 on this broker; `default.replication.factor`), as Kafka's
+/// own topic creation: not one partition on one broker whatever the cluster.
 #[tokio::test]
-async fn missing_topics_are_created_with_the_configured_partitions() {
-    let broker = KafkaBroker::start().await;
-    let client = kafka::connect(&KafkaSettings {
-        topic_partitions: 2,
-        ..settings(broker.bootstrap())
-    })
-    .await
-    .unwrap();
-    let (events, commands) = (unique("auto-events"), unique("auto-commands"));
-    let mut stream = client
-        .event_source()
-        .subscribe(&[&events], &Positions::default())
-        .await
-        .expect("the event topic is created on subscribe");
-    client
-        .command_sink()
-        .send(Command::new(&commands, Some("k".into()), "{}"))
-        .await
-        .expect("the command topic is created on first send");
-    let topics = client.rskafka().await.unwrap().list_topics().await.unwrap();
-    for name in [&events, &commands] {
-        let topic = topics.iter().find(|t| &t.name == name).expect("created");
-        assert_eq!(topic.partitions.len(), 2, "{name}");
-    }
+async fn missing_topics_are_created_with_the_configured_or_the_brokers_partitions() {
+    let broker = KafkaBroker::start_with_default_partitions(3).await;
     let direct = broker.client(DIRECT).await;
-    produce(&direct, &events, 1, &["e0"]).await;
-    assert_eq!(
-        values(&take(&mut stream, 1, Duration::from_secs(5)).await),
-        ["e0"]
-    );
+    for (configured, expected) in [(None, 3), (Some(2), 2)] {
+        let client = kafka::connect(&KafkaSettings {
+            topic_partitions: configured.unwrap_or(KafkaSettings::default().topic_partitions),
+            ..settings(broker.bootstrap())
+        })
+        .await
+        .unwrap();
+        let (events, commands) = (unique("auto-events"), unique("auto-commands"));
+        let mut stream = client
+            .event_source()
+            .subscribe(&[&events], &Positions::default())
+            .await
+            .expect("the event topic is created on subscribe");
+        client
+            .command_sink()
+            .send(Command::new(&commands, Some("k".into()), "{}"))
+            .await
+            .expect("the command topic is created on first send");
+        let topics = client.rskafka().await.unwrap().list_topics().await.unwrap();
+        for name in [&events, &commands] {
+            let topic = topics.iter().find(|t| &t.name == name).expect("created");
+            assert_eq!(topic.partitions.len(), expected, "{name} ({configured:?})");
+        }
+        produce(&direct, &events, 1, &["e0"]).await;
+        assert_eq!(
+            values(&take(&mut stream, 1, Duration::from_secs(5)).await),
+            ["e0"]
+        );
+    }
 }
 
 #[tokio::test]

@@ -20,7 +20,10 @@ pub struct KafkaSettings {
     pub client_id: String,
     /// Create missing topics at start-up.
     pub create_topics: bool,
+    /// Partitions of the topics it creates; -1 (the default): the brokers' `num.partitions`.
     pub topic_partitions: i32,
+    /// Replicas of the topics it creates; -1 (the default): the brokers'
+    /// `default.replication.factor`, as Kafka's own topic creation.
     pub replication_factor: i16,
     /// Longest time a fetch waits for new records (long poll). Short keeps delivery latency low.
     #[serde(with = "humantime_serde")]
@@ -41,14 +44,18 @@ pub struct KafkaSettings {
     pub sasl: Option<SaslSettings>,
 }
 
+/// `kafka.topic_partitions` and `kafka.replication_factor` for "what the brokers are configured
+/// with" (CreateTopics v4 and later, KIP-464: Kafka 2.4, Redpanda).
+pub const BROKER_DEFAULT: i16 = -1;
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
             brokers: Vec::new(),
             client_id: "flux-bff".into(),
             create_topics: true,
-            topic_partitions: 1,
-            replication_factor: 1,
+            topic_partitions: i32::from(BROKER_DEFAULT),
+            replication_factor: BROKER_DEFAULT,
             fetch_max_wait: Duration::from_millis(200),
             fetch_max_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(5),
@@ -142,15 +149,15 @@ impl KafkaSettings {
         if self.client_id.trim().is_empty() {
             return Err("kafka.client_id: must not be empty".into());
         }
-        if self.topic_partitions < 1 {
+        if self.topic_partitions < 1 && self.topic_partitions != i32::from(BROKER_DEFAULT) {
             return Err(format!(
-                "kafka.topic_partitions: must be at least 1, got {}",
+                "kafka.topic_partitions: must be at least 1, or -1 for the brokers' default, got {}",
                 self.topic_partitions
             ));
         }
-        if self.replication_factor < 1 {
+        if self.replication_factor < 1 && self.replication_factor != BROKER_DEFAULT {
             return Err(format!(
-                "kafka.replication_factor: must be at least 1, got {}",
+                "kafka.replication_factor: must be at least 1, or -1 for the brokers' default, got {}",
                 self.replication_factor
             ));
         }
@@ -224,7 +231,7 @@ mod tests {
         assert!(s.brokers.is_empty());
         assert_eq!(s.client_id, "flux-bff");
         assert!(s.create_topics);
-        assert_eq!((s.topic_partitions, s.replication_factor), (1, 1));
+        assert_eq!((s.topic_partitions, s.replication_factor), (-1, -1));
         assert_eq!(s.fetch_max_wait, Duration::from_millis(200));
     }
 
@@ -244,6 +251,13 @@ mod tests {
                     ..Default::default()
                 },
                 "kafka.topic_partitions",
+            ),
+            (
+                KafkaSettings {
+                    replication_factor: -2,
+                    ..Default::default()
+                },
+                "kafka.replication_factor",
             ),
             (
                 KafkaSettings {

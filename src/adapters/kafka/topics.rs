@@ -38,6 +38,7 @@ pub async fn ensure_topics(
         .await;
         match result {
             Ok(()) => {
+                // -1: the brokers' default (`kafka.topic_partitions`, `replication_factor`).
                 tracing::info!(topic, partitions, replication, "created kafka topic");
                 created.push((*topic).to_owned());
             }

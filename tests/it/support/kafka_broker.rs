@@ -49,6 +49,14 @@ impl KafkaBroker {
         Self::start_advertising(addr, addr).await
     }
 
+    /// A broker whose topics are created with `partitions` partitions unless the request
+    /// says otherwise (`num.partitions`).
+    pub async fn start_with_default_partitions(partitions: i32) -> Self {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let env = vec![("KAFKA_NUM_PARTITIONS", partitions.to_string())];
+        Self::start_with(addr, addr, env).await
+    }
+
     /// A broker listening on `listen` that tells clients to connect to `advertised`.
     pub async fn start_advertising(listen: SocketAddr, advertised: SocketAddr) -> Self {
         Self::start_with(listen, advertised, Vec::new()).await
