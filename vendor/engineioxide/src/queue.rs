@@ -183,15 +183,31 @@ impl<T> Sender<T> {
         }
     }
 
-    /// flux-bff patch: queues `item` even when the queue is full (one slot past its bound),
-    /// failing only when it is closed. For the heartbeat's ping, of which at most one is
-    /// outstanding: a slow client whose queue stays full (a lagging socket's backlog keeps it
-    /// so) must still be asked for its pong, behind what it has not read yet.
+    /// flux-bff patch: queues `item` even when the queue is full, in one slot past its bound:
+    /// fails when the queue is closed, or already over its bound. For the heartbeat's ping: a
+    /// slow client whose queue stays full (a lagging socket's backlog keeps it so) must still
+    /// be asked for its pong, behind what it has not read yet; a client that reads nothing
+    /// (and sends pongs unasked) finds the slot taken at its next ping.
     pub fn send_past_bound(&self, item: T) -> Result<(), TrySendError<T>> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Closed(item));
         }
-        self.shared.used.fetch_add(1, Ordering::AcqRel);
+        let past = self.shared.cap + 1;
+        let mut used = self.shared.used.load(Ordering::Relaxed);
+        loop {
+            if used >= past {
+                return Err(TrySendError::Full(item));
+            }
+            match self.shared.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
         self.shared.push(item);
         Ok(())
     }

@@ -444,10 +444,12 @@ where
         if self.is_upgrading() || now_ms < hb.next_ping_ms.load(Ordering::Relaxed) {
             return Ok(());
         }
-        // flux-bff patch: past the queue's bound when it is full. Upstream closed the socket
-        // at once when its queue was full at ping time, so a slow client (its queue kept full
-        // by the gateway's backlog drainer) was dropped as a heartbeat timeout with no grace;
-        // now it gets the ping behind what it has queued, and `timeout` to answer it.
+        // flux-bff patch: one slot past the queue's bound when it is full. Upstream closed the
+        // socket at once when its queue was full at ping time, so a slow client (its queue
+        // kept full by the gateway's backlog drainer) was dropped as a heartbeat timeout with
+        // no grace; now it gets the ping behind what it has queued, and `timeout` to answer
+        // it. A queue still past its bound at the next ping (nothing read since, pongs sent
+        // unasked) closes the socket as upstream did.
         self.internal_tx
             .send_past_bound(smallvec![Packet::Ping])
             .map_err(|_| Error::HeartbeatTimeout)?;
@@ -839,6 +841,31 @@ mod tests {
         // No pong: closed once the timeout has passed, not before.
         assert!(socket.heartbeat_check(20_999, interval, timeout).is_ok());
         assert!(socket.heartbeat_check(21_000, interval, timeout).is_err());
+    }
+
+    /// flux-bff patch: a client that reads nothing but answers pings it never read (pongs
+    /// sent unasked) does not get a ping past its full queue at every interval.
+    #[tokio::test]
+    async fn a_queue_still_past_its_bound_at_the_next_ping_closes_the_socket() {
+        let config = EngineIoConfig::builder().max_buffer_size(2).build();
+        let socket = Arc::new(Socket::<()>::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &config,
+            Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        ));
+        socket.emit("first").unwrap();
+        socket.emit("second").unwrap();
+        let (interval, timeout) = (Duration::from_secs(25), Duration::from_secs(20));
+        socket.heartbeat_start(1_000);
+        assert!(socket.heartbeat_check(1_000, interval, timeout).is_ok());
+        socket.heartbeat_received(2_000);
+        assert!(
+            socket.heartbeat_check(26_000, interval, timeout).is_err(),
+            "the ping before is still queued: no second one past the bound"
+        );
     }
 
     #[tokio::test]
