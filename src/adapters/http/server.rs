@@ -80,7 +80,7 @@ pub async fn serve_with(
             // first request head, which names the client. The slot lives as long as the
             // socket: an upgraded WebSocket outlives this task (hyper hands the socket over).
             let slot = Arc::new(std::sync::Mutex::new(slot));
-            let session = Arc::new(SessionWatch::default());
+            let session = Arc::new(SessionWatch::new());
             let watch = Arc::clone(&session);
             let tcp = Held {
                 io: tcp,
@@ -160,10 +160,21 @@ struct Held {
 pub struct SessionWatch {
     websocket: std::sync::atomic::AtomicBool,
     joined: std::sync::atomic::AtomicBool,
-    /// Bytes arrived since the connection's last response was ready, or since it opened.
+    /// Bytes arrived since the connection's last response was ready; true until its first.
     /// hyper's header timer also runs while a keep-alive connection waits for its next
-    /// request: a timeout with nothing arrived is an idle connection closed, not a slow head.
+    /// request: a timeout with nothing arrived since a response is an idle connection closed,
+    /// not a slow head. One that never sent a whole request (nothing at all, or a head that
+    /// does not end: slowloris holding connections) counts.
     arrived: std::sync::atomic::AtomicBool,
+}
+
+impl SessionWatch {
+    fn new() -> Self {
+        Self {
+            arrived: std::sync::atomic::AtomicBool::new(true),
+            ..Self::default()
+        }
+    }
 }
 
 /// The request extension through which the namespace connect marks its connection joined.
@@ -347,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_head_that_started_and_did_not_end_counts_as_a_header_timeout() {
+    fn an_idle_keep_alive_connection_closed_by_the_header_timer_is_not_counted() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // One thread: the server's tasks count into this thread's recorder.
@@ -367,7 +378,8 @@ mod tests {
                 };
                 let server = tokio::spawn(serve_with(listener, app, stop.clone(), settings));
                 // Idle after a request (keep-alive), idle from the start, and a head that
-                // never ends: all three are closed after the timeout.
+                // never ends: all three are closed after the timeout; the last two, which
+                // never sent a whole request (slowloris holds connections so), are counted.
                 let mut kept_alive = TcpStream::connect(addr).await.unwrap();
                 ask(&mut kept_alive, false).await;
                 let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -395,7 +407,7 @@ mod tests {
             .collect();
         assert_eq!(
             counted,
-            ["flux_http_connections_refused_total{reason=\"header_timeout\"} 1"]
+            ["flux_http_connections_refused_total{reason=\"header_timeout\"} 2"]
         );
     }
 
