@@ -296,7 +296,7 @@ fn startup_failure(
 ) -> String {
     match last_error {
         Some(EventSourceError::UnknownTopic(topic)) => format!(
-            "Kafka topic {topic} does not exist (on {source}, within {deadline:?}) and kafka.create_topics is off: create it, or set FLUX_KAFKA__CREATE_TOPICS=true"
+            "Kafka topic {topic} does not exist on {source} (within {deadline:?}): create it, or set FLUX_KAFKA__CREATE_TOPICS=true if topic creation is off (if it is on, the topic did not show in the brokers' metadata after its creation: see the warnings above)"
         ),
         Some(EventSourceError::TopicNotCreated { topic, reason }) => format!(
             "Kafka topic {topic} does not exist and could not be created on {source} ({reason}): create it (partitions and replication as the domain services need), or set FLUX_KAFKA__TOPIC_PARTITIONS / FLUX_KAFKA__REPLICATION_FACTOR to what the brokers allow"

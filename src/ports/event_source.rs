@@ -129,7 +129,8 @@ pub enum EventSourceError {
     /// The broker cannot be reached or the connection was lost; re-subscribing later may work.
     #[error("event source unavailable: {0}")]
     Unavailable(String),
-    /// A topic does not exist (and creating topics is off).
+    /// A topic does not exist: creating topics is off, or a created one did not show in the
+    /// metadata in time, or it went away.
     #[error("unknown topic {0}")]
     UnknownTopic(String),
     /// A topic does not exist and creating it failed (replication factor above the brokers,
