@@ -272,8 +272,9 @@ fn describe() {
     );
     describe_counter!(
         KAFKA_FETCH_ERRORS,
-        "Fetches that failed, by topic: a lost broker ends the subscription, anything else \
-         is retried on that partition alone with back-off."
+        "Fetches that failed, by topic and outcome: `ended` the subscription (a lost broker, \
+         a partition without its leader), or `retried` on that partition alone with back-off \
+         (anything else: the other partitions read on)."
     );
     describe_counter!(
         KAFKA_UNDECODABLE_BATCHES,

@@ -165,7 +165,11 @@ impl EventSource for KafkaEventSource {
         let (known, opened) = self.open_all(topics, from).await?;
         for topic in topics {
             // At zero from the start, so that the first failure is an increase to the alert.
-            metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => (*topic).to_owned()).increment(0);
+            for outcome in ["retried", "ended"] {
+                let topic = (*topic).to_owned();
+                metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic, "outcome" => outcome)
+                    .increment(0);
+            }
         }
         let opened = opened
             .into_iter()
@@ -487,7 +491,8 @@ async fn fetch_loop(
                     .saturating_mul(1 << (failures - 1).min(16))
                     .min(PARTITION_RETRY_MAX);
                 let retry_at = tokio::time::Instant::now() + retry_in;
-                metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_string()).increment(1);
+                metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_string(), "outcome" => "retried")
+                    .increment(1);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(
                         topic = %topic,
@@ -684,7 +689,8 @@ fn record_time(at: DateTime<Utc>) -> Option<SystemTime> {
 }
 
 async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsError) {
-    metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_owned()).increment(1);
+    metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_owned(), "outcome" => "ended")
+        .increment(1);
     tracing::warn!(topic, partition, error = %error, "kafka fetch failed, ending the subscription");
     let _ = tx.send(Err(to_source_error(topic, partition, error))).await;
 }
