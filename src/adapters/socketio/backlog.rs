@@ -12,6 +12,19 @@ use socketioxide::socket::Sid;
 
 use crate::domain::Payload;
 
+/// A socket as its backlog sees it. The backlogs keep "has a backlog" and "is in the lagging
+/// room" one state: they put the socket in the room under the same lock that gives it a
+/// backlog, as [`Backlogs::catch_up`] takes it out under the lock that removes it. Joined
+/// outside that lock, a catch-up in between could leave a socket in the lagging room with no
+/// backlog, skipped by every ticker broadcast for the rest of its connection (found by
+/// review).
+pub(crate) trait LaggingSocket {
+    /// Puts the socket in the lagging room: broadcasts skip it from then on.
+    fn join_lagging_room(&self);
+    /// The rooms the socket is in now.
+    fn room_names(&self) -> Vec<String>;
+}
+
 /// One message waiting for a lagging socket.
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
@@ -169,29 +182,21 @@ impl Backlogs {
         self.lagging() > 0 && self.lock().contains_key(&sid)
     }
 
-    /// Queues `message` for `sid`, conflating by key.
+    /// Queues `message` for `sid` (in no room), conflating by key.
     #[cfg(test)]
     pub fn push(&self, sid: Sid, message: Pending) -> Pushed {
-        self.push_for(sid, message, Vec::new)
+        self.push_for(sid, message, &tests::InRooms::default())
     }
 
-    /// Queues `message` for `sid`, conflating by key. When this makes the socket lagging,
-    /// `becomes_lagging` runs under the lock and gives the socket's rooms: the caller puts the
-    /// socket in the lagging room there, as [`catch_up`](Self::catch_up) takes it out under
-    /// the same lock. Joined after the lock, a catch-up in between could leave the socket in
-    /// the lagging room with no backlog: every broadcast would skip it for good (found by
-    /// review).
-    pub fn push_for(
-        &self,
-        sid: Sid,
-        message: Pending,
-        becomes_lagging: impl FnOnce() -> Vec<String>,
-    ) -> Pushed {
+    /// Queues `message` for `socket` (`sid`), conflating by key. When this makes the socket
+    /// lagging, it joins the lagging room under the lock ([`LaggingSocket`]).
+    pub fn push_for(&self, sid: Sid, message: Pending, socket: &impl LaggingSocket) -> Pushed {
         let mut map = self.lock();
         let backlog = map.entry(sid).or_insert_with(|| {
             self.lagging.fetch_add(1, Ordering::Relaxed);
+            socket.join_lagging_room();
             Backlog {
-                rooms: becomes_lagging(),
+                rooms: socket.room_names(),
                 ..Backlog::default()
             }
         });
@@ -238,10 +243,12 @@ impl Backlogs {
         done
     }
 
-    /// Refreshes the rooms of a lagging socket (they change if it joins or leaves one).
-    pub fn set_rooms(&self, sid: Sid, rooms: Vec<String>) {
+    /// Reads the rooms of a lagging socket again (they change if it joins or leaves one),
+    /// under the lock: two refreshes cannot write their readings in the other order (the
+    /// drainer's older one over a join's newer one, found by review).
+    pub fn refresh_rooms(&self, sid: Sid, socket: &impl LaggingSocket) {
         if let Some(backlog) = self.lock().get_mut(&sid) {
-            backlog.rooms = rooms;
+            backlog.rooms = socket.room_names();
         }
     }
 
@@ -349,6 +356,25 @@ mod tests {
     use super::*;
     use futures::FutureExt as _;
 
+    /// A socket in `0`'s rooms; joining the lagging room adds it, and `on_join` runs then.
+    #[derive(Default)]
+    pub(super) struct InRooms(pub Vec<String>, pub Option<Box<dyn Fn() + Send + Sync>>);
+
+    impl LaggingSocket for InRooms {
+        fn join_lagging_room(&self) {
+            if let Some(on_join) = &self.1 {
+                on_join();
+            }
+        }
+        fn room_names(&self) -> Vec<String> {
+            self.0.clone()
+        }
+    }
+
+    fn in_rooms(rooms: &[&str]) -> InRooms {
+        InRooms(rooms.iter().map(|r| (*r).to_owned()).collect(), None)
+    }
+
     fn msg(event: &str, key: Option<&str>, n: u32) -> Pending {
         Pending {
             event: event.into(),
@@ -392,6 +418,25 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_joins_the_lagging_room_once_under_the_lock_that_makes_its_backlog() {
+        let b = Arc::new(Backlogs::new(8, 8));
+        let sid = Sid::new();
+        let joins = Arc::new(Mutex::new(Vec::new()));
+        let on_join = {
+            let (b, joins) = (Arc::clone(&b), Arc::clone(&joins));
+            move || joins.lock().unwrap().push(b.map.try_lock().is_err())
+        };
+        let socket = InRooms(vec!["crypto".to_owned()], Some(Box::new(on_join)));
+        assert_eq!(b.push_for(sid, msg("r", None, 1), &socket), Pushed::Queued);
+        assert_eq!(b.push_for(sid, msg("r", None, 2), &socket), Pushed::Queued);
+        assert_eq!(
+            *joins.lock().unwrap(),
+            [true],
+            "one join, with the lock held"
+        );
+    }
+
+    #[test]
     fn a_catch_up_cannot_come_between_becoming_lagging_and_joining_the_lagging_room() {
         let b = Arc::new(Backlogs::new(8, 8));
         let sid = Sid::new();
@@ -400,12 +445,16 @@ mod tests {
         let pusher = {
             let (b, log) = (Arc::clone(&b), Arc::clone(&log));
             std::thread::spawn(move || {
-                b.push_for(sid, msg("r", None, 1), || {
+                let joining = move || {
                     in_hook.send(()).unwrap();
                     std::thread::sleep(std::time::Duration::from_millis(100));
                     log.lock().unwrap().push("joined");
-                    Vec::new()
-                })
+                };
+                b.push_for(
+                    sid,
+                    msg("r", None, 1),
+                    &InRooms(Vec::new(), Some(Box::new(joining))),
+                )
             })
         };
         hook_entered.recv().unwrap();
@@ -460,7 +509,7 @@ mod tests {
     async fn a_socket_catches_up_only_between_broadcasts_that_skip_it() {
         let b = Arc::new(Backlogs::new(8, 8));
         let sid = Sid::new();
-        b.push_for(sid, msg("r", None, 0), || vec!["crypto".to_owned()]);
+        b.push_for(sid, msg("r", None, 0), &in_rooms(&["crypto"]));
         assert!(b.drain(sid, |_| true).empty);
 
         let broadcast = b.skipping_lagging().await;
@@ -520,11 +569,10 @@ mod tests {
     fn a_room_push_reaches_the_lagging_sockets_of_that_room_only() {
         let b = Backlogs::new(8, 2);
         let (in_room, elsewhere, moved) = (Sid::new(), Sid::new(), Sid::new());
-        let rooms = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        b.push_for(in_room, msg("r", None, 0), || rooms(&["crypto", "news"]));
-        b.push_for(elsewhere, msg("r", None, 0), || rooms(&["news"]));
-        b.push_for(moved, msg("r", None, 0), || rooms(&["news"]));
-        b.set_rooms(moved, rooms(&["crypto"]));
+        b.push_for(in_room, msg("r", None, 0), &in_rooms(&["crypto", "news"]));
+        b.push_for(elsewhere, msg("r", None, 0), &in_rooms(&["news"]));
+        b.push_for(moved, msg("r", None, 0), &in_rooms(&["news"]));
+        b.refresh_rooms(moved, &in_rooms(&["crypto"]));
         let p = |n: u32| Payload::new(&n);
         let first = b.push_latest_to_room("crypto", "t", &p(1), "BTC", None);
         assert_eq!((first.queued, first.conflated), (2, 0));

@@ -12,7 +12,7 @@ use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
 
-use super::backlog::{Backlogs, LatestByRoom, Pending, Pushed};
+use super::backlog::{Backlogs, LaggingSocket, LatestByRoom, Pending, Pushed};
 use super::settings::SocketIoSettings;
 use crate::domain::Payload;
 use crate::ports::{ClientFanout, EmitOptions, FanoutError};
@@ -131,11 +131,7 @@ impl SocketIoFanout {
         } else {
             "ordered"
         };
-        let becomes_lagging = || {
-            s.join(LAGGING_ROOM);
-            room_names(s)
-        };
-        match self.backlogs.push_for(s.id, pending, becomes_lagging) {
+        match self.backlogs.push_for(s.id, pending, s) {
             Pushed::Queued => {
                 metrics::counter!(FANOUT_BACKLOGGED, "kind" => kind).increment(1);
             }
@@ -153,7 +149,7 @@ impl SocketIoFanout {
     /// recovered socket lags from its replay, then rejoins its rooms: found by review).
     fn rooms_changed(&self, s: &SocketRef) {
         if self.backlogs.is_lagging(s.id) {
-            self.backlogs.set_rooms(s.id, room_names(s));
+            self.backlogs.refresh_rooms(s.id, s);
         }
     }
 
@@ -295,7 +291,7 @@ impl SocketIoFanout {
             for sid in self.backlogs.sockets() {
                 match self.get_socket(sid) {
                     Some(s) => {
-                        self.backlogs.set_rooms(sid, room_names(&s));
+                        self.backlogs.refresh_rooms(sid, &s);
                         let send =
                             |p: &Pending| send(&s, &p.event, &p.payload, p.offset.as_ref()).is_ok();
                         if self.backlogs.drain(sid, send).empty {
@@ -389,6 +385,16 @@ fn send(
 /// A socket's rooms as plain names.
 fn room_names(s: &SocketRef) -> Vec<String> {
     s.rooms().into_iter().map(|r| r.to_string()).collect()
+}
+
+impl LaggingSocket for SocketRef {
+    fn join_lagging_room(&self) {
+        self.join(LAGGING_ROOM);
+    }
+
+    fn room_names(&self) -> Vec<String> {
+        room_names(self)
+    }
 }
 
 /// The default namespace of `io`, `None` once the server is closed.
