@@ -6,7 +6,8 @@
 //   gateway is given, and the gateway really exits within it on SIGTERM;
 // - exactly one Secret carries the recovery secret, referenced by the one pod template every
 //   replica is made from (env or mounted file, never a literal value);
-// - the Service, PodDisruptionBudget, topology spread and HPA select or target these pods.
+// - the Service, PodDisruptionBudget, topology spread and HPA select or target these pods;
+// - numbers from a values file (float64 in Helm) render in plain decimal, which the binary takes.
 // Each holds for the defaults and for the other shapes of the values (secret as a file, an
 // existing Secret, another deadline, Kafka brokers). Needs Helm (FLUX_HELM, or the copy
 // scripts/ops-check.sh installs) and the binary (FLUX_BFF_BIN or target/debug/flux-bff).
@@ -177,6 +178,15 @@ async function probeOnBinary(r) {
   }
 }
 
+/** A values file holding `text`, in a temp dir removed at exit; its path (for `-f`). */
+function valuesFile(text) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flux-ops-values-"));
+  process.on("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, "values.yaml");
+  fs.writeFileSync(file, `${text}\n`);
+  return file;
+}
+
 describe("Helm chart invariants (helm template)", () => {
   it("defaults: probes answer on the binary, grace above the deadline, one Secret", async () => {
     const r = checkRender(renderChart());
@@ -198,6 +208,28 @@ describe("Helm chart invariants (helm template)", () => {
     const r = checkRender(renderChart(["--set", "recovery.secret.existingSecret=my-recovery"]), { existing });
     assert.equal(r.ref.name, "my-recovery");
     await probeOnBinary(r);
+  });
+
+  it("numbers from a values file (float64 in Helm) reach the binary as plain integers", async () => {
+    // Helm reads a values file's numbers as float64; quoted as they are, those of 1e6 and
+    // more render as "4.194304e+06", which the gateway refuses (exit 2: a crash loop).
+    const values = [
+      "http:",
+      "  maxConnections: 2000000",
+      "kafka:",
+      "  topicPartitions: 1000000",
+      "config:",
+      "  FLUX_KAFKA__FETCH_MAX_BYTES: 4194304",
+      "  FLUX_SOCKETIO__MAX_PAYLOAD: 1048576",
+    ].join("\n");
+    const r = checkRender(renderChart(["-f", valuesFile(values)]));
+    assert.equal(r.env.FLUX_HTTP__MAX_CONNECTIONS.value, "2000000");
+    assert.equal(r.env.FLUX_KAFKA__TOPIC_PARTITIONS.value, "1000000");
+    assert.equal(r.env.FLUX_KAFKA__FETCH_MAX_BYTES.value, "4194304");
+    await probeOnBinary(r);
+    // A fractional number stays as written; --set gives int64, rendered as is.
+    const env = envOf(checkRender(renderChart(["-f", valuesFile("config:\n  FLUX_X__RATIO: 1.5\n  FLUX_X__BIG: 1e7"), "--set", "config.FLUX_X__SET=5000000"])).container);
+    assert.deepEqual([env.FLUX_X__RATIO.value, env.FLUX_X__BIG.value, env.FLUX_X__SET.value], ["1.5", "10000000", "5000000"]);
   });
 
   it("Kafka brokers: JSON list, a client id per pod, the same invariants", () => {

@@ -55,3 +55,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $l := .Values.lifecycle }}
 {{- add (int $l.preStopSleepSeconds) (int $l.shutdownDeadlineSeconds) (int $l.terminationMarginSeconds) }}
 {{- end }}
+
+{{/*
+A value as the text of an environment variable. Helm reads the numbers of a values file (and of
+--set-json) as float64, which toString and quote write in scientific notation from 1e6 on
+("4.194304e+06"), and the gateway refuses that for an integer setting: toJson writes a float64
+in plain decimal (4194304, 1.5), integers and strings stay as they are.
+*/}}
+{{- define "flux-bff.envValue" -}}
+{{- if kindIs "float64" . }}{{ toJson . | quote }}{{ else }}{{ toString . | quote }}{{ end }}
+{{- end }}
