@@ -8,6 +8,7 @@
 //   replica is made from (env or mounted file, never a literal value);
 // - the Service, PodDisruptionBudget, topology spread and HPA select or target these pods;
 // - numbers from a values file (float64 in Helm) render in plain decimal, which the binary takes.
+// - extraVolumes and extraVolumeMounts reach the pod, beside the recovery secret's volume.
 // Each holds for the defaults and for the other shapes of the values (secret as a file, an
 // existing Secret, another deadline, Kafka brokers). Needs Helm (FLUX_HELM, or the copy
 // scripts/ops-check.sh installs) and the binary (FLUX_BFF_BIN or target/debug/flux-bff).
@@ -230,6 +231,36 @@ describe("Helm chart invariants (helm template)", () => {
     // A fractional number stays as written; --set gives int64, rendered as is.
     const env = envOf(checkRender(renderChart(["-f", valuesFile("config:\n  FLUX_X__RATIO: 1.5\n  FLUX_X__BIG: 1e7"), "--set", "config.FLUX_X__SET=5000000"])).container);
     assert.deepEqual([env.FLUX_X__RATIO.value, env.FLUX_X__BIG.value, env.FLUX_X__SET.value], ["1.5", "10000000", "5000000"]);
+  });
+
+  it("extra volumes and mounts: the files settings name (JWT key, Kafka TLS) beside the recovery secret's", () => {
+    const values = {
+      extraVolumes: [
+        { name: "jwt", secret: { secretName: "flux-bff-jwt", defaultMode: 0o440 } },
+        { name: "kafka-tls", secret: { secretName: "kafka-client-tls" } },
+      ],
+      extraVolumeMounts: [
+        { name: "jwt", mountPath: "/etc/flux-bff/jwt", readOnly: true },
+        { name: "kafka-tls", mountPath: "/etc/flux-bff/kafka-tls", readOnly: true },
+      ],
+      config: { FLUX_AUTH__JWT_KEY_FILE: "/etc/flux-bff/jwt/jwt.pem", FLUX_KAFKA__TLS__CA_FILE: "/etc/flux-bff/kafka-tls/ca.crt" },
+    };
+    for (const asFile of [false, true]) {
+      const r = checkRender(renderChart(["-f", valuesFile(JSON.stringify(values)), "--set", `recovery.secret.asFile=${asFile}`]));
+      const mounts = r.container.volumeMounts ?? [];
+      const volumes = r.pod.volumes ?? [];
+      assert.deepEqual(mounts.filter((m) => m.name !== "recovery-secret"), values.extraVolumeMounts);
+      assert.deepEqual(volumes.filter((v) => v.name !== "recovery-secret"), values.extraVolumes);
+      assert.equal(mounts.some((m) => m.name === "recovery-secret"), asFile);
+      for (const m of mounts) assert.ok(volumes.some((v) => v.name === m.name), `the mount ${m.name} has no volume`);
+      for (const [name, file] of [["FLUX_AUTH__JWT_KEY_FILE", "jwt"], ["FLUX_KAFKA__TLS__CA_FILE", "kafka-tls"]]) {
+        const mount = mounts.find((m) => r.env[name].value.startsWith(`${m.mountPath}/`));
+        assert.equal(mount?.name, file, `${name}=${r.env[name].value} is under no mount of its volume`);
+      }
+    }
+    assert.equal(renderChart().find((o) => o.kind === "Deployment").spec.template.spec.volumes, undefined, "no volumes by default");
+    const err = renderChart(["--set", "extraVolumes[0].name=recovery-secret", "--set", "extraVolumes[0].emptyDir.medium=Memory"], { expectFailure: true });
+    assert.match(err, /recovery-secret|extraVolumes/);
   });
 
   it("Kafka brokers: JSON list, a client id per pod, the same invariants", () => {
