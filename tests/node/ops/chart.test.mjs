@@ -7,8 +7,9 @@
 // - exactly one Secret carries the recovery secret, referenced by the one pod template every
 //   replica is made from (env or mounted file, never a literal value);
 // - the Service, PodDisruptionBudget, topology spread and HPA select or target these pods;
-// - numbers from a values file (float64 in Helm) render in plain decimal, which the binary takes.
-// - extraVolumes and extraVolumeMounts reach the pod, beside the recovery secret's volume.
+// - numbers from a values file (float64 in Helm) render in plain decimal, which the binary takes;
+// - extraVolumes and extraVolumeMounts reach the pod, beside the recovery secret's volume;
+// - the PodDisruptionBudget lets an unready pod be evicted (AlwaysAllow, Kubernetes >= 1.27).
 // Each holds for the defaults and for the other shapes of the values (secret as a file, an
 // existing Secret, another deadline, Kafka brokers). Needs Helm (FLUX_HELM, or the copy
 // scripts/ops-check.sh installs) and the binary (FLUX_BFF_BIN or target/debug/flux-bff).
@@ -268,6 +269,17 @@ describe("Helm chart invariants (helm template)", () => {
     assert.deepEqual(JSON.parse(r.env.FLUX_KAFKA__BROKERS.value), ["kafka-0:9092", "kafka-1:9092"]);
     assert.equal(r.env.FLUX_KAFKA__CLIENT_ID.valueFrom.fieldRef.fieldPath, "metadata.name");
     assert.equal(r.deployment.spec.replicas, 3);
+  });
+
+  it("the PodDisruptionBudget lets an unready replica be evicted, so drains do not hang on it", () => {
+    // Readiness follows Kafka (D17/D18): with the default IfHealthyBudget, one unready replica
+    // takes the whole maxUnavailable 1 and every eviction (every node drain) is refused.
+    const pdb = one(renderChart(), "PodDisruptionBudget");
+    assert.equal(pdb.spec.maxUnavailable, 1);
+    assert.equal(pdb.spec.unhealthyPodEvictionPolicy, "AlwaysAllow");
+    // The field is Kubernetes 1.27's (beta, on by default): left out before, and on request.
+    assert.equal(one(renderChart(["--kube-version", "1.26.0"]), "PodDisruptionBudget").spec.unhealthyPodEvictionPolicy, undefined);
+    assert.equal(one(renderChart(["--set", "podDisruptionBudget.unhealthyPodEvictionPolicy="]), "PodDisruptionBudget").spec.unhealthyPodEvictionPolicy, undefined);
   });
 
   it("the ServiceMonitor is off by default and scrapes /metrics on the http port when on", () => {
