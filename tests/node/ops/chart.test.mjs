@@ -9,7 +9,8 @@
 // - the Service, PodDisruptionBudget, topology spread and HPA select or target these pods;
 // - numbers from a values file (float64 in Helm) render in plain decimal, which the binary takes;
 // - extraVolumes and extraVolumeMounts reach the pod, beside the recovery secret's volume;
-// - the PodDisruptionBudget lets an unready pod be evicted (AlwaysAllow, Kubernetes >= 1.27).
+// - the PodDisruptionBudget lets an unready pod be evicted (AlwaysAllow, Kubernetes >= 1.27);
+// - the ServiceMonitor's job matches FluxBffDown's job selector, even with fullnameOverride.
 // Each holds for the defaults and for the other shapes of the values (secret as a file, an
 // existing Secret, another deadline, Kafka brokers). Needs Helm (FLUX_HELM, or the copy
 // scripts/ops-check.sh installs) and the binary (FLUX_BFF_BIN or target/debug/flux-bff).
@@ -21,7 +22,9 @@ import path from "node:path";
 import { describe, it } from "node:test";
 
 import { startServer } from "../support/server.mjs";
-import { durationSeconds, renderChart } from "./support.mjs";
+import yaml from "yaml";
+
+import { durationSeconds, renderChart, rulesFile } from "./support.mjs";
 
 const RECOVERY_ENV = "FLUX_SOCKETIO__RECOVERY_SECRET";
 const RECOVERY_FILE_ENV = "FLUX_SOCKETIO__RECOVERY_SECRET_FILE";
@@ -286,6 +289,22 @@ describe("Helm chart invariants (helm template)", () => {
     assert.equal(byKind(renderChart(), "ServiceMonitor").length, 0);
     const sm = one(renderChart(["--set", "serviceMonitor.enabled=true"]), "ServiceMonitor");
     assert.deepEqual(sm.spec.endpoints.map((e) => [e.port, e.path]), [["http", "/metrics"]]);
+  });
+
+  it("the ServiceMonitor's job matches FluxBffDown's job selector, whatever the Service is called", () => {
+    // The Prometheus Operator names the job after the Service unless jobLabel names a label
+    // of the Service; with fullnameOverride (or a release called e.g. "gateway") the Service's
+    // name need not contain flux-bff, and FluxBffDown would never fire.
+    const expr = yaml.parse(fs.readFileSync(rulesFile, "utf8")).groups.flatMap((g) => g.rules).find((r) => r.alert === "FluxBffDown").expr;
+    const jobRegex = new RegExp(`^(?:${/job=~"([^"]+)"/.exec(expr)[1]})$`);
+    for (const args of [[], ["--set", "fullnameOverride=gateway"], ["--set", "fullnameOverride=realtime-gw"]]) {
+      const objects = renderChart(["--set", "serviceMonitor.enabled=true", ...args]);
+      const sm = one(objects, "ServiceMonitor");
+      const service = one(objects, "Service");
+      assert.ok(sm.spec.jobLabel, `no jobLabel: the job is the Service's name, ${service.metadata.name}`);
+      const job = service.metadata.labels[sm.spec.jobLabel];
+      assert.ok(jobRegex.test(job), `job ${job} (Service label ${sm.spec.jobLabel}, ${args.join(" ") || "defaults"}) does not match FluxBffDown's ${jobRegex}`);
+    }
   });
 
   it("refuses values that would break an invariant", () => {
