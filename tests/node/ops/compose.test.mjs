@@ -3,8 +3,11 @@
 // rule file where it is mounted and scrapes every flux-bff replica of the file on its port,
 // Grafana's provisioning loads the dashboard from where it is mounted, from the Prometheus
 // service, and the dashboard picks that data source through its variable.
+// .dockerignore: the build context leaves out build output (every target/) and keeps every
+// tracked file the image is built from.
 
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { describe, it } from "node:test";
@@ -69,5 +72,72 @@ describe("compose.yaml: Prometheus and Grafana", () => {
     const ds = dashboard.templating.list.find((v) => v.type === "datasource");
     assert.equal(ds?.query, "prometheus", "the dashboard needs a datasource variable of type prometheus");
     assert.equal(compose.services.grafana.environment.GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH, dashboardTarget);
+  });
+});
+
+/**
+ * .dockerignore as Docker reads it (moby/patternmatcher): `#` comments, `!` exceptions, paths
+ * cleaned and relative to the context; `**` any number of directories, `*` and `?` within one;
+ * the last pattern that matches a path or one of its parent directories decides.
+ */
+function dockerignore(text) {
+  const rules = text
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith("#"))
+    .map((l) => {
+      const negate = l.startsWith("!");
+      const pattern = path.posix.normalize((negate ? l.slice(1) : l).trim()).replace(/^\/+/, "").replace(/\/+$/, "");
+      let re = "";
+      for (let i = 0; i < pattern.length; i++) {
+        const c = pattern[i];
+        if (c === "*" && pattern[i + 1] === "*") {
+          i++;
+          if (pattern[i + 1] === "/") {
+            i++;
+            re += "(?:.*/)?";
+          } else re += ".*";
+        } else if (c === "*") re += "[^/]*";
+        else if (c === "?") re += "[^/]";
+        else re += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
+      }
+      return { negate, re: new RegExp(`^${re}$`) };
+    });
+  return (file) => {
+    const parts = file.split("/");
+    const prefixes = parts.map((_, i) => parts.slice(0, i + 1).join("/"));
+    let excluded = false;
+    for (const { negate, re } of rules) if (prefixes.some((p) => re.test(p))) excluded = !negate;
+    return excluded;
+  };
+}
+
+describe(".dockerignore: the Docker build context", () => {
+  const excluded = dockerignore(read(".dockerignore"));
+
+  it("leaves out build output of every crate and cargo-fuzz's files", () => {
+    for (const file of [
+      "target/release/flux-bff",
+      "fuzz/target/x86_64-unknown-linux-gnu/release/client_event",
+      "tools/flux-loadgen/target/debug/flux-loadgen",
+      "fuzz/corpus/client_event/05f4a5584dbeedd6",
+      "fuzz/artifacts/client_event/crash-0",
+      "tests/node/node_modules/yaml/package.json",
+      ".git/HEAD",
+    ]) {
+      assert.ok(excluded(file), `${file} is sent as build context`);
+    }
+  });
+
+  it("keeps every tracked file the image's build reads", () => {
+    const ls = spawnSync("git", ["ls-files"], { cwd: repo, encoding: "utf8" });
+    assert.equal(ls.status, 0, ls.stderr);
+    const tracked = ls.stdout.split("\n").filter(Boolean);
+    // Only cargo-fuzz's corpus (fuzz/ is outside the workspace) may be left out.
+    const left = tracked.filter(excluded).filter((f) => !f.startsWith("fuzz/corpus/"));
+    assert.deepEqual(left, [], "tracked files left out of the build context");
+    for (const file of ["Dockerfile", "Cargo.toml", "Cargo.lock", "src/main.rs", "tools/flux-loadgen/Cargo.toml", "vendor/engineioxide/Cargo.toml", "assets/dashboard.html"]) {
+      assert.ok(tracked.includes(file) && !excluded(file), `${file} must be in the build context`);
+    }
   });
 });
