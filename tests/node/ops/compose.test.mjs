@@ -3,7 +3,8 @@
 // rule file where it is mounted and scrapes every flux-bff replica of the file on its port,
 // Grafana's provisioning loads the dashboard from where it is mounted, from the Prometheus
 // service, and the dashboard picks that data source through its variable.
-// .dockerignore: the build context leaves out build output (every target/) and keeps every
+// The gateways stop within their stop_grace_period; nginx restarts with the gateways it
+// proxies to. .dockerignore: the build context leaves out build output (every target/) and keeps every
 // tracked file the image is built from.
 
 import assert from "node:assert/strict";
@@ -14,7 +15,7 @@ import { describe, it } from "node:test";
 import { parse } from "yaml";
 
 import { repo } from "../support/server.mjs";
-import { dashboardFile } from "./support.mjs";
+import { dashboardFile, durationSeconds } from "./support.mjs";
 
 const read = (rel) => fs.readFileSync(path.join(repo, rel), "utf8");
 const compose = parse(read("compose.yaml"), { merge: true });
@@ -72,6 +73,34 @@ describe("compose.yaml: Prometheus and Grafana", () => {
     const ds = dashboard.templating.list.find((v) => v.type === "datasource");
     assert.equal(ds?.query, "prometheus", "the dashboard needs a datasource variable of type prometheus");
     assert.equal(compose.services.grafana.environment.GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH, dashboardTarget);
+  });
+});
+
+describe("compose.yaml: the gateways and nginx", () => {
+  const gateways = Object.entries(compose.services).filter(([, s]) => s.image === "flux-bff:local" && s.environment?.FLUX_KAFKA__BROKERS && !s.entrypoint);
+
+  it("gives each gateway more than its shutdown deadline to stop", () => {
+    assert.deepEqual(gateways.map(([name]) => name).sort(), ["bff-1", "bff-2"]);
+    for (const [name, s] of gateways) {
+      const deadline = durationSeconds(s.environment.FLUX_LIFECYCLE__SHUTDOWN_DEADLINE ?? "10s");
+      // Docker's default is 10 s, the gateway's default deadline: a slow producer flush is
+      // SIGKILLed.
+      assert.ok(s.stop_grace_period, `${name} has no stop_grace_period: Docker's 10 s is not above the ${deadline} s deadline`);
+      const grace = durationSeconds(s.stop_grace_period);
+      assert.ok(grace > deadline, `${name}: stop_grace_period ${grace} s is not above the shutdown deadline ${deadline} s`);
+    }
+  });
+
+  it("restarts nginx when a gateway it proxies to is recreated", () => {
+    // nginx resolves its upstream servers' names once, at start.
+    const upstreams = [...read("deploy/nginx.conf").matchAll(/server\s+([a-z0-9-]+):\d+/g)].map((m) => m[1]);
+    assert.ok(upstreams.length > 0, "no upstream server in deploy/nginx.conf");
+    for (const name of new Set(upstreams)) {
+      const dep = compose.services.nginx.depends_on?.[name];
+      assert.ok(dep, `nginx does not depend on ${name}`);
+      assert.equal(dep.restart, true, `nginx's depends_on ${name} has no restart: true`);
+      assert.equal(dep.condition, "service_healthy");
+    }
   });
 });
 
