@@ -184,8 +184,9 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(legacy_env(env)?));
-        // FLUX_CONFIG names the file (`--config`), it is not a setting. Credentials are taken
-        // verbatim: figment reads every other value as TOML-like data.
+        // FLUX_CONFIG names the file (`--config`), it is not a setting. Credentials and the
+        // JWT issuer and audience are taken verbatim: figment reads every other value as
+        // TOML-like data.
         let mut ignored = vec!["config".to_owned()];
         ignored.extend(VERBATIM_KEYS.iter().map(|key| key.replace('.', "__")));
         let ignored: Vec<&str> = ignored.iter().map(String::as_str).collect();
@@ -451,14 +452,18 @@ fn problem_lines(e: figment::Error, section: &str) -> Vec<String> {
 /// Keys whose `FLUX_*` variables are taken as the text they hold. figment reads other values
 /// as data, so a password `12345678` was a number (refused, with the password in the error),
 /// `0123` would have lost its zero, and `"x"` its quotes. Their values are never shown in an
-/// error.
-const VERBATIM_KEYS: [&str; 6] = [
+/// error. The credentials, and the JWT issuer and audience: text a token's `iss` and `aud`
+/// are compared with, which an audience `123456` must reach as is (as a number it was
+/// refused, exit 2).
+const VERBATIM_KEYS: [&str; 8] = [
     "valkey.url",
     "valkey.username",
     "valkey.password",
     "kafka.sasl.username",
     "kafka.sasl.password",
     "socketio.recovery_secret",
+    "auth.jwt_issuer",
+    "auth.jwt_audience",
 ];
 
 /// The `FLUX_*` variables of [`VERBATIM_KEYS`] in the process environment (where figment's
@@ -711,6 +716,31 @@ mod tests {
             assert!(
                 !err.contains("87654321"),
                 "the password is not shown: {err}"
+            );
+            Ok(())
+        });
+    }
+
+    /// Found by review: a numeric audience (or issuer) was read as a number and refused
+    /// (exit 2); `0123` would have lost its zero and no token would have matched it.
+    #[test]
+    fn jwt_issuer_and_audience_are_taken_verbatim() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("jwt.key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.set_env("FLUX_AUTH__JWT_KEY_FILE", "jwt.key");
+            jail.set_env("FLUX_AUTH__JWT_AUDIENCE", "123456");
+            jail.set_env("FLUX_AUTH__JWT_ISSUER", "0123");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.auth.jwt_audience.as_deref(), Some("123456"));
+            assert_eq!(c.settings.auth.jwt_issuer.as_deref(), Some("0123"));
+
+            jail.set_env("FLUX_AUTH__JWT_AUDIENCE", "true");
+            jail.set_env("FLUX_AUTH__JWT_ISSUER", "\"https://id.example\"");
+            let c = Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            assert_eq!(c.settings.auth.jwt_audience.as_deref(), Some("true"));
+            assert_eq!(
+                c.settings.auth.jwt_issuer.as_deref(),
+                Some("\"https://id.example\"")
             );
             Ok(())
         });
