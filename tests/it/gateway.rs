@@ -701,6 +701,23 @@ async fn overflowing_backlog(metrics: impl Fn() -> String) {
     }
 }
 
+/// The next text message of a raw client, within 10 s; a ping is answered.
+async fn next_text(ws: &mut crate::support::app::RawWs) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .unwrap();
+    let text = msg.to_text().unwrap_or("").to_owned();
+    if text == "2" {
+        ws.send(Message::text("3")).await.unwrap();
+    }
+    text
+}
+
 /// The ticker fixture for `product`, stamped `ts`, with `pad` bytes of filler.
 fn padded_tick(base: &Value, product: &str, ts: usize, pad: usize) -> Value {
     let mut tick = base.clone();
@@ -718,9 +735,6 @@ async fn raw_joined(app: &TestApp, guest: &str) -> crate::support::app::RawWs {
 
 #[tokio::test]
 async fn a_client_that_catches_up_gets_live_tickers_again_while_another_still_lags() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let mut settings = Settings::default();
     settings.socketio.max_buffer = 16;
     let app = TestApp::spawn_with(settings).await;
@@ -755,18 +769,6 @@ async fn a_client_that_catches_up_gets_live_tickers_again_while_another_still_la
     }
 
     // `resumed` reads again and catches up; then a new ticker must reach it live.
-    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> String {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .unwrap();
-        let text = msg.to_text().unwrap_or("").to_owned();
-        if text == "2" {
-            ws.send(Message::text("3")).await.unwrap();
-        }
-        text
-    };
     let mut seen_last = std::collections::HashSet::new();
     while seen_last.len() < products.len() {
         let text = next_text(&mut resumed).await;
@@ -897,12 +899,7 @@ async fn a_socket_that_lags_from_its_replay_gets_the_tickers_of_the_rooms_it_rej
     let mut offset = String::new();
     let mut joined = false;
     while offset.is_empty() {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .unwrap();
-        let text = msg.to_text().unwrap_or("").to_owned();
+        let text = next_text(&mut ws).await;
         if let Some(connect) = text.strip_prefix("40") {
             let v: Value = serde_json::from_str(connect).unwrap();
             pid = v["pid"].as_str().expect("recovery is on").to_owned();
