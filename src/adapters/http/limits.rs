@@ -76,20 +76,19 @@ impl Limits {
     }
 
     /// On each request of a connection: names the client of a connection through a trusted
-    /// proxy on its first one. `false` when that client is over its limit.
+    /// proxy on its first one (`client`, asked for only then). `false` when that client is
+    /// over its limit.
     pub(super) fn admit_forwarded(
         &self,
         slot: &std::sync::Mutex<Slot>,
-        req: &Request,
-        peer: IpAddr,
+        client: impl FnOnce() -> IpAddr,
     ) -> bool {
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if !slot.pending {
             return true;
         }
         slot.pending = false;
-        let client = self.client_of(req, peer);
-        self.take_client(&mut slot, client)
+        self.take_client(&mut slot, client())
     }
 
     /// The client of a request from `peer`: the peer, or the nearest untrusted hop of every

@@ -91,15 +91,21 @@ pub async fn serve_with(
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut req = detach_head(req.map(Body::new));
                 req.extensions_mut().insert(ConnectInfo(peer));
+                // An Engine.IO handshake carries its client's address; the limits read it too
+                // (named once per request).
+                let mut client = None;
                 if let Some(transport) = engine_handshake(&req) {
                     if transport == "websocket" {
                         session.websocket.store(true, Ordering::Relaxed);
                     }
-                    let client = ClientAddress(limits.client_of(&req, peer.ip()));
-                    req.extensions_mut().insert(client);
+                    let named = limits.client_of(&req, peer.ip());
+                    client = Some(named);
+                    req.extensions_mut().insert(ClientAddress(named));
                 }
                 req.extensions_mut().insert(Joined(Arc::clone(&session)));
-                let admitted = limits.admit_forwarded(&slot, &req, peer.ip());
+                let admitted = limits.admit_forwarded(&slot, || {
+                    client.unwrap_or_else(|| limits.client_of(&req, peer.ip()))
+                });
                 let router = router.clone();
                 let session = Arc::clone(&session);
                 async move {

@@ -144,15 +144,6 @@ impl SocketIoFanout {
         true
     }
 
-    /// A lagging socket's backlog gets the tickers of the rooms it is in (broadcasts skip it):
-    /// its rooms are read again when they change, not only at the drainer's next pass (a
-    /// recovered socket lags from its replay, then rejoins its rooms: found by review).
-    fn rooms_changed(&self, s: &SocketRef) {
-        if self.backlogs.is_lagging(s.id) {
-            self.backlogs.refresh_rooms(s.id, s);
-        }
-    }
-
     /// Disconnects a socket whose backlog overflowed by closing its connection: its client
     /// reconnects and is hydrated again (a DISCONNECT packet would need room in its full
     /// queue, and would stop the official client for good).
@@ -347,14 +338,17 @@ impl ClientFanout for SocketIoFanout {
     async fn join(&self, socket: &str, rooms: &[String]) -> Result<(), FanoutError> {
         let s = self.socket(socket)?;
         s.join(rooms.to_vec());
-        self.rooms_changed(&s);
+        // A lagging socket's backlog gets the tickers of the rooms it is in (broadcasts skip
+        // it): its rooms are read again when they change, not only at the drainer's next pass
+        // (a recovered socket lags from its replay, then rejoins its rooms: found by review).
+        self.backlogs.refresh_rooms(s.id, &s);
         Ok(())
     }
 
     async fn leave(&self, socket: &str, rooms: &[String]) -> Result<(), FanoutError> {
         let s = self.socket(socket)?;
         s.leave(rooms.to_vec());
-        self.rooms_changed(&s);
+        self.backlogs.refresh_rooms(s.id, &s);
         Ok(())
     }
 
