@@ -208,8 +208,12 @@ impl CommandSink for KafkaCommandSink {
             timestamp: record_timestamp_now(),
         };
         let mut pause = FIRST_RETRY;
+        // What the broker answered the last attempt that ended (`None`: it could not be
+        // reached): what the failure is, if it lasts. An attempt the deadline cuts short tells
+        // nothing new, so a broker that kept refusing is not taken for an unreachable one
+        // because its last answer was slow (a loaded broker, found by CI).
+        let mut last_answer: Option<String> = None;
         loop {
-            // Whether the broker answered the last attempt: what the failure is, if it lasts.
             let (reason, answered) = match tokio::time::timeout_at(
                 deadline,
                 self.attempt(&command, &record),
@@ -226,12 +230,23 @@ impl CommandSink for KafkaCommandSink {
                             .increment(1);
                     return Err(CommandSinkError::Rejected(reason));
                 }
-                Ok(Err(Trouble::Unavailable(reason))) => (reason, false),
-                Ok(Err(Trouble::Busy(reason))) => (reason, true),
-                Ok(Err(Trouble::UnknownTopic(_))) => {
-                    (format!("{topic}: unknown topic or partition"), true)
+                Ok(Err(Trouble::Unavailable(reason))) => {
+                    last_answer = None;
+                    (reason, false)
                 }
-                Err(_) => ("no acknowledgement in time".to_owned(), false),
+                Ok(Err(Trouble::Busy(reason))) => {
+                    last_answer = Some(reason.clone());
+                    (reason, true)
+                }
+                Ok(Err(Trouble::UnknownTopic(_))) => {
+                    let reason = format!("{topic}: unknown topic or partition");
+                    last_answer = Some(reason.clone());
+                    (reason, true)
+                }
+                Err(_) => match &last_answer {
+                    Some(reason) => (reason.clone(), true),
+                    None => ("no acknowledgement in time".to_owned(), false),
+                },
             };
             self.forget(&topic);
             if Instant::now() + pause >= deadline {
