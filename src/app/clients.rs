@@ -1,11 +1,13 @@
 //! What clients ask for: their location (rooms, hydration, weather command), the four
 //! snapshot requests, and the legacy `getUserId`. Replies go to the asking socket only.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::commands::{self, Reason, Refresh, RefreshThrottle};
@@ -42,6 +44,9 @@ pub struct ClientService {
     throttle: Mutex<RefreshThrottle>, // std Mutex: never held across an .await
     /// "command not sent" lines per topic (every client request fails during an outage).
     failure_log: LogThrottle<String>,
+    /// One location update at a time per socket: two handled at once could each read the
+    /// socket's rooms before the other joined its weather room, and leave it in both.
+    locating: PerSocket,
 }
 
 impl ClientService {
@@ -62,6 +67,7 @@ impl ClientService {
             ),
             throttle: Mutex::new(RefreshThrottle::new(limits.refresh_interval)),
             failure_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
+            locating: PerSocket::default(),
             local,
             cache,
             sink,
@@ -300,6 +306,7 @@ impl ClientRequests for ClientService {
     /// weather command unless the city's weather is fresh or already asked for, or the
     /// location is invalid, a duplicate within the window, or Kafka is down.
     async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
+        let _turn = self.locating.turn(&who.socket_id).await;
         let intent = location::interpret(arg);
         self.switch_rooms(who, &intent.room).await;
         self.hydrate(who).await;
@@ -370,6 +377,49 @@ impl ClientRequests for ClientService {
             SnapshotRequest::TopCoins | SnapshotRequest::Stocks => {
                 self.reply(who, name, &request.miss(), name, "loading")
                     .await;
+            }
+        }
+    }
+}
+
+/// Turns per socket: whoever holds a socket's turn is the only one at work for it. An entry
+/// lives while a turn is held or awaited, so the map holds no socket that is not busy.
+#[derive(Default)]
+struct PerSocket {
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, // std Mutex: never held across an .await
+}
+
+impl PerSocket {
+    /// Waits for `socket`'s turn (first come, first served); it ends when the guard drops.
+    async fn turn(&self, socket: &str) -> Turn<'_> {
+        let turn = self.lock().entry(socket.to_owned()).or_default().clone();
+        Turn {
+            held: Some(turn.lock_owned().await),
+            of: self,
+            socket: socket.to_owned(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.turns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A socket's turn, given back on drop (also when the future holding it is dropped).
+struct Turn<'a> {
+    held: Option<OwnedMutexGuard<()>>,
+    of: &'a PerSocket,
+    socket: String,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.of.lock();
+        if let Some(held) = self.held.take() {
+            // The map's and this guard's: nobody else waits for the socket (a waiter clones
+            // under the map's lock, held here).
+            if Arc::strong_count(OwnedMutexGuard::mutex(&held)) == 2 {
+                turns.remove(&self.socket);
             }
         }
     }
@@ -676,6 +726,91 @@ mod tests {
         let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
         svc.location_update(&who(), Some(&pune())).await;
         svc.location_update(&who(), Some(&pune())).await;
+    }
+
+    /// A fanout that lets other tasks run while it reads a socket's rooms, as a transport
+    /// on other threads does.
+    struct YieldingRooms(Arc<RecordingFanout>);
+
+    #[async_trait]
+    impl ClientFanout for YieldingRooms {
+        async fn to_room<'a>(
+            &self,
+            room: &str,
+            event: &str,
+            payload: &Payload,
+            options: EmitOptions<'a>,
+        ) -> Result<(), crate::ports::FanoutError> {
+            self.0.to_room(room, event, payload, options).await
+        }
+
+        async fn to_socket<'a>(
+            &self,
+            socket: &str,
+            event: &str,
+            payload: &Payload,
+            options: EmitOptions<'a>,
+        ) -> Result<(), crate::ports::FanoutError> {
+            self.0.to_socket(socket, event, payload, options).await
+        }
+
+        async fn join(
+            &self,
+            socket: &str,
+            rooms: &[String],
+        ) -> Result<(), crate::ports::FanoutError> {
+            self.0.join(socket, rooms).await
+        }
+
+        async fn leave(
+            &self,
+            socket: &str,
+            rooms: &[String],
+        ) -> Result<(), crate::ports::FanoutError> {
+            self.0.leave(socket, rooms).await
+        }
+
+        async fn rooms_of(&self, socket: &str) -> Result<Vec<String>, crate::ports::FanoutError> {
+            let rooms = self.0.rooms_of(socket).await;
+            tokio::task::yield_now().await;
+            rooms
+        }
+    }
+
+    #[tokio::test]
+    async fn two_location_updates_of_one_socket_at_once_leave_it_in_one_weather_room() {
+        let recorded = Arc::new(RecordingFanout::default());
+        recorded.connect("s1");
+        let cache = Arc::new(MemoryCache::default());
+        let limits = LimitSettings::default();
+        let weather = Arc::new(WeatherDesk::new(cache.clone(), &limits));
+        let mut sink = MockCommandSink::new();
+        sink.expect_send().returning(|_| Ok(()));
+        let health = Arc::new(Health::new());
+        health.set_consuming(true);
+        let svc = ClientService::new(
+            Arc::default(),
+            cache,
+            Arc::new(sink),
+            Arc::new(YieldingRooms(recorded.clone())),
+            health,
+            weather,
+            &limits,
+        );
+        let mut mumbai = pune();
+        mumbai["city"] = json!("Mumbai");
+        let (who, pune) = (who(), pune());
+        tokio::join!(
+            svc.location_update(&who, Some(&pune)),
+            svc.location_update(&who, Some(&mumbai)),
+        );
+        let rooms = recorded.rooms_of("s1").await.unwrap();
+        let weather: Vec<&String> = rooms.iter().filter(|r| r.starts_with("weather.")).collect();
+        assert_eq!(weather.len(), 1, "{rooms:?}");
+        assert!(
+            svc.locating.lock().is_empty(),
+            "a socket's turn outlived its update"
+        );
     }
 
     fn who_else(user: &str) -> ClientIdentity {
