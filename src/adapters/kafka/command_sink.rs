@@ -208,17 +208,10 @@ impl CommandSink for KafkaCommandSink {
             timestamp: record_timestamp_now(),
         };
         let mut pause = FIRST_RETRY;
-        // What the broker answered the last attempt that ended (`None`: it could not be
-        // reached): what the failure is, if it lasts. An attempt the deadline cuts short tells
-        // nothing new, so a broker that kept refusing is not taken for an unreachable one
-        // because its last answer was slow (a loaded broker, found by CI).
-        let mut last_answer: Option<String> = None;
+        let mut failure = Failure::default();
         loop {
-            let (reason, answered) = match tokio::time::timeout_at(
-                deadline,
-                self.attempt(&command, &record),
-            )
-            .await
+            let attempt = match tokio::time::timeout_at(deadline, self.attempt(&command, &record))
+                .await
             {
                 Ok(Ok(())) => {
                     metrics::counter!(KAFKA_RECORDS_PRODUCED, "topic" => topic).increment(1);
@@ -230,24 +223,14 @@ impl CommandSink for KafkaCommandSink {
                             .increment(1);
                     return Err(CommandSinkError::Rejected(reason));
                 }
-                Ok(Err(Trouble::Unavailable(reason))) => {
-                    last_answer = None;
-                    (reason, false)
-                }
-                Ok(Err(Trouble::Busy(reason))) => {
-                    last_answer = Some(reason.clone());
-                    (reason, true)
-                }
+                Ok(Err(Trouble::Unavailable(reason))) => Attempt::Unreachable(reason),
+                Ok(Err(Trouble::Busy(reason))) => Attempt::Answered(reason),
                 Ok(Err(Trouble::UnknownTopic(_))) => {
-                    let reason = format!("{topic}: unknown topic or partition");
-                    last_answer = Some(reason.clone());
-                    (reason, true)
+                    Attempt::Answered(format!("{topic}: unknown topic or partition"))
                 }
-                Err(_) => match &last_answer {
-                    Some(reason) => (reason.clone(), true),
-                    None => ("no acknowledgement in time".to_owned(), false),
-                },
+                Err(_) => Attempt::Cut,
             };
+            let (reason, answered) = failure.after(attempt);
             self.forget(&topic);
             if Instant::now() + pause >= deadline {
                 let within = humantime_serde::re::humantime::format_duration(settings.send_timeout);
@@ -280,8 +263,76 @@ impl CommandSink for KafkaCommandSink {
     }
 }
 
+/// How an attempt that did not succeed ended.
+#[derive(Debug)]
+enum Attempt {
+    /// A broker answered with a retriable error.
+    Answered(String),
+    /// No broker could be reached.
+    Unreachable(String),
+    /// The send's deadline cut it short.
+    Cut,
+}
+
+/// What a send's failure is if it lasts: what the broker answered the last attempt that
+/// ended (`None`: it could not be reached). An attempt the deadline cuts short tells nothing
+/// new, so a broker that kept refusing is not taken for an unreachable one because its last
+/// answer was slow (a loaded broker, found by CI).
+#[derive(Debug, Default)]
+struct Failure {
+    last_answer: Option<String>,
+}
+
+impl Failure {
+    /// The reason to give after `attempt`, and whether a broker answered.
+    fn after(&mut self, attempt: Attempt) -> (String, bool) {
+        match attempt {
+            Attempt::Answered(reason) => {
+                self.last_answer = Some(reason.clone());
+                (reason, true)
+            }
+            Attempt::Unreachable(reason) => {
+                self.last_answer = None;
+                (reason, false)
+            }
+            Attempt::Cut => match &self.last_answer {
+                Some(reason) => (reason.clone(), true),
+                None => ("no acknowledgement in time".to_owned(), false),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{Attempt, Failure};
+
+    #[test]
+    fn an_attempt_cut_short_after_a_refusal_is_still_a_refusal() {
+        let mut failure = Failure::default();
+        failure.after(Attempt::Answered("NotEnoughReplicas".into()));
+        assert_eq!(
+            failure.after(Attempt::Cut),
+            ("NotEnoughReplicas".into(), true)
+        );
+    }
+
+    #[test]
+    fn an_attempt_cut_short_with_no_answer_before_is_unacknowledged() {
+        let mut failure = Failure::default();
+        assert_eq!(
+            failure.after(Attempt::Cut),
+            ("no acknowledgement in time".into(), false)
+        );
+        failure.after(Attempt::Answered("NotEnoughReplicas".into()));
+        failure.after(Attempt::Unreachable("connection refused".into()));
+        assert_eq!(
+            failure.after(Attempt::Cut),
+            ("no acknowledgement in time".into(), false),
+            "a broker that stopped answering is no longer the cause"
+        );
+    }
+
     #[test]
     fn keyed_commands_go_where_the_original_bff_put_them() {
         // kafkajs' LegacyPartitioner (the original's producer) among 3 partitions, for the
