@@ -337,7 +337,9 @@ impl ClientFanout for SocketIoFanout {
 
     async fn join(&self, socket: &str, rooms: &[String]) -> Result<(), FanoutError> {
         let s = self.socket(socket)?;
-        s.join(rooms.to_vec());
+        if !join_open(&s, rooms.to_vec()) {
+            return Err(FanoutError::UnknownSocket(socket.to_owned()));
+        }
         // A lagging socket's backlog gets the tickers of the rooms it is in (broadcasts skip
         // it): its rooms are read again when they change, not only at the drainer's next pass
         // (a recovered socket lags from its replay, then rejoins its rooms: found by review).
@@ -361,6 +363,20 @@ impl ClientFanout for SocketIoFanout {
             .filter(|r| *r != own && r != LAGGING_ROOM)
             .collect())
     }
+}
+
+/// Adds `s` to `rooms` unless it closed since it was looked up: `false` then, and it is in
+/// none of them. A close that emptied its rooms before this join would otherwise leave the
+/// dead socket in them for good (found by review: a location update as the connection
+/// drops). `close` clears the flag before it takes the socket out of its rooms, so a join
+/// after that sees it cleared.
+fn join_open(s: &SocketRef, rooms: Vec<String>) -> bool {
+    s.join(rooms);
+    if s.connected() {
+        return true;
+    }
+    s.leave_all();
+    false
 }
 
 /// Emits `event` to one socket, with the recovery `offset` as its last argument when given.
@@ -394,4 +410,48 @@ impl LaggingSocket for SocketRef {
 /// The default namespace of `io`, `None` once the server is closed.
 pub(super) fn namespace(io: &SocketIo) -> Option<BroadcastOperators> {
     io.of("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use socketioxide::SocketIo;
+    use socketioxide::extract::SocketRef;
+
+    use super::join_open;
+
+    #[tokio::test]
+    async fn a_socket_closed_after_its_lookup_is_left_in_no_room() {
+        let (_layer, io) = SocketIo::new_layer();
+        let connected: Arc<Mutex<Option<SocketRef>>> = Arc::default();
+        let slot = connected.clone();
+        io.ns("/", move |s: SocketRef| {
+            let slot = slot.clone();
+            async move {
+                *slot.lock().unwrap() = Some(s);
+            }
+        });
+        let (client, _from_server) = io.new_dummy_sock("/", ()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let s = loop {
+            if let Some(s) = connected.lock().unwrap().clone() {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(join_open(&s, vec!["crypto.global".into()]));
+        // The client goes; the socket is closed and taken out of its rooms. `s` is what a
+        // location update looked up just before.
+        client.send(engineioxide::Packet::Close).await.unwrap();
+        while io.of("/").is_some_and(|ns| !ns.sockets().is_empty()) {
+            assert!(tokio::time::Instant::now() < deadline, "never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!join_open(&s, vec!["crypto.global".into(), "weather.Pune".into()]));
+        let rooms = io.of("/").unwrap().rooms().await.unwrap();
+        assert!(rooms.is_empty(), "a closed socket kept rooms: {rooms:?}");
+    }
 }
