@@ -37,7 +37,7 @@ fn key_file(name: &str, content: &str) -> PathBuf {
     path
 }
 
-fn hs256_settings(audience: Option<&str>) -> Settings {
+pub(crate) fn hs256_settings(audience: Option<&str>) -> Settings {
     let mut settings = Settings::default();
     // Trimmed when read: the newline must not become part of the secret.
     settings.auth.jwt_key_file = Some(key_file("hs256.key", &format!("{SECRET}\n")));

@@ -142,6 +142,31 @@ async fn polling_handshakes_that_never_join_count_against_max_polling_sessions()
     }
 }
 
+/// Found by review: a session whose CONNECT was refused for its token counted as joined,
+/// and so nowhere (it never became a socket): a client without a token could open polling
+/// sessions past the limit.
+#[tokio::test]
+async fn a_polling_session_refused_for_its_token_still_counts_against_max_polling_sessions() {
+    let mut settings = crate::auth::hs256_settings(None);
+    settings.socketio.max_polling_sessions = 1;
+    let app = TestApp::spawn_with(settings).await;
+    let sid = polling_session(&app).await;
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(
+        http(&app, "POST", &target, r#"40{"token":"x"}"#).await.0,
+        200
+    );
+    let (_, refusal) = http_get(&app, &target).await;
+    assert!(refusal.contains("44{"), "refused: {refusal:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past a recount
+
+    let (status, body) = http_get(&app, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(
+        status, 503,
+        "the refused session still holds its place: {body}"
+    );
+}
+
 #[tokio::test]
 async fn a_polling_session_that_joined_counts_once_against_max_polling_sessions() {
     let mut settings = Settings::default();

@@ -450,7 +450,10 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never closed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(!join_open(&s, vec!["crypto.global".into(), "weather.Pune".into()]));
+        assert!(!join_open(
+            &s,
+            vec!["crypto.global".into(), "weather.Pune".into()]
+        ));
         let rooms = io.of("/").unwrap().rooms().await.unwrap();
         assert!(rooms.is_empty(), "a closed socket kept rooms: {rooms:?}");
     }

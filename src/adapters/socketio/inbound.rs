@@ -15,13 +15,13 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken as TaskToken};
 
 use super::settings::SocketIoSettings;
 use crate::domain::identity::{self, ClientAddress, ClientIdentity};
 use crate::domain::recovery::Cut;
 use crate::domain::replies::SnapshotRequest;
-use crate::domain::topics::{REQ_LOCATION, REQ_USER_ID};
+use crate::domain::topics::{self, REQ_LOCATION, REQ_USER_ID};
 use crate::ports::{AuthRefusal, Authenticate, ClientRequests, SessionRecovery};
 use crate::telemetry::metrics::{
     CLIENT_EVENTS, CLIENT_EVENTS_DROPPED, SOCKET_DISCONNECTS, SOCKETS_CONNECTED,
@@ -146,9 +146,6 @@ async fn prepare(
 ) -> Result<(), AuthRefusal> {
     let inbound = &handlers.inbound;
     let parts = s.req_parts();
-    if let Some(on_join) = &inbound.on_join {
-        on_join(parts);
-    }
     // The address the HTTP server named (a trusted proxy's client, D34), else the peer.
     let ip = parts
         .extensions
@@ -164,6 +161,12 @@ async fn prepare(
         None => identity::accept_guest_id(handshake.as_ref())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     };
+    // Joined only once admitted: a refused handshake's session is still an unjoined one,
+    // counted against `socketio.max_polling_sessions` until it closes (found by review: a
+    // client without a token could open polling sessions counted nowhere).
+    if let Some(on_join) = &inbound.on_join {
+        on_join(parts);
+    }
     let mut resume = None;
     if let Some(recovery) = &inbound.recovery {
         let admission = recovery.admit(handshake.as_ref(), &user_id).await;
@@ -196,9 +199,16 @@ async fn prepare(
 
     s.on_fallback(
         // `TryData<Value>` is the first argument only: socketioxide skips the others (such as
-        // the legacy second argument of `userLocationUpdate`, contract §c.4).
-        |s: SocketRef, Event(event): Event, TryData(data): TryData<Value>| async move {
-            on_event(s, event, data.ok()).await
+        // the legacy second argument of `userLocationUpdate`, contract §c.4). The closure runs
+        // as the event arrives, its future in a task of its own: what bounds and orders the
+        // events is done here, before any task waits (a replay, the shutdown's wait).
+        |s: SocketRef, Event(event): Event, TryData(data): TryData<Value>| {
+            let admitted = admit(&s, &event);
+            async move {
+                if let Some((session, _handling)) = admitted {
+                    handle(&s, &session, &event, data.ok()).await;
+                }
+            }
         },
     );
     s.on_disconnect(|s: SocketRef, reason: DisconnectReason| async move {
@@ -209,34 +219,40 @@ async fn prepare(
     Ok(())
 }
 
-async fn on_event(s: SocketRef, event: String, data: Option<Value>) {
-    let Some(session) = s.extensions.get::<Session>() else {
-        return;
-    };
-    let _handling = session.handling.token();
-    let requests = &session.requests;
-    session_init(&s, &session);
-    resume(&s, &session).await;
+/// As a client event arrives: `session:init` first, then the event counted against the name
+/// length and rate limits, and tracked for the shutdown's wait (D19) from that moment, not
+/// from when its task first runs. `None`: dropped.
+fn admit(s: &SocketRef, event: &str) -> Option<(Session, TaskToken)> {
+    let session = s.extensions.get::<Session>()?;
+    session_init(s, &session);
     if event.len() > session.max_event_name {
         Dropped::EventNameTooLong.count();
-        return;
+        return None;
     }
     if session.limiter.check().is_err() {
         Dropped::RateLimited.count();
-        return;
+        return None;
     }
-    let who = &session.who;
-    if event == REQ_LOCATION {
-        metrics::counter!(CLIENT_EVENTS, "event" => REQ_LOCATION).increment(1);
-        requests.location_update(who, data.as_ref()).await;
-    } else if let Some(request) = SnapshotRequest::from_event(&event) {
-        metrics::counter!(CLIENT_EVENTS, "event" => request.reply_event()).increment(1);
-        requests.snapshot_request(who, request).await;
-    } else if event == REQ_USER_ID {
-        metrics::counter!(CLIENT_EVENTS, "event" => REQ_USER_ID).increment(1);
-        requests.user_id(who).await;
-    } else {
+    let handling = session.handling.token();
+    Some((session, handling))
+}
+
+/// Handles an admitted client event, after a recovered session's replay.
+async fn handle(s: &SocketRef, session: &Session, event: &str, data: Option<Value>) {
+    resume(s, session).await;
+    // Counted under the event's own name (the snapshot requests were under their replies').
+    let Some(&name) = topics::CLIENT_EVENTS.iter().find(|&&known| known == event) else {
         Dropped::UnknownEvent.count();
+        return;
+    };
+    metrics::counter!(CLIENT_EVENTS, "event" => name).increment(1);
+    let (requests, who) = (&session.requests, &session.who);
+    if name == REQ_LOCATION {
+        requests.location_update(who, data.as_ref()).await;
+    } else if let Some(request) = SnapshotRequest::from_event(name) {
+        requests.snapshot_request(who, request).await;
+    } else if name == REQ_USER_ID {
+        requests.user_id(who).await;
     }
 }
 
@@ -297,7 +313,94 @@ pub(super) fn reason_label(reason: DisconnectReason) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{DISCONNECT_REASONS, Dropped, reason_label};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use serde_json::{Value, json};
+    use socketioxide::SocketIo;
+    use tokio::sync::Notify;
+    use tokio_util::task::TaskTracker;
+
+    use super::{DISCONNECT_REASONS, Dropped, Inbound, reason_label, register};
+    use crate::adapters::socketio::settings::SocketIoSettings;
+    use crate::domain::Payload;
+    use crate::domain::identity::ClientIdentity;
+    use crate::domain::recovery::{Cut, Refusal};
+    use crate::domain::replies::SnapshotRequest;
+    use crate::ports::{Admission, ClientRequests, SessionRecovery};
+
+    /// Answers nothing.
+    struct Quiet;
+
+    #[async_trait]
+    impl ClientRequests for Quiet {
+        fn session_init(&self, _: &ClientIdentity) -> (&'static str, Payload) {
+            ("session:init", Payload::new(&json!({})))
+        }
+        async fn location_update(&self, _: &ClientIdentity, _: Option<&Value>) {}
+        async fn snapshot_request(&self, _: &ClientIdentity, _: SnapshotRequest) {}
+        async fn user_id(&self, _: &ClientIdentity) {}
+    }
+
+    /// Recovers every session, and replays only once `release` is notified.
+    struct HeldReplay {
+        release: Arc<Notify>,
+    }
+
+    #[async_trait]
+    impl SessionRecovery for HeldReplay {
+        async fn admit(&self, _: Option<&Value>, _: &str) -> Admission {
+            Admission {
+                pid: "pid".into(),
+                resume: Some(Cut::default()),
+            }
+        }
+        async fn resume(&self, _: &str, _: &Cut) -> Result<usize, Refusal> {
+            self.release.notified().await;
+            Ok(0)
+        }
+    }
+
+    /// Found by review: the name and rate limits were checked after the replay, so every
+    /// event a recovered client sent meanwhile waited in a task of its own, unbounded.
+    #[tokio::test]
+    async fn events_sent_during_a_replay_are_rate_limited_as_they_arrive() {
+        let (_layer, io) = SocketIo::new_layer();
+        let settings = SocketIoSettings::default();
+        let release = Arc::new(Notify::new());
+        let handling = TaskTracker::new();
+        register(
+            &io,
+            &settings,
+            Inbound {
+                requests: Arc::new(Quiet),
+                auth: None,
+                recovery: Some(Arc::new(HeldReplay {
+                    release: release.clone(),
+                })),
+                on_join: None,
+                handling: handling.clone(),
+            },
+        );
+        let (client, _from_server) = io.new_dummy_sock("/", ()).await;
+        for _ in 0..200 {
+            let event = engineioxide::Packet::Message(r#"2["getUserId"]"#.into());
+            client.send(event).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waiting = handling.len();
+        assert!(
+            (1..=settings.burst as usize + 1).contains(&waiting),
+            "{waiting} events wait for the replay; the burst is {}",
+            settings.burst
+        );
+        release.notify_one();
+        handling.close();
+        tokio::time::timeout(Duration::from_secs(5), handling.wait())
+            .await
+            .expect("the admitted events are handled once the replay is done");
+    }
 
     #[test]
     fn each_reason_has_its_own_label() {
