@@ -35,6 +35,8 @@ pub const RECOVERED_ROOMS: [&str; 3] = [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK];
 /// start-up).
 const CATCH_UP: Duration = Duration::from_secs(5);
 const CATCH_UP_POLL: Duration = Duration::from_millis(10);
+/// The longest `socketio.recovery_window` accepted.
+const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Connection-state recovery's settings: keys of the `[socketio]` section (D26).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -95,11 +97,60 @@ impl RecoverySettings {
                 secret.trim().len()
             ));
         }
+        // Read at validation too, so that a missing or short file exits 2 (D21) as every
+        // other configuration error does, not 1 (which the runbook reads as "no Kafka").
+        if self.recovery_secret.is_none()
+            && let Some(path) = &self.recovery_secret_file
+            && let Err(problem) = read_secret_file(path)
+        {
+            problems.push(problem);
+        }
         if self.recovery_max_events == 0 {
             problems.push("socketio.recovery_max_events: must be at least 1".to_owned());
         }
+        if self.replay_budget == 0 {
+            problems.push(
+                "socketio.replay_budget: must be at least 1 (every recovery with a missed event would be refused; set socketio.recovery_window = \"0s\" to turn recovery off)".to_owned(),
+            );
+        }
+        if self.recovery_window > MAX_WINDOW {
+            problems.push(format!(
+                "socketio.recovery_window: at most {} (a client away longer reconnects as a new one), got {}",
+                humantime_serde::re::humantime::format_duration(MAX_WINDOW),
+                humantime_serde::re::humantime::format_duration(self.recovery_window)
+            ));
+        }
+        if self.recovery_token_ttl < self.recovery_window {
+            problems.push(format!(
+                "socketio.recovery_token_ttl: must be at least socketio.recovery_window ({}), got {}: a session id would expire before the client it names could recover",
+                humantime_serde::re::humantime::format_duration(self.recovery_window),
+                humantime_serde::re::humantime::format_duration(self.recovery_token_ttl)
+            ));
+        }
         problems
     }
+}
+
+/// The recovery secret held in `path`, trimmed.
+///
+/// # Errors
+/// When the file cannot be read or holds too short a secret: names the file and the fix.
+fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "socketio.recovery_secret_file: cannot read {}: {e} (give a readable file holding the recovery secret, or unset FLUX_SOCKETIO__RECOVERY_SECRET_FILE)",
+            path.display()
+        )
+    })?;
+    let secret = text.trim();
+    if secret.len() < 32 {
+        return Err(format!(
+            "socketio.recovery_secret_file: {} holds {} characters after trimming; the recovery secret needs at least 32 (e.g. `openssl rand -hex 32`)",
+            path.display(),
+            secret.len()
+        ));
+    }
+    Ok(secret.as_bytes().to_vec())
 }
 
 /// A secret read from the configuration: never shown in logs or dumps.
@@ -130,6 +181,8 @@ pub struct Recovery {
     window: Duration,
     token_ttl: Duration,
     budget: usize,
+    /// How long a handshake waits for this replica to reach its offset.
+    catch_up: Duration,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -140,7 +193,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Recovery {
-    /// Recovery as configured, replaying through `fanout`; `None` when
+    /// Recovery as configured, replaying through `fanout`, a handshake waiting to catch up
+    /// within `connect_timeout` ([`Recovery::catching_up_within`]); `None` when
     /// `socketio.recovery_window` is 0.
     ///
     /// # Errors
@@ -148,6 +202,7 @@ impl Recovery {
     /// the file and the fix).
     pub fn from_settings(
         settings: &RecoverySettings,
+        connect_timeout: Duration,
         fanout: Arc<dyn ClientFanout>,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if settings.recovery_window.is_zero() {
@@ -155,22 +210,7 @@ impl Recovery {
         }
         let secret = match (&settings.recovery_secret, &settings.recovery_secret_file) {
             (Some(Secret(secret)), _) => secret.trim().as_bytes().to_vec(),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!(
-                        "socketio.recovery_secret_file: cannot read {}: {e} (give a readable file holding the recovery secret, or unset FLUX_SOCKETIO__RECOVERY_SECRET_FILE)",
-                        path.display()
-                    )
-                })?;
-                let secret = text.trim();
-                anyhow::ensure!(
-                    secret.len() >= 32,
-                    "socketio.recovery_secret_file: {} holds {} characters after trimming; the recovery secret needs at least 32 (e.g. `openssl rand -hex 32`)",
-                    path.display(),
-                    secret.len()
-                );
-                secret.as_bytes().to_vec()
-            }
+            (None, Some(path)) => read_secret_file(path).map_err(anyhow::Error::msg)?,
             (None, None) => {
                 tracing::info!(
                     "connection-state recovery: no socketio.recovery_secret set; sessions recover on this replica only (set FLUX_SOCKETIO__RECOVERY_SECRET to the same value on every replica)"
@@ -180,14 +220,17 @@ impl Recovery {
                 secret
             }
         };
-        Ok(Some(Arc::new(Self::new(
-            secret,
-            settings.recovery_window,
-            settings.recovery_token_ttl,
-            settings.replay_budget,
-            settings.recovery_max_events,
-            fanout,
-        ))))
+        Ok(Some(Arc::new(
+            Self::new(
+                secret,
+                settings.recovery_window,
+                settings.recovery_token_ttl,
+                settings.replay_budget,
+                settings.recovery_max_events,
+                fanout,
+            )
+            .catching_up_within(connect_timeout),
+        )))
     }
 
     pub fn new(
@@ -206,7 +249,19 @@ impl Recovery {
             window,
             token_ttl,
             budget,
+            catch_up: CATCH_UP,
         }
+    }
+
+    /// Waits for this replica to catch up with a handshake's offset for at most half of
+    /// `connect_timeout`: the handshake waits in the connect middleware, and socketioxide closes
+    /// a session still connecting after `connect_timeout` (found by review: with a timeout
+    /// under the 5 s of the wait, a client whose offset was ahead was closed, reconnected with
+    /// the same offset, and was closed again, for as long as this replica stayed behind).
+    #[must_use]
+    pub fn catching_up_within(mut self, connect_timeout: Duration) -> Self {
+        self.catch_up = CATCH_UP.min(connect_timeout / 2);
+        self
     }
 
     /// Whether the event consumer has read back its window and reads live on every partition:
@@ -282,7 +337,7 @@ impl Recovery {
     /// and finished reading its window back (a replay before then would miss the rest of it:
     /// those records are journaled, never emitted).
     async fn check(&self, cut: &Cut) -> Result<(), Refusal> {
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let deadline = tokio::time::Instant::now() + self.catch_up;
         loop {
             {
                 let journal = self.journal.lock().await;
@@ -548,6 +603,25 @@ mod tests {
         assert!(
             admission.resume.is_none(),
             "an offset older than the window"
+        );
+    }
+
+    /// Found by review: socketioxide closes a session still connecting after
+    /// `connect_timeout`, and the wait ran its 5 s whatever the timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_waits_to_catch_up_for_half_the_connect_timeout_at_most() {
+        let ahead = recovery(Duration::from_secs(120));
+        let offsets = ticks(&ahead, 0..5).await;
+        let r = recovery(Duration::from_secs(120)).catching_up_within(Duration::from_secs(2));
+        ticks(&r, 0..3).await;
+        let pid = r.issue("u1");
+        let started = tokio::time::Instant::now();
+        let admission = r.admit(Some(&handshake(&pid, &offsets[4])), "u1").await;
+        assert!(admission.resume.is_none());
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(1)..Duration::from_millis(1100)).contains(&waited),
+            "waited {waited:?}"
         );
     }
 

@@ -78,7 +78,11 @@ impl Application {
         ));
         let auth = Authenticator::from_settings(&settings.auth)?
             .map(|a| Arc::new(a) as Arc<dyn Authenticate>);
-        let recovery = Recovery::from_settings(&settings.recovery, Arc::new(fanout.clone()))?;
+        let recovery = Recovery::from_settings(
+            &settings.recovery,
+            settings.socketio.connect_timeout,
+            Arc::new(fanout.clone()),
+        )?;
         let handling = TaskTracker::new();
         socketio::register(
             &io,

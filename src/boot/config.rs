@@ -93,6 +93,15 @@ impl Settings {
         problems.extend(self.http.problems());
         problems.extend(self.limits.problems());
         problems.extend(self.lifecycle.problems());
+        // A replay is pushed to the socket at once: beyond its queue and backlog it overflows,
+        // the connection is closed (D30), and the client reconnects into the same replay.
+        let room = self.socketio.max_buffer + self.socketio.max_backlog;
+        if !self.recovery.recovery_window.is_zero() && self.recovery.replay_budget > room {
+            problems.push(format!(
+                "socketio.replay_budget: at most socketio.max_buffer + socketio.max_backlog ({room}), got {}: a larger replay overflows the socket's backlog and closes its connection (raise those too, or lower the budget)",
+                self.recovery.replay_budget
+            ));
+        }
         if let Err(e) = TokenVerifier::from_settings(&self.auth) {
             problems.push(e.to_string());
         }
@@ -685,6 +694,68 @@ mod tests {
             jail.set_env("FLUX_SOCKETIO__MAX_BUFFER", "1");
             jail.set_env("FLUX_LIFECYCLE__MAX_BACKOFF", "100ms");
             jail.set_env("FLUX_AUTH__LEEWAY", "5m");
+            Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    /// Found by review: each was accepted and then refused every recovery (a session id expired
+    /// at once, a budget of none, a replay larger than the socket's queue and backlog, which
+    /// closed the connection it was for), crashed the consumer (a window longer than the
+    /// Unix epoch is old), or exited 1 ("no Kafka") at start-up (an unreadable secret file).
+    #[test]
+    fn recovery_settings_that_would_refuse_every_recovery_or_crash_are_refused() {
+        for (vars, key) in [
+            (
+                &[("FLUX_SOCKETIO__RECOVERY_TOKEN_TTL", "0s")][..],
+                "socketio.recovery_token_ttl",
+            ),
+            (
+                &[("FLUX_SOCKETIO__RECOVERY_TOKEN_TTL", "1m")][..],
+                "socketio.recovery_token_ttl",
+            ),
+            (
+                &[("FLUX_SOCKETIO__REPLAY_BUDGET", "0")][..],
+                "socketio.replay_budget",
+            ),
+            (
+                &[
+                    ("FLUX_SOCKETIO__REPLAY_BUDGET", "1000"),
+                    ("FLUX_SOCKETIO__MAX_BUFFER", "256"),
+                ][..],
+                "socketio.replay_budget: at most socketio.max_buffer + socketio.max_backlog (512)",
+            ),
+            (
+                &[
+                    ("FLUX_SOCKETIO__RECOVERY_WINDOW", "100y"),
+                    ("FLUX_SOCKETIO__RECOVERY_TOKEN_TTL", "200y"),
+                ][..],
+                "socketio.recovery_window",
+            ),
+            (
+                &[("FLUX_SOCKETIO__RECOVERY_SECRET_FILE", "/nonexistent/secret")][..],
+                "socketio.recovery_secret_file: cannot read /nonexistent/secret",
+            ),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                for (name, value) in vars {
+                    jail.set_env(name, value);
+                }
+                let err = Config::from_parts(None, &[]).unwrap_err().to_string();
+                assert!(err.contains(key), "{vars:?}: {err}");
+                Ok(())
+            });
+        }
+        figment::Jail::expect_with(|jail| {
+            // Recovery off: none of its keys matter.
+            jail.set_env("FLUX_SOCKETIO__RECOVERY_WINDOW", "0s");
+            jail.set_env("FLUX_SOCKETIO__REPLAY_BUDGET", "0");
+            Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
+            jail.clear_env();
+            jail.create_file("secret", &"s".repeat(32))?;
+            jail.set_env("FLUX_SOCKETIO__RECOVERY_SECRET_FILE", "secret");
+            jail.set_env("FLUX_SOCKETIO__RECOVERY_WINDOW", "24h");
+            jail.set_env("FLUX_SOCKETIO__REPLAY_BUDGET", "512");
             Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
             Ok(())
         });
