@@ -93,6 +93,7 @@ impl Settings {
         problems.extend(self.http.problems());
         problems.extend(self.limits.problems());
         problems.extend(self.lifecycle.problems());
+        problems.extend(self.log.problems());
         // A replay is pushed to the socket at once: beyond its queue and backlog it overflows,
         // the connection is closed (D30), and the client reconnects into the same replay.
         let room = self.socketio.max_buffer + self.socketio.max_backlog;

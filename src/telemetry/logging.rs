@@ -26,14 +26,8 @@ pub const LIBRARY_PERIOD: Duration = Duration::from_secs(10);
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
-    // rskafka logs every retry at info; its warnings are enough next to ours.
-    let level = if settings.level.contains("rskafka") {
-        settings.level.clone()
-    } else {
-        format!("{},rskafka=warn", settings.level)
-    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&level))
+        .or_else(|_| settings.filter())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match settings.format {
         LogFormat::Json => true,
@@ -192,6 +186,59 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Libraries held at a level unless `log.level` names them: rskafka logs every retry at info
+/// (its warnings are enough next to ours); socketioxide and engineioxide log whole handshakes
+/// (a client's `auth.token` JWT, its recovery session id) and packets at debug, which an
+/// operator turning on `debug` must not find in the log (found by review).
+const HELD_AT: [(&str, &str); 3] = [
+    ("rskafka", "warn"),
+    ("socketioxide", "info"),
+    ("engineioxide", "info"),
+];
+
+/// The level names a directive of `log.level` may be alone.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+impl LogSettings {
+    /// The filter `log.level` stands for, with the libraries of [`HELD_AT`] it does not name.
+    ///
+    /// # Errors
+    /// When `log.level` is not a tracing filter.
+    pub fn filter(&self) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+        let mut directives = self.level.clone();
+        for (library, level) in HELD_AT {
+            if !self.level.contains(library) {
+                directives.push_str(&format!(",{library}={level}"));
+            }
+        }
+        EnvFilter::try_new(directives)
+    }
+
+    /// What is wrong with these settings, one line per problem naming the key. A bare word
+    /// that is not a level (`warning`, `verbose`) is a valid filter that turns on one target
+    /// of that name and every other line off: refused, not silently taken.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.filter() {
+            problems.push(format!(
+                "log.level (FLUX_LOG__LEVEL): not a tracing filter ({e}), e.g. `info` or `info,flux_bff=debug`"
+            ));
+        }
+        for word in self.level.split(',').map(str::trim) {
+            if !word.is_empty()
+                && !word.contains('=')
+                && !LEVELS.contains(&word.to_ascii_lowercase().as_str())
+            {
+                problems.push(format!(
+                    "log.level (FLUX_LOG__LEVEL): `{word}` is not a level (one of {}); a target takes one, as in `{word}=debug`",
+                    LEVELS.join(", ")
+                ));
+            }
+        }
+        problems
+    }
+}
+
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
@@ -253,5 +300,70 @@ mod tests {
             "{}",
             summary[0]
         );
+    }
+
+    #[test]
+    fn debug_keeps_the_socket_io_libraries_at_info_unless_named() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let settings = LogSettings {
+            level: "debug".into(),
+            ..LogSettings::default()
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(settings.filter().unwrap())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "socketioxide::client", "auth: token SECRET-1");
+            tracing::debug!(target: "engineioxide::socket", "sending packet SECRET-2");
+            tracing::debug!(target: "flux_bff::app::clients", "our own debug line");
+            tracing::info!(target: "socketioxide::client", "an info line");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("our own debug line"), "{text}");
+        assert!(text.contains("an info line"), "{text}");
+        let named = LogSettings {
+            level: "info,socketioxide=debug".into(),
+            ..LogSettings::default()
+        };
+        assert!(
+            named
+                .filter()
+                .unwrap()
+                .to_string()
+                .contains("socketioxide=debug")
+        );
+    }
+
+    #[test]
+    fn a_level_that_is_not_one_is_refused() {
+        let problems = |level: &str| {
+            LogSettings {
+                level: level.into(),
+                ..LogSettings::default()
+            }
+            .problems()
+        };
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,flux_bff=debug",
+            "flux_bff::app=trace",
+            "off",
+        ] {
+            assert!(problems(good).is_empty(), "{good}: {:?}", problems(good));
+        }
+        for bad in ["warning", "verbose", "info,flux_bff", "info,[{=x"] {
+            let found = problems(bad);
+            assert!(
+                !found.is_empty() && found.iter().all(|p| p.contains("log.level")),
+                "{bad}: {found:?}"
+            );
+        }
     }
 }
