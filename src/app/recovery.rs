@@ -348,7 +348,13 @@ impl Recovery {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Refusal::Ahead);
+                // Named for its cause: `ahead` tells the operator this replica reads behind
+                // the others, where it was only starting (found by review).
+                return Err(if self.caught_up.load(Ordering::Relaxed) {
+                    Refusal::Ahead
+                } else {
+                    Refusal::NotCaughtUp
+                });
             }
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
@@ -666,6 +672,8 @@ mod tests {
         // Not caught up within the 5 s: a normal connection.
         let admission = r.admit(Some(&handshake(&pid, &offsets[3])), "u1").await;
         assert!(admission.resume.is_none(), "refused while reading back");
+        let cut = Cut::decode(&offsets[3]).unwrap();
+        assert_eq!(r.check(&cut).await, Err(Refusal::NotCaughtUp), "named for its cause");
         // Caught up meanwhile: recovered.
         let late = {
             let r = r.clone();

@@ -37,10 +37,19 @@ pub enum Refusal {
     Ahead,
     /// More events than the replay budget, even with tickers conflated.
     OverBudget,
+    /// This replica was still reading its window back from the log (it had just started) when
+    /// the handshake's wait ran out.
+    NotCaughtUp,
 }
 
 impl Refusal {
-    pub const ALL: [Self; 4] = [Self::Expired, Self::TooOld, Self::Ahead, Self::OverBudget];
+    pub const ALL: [Self; 5] = [
+        Self::Expired,
+        Self::TooOld,
+        Self::Ahead,
+        Self::OverBudget,
+        Self::NotCaughtUp,
+    ];
 
     /// A short, stable label for metrics.
     pub fn label(self) -> &'static str {
@@ -49,6 +58,7 @@ impl Refusal {
             Self::TooOld => "too_old",
             Self::Ahead => "ahead",
             Self::OverBudget => "over_budget",
+            Self::NotCaughtUp => "not_caught_up",
         }
     }
 }
