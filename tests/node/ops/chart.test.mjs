@@ -307,6 +307,23 @@ describe("Helm chart invariants (helm template)", () => {
     }
   });
 
+  it("refuses in config every variable the chart sets itself", () => {
+    // Found by review: only some were refused; the others rendered a second env entry, and
+    // the later one (config's) silently won over the chart value that names it.
+    const everything = ["--set", "kafka.brokers={kafka-0:9092}", "--set", "kafka.topicPartitions=3",
+      "--set", "valkey.url=redis://valkey:6379", "--set", "valkey.existingSecret=valkey"];
+    for (const asFile of ["false", "true"]) {
+      const objects = renderChart([...everything, "--set", `recovery.secret.asFile=${asFile}`]);
+      const container = one(objects, "Deployment").spec.template.spec.containers.find((c) => c.name === "flux-bff");
+      const names = container.env.map((e) => e.name);
+      assert.equal(new Set(names).size, names.length, `an env entry twice: ${names}`);
+      for (const name of names) {
+        const err = renderChart([...everything, "--set", `config.${name}=1`], { expectFailure: true });
+        assert.match(err, /set by the chart/, `config.${name}: ${err}`);
+      }
+    }
+  });
+
   it("refuses values that would break an invariant", () => {
     const cases = [
       [["--set", "config.FLUX_LIFECYCLE__SHUTDOWN_DEADLINE=99s"], /set by the chart/],
