@@ -77,13 +77,14 @@ impl ClientService {
         }
     }
 
-    async fn switch_rooms(&self, who: &ClientIdentity, weather_room: &str) {
+    /// Moves the socket to `weather_room` and the global rooms; `false` when it is gone.
+    async fn switch_rooms(&self, who: &ClientIdentity, weather_room: &str) -> bool {
         let stale: Vec<String> = match self.fanout.rooms_of(&who.socket_id).await {
             Ok(rooms) => rooms
                 .into_iter()
                 .filter(|r| r.starts_with("weather.") && r != weather_room)
                 .collect(),
-            Err(_) => return, // the socket is gone
+            Err(_) => return false,
         };
         if !stale.is_empty() {
             let _ = self.fanout.leave(&who.socket_id, &stale).await;
@@ -94,9 +95,11 @@ impl ClientService {
             topics::ROOM_NEWS.to_owned(),
             topics::ROOM_STOCK.to_owned(),
         ];
-        if self.fanout.join(&who.socket_id, &rooms).await.is_ok() {
+        let joined = self.fanout.join(&who.socket_id, &rooms).await.is_ok();
+        if joined {
             metrics::counter!(ROOM_JOINS).increment(1);
         }
+        joined
     }
 
     async fn hydrate(&self, who: &ClientIdentity) {
@@ -308,7 +311,11 @@ impl ClientRequests for ClientService {
     async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
         let _turn = self.locating.turn(&who.socket_id).await;
         let intent = location::interpret(arg);
-        self.switch_rooms(who, &intent.room).await;
+        if !self.switch_rooms(who, &intent.room).await {
+            // Gone meanwhile: nothing to hydrate, and no command for a socket that cannot
+            // receive its answer (nor a dedup entry or a city claim taken for it).
+            return;
+        }
         self.hydrate(who).await;
         let city = intent.city().to_owned();
         let city = city.as_str();
@@ -726,6 +733,15 @@ mod tests {
         let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
         svc.location_update(&who(), Some(&pune())).await;
         svc.location_update(&who(), Some(&pune())).await;
+    }
+
+    #[tokio::test]
+    async fn a_location_update_of_a_socket_gone_meanwhile_sends_nothing() {
+        // No command expected: the mock sink fails the test on any send.
+        let (svc, fanout) = service(Arc::new(MemoryCache::default()), MockCommandSink::new());
+        fanout.disconnect("s1");
+        svc.location_update(&who(), Some(&pune())).await;
+        assert!(fanout.delivered().is_empty(), "{:?}", fanout.delivered());
     }
 
     /// A fanout that lets other tasks run while it reads a socket's rooms, as a transport
