@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::domain::recovery::{Cut, Journal, Refusal, SessionClaims, TokenError};
 use crate::domain::topics::{ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK};
@@ -34,7 +34,6 @@ pub const RECOVERED_ROOMS: [&str; 3] = [ROOM_CRYPTO, ROOM_NEWS, ROOM_STOCK];
 /// offset (it came from a replica that was ahead, or this one is reading its window back at
 /// start-up).
 const CATCH_UP: Duration = Duration::from_secs(5);
-const CATCH_UP_POLL: Duration = Duration::from_millis(10);
 /// The longest `socketio.recovery_window` accepted.
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -183,6 +182,9 @@ pub struct Recovery {
     budget: usize,
     /// How long a handshake waits for this replica to reach its offset.
     catch_up: Duration,
+    /// Woken when the journal may have moved on (a writer let it go, or the consumer caught
+    /// up): what a handshake waiting to catch up waits for.
+    advanced: Notify,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -250,6 +252,7 @@ impl Recovery {
             token_ttl,
             budget,
             catch_up: CATCH_UP,
+            advanced: Notify::new(),
         }
     }
 
@@ -274,6 +277,7 @@ impl Recovery {
     pub fn set_caught_up(&self) {
         if !self.caught_up.swap(true, Ordering::Relaxed) {
             tracing::debug!("recovery journal caught up with the log");
+            self.advanced.notify_waiters();
         }
     }
 
@@ -284,8 +288,12 @@ impl Recovery {
     }
 
     /// The journal, for the event consumer: hold the guard while emitting what was appended.
-    pub async fn journal(&self) -> MutexGuard<'_, Journal> {
-        self.journal.lock().await
+    /// Handshakes waiting for the journal to reach their offset look again once it is let go.
+    pub async fn journal(&self) -> Appending<'_> {
+        Appending {
+            journal: self.journal.lock().await,
+            advanced: &self.advanced,
+        }
     }
 
     /// Exports the journal's size.
@@ -339,6 +347,13 @@ impl Recovery {
     async fn check(&self, cut: &Cut) -> Result<(), Refusal> {
         let deadline = tokio::time::Instant::now() + self.catch_up;
         loop {
+            // Registered before the look, so that an advance right after it is not missed;
+            // woken by the journal's writers, not by polling it (a restarted replica's
+            // reconnect storm would take its lock a hundred times a second per handshake,
+            // against the consumer reading its window back: found by review).
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
             {
                 let journal = self.journal.lock().await;
                 match journal.check(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
@@ -347,7 +362,7 @@ impl Recovery {
                     other => return other,
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
                 // Named for its cause: `ahead` tells the operator this replica reads behind
                 // the others, where it was only starting (found by review).
                 return Err(if self.caught_up.load(Ordering::Relaxed) {
@@ -356,8 +371,33 @@ impl Recovery {
                     Refusal::NotCaughtUp
                 });
             }
-            tokio::time::sleep(CATCH_UP_POLL).await;
         }
+    }
+}
+
+/// The journal held by a writer; waiting handshakes look again when it is let go.
+pub struct Appending<'a> {
+    journal: MutexGuard<'a, Journal>,
+    advanced: &'a Notify,
+}
+
+impl std::ops::Deref for Appending<'_> {
+    type Target = Journal;
+
+    fn deref(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+impl std::ops::DerefMut for Appending<'_> {
+    fn deref_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.advanced.notify_waiters();
     }
 }
 
@@ -642,10 +682,15 @@ mod tests {
             let (r, shake) = (r.clone(), handshake(&pid, &offsets[4]));
             tokio::spawn(async move { r.admit(Some(&shake), "u1").await })
         };
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Off any 10 ms step: a poll every 10 ms would have found it only later.
+        tokio::time::sleep(Duration::from_millis(1005)).await;
         assert!(!waiting.is_finished());
+        let reached = tokio::time::Instant::now();
         ticks(&r, 3..5).await;
         assert!(waiting.await.unwrap().resume.is_some());
+        // Woken by the journal's writer, not found by a poll some time later (the clock is
+        // paused: it moves only when every task waits on a timer).
+        assert_eq!(reached.elapsed(), Duration::ZERO, "answered by a poll");
         // One that this replica never reaches: refused after the catch-up wait.
         let never = ticks(&ahead, 5..9).await;
         let started = tokio::time::Instant::now();
@@ -673,7 +718,11 @@ mod tests {
         let admission = r.admit(Some(&handshake(&pid, &offsets[3])), "u1").await;
         assert!(admission.resume.is_none(), "refused while reading back");
         let cut = Cut::decode(&offsets[3]).unwrap();
-        assert_eq!(r.check(&cut).await, Err(Refusal::NotCaughtUp), "named for its cause");
+        assert_eq!(
+            r.check(&cut).await,
+            Err(Refusal::NotCaughtUp),
+            "named for its cause"
+        );
         // Caught up meanwhile: recovered.
         let late = {
             let r = r.clone();
