@@ -301,8 +301,15 @@ fn stocks(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     if !valid_performers(data.get("topGainers")) || !valid_performers(data.get("topLosers")) {
         return Err("invalid_performers");
     }
-    if !data.get("meta").is_some_and(Value::is_object) {
-        return Err("missing_meta");
+    match data.get("meta") {
+        Some(Value::Object(meta)) => {
+            // The dashboard joins `meta.exchanges` (contract §d.3): anything but an array
+            // crashes the stock card, and the snapshot would replace a good one.
+            if !meta.get("exchanges").is_some_and(Value::is_array) {
+                return Err("invalid_meta");
+            }
+        }
+        _ => return Err("missing_meta"),
     }
     let data = Value::Object(data);
     let payload = json!({"status": "success", "data": data, "error": null});
@@ -807,5 +814,23 @@ mod tests {
             route(STOCK_EVENTS, Some(&compact(&v))).unwrap_err().reason,
             "invalid_performers"
         );
+    }
+
+    /// Found by review: a `meta` without its `exchanges` array passed, and would have
+    /// replaced a good snapshot with one the stock card cannot render.
+    #[test]
+    fn stocks_whose_meta_has_no_exchanges_array_are_rejected() {
+        for exchanges in [None, Some(json!("NYSE")), Some(Value::Null)] {
+            let mut v = fixture("stock.service.event.updated.json");
+            let meta = v["data"]["meta"].as_object_mut().unwrap();
+            match exchanges {
+                Some(e) => meta.insert("exchanges".into(), e),
+                None => meta.remove("exchanges"),
+            };
+            assert_eq!(
+                route(STOCK_EVENTS, Some(&compact(&v))).unwrap_err().reason,
+                "invalid_meta"
+            );
+        }
     }
 }
