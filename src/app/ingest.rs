@@ -373,6 +373,7 @@ mod tests {
     use crate::ports::client_fanout::MockClientFanout;
     use crate::ports::snapshot_cache::MockSnapshotCache;
     use crate::ports::{CacheError, Record};
+    use std::time::SystemTime;
 
     fn record(topic: &str, value: &str) -> Record {
         Record {
@@ -1087,6 +1088,150 @@ mod tests {
             Ok(()),
             "a client of the fresh replica recovers on the long-running one"
         );
+        stop.cancel();
+    }
+
+    /// A record of `topic` on `partition` at `offset`, produced at `at`.
+    fn stamped(topic: &str, value: &str, partition: i32, offset: i64, at: SystemTime) -> Record {
+        Record {
+            partition,
+            offset,
+            timestamp: Some(at),
+            ..record(topic, value)
+        }
+    }
+
+    /// Found by review (D24's own scenario): after an outage a keyless snapshot topic's
+    /// partitions are read back in no order between them; the older snapshot, refused by the
+    /// store, still went to the room after the newer one and into the recovery journal, so
+    /// dashboards and recovering clients showed it until the next update.
+    #[tokio::test]
+    async fn an_older_snapshot_read_after_a_newer_one_is_neither_emitted_nor_journaled() {
+        let recovery = test_recovery();
+        let (ingestor, fanout, stop) = recording_ingestor(
+            crate::adapters::memory::MemoryBus::new(),
+            Duration::from_secs(3600),
+        );
+        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        let coins = |n: u32| format!(r#"{{"topCoins":[{{"symbol":"C{n}"}}]}}"#);
+        let t = SystemTime::now();
+        let newer = stamped(topics::TOPCOINS_EVENTS, &coins(2), 0, 40, t);
+        let older = stamped(
+            topics::TOPCOINS_EVENTS,
+            &coins(1),
+            1,
+            30,
+            t - Duration::from_secs(5),
+        );
+        ingestor.handle(&[newer, older], false).await;
+        let delivered = fanout.delivered();
+        assert_eq!(delivered.len(), 1, "{delivered:?}");
+        assert!(delivered[0].payload.as_str().contains("C2"));
+        let journaled: Vec<String> = recovery
+            .journal()
+            .await
+            .entries()
+            .map(|e| e.payload.as_str().to_owned())
+            .collect();
+        assert_eq!(journaled.len(), 1, "{journaled:?}");
+        assert!(journaled[0].contains("C2"));
+        // A later one still goes out, whichever partition it comes from.
+        let later = stamped(
+            topics::TOPCOINS_EVENTS,
+            &coins(3),
+            1,
+            31,
+            t + Duration::from_secs(1),
+        );
+        ingestor.handle(&[later], false).await;
+        assert_eq!(fanout.delivered().len(), 2);
+        assert_eq!(recovery.journal().await.len(), 2);
+        stop.cancel();
+    }
+
+    /// A weather room result as the weather service sends it, with the temperature `t`.
+    fn weather_result(t: u32) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../fixtures/weather.service.event.updated.json"
+        ))
+        .unwrap();
+        v["data"]["temperatureC"] = t.into();
+        v.to_string()
+    }
+
+    fn temperatures(fanout: &crate::adapters::memory::RecordingFanout) -> Vec<String> {
+        fanout
+            .delivered()
+            .iter()
+            .map(|d| {
+                let v = d.payload.to_value();
+                match v["status"].as_str() {
+                    Some("success") => v["data"]["temperatureC"].to_string(),
+                    other => other.unwrap_or_default().to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// The same for a city's weather result: one produced before the one held is neither
+    /// kept nor emitted; an `unavailable` one is forwarded all the same (D8).
+    #[tokio::test]
+    async fn an_older_weather_result_read_after_a_newer_one_is_not_emitted() {
+        let (ingestor, fanout, stop) = recording_ingestor(
+            crate::adapters::memory::MemoryBus::new(),
+            Duration::from_secs(3600),
+        );
+        let t = SystemTime::now();
+        let unavailable = r#"{"status":"unavailable","reason":"timeout","data":{"city":"Pune"}}"#;
+        let batch = [
+            stamped(topics::WEATHER_EVENTS, &weather_result(30), 0, 10, t),
+            stamped(
+                topics::WEATHER_EVENTS,
+                &weather_result(20),
+                1,
+                10,
+                t - Duration::from_secs(5),
+            ),
+            stamped(
+                topics::WEATHER_EVENTS,
+                unavailable,
+                1,
+                11,
+                t - Duration::from_secs(10),
+            ),
+        ];
+        ingestor.handle(&batch, false).await;
+        assert_eq!(temperatures(&fanout), ["30", "unavailable"]);
+        stop.cancel();
+    }
+
+    /// When the consumer is behind, a success result read after a newer one of its city
+    /// (another partition) does not conflate the newer one away: the room gets the newer one,
+    /// not neither.
+    #[tokio::test]
+    async fn a_consumer_behind_emits_the_newer_weather_result_of_a_batch_read_out_of_order() {
+        let (ingestor, fanout, stop) =
+            recording_ingestor(crate::adapters::memory::MemoryBus::new(), Duration::ZERO);
+        let t = SystemTime::now();
+        let batch = [
+            stamped(
+                topics::WEATHER_EVENTS,
+                &weather_result(10),
+                1,
+                9,
+                t - Duration::from_secs(9),
+            ),
+            stamped(topics::WEATHER_EVENTS, &weather_result(30), 0, 10, t),
+            stamped(
+                topics::WEATHER_EVENTS,
+                &weather_result(20),
+                1,
+                10,
+                t - Duration::from_secs(5),
+            ),
+        ];
+        ingestor.handle(&batch, true).await;
+        assert_eq!(temperatures(&fanout), ["30"]);
         stop.cancel();
     }
 }

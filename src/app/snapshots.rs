@@ -206,12 +206,14 @@ impl SnapshotWriter {
     /// Keeps the snapshot, produced at `produced_at`, in process at once, and queues its cache
     /// write; when the queue is full (the cache is stalled) the write is dropped and counted,
     /// never waited for. A snapshot older than the one held is neither kept nor written
-    /// (counted as `result="older"`).
-    pub fn submit(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) {
+    /// (counted as `result="older"`). Returns whether it was kept: an older one must not be
+    /// emitted nor journaled either, or a room would show it after the newer one (D24).
+    #[must_use = "an older snapshot must not be emitted"]
+    pub fn submit(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
         if !self.local.put(&write, produced_at) {
             metrics::counter!(SNAPSHOT_WRITES, "key" => write.key.key, "result" => "older")
                 .increment(1);
-            return;
+            return false;
         }
         self.queue(Write {
             key: write.key.key.to_owned(),
@@ -219,6 +221,7 @@ impl SnapshotWriter {
             value: write.value,
             ttl: write.key.ttl,
         });
+        true
     }
 
     /// Queues a city's latest weather result (D23), as [`SnapshotWriter::submit`].
@@ -309,11 +312,11 @@ mod tests {
         let stop = CancellationToken::new();
         let (writer, task) = SnapshotWriter::spawn_with(cache.clone(), local.clone(), stop.clone());
         let t = SystemTime::now();
-        writer.submit(write(SNAP_TOPCOINS, "{\"n\":10}"), Some(t));
-        writer.submit(
+        assert!(writer.submit(write(SNAP_TOPCOINS, "{\"n\":10}"), Some(t)));
+        assert!(!writer.submit(
             write(SNAP_TOPCOINS, "{\"n\":5}"),
             Some(t - Duration::from_secs(5)),
-        );
+        ));
         assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":10}"));
         drop(writer);
         stop.cancel();

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::domain::Payload;
-use crate::domain::weather::{self, Gate, WeatherBook, WeatherResult};
+use crate::domain::weather::{self, Gate, Recorded, WeatherBook, WeatherResult};
 use crate::ports::SnapshotCache;
 
 use super::limits::LimitSettings;
@@ -24,6 +24,18 @@ pub enum Found {
     InFlight,
     /// Nothing fresh and nothing outstanding.
     Nothing,
+}
+
+/// What a consumed result is to its city (D23).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// A success result, now the city's latest: the value to write to the shared cache.
+    Latest(String),
+    /// A success result produced before the one held: neither kept nor cached, and not to be
+    /// emitted after the held one.
+    Superseded,
+    /// Kept nowhere, forwarded to the room all the same (`unavailable`, no status: D8).
+    Forwarded,
 }
 
 pub struct WeatherDesk {
@@ -95,19 +107,32 @@ impl WeatherDesk {
     /// A consumed result, produced at `produced_at` (unknown: now): ends the city's
     /// outstanding command and keeps a success result as the latest, aged by when it was
     /// produced (capped at now), unless a newer one is held: a result read from a backlog
-    /// after an outage is as old as it is, not fresh. Returns the value to write to the
-    /// shared cache when it became the latest.
+    /// after an outage is as old as it is, not fresh.
+    pub fn judge(&self, result: &WeatherResult, produced_at: Option<SystemTime>) -> Verdict {
+        let wall = SystemTime::now();
+        let produced = produced_at.map_or(wall, |at| at.min(wall));
+        let age = wall.duration_since(produced).unwrap_or_default();
+        let recorded = self.lock().record(result, now().checked_sub(age));
+        match (recorded, &result.latest) {
+            (Recorded::Latest, Some(payload)) => {
+                Verdict::Latest(weather::cache_value(payload, epoch_ms(produced)))
+            }
+            (Recorded::Superseded, _) => Verdict::Superseded,
+            _ => Verdict::Forwarded,
+        }
+    }
+
+    /// [`judge`](Self::judge), keeping only the value to write to the shared cache when the
+    /// result became the latest.
     pub fn record(
         &self,
         result: &WeatherResult,
         produced_at: Option<SystemTime>,
     ) -> Option<String> {
-        let wall = SystemTime::now();
-        let produced = produced_at.map_or(wall, |at| at.min(wall));
-        let age = wall.duration_since(produced).unwrap_or_default();
-        let latest = self.lock().record(result, now().checked_sub(age));
-        let payload = result.latest.as_ref().filter(|_| latest)?;
-        Some(weather::cache_value(payload, epoch_ms(produced)))
+        match self.judge(result, produced_at) {
+            Verdict::Latest(value) => Some(value),
+            Verdict::Superseded | Verdict::Forwarded => None,
+        }
     }
 
     async fn load(&self, city: &str) -> Option<(Payload, u64)> {

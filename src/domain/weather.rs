@@ -62,6 +62,19 @@ pub fn parse_cached(city: &str, text: &str) -> Option<(Payload, u64)> {
     })
 }
 
+/// What [`WeatherBook::record`] made of a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A success result, now the city's latest.
+    Latest,
+    /// A success result produced before the one held: not kept, and the room must not get it
+    /// after the held one, which it would show until the city's next result.
+    Superseded,
+    /// Nothing kept: not a success result, or one produced longer ago than the clock reaches
+    /// while nothing is held.
+    NotKept,
+}
+
 /// What a join in a city calls for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Gate {
@@ -150,20 +163,24 @@ impl WeatherBook {
     /// A result for the city, produced at `at` (`None`: longer ago than this clock reaches):
     /// the outstanding command is over, and a success result becomes the latest unless a
     /// newer one is held (after an outage the backlog is read late, a keyless topic's
-    /// partitions in no order). Returns whether it became the latest.
-    pub fn record(&mut self, result: &WeatherResult, at: Option<Instant>) -> bool {
+    /// partitions in no order).
+    pub fn record(&mut self, result: &WeatherResult, at: Option<Instant>) -> Recorded {
         let entry = self
             .cities
             .get_or_insert_mut(result.city.clone(), City::default);
         entry.in_flight = None;
-        match (&result.latest, at) {
-            (Some(payload), Some(at))
-                if entry.latest.as_ref().is_none_or(|(_, held)| *held <= at) =>
-            {
+        let Some(payload) = &result.latest else {
+            return Recorded::NotKept;
+        };
+        match (&entry.latest, at) {
+            (Some((_, held)), Some(at)) if *held > at => Recorded::Superseded,
+            // Held, so produced within the clock's reach: after this one.
+            (Some(_), None) => Recorded::Superseded,
+            (None, None) => Recorded::NotKept,
+            (_, Some(at)) => {
                 entry.latest = Some((payload.clone(), at));
-                true
+                Recorded::Latest
             }
-            _ => false,
         }
     }
 
@@ -246,13 +263,11 @@ mod tests {
         b.record(&success("Pune"), Some(t0));
         let later = t0 + FRESH;
         assert!(b.claim("Pune", later));
-        b.record(
-            &WeatherResult {
-                city: "Pune".into(),
-                latest: None,
-            },
-            Some(later),
-        );
+        let unavailable = WeatherResult {
+            city: "Pune".into(),
+            latest: None,
+        };
+        assert_eq!(b.record(&unavailable, Some(later)), Recorded::NotKept);
         assert_eq!(b.gate("Pune", later), Gate::Stale, "not in flight any more");
         let mut fresh = book();
         fresh.record(
@@ -296,14 +311,21 @@ mod tests {
         let mut b = book();
         let t0 = Instant::now();
         let newer = success("Pune");
-        assert!(b.record(&newer, Some(t0 + Duration::from_secs(5))));
+        assert_eq!(
+            b.record(&newer, Some(t0 + Duration::from_secs(5))),
+            Recorded::Latest
+        );
         assert!(b.claim("Pune", t0 + FRESH + Duration::from_secs(5)));
         let older = WeatherResult {
             city: "Pune".into(),
             latest: Some(Payload::new(&json!({"data": {"city": "Pune", "t": 0}}))),
         };
-        assert!(!b.record(&older, Some(t0)));
-        assert!(!b.record(&older, None), "too old for the clock");
+        assert_eq!(b.record(&older, Some(t0)), Recorded::Superseded);
+        assert_eq!(
+            b.record(&older, None),
+            Recorded::Superseded,
+            "too old for the clock"
+        );
         assert_eq!(
             b.gate("Pune", t0 + Duration::from_secs(6)),
             Gate::Fresh(newer.latest.unwrap()),

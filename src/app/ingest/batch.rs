@@ -2,6 +2,7 @@
 //! conflated when the consumer is behind), journaled for recovery, snapshots handed to the
 //! background writer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,10 +10,11 @@ use crate::domain::{self, topics};
 use crate::ports::{EmitOptions, FanoutError, Record};
 use crate::telemetry::metrics::{
     DELIVERIES, EVENT_AGE, EVENTS_CONFLATED, EVENTS_CONSUMED, EVENTS_REJECTED,
-    LAST_RECORD_TIMESTAMP,
+    LAST_RECORD_TIMESTAMP, SNAPSHOT_WRITES,
 };
 
 use super::super::recovery::{Recovery, now_ms};
+use super::super::weather::Verdict;
 use super::Ingestor;
 
 /// A partition read past records not delivered (a [`Fetched::Passed`](crate::ports::Fetched)):
@@ -46,6 +48,26 @@ impl Ingestor {
             && self.read_back.is_done()
         {
             recovery.set_caught_up();
+        }
+    }
+
+    /// Keeps a live record's snapshot or city weather result (D24, D23), under the publishing
+    /// gate. Returns `false` when the store refused it as produced before the one it holds.
+    fn store(&self, delivery: &mut domain::Delivery, produced_at: Option<SystemTime>) -> bool {
+        if let Some(result) = &delivery.weather {
+            match self.weather.judge(result, produced_at) {
+                Verdict::Latest(value) => self.snapshots.submit_weather(&result.city, value),
+                Verdict::Superseded => {
+                    metrics::counter!(SNAPSHOT_WRITES, "key" => "weather", "result" => "older")
+                        .increment(1);
+                    return false;
+                }
+                Verdict::Forwarded => {}
+            }
+        }
+        match delivery.snapshot.take() {
+            Some(write) => self.snapshots.submit(write, produced_at),
+            None => true,
         }
     }
 
@@ -95,12 +117,14 @@ impl Ingestor {
         // Only what is emitted is conflated: records read back are journaled as they were,
         // since a replay within the budget sends every event (D26).
         let conflated = if behind {
-            let mut live: Vec<&mut domain::Delivery> = deliveries
+            let mut live: Vec<(&mut domain::Delivery, Option<SystemTime>)> = deliveries
                 .iter_mut()
                 .zip(&origins)
                 .filter(|(_, (_, _, history))| !history)
-                .map(|(delivery, _)| delivery)
+                .map(|(delivery, (_, record, _))| (delivery, record.timestamp))
                 .collect();
+            keep_newer_weather(&mut live);
+            let mut live: Vec<&mut domain::Delivery> = live.into_iter().map(|(d, _)| d).collect();
             domain::conflate(&mut live)
         } else {
             0
@@ -116,38 +140,42 @@ impl Ingestor {
         };
         let now = now_ms();
         let mut passes = passes.iter().peekable();
-        for ((stream, delivery), (index, record, history)) in
+        for ((stream, mut delivery), (index, record, history)) in
             streams.into_iter().zip(deliveries).zip(origins)
         {
+            let topic = topics::event_topic_index(&record.topic);
             if let Some(journal) = journal.as_deref_mut() {
                 while let Some(pass) = passes.next_if(|p| p.before <= index) {
                     pass.apply(journal);
                 }
             }
-            let offsets = journal.as_deref_mut().and_then(|j| {
-                let topic = topics::event_topic_index(&record.topic)?;
-                Some(j.append_delivery(topic, record.partition, record.offset, &delivery, now))
-            });
-            if history {
-                continue;
-            }
             // A snapshot or a city's weather result is stored before its room emit, under the
             // gate that orders it with the replies reading them: a socket that joins meanwhile
             // gets it from its hydration (or its join's weather reply) or from the room, maybe
-            // both, never the older one last (D4, D23). The cache writes happen in the
-            // background and never delay the emit.
-            let _publishing = if delivery.snapshot.is_some() || delivery.weather.is_some() {
-                Some(self.snapshots.publishing().await)
-            } else {
-                None
-            };
-            if let Some(result) = &delivery.weather
-                && let Some(value) = self.weather.record(result, record.timestamp)
-            {
-                self.snapshots.submit_weather(&result.city, value);
+            // both, never the older one last (D4, D23). The gate is taken with the journal
+            // held, as always (the journal first). The cache writes happen in the background
+            // and never delay the emit.
+            let _publishing =
+                if !history && (delivery.snapshot.is_some() || delivery.weather.is_some()) {
+                    Some(self.snapshots.publishing().await)
+                } else {
+                    None
+                };
+            if !history && !self.store(&mut delivery, record.timestamp) {
+                // Produced before what is held: a room that got the newer one, and a client
+                // replaying the journal, must not get this one after it (D24). The journal's
+                // head moves past it here, as past a record that emits nothing, so the cuts of
+                // the emits after it name the same place as on a replica that emitted it.
+                if let (Some(journal), Some(topic)) = (journal.as_deref_mut(), topic) {
+                    journal.advance(topic, record.partition, record.offset);
+                }
+                continue;
             }
-            if let Some(write) = delivery.snapshot {
-                self.snapshots.submit(write, record.timestamp);
+            let offsets = journal.as_deref_mut().and_then(|j| {
+                Some(j.append_delivery(topic?, record.partition, record.offset, &delivery, now))
+            });
+            if history {
+                continue;
             }
             for (i, emit) in delivery.emits.iter().enumerate() {
                 let offset = offsets.as_ref().and_then(|o| o.get(i));
@@ -189,6 +217,31 @@ impl Ingestor {
             }
             journal.evict(now);
             Recovery::export(journal);
+        }
+    }
+}
+
+/// Keeps a successful weather result read after a newer one of its city in the same batch
+/// (another partition, after an outage) from conflating the newer one away: it is itself
+/// refused as superseded, and the room would get neither (D8, D23). Times as the desk counts
+/// them: capped at now, unknown as now.
+fn keep_newer_weather(live: &mut [(&mut domain::Delivery, Option<SystemTime>)]) {
+    let now = SystemTime::now();
+    let mut newest: HashMap<String, SystemTime> = HashMap::new();
+    for (delivery, produced_at) in live {
+        if delivery.weather.is_none() {
+            continue;
+        }
+        let Some(key) = &delivery.supersede_key else {
+            continue;
+        };
+        let produced = produced_at.map_or(now, |at| at.min(now));
+        match newest.get_mut(key) {
+            Some(seen) if *seen > produced => delivery.supersede_key = None,
+            Some(seen) => *seen = produced,
+            None => {
+                newest.insert(key.clone(), produced);
+            }
         }
     }
 }
