@@ -80,8 +80,11 @@ impl LocalSnapshots {
 
     /// A snapshot read back from the log at start-up, produced at `produced_at` (now when
     /// unknown): kept only when nothing was consumed meanwhile and it has not expired yet.
+    /// Stamped in the future, it counts as produced now, as in [`put`](Self::put): else every
+    /// live snapshot would be refused as older until the producer's skew passed or it expired.
     /// Returns whether it was kept.
     pub fn warm(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
+        let produced_at = produced_at.map(|at| at.min(SystemTime::now()));
         let age = produced_at
             .and_then(|at| SystemTime::now().duration_since(at).ok())
             .unwrap_or_default();
@@ -374,6 +377,18 @@ mod tests {
         let too_old = SystemTime::now() - SNAP_TOPCOINS.ttl;
         assert!(!local.warm(write(SNAP_TOPCOINS, "{}"), Some(too_old)));
         assert_eq!(local.get(SNAP_TOPCOINS.key), None);
+    }
+
+    /// Found by review: a snapshot warmed from a record stamped an hour ahead (its producer's
+    /// clock) refused every live one as older, for up to its whole expiry, and joins were
+    /// hydrated with it.
+    #[tokio::test(start_paused = true)]
+    async fn a_warmed_snapshot_from_a_clock_ahead_keeps_no_live_snapshot_out() {
+        let local = LocalSnapshots::default();
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        assert!(local.warm(write(SNAP_TOPCOINS, "{\"n\":1}"), Some(ahead)));
+        assert!(local.put(&write(SNAP_TOPCOINS, "{\"n\":2}"), Some(SystemTime::now())));
+        assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":2}"));
     }
 
     #[tokio::test]
