@@ -328,7 +328,11 @@ impl Ingestor {
             let live = self.source.latest_positions(&topics::EVENT_TOPICS).await?;
             *positions = match &self.recovery {
                 Some(recovery) => {
-                    let since = std::time::SystemTime::now() - recovery.window();
+                    // A window longer than the clock reaches back (a setting of centuries)
+                    // reads from the log start, as far as any window could.
+                    let since = std::time::SystemTime::now()
+                        .checked_sub(recovery.window())
+                        .unwrap_or(std::time::UNIX_EPOCH);
                     let back = self
                         .source
                         .positions_since(&topics::EVENT_TOPICS, since)
@@ -1232,6 +1236,42 @@ mod tests {
         ];
         ingestor.handle(&batch, true).await;
         assert_eq!(temperatures(&fanout), ["30"]);
+        stop.cancel();
+    }
+
+    /// Found by review: a recovery window reaching back past what the clock can tell
+    /// panicked in the consumer task, at its first subscription.
+    #[tokio::test]
+    async fn a_recovery_window_beyond_the_clock_reads_the_log_back_from_its_start() {
+        let bus = crate::adapters::memory::MemoryBus::new();
+        let mut partition = 0;
+        for price in 0..3 {
+            let tick = format!(
+                r#"{{"data":{{"type":"ticker","product_id":"BTC-USD","price":"{price}"}}}}"#
+            );
+            (partition, _) = bus.publish(
+                topics::TICKER_EVENTS,
+                Some("BTC-USD"),
+                Some(tick.as_bytes()),
+            );
+        }
+        let recovery = Arc::new(crate::app::recovery::Recovery::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            Duration::MAX,
+            Duration::from_secs(3600),
+            100,
+            1000,
+            Arc::new(crate::adapters::memory::RecordingFanout::default()),
+        ));
+        let (ingestor, _fanout, stop) = recording_ingestor(bus, Duration::from_secs(3600));
+        let ingestor = ingestor.with_recovery(Some(recovery));
+        let mut positions = Positions::default();
+        let _stream = ingestor.open(&mut positions).await.expect("subscribed");
+        assert_eq!(
+            positions.get(topics::TICKER_EVENTS, partition),
+            Some(0),
+            "all of the log is in the window"
+        );
         stop.cancel();
     }
 }
