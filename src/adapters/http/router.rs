@@ -33,21 +33,34 @@ pub struct PollingHandshake(Arc<Unjoined>);
 #[derive(Debug)]
 struct Unjoined {
     count: Arc<AtomicUsize>,
+    /// The polling sockets, recounted every second.
+    sockets: Arc<AtomicUsize>,
     joined: std::sync::atomic::AtomicBool,
 }
 
 impl PollingHandshake {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::new(Unjoined {
+    /// A new polling handshake counted among the open sessions, unless `max` are open. Taken
+    /// before the check (and given back when over), so that handshakes on other threads at
+    /// the same moment cannot all pass one check (found by review).
+    fn admit(count: &Arc<AtomicUsize>, sockets: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let unjoined = count.fetch_add(1, Ordering::Relaxed) + 1;
+        if sockets.load(Ordering::Relaxed) + unjoined > max {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(Arc::new(Unjoined {
             count: Arc::clone(count),
+            sockets: Arc::clone(sockets),
             joined: std::sync::atomic::AtomicBool::new(false),
-        }))
+        })))
     }
 
-    /// The session joined the namespace: counted among its sockets from now on.
+    /// The session joined the namespace: counted among its sockets from now on (at once: the
+    /// recount comes up to a second later, and sessions joining meanwhile were counted
+    /// nowhere).
     pub fn joined(&self) {
         if !self.0.joined.swap(true, Ordering::Relaxed) {
+            self.0.sockets.fetch_add(1, Ordering::Relaxed);
             self.0.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -114,12 +127,14 @@ pub fn router(settings: &HttpSettings, routes: Routes) -> Router {
         .layer(axum::middleware::from_fn(
             move |mut req: Request, next: Next| {
                 let polling = max_polling > 0 && engine_handshake(&req) == Some("polling");
-                let open =
-                    polling_sessions.load(Ordering::Relaxed) + unjoined.load(Ordering::Relaxed);
-                let over = polling && open >= max_polling;
-                if polling && !over {
-                    req.extensions_mut()
-                        .insert(PollingHandshake::new(&unjoined));
+                let mut over = false;
+                if polling {
+                    match PollingHandshake::admit(&unjoined, &polling_sessions, max_polling) {
+                        Some(handshake) => {
+                            req.extensions_mut().insert(handshake);
+                        }
+                        None => over = true,
+                    }
                 }
                 async move {
                     if over {
@@ -229,4 +244,39 @@ async fn publish(
         count = 1;
     }
     axum::Json(json!({"published": count})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::PollingHandshake;
+
+    #[test]
+    fn a_polling_handshake_is_admitted_up_to_the_limit_and_counted_once_joined() {
+        let (unjoined, sockets) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(1)));
+        let first = PollingHandshake::admit(&unjoined, &sockets, 3).expect("two of three open");
+        let second = PollingHandshake::admit(&unjoined, &sockets, 3).expect("three of three");
+        assert!(PollingHandshake::admit(&unjoined, &sockets, 3).is_none());
+        assert_eq!(
+            unjoined.load(Ordering::Relaxed),
+            2,
+            "a refused one is not counted"
+        );
+        // Joined: a socket at once, before the next recount; still no room for another.
+        first.joined();
+        first.joined();
+        assert_eq!(
+            (
+                unjoined.load(Ordering::Relaxed),
+                sockets.load(Ordering::Relaxed)
+            ),
+            (1, 2)
+        );
+        assert!(PollingHandshake::admit(&unjoined, &sockets, 3).is_none());
+        drop(second); // closed without joining
+        assert_eq!(unjoined.load(Ordering::Relaxed), 0);
+        assert!(PollingHandshake::admit(&unjoined, &sockets, 3).is_some());
+    }
 }
