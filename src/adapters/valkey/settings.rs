@@ -225,19 +225,24 @@ fn read_password_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// The URL with any password replaced by `***`, safe to print.
+///
+/// The credentials end at the last `@` of the whole text, not at the first `/`: a password
+/// may hold `/` (base64 does) or `@`, and a URL the parser refuses is exactly the one printed
+/// in the error. Where the host really ends is not known then, so more may be hidden than the
+/// password (an `@` in the path), never less.
 fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        None => url.to_owned(),
-    }
+    let userinfo = &rest[..at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{user}:***{}", &rest[at..])
 }
 
 #[cfg(test)]
@@ -314,6 +319,30 @@ mod tests {
         let err = s.validate().unwrap_err();
         assert!(!err.contains("topsecret"), "{err}");
         assert!(err.contains("u:***@host:1"), "{err}");
+    }
+
+    /// Found by review: the redaction stopped at the first `/`, so a base64 password (which
+    /// may hold `/`) was printed whole, and such a URL fails to parse (its port is taken from
+    /// the password), which is exactly when the exit-2 error prints it.
+    #[test]
+    fn a_password_holding_a_slash_or_an_at_is_not_echoed() {
+        for (url, shown) in [
+            ("redis://u:pa/ss@h:6379", "redis://u:***@h:6379"),
+            ("redis://u:p@a/ss@h:6379/2", "redis://u:***@h:6379/2"),
+            ("rediss://:pa/ss@h:6380", "rediss://:***@h:6380"),
+            ("u:pa/ss@h:6379", "u:***@h:6379"),
+        ] {
+            let s = ValkeySettings {
+                url: url.into(),
+                ..valid()
+            };
+            let err = s.validate().unwrap_err();
+            assert!(
+                !err.contains("pa/ss") && !err.contains("ss@"),
+                "{url}: {err}"
+            );
+            assert!(err.contains(shown), "{url}: {err}");
+        }
     }
 
     #[test]
