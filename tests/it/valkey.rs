@@ -302,6 +302,51 @@ async fn a_restart_between_calls_does_not_degrade_the_cache_on_a_dedup_call() {
     assert!(cache.is_available());
 }
 
+/// `total_connections_received` from `INFO stats`: the connections the server accepted.
+fn connections_received(raw: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(raw).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_connections_received in:\n{info}"))
+}
+
+/// Found by review: after a restart every call of a burst found the shared connection dead
+/// and replaced the pool, each new pool dropping the connection the previous one was
+/// opening: a burst of 32 calls opened about 32 connections to the new server.
+#[tokio::test]
+async fn a_restart_under_a_burst_costs_one_new_connection_not_one_per_call() {
+    // Arrange: one pooled connection, shared by every call.
+    let mut server = RedisServer::start();
+    let settings = ValkeySettings {
+        pool_size: 1,
+        ..settings_for(&server)
+    };
+    let cache = connected(&settings).await;
+    let key = unique_key("restart-burst");
+    cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();
+    for result in futures::future::join_all((0..32).map(|_| cache.get(&key))).await {
+        assert_eq!(result.unwrap().as_deref(), Some("v"));
+    }
+    server.restart();
+    let mut raw = server.raw();
+    let before = connections_received(&mut raw);
+
+    // Act: a burst on the dead connection.
+    let results = futures::future::join_all((0..32).map(|_| cache.get(&key))).await;
+
+    // Assert
+    for result in results {
+        assert_eq!(result.unwrap(), None, "the restarted server is empty");
+    }
+    let opened = connections_received(&mut raw) - before;
+    assert!(
+        opened <= 2,
+        "{opened} connections opened for one restart (at most 2 expected)"
+    );
+    assert!(cache.is_available());
+}
+
 #[tokio::test]
 async fn a_frozen_server_times_out_within_the_timeout_and_recovers_when_resumed() {
     // Arrange

@@ -199,14 +199,20 @@ impl Failure {
         }
     }
 
-    /// A failed connection attempt: whatever the error, the server cannot be used.
+    /// A failed connection attempt: whatever the error, the server cannot be used. Never a
+    /// dropped connection, even when the attempt was reset or cut short: there was no pooled
+    /// connection to find dead, and retrying on a fresh pool would only attempt again.
     pub(crate) fn from_connect_error(error: &RedisError) -> Self {
         match Self::from_redis(error) {
             Self::Command(message) => Self::Down {
                 cause: format!("failed: {message}"),
                 dropped: false,
             },
-            other => other,
+            Self::Down { cause, .. } => Self::Down {
+                cause,
+                dropped: false,
+            },
+            Self::Timeout => Self::Timeout,
         }
     }
 
@@ -282,6 +288,31 @@ mod tests {
             Failure::from_redis(&RedisError::from(io)),
             Failure::Timeout
         ));
+    }
+
+    /// Found by review: a connection attempt reset or cut short (a server restarting, a proxy
+    /// with no backend) counted as a dropped pooled connection, so the call retried on a
+    /// fresh pool, replacing the pool again for a server that cannot be reached.
+    #[test]
+    fn a_failed_connection_attempt_is_never_a_dropped_connection() {
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let error = RedisError::from(std::io::Error::from(kind));
+            assert!(Failure::from_redis(&error).is_dropped_connection());
+            let failure = Failure::from_connect_error(&error);
+            assert!(
+                matches!(failure, Failure::Down { dropped: false, .. }),
+                "{kind:?}: {failure:?}"
+            );
+        }
+        let readonly = RedisError::from((
+            ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "demoted",
+        ));
+        assert!(!Failure::from_connect_error(&readonly).is_dropped_connection());
     }
 
     #[test]

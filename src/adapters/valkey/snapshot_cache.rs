@@ -90,11 +90,21 @@ struct Shared {
     /// Replaced by a fresh pool when the cache goes down or a pooled connection turns out
     /// dead, dropping every connection of the old server at once instead of discovering them
     /// dead one call at a time.
-    pool: RwLock<Pool<Connector>>,
+    pool: RwLock<Generation>,
     state: Availability,
     /// Why the cache is down, for the errors returned while degraded.
     cause: Mutex<String>, // std Mutex: never held across an .await
     probing: AtomicBool,
+}
+
+/// The pool and how many times it was replaced. A call that found a connection dead replaces
+/// the pool only if it is still the one the call used: the calls of a burst share one
+/// multiplexed connection, so after a restart they all fail at once, and each replacing the
+/// pool would drop the connection the previous replacement was opening (one connection per
+/// call instead of one).
+struct Generation {
+    number: u64,
+    pool: Pool<Connector>,
 }
 
 impl ValkeySnapshotCache {
@@ -128,7 +138,7 @@ impl ValkeySnapshotCache {
             pool_size: settings.pool_size,
             connector,
             connect_errors,
-            pool: RwLock::new(pool),
+            pool: RwLock::new(Generation { number: 0, pool }),
             state: Availability::new(),
             cause: Mutex::new(String::new()),
             probing: AtomicBool::new(false),
@@ -266,16 +276,18 @@ impl Shared {
         let deadline = Instant::now() + self.timeout;
         let mut retries_left = u8::from(retry_dropped);
         loop {
-            match self.attempt(cmd, deadline).await {
+            let (generation, pool) = self.current_pool();
+            match self.attempt(&pool, cmd, deadline).await {
                 Ok(value) => {
                     self.mark_up();
                     return Ok(value);
                 }
                 Err(failure) if failure.is_dropped_connection() && retries_left > 0 => {
                     // The server probably restarted: its other pooled connections are dead
-                    // too, so retry on a fresh pool.
+                    // too, so retry on a fresh pool (the one another call of the burst may
+                    // have made already).
                     retries_left -= 1;
-                    self.replace_pool();
+                    self.replace_pool(generation);
                 }
                 Err(Failure::Down {
                     cause,
@@ -284,7 +296,7 @@ impl Shared {
                     // Same, for a command that must not run twice. redis cannot tell whether
                     // it was sent before the connection closed, so it is not retried, but the
                     // next call, on a fresh pool, finds out whether the server is down.
-                    self.replace_pool();
+                    self.replace_pool(generation);
                     tracing::debug!(
                         host = %self.host,
                         error = %cause,
@@ -295,13 +307,23 @@ impl Shared {
                         self.host
                     )));
                 }
-                Err(failure) => return Err(self.fail(failure)),
+                Err(failure) => return Err(self.fail(failure, generation)),
             }
         }
     }
 
-    async fn attempt<T: FromRedisValue>(&self, cmd: &Cmd, deadline: Instant) -> Result<T, Failure> {
-        let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+    /// The pool calls use now, and its generation, for [`Shared::replace_pool`].
+    fn current_pool(&self) -> (u64, Pool<Connector>) {
+        let current = self.pool.read().unwrap_or_else(|e| e.into_inner());
+        (current.number, current.pool.clone())
+    }
+
+    async fn attempt<T: FromRedisValue>(
+        &self,
+        pool: &Pool<Connector>,
+        cmd: &Cmd,
+        deadline: Instant,
+    ) -> Result<T, Failure> {
         let checkout = async {
             let failed = self.connect_errors.failed();
             tokio::pin!(failed);
@@ -352,15 +374,19 @@ impl Shared {
         }
     }
 
-    /// Turns a failure into the port's error, going degraded when the server is unusable.
-    fn fail(self: &Arc<Self>, failure: Failure) -> CacheError {
+    /// Turns a failure of a call on the pool of `generation` into the port's error, going
+    /// degraded when the server is unusable.
+    fn fail(self: &Arc<Self>, failure: Failure, generation: u64) -> CacheError {
         match failure {
             Failure::Timeout => {
-                self.mark_down(format!("did not answer within {:?}", self.timeout));
+                self.mark_down(
+                    format!("did not answer within {:?}", self.timeout),
+                    generation,
+                );
                 CacheError::Timeout(self.timeout)
             }
             Failure::Down { cause, .. } => {
-                self.mark_down(cause.clone());
+                self.mark_down(cause.clone(), generation);
                 CacheError::Unavailable(format!("Valkey at {} {cause}", self.host))
             }
             Failure::Command(message) => {
@@ -391,7 +417,9 @@ impl Shared {
         }
     }
 
-    fn mark_down(self: &Arc<Self>, cause: String) {
+    /// Goes degraded; on the change, replaces the pool if it is still that of `generation`
+    /// (the one the failure was seen on).
+    fn mark_down(self: &Arc<Self>, cause: String, generation: u64) {
         let changed = {
             let mut current = self.cause.lock().unwrap_or_else(|e| e.into_inner());
             let changed = *current != cause;
@@ -405,18 +433,23 @@ impl Shared {
                 error = %cause,
                 "valkey unavailable: running degraded (cache reads miss, writes are skipped), reconnecting in the background"
             );
-            self.replace_pool();
+            self.replace_pool(generation);
         } else if changed {
             tracing::warn!(host = %self.host, error = %cause, "valkey still unavailable, for another reason");
         }
         self.spawn_probe();
     }
 
-    fn replace_pool(&self) {
-        let fresh = self
+    /// Replaces the pool of generation `seen`; does nothing if it was replaced already.
+    fn replace_pool(&self, seen: u64) {
+        let mut current = self.pool.write().unwrap_or_else(|e| e.into_inner());
+        if current.number != seen {
+            return; // another call saw the same failure and replaced it
+        }
+        current.pool = self
             .connector
             .pool(self.pool_size, self.timeout, &self.connect_errors);
-        *self.pool.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        current.number += 1;
     }
 
     /// Starts the background probe unless one runs. It holds only a weak reference, so it
@@ -435,7 +468,7 @@ impl Shared {
             Ok(Err(error)) => return Err(Failure::from_connect_error(&error)),
             Err(_) => return Err(Failure::Timeout),
         };
-        let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (_, pool) = self.current_pool();
         let _ = pool.add(conn); // a full pool simply drops it
         Ok(())
     }
@@ -454,13 +487,18 @@ async fn probe_loop(weak: Weak<Shared>) {
                 return;
             }
         }
+        // The probe does not use the pool: a failure of it concerns the pool there is.
+        let (generation, _) = shared.current_pool();
         match shared.probe().await {
             Ok(()) => shared.mark_up(),
-            Err(Failure::Timeout) => {
-                shared.mark_down(format!("did not answer within {:?}", shared.timeout));
+            Err(Failure::Timeout) => shared.mark_down(
+                format!("did not answer within {:?}", shared.timeout),
+                generation,
+            ),
+            Err(Failure::Down { cause, .. }) => shared.mark_down(cause, generation),
+            Err(Failure::Command(message)) => {
+                shared.mark_down(format!("failed: {message}"), generation);
             }
-            Err(Failure::Down { cause, .. }) => shared.mark_down(cause),
-            Err(Failure::Command(message)) => shared.mark_down(format!("failed: {message}")),
         }
         if shared.state.get() == UP {
             continue;
