@@ -652,6 +652,77 @@ fn metrics_count_hits_misses_errors_and_track_availability() {
     assert_eq!(logs.matches("valkey reachable again").count(), 1, "{logs}");
 }
 
+/// Found by review: a URL naming a replica flapped the cache on every write. The write got
+/// READONLY and the cache went down, then the probe's PING (which a replica answers) put it
+/// up again, and the next write did it all again: one warning and one info line per write.
+#[test]
+fn a_replica_url_goes_down_once_naming_the_fix_instead_of_flapping_on_every_write() {
+    // Arrange: a replica of a primary that does not exist (it still answers PING and reads).
+    let server = RedisServer::start();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(crate::support::redis_server::free_port())
+        .exec(&mut server.raw())
+        .unwrap();
+    let settings = settings_for(&server);
+    let addr = server.addr();
+    let mut available = true;
+    let (logs, metrics) = with_logs_and_metrics(&addr, |_| async {
+        let cache = ValkeySnapshotCache::connect(&settings).await.unwrap();
+        // The start-up probe's verdict first, so that it, not a write, names the cause.
+        wait_until(Duration::from_secs(2), || {
+            let logs = logs_about(&addr);
+            logs.contains("valkey connected") || logs.contains("valkey unavailable")
+        })
+        .await;
+
+        // Act: writes for a second.
+        let key = unique_key("replica");
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            let _ = cache.set(&key, "v", Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        available = cache.is_available();
+    });
+
+    // Assert: down once, with the cause and the fix.
+    assert_eq!(logs.matches("valkey unavailable").count(), 1, "{logs}");
+    assert!(!logs.contains("reachable again"), "{logs}");
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("valkey unavailable"))
+        .unwrap();
+    for needle in ["replica", "READONLY", "FLUX_VALKEY__URL", "primary"] {
+        assert!(
+            warning.contains(needle),
+            "warning lacks {needle:?}: {warning}"
+        );
+    }
+    assert!(!available, "a replica is no cache for writes");
+    assert!(metrics.render().contains("flux_cache_up 0"));
+}
+
+/// `ROLE` is an @admin command: a user without it must still be served (the check is
+/// skipped, not failed).
+#[tokio::test]
+async fn a_user_not_allowed_to_ask_the_role_still_connects() {
+    let server = RedisServer::start();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "bff", "on", ">pw", "~*", "+@all", "-@dangerous"])
+        .exec(&mut server.raw())
+        .unwrap();
+    let settings = ValkeySettings {
+        username: Some("bff".into()),
+        password: Some("pw".into()),
+        ..settings_for(&server)
+    };
+    let cache = connected(&settings).await;
+    let key = unique_key("no-role");
+    cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("v"));
+}
+
 #[test]
 fn a_burst_beyond_the_pool_size_shares_the_connections_instead_of_going_down() {
     // One pooled connection behind a link that holds every chunk 5 ms each way: 64 calls one

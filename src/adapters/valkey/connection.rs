@@ -70,10 +70,46 @@ impl Connector {
         Self { client, config }
     }
 
-    /// A fresh connection that answered `PING`: the background probe's way back to normal mode.
-    pub(crate) async fn connect_and_ping(&self) -> Result<Conn, RedisError> {
-        let mut conn = self.connect().await?;
-        self.is_valid(&mut conn).await?;
+    /// A fresh connection that answered `PING` and leads to a primary: the background probe's
+    /// way back to normal mode.
+    ///
+    /// A replica answers `PING` (and reads) but refuses every write with READONLY; taken for
+    /// a working server, it put the cache back up after each failed write, to go down again
+    /// at the next one. `ROLE` tells; a server that refuses `ROLE` (an @admin command a
+    /// least-privilege ACL user lacks) is taken at its `PING`.
+    pub(crate) async fn connect_and_check(&self) -> Result<Conn, Failure> {
+        let connected = async {
+            let mut conn = self.connect().await?;
+            self.is_valid(&mut conn).await?;
+            Ok::<_, RedisError>(conn)
+        };
+        let mut conn = connected
+            .await
+            .map_err(|e| Failure::from_connect_error(&e))?;
+        match redis::cmd("ROLE")
+            .query_async::<Vec<redis::Value>>(&mut conn.inner)
+            .await
+        {
+            Ok(reply) => {
+                let role = reply
+                    .into_iter()
+                    .next()
+                    .and_then(|role| redis::from_redis_value::<String>(role).ok())
+                    .unwrap_or_default();
+                if matches!(role.as_str(), "slave" | "replica") {
+                    return Err(Failure::Down {
+                        cause: format!(
+                            "is a replica (ROLE answered {role:?}): it refuses every write with READONLY; point FLUX_VALKEY__URL (valkey.url, or VALKEY_HOST) at the primary"
+                        ),
+                        dropped: false,
+                    });
+                }
+            }
+            Err(error) if error.code().is_some() => {
+                tracing::debug!(error = %error, "valkey refused ROLE; taking it for a primary");
+            }
+            Err(error) => return Err(Failure::from_connect_error(&error)),
+        }
         Ok(conn)
     }
 

@@ -463,9 +463,8 @@ impl Shared {
     }
 
     async fn probe(&self) -> Result<(), Failure> {
-        let conn = match timeout(self.timeout, self.connector.connect_and_ping()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => return Err(Failure::from_connect_error(&error)),
+        let conn = match timeout(self.timeout, self.connector.connect_and_check()).await {
+            Ok(result) => result?,
             Err(_) => return Err(Failure::Timeout),
         };
         let (_, pool) = self.current_pool();
