@@ -723,6 +723,80 @@ async fn a_user_not_allowed_to_ask_the_role_still_connects() {
     assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("v"));
 }
 
+/// Found by review: an error that is no outage (here NOPERM from an ACL without EVAL; also
+/// MOVED, WRONGTYPE, OOM) was logged at debug while the cache counted as up, so every dedup
+/// call fell back to the in-process window with nothing in the log saying why.
+#[test]
+fn a_command_the_server_refuses_is_a_warning_naming_the_code_the_command_and_the_fix() {
+    // Arrange: a user that may do anything but run scripts.
+    let server = RedisServer::start();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "bff", "on", ">pw", "~*", "+@all", "-eval"])
+        .exec(&mut server.raw())
+        .unwrap();
+    let settings = ValkeySettings {
+        username: Some("bff".into()),
+        password: Some("pw".into()),
+        ..settings_for(&server)
+    };
+    let mut error = None;
+    let (logs, _) = with_logs_and_metrics(&server.addr(), |_| async {
+        let cache = connected(&settings).await;
+        // Act
+        error = cache
+            .set_unless_same(&unique_key("noperm"), "h", Duration::from_secs(2))
+            .await
+            .err();
+        assert!(cache.is_available(), "a refused command is not an outage");
+    });
+    // Assert
+    let error = error.expect("EVAL is not allowed").to_string();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "one warning, got:\n{logs}");
+    for needle in ["NOPERM", "EVAL", "ACL SETUSER", "+eval"] {
+        assert!(
+            warnings[0].contains(needle),
+            "warning lacks {needle:?}: {}",
+            warnings[0]
+        );
+    }
+    assert!(!logs.contains("valkey unavailable"), "{logs}");
+    assert!(
+        error.contains("NOPERM"),
+        "the caller's error names the code: {error}"
+    );
+}
+
+/// The permissions the NOPERM warning asks for are enough for every call.
+#[tokio::test]
+async fn the_acl_the_noperm_warning_recommends_is_enough() {
+    let server = RedisServer::start();
+    let settings = ValkeySettings {
+        username: Some("bff".into()),
+        password: Some("pw".into()),
+        ..settings_for(&server)
+    };
+    let keys = format!("~{}*", settings.key_prefix);
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "bff", "on", ">pw", &keys])
+        .arg(&["+ping", "+get", "+set", "+del", "+eval"])
+        .exec(&mut server.raw())
+        .unwrap();
+    let cache = connected(&settings).await;
+    let key = unique_key("least-privilege");
+    cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("v"));
+    assert!(
+        cache
+            .set_unless_same(&key, "h", Duration::from_secs(2))
+            .await
+            .unwrap()
+    );
+    cache.delete_if_same(&key, "h").await.unwrap();
+    cache.delete(&key).await.unwrap();
+    assert!(cache.is_available());
+}
+
 #[test]
 fn a_burst_beyond_the_pool_size_shares_the_connections_instead_of_going_down() {
     // One pooled connection behind a link that holds every chunk 5 ms each way: 64 calls one

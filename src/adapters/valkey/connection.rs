@@ -198,8 +198,9 @@ pub(crate) enum Failure {
     /// The server cannot be used at all (unreachable, refused, credentials): degraded.
     Down { cause: String, dropped: bool },
     /// This command failed but the server works (wrong type, out of memory, no permission):
-    /// counted as an error, the cache stays up.
-    Command(String),
+    /// counted as an error, the cache stays up. `code` is the server's error code (`NOPERM`,
+    /// `WRONGTYPE`, …), or the kind of a failure on this side (`type error`).
+    Command { code: String, message: String },
 }
 
 impl Failure {
@@ -231,7 +232,15 @@ impl Failure {
                 dropped: !auth && error.is_connection_dropped() && !error.is_connection_refusal(),
             }
         } else {
-            Self::Command(error.to_string())
+            Self::Command {
+                code: error
+                    .code()
+                    .map_or_else(|| error.category().to_owned(), str::to_owned),
+                message: match (error.code(), error.detail()) {
+                    (Some(code), Some(detail)) => format!("{code} {detail}"), // as the server said it
+                    _ => error.to_string(),
+                },
+            }
         }
     }
 
@@ -240,7 +249,7 @@ impl Failure {
     /// connection to find dead, and retrying on a fresh pool would only attempt again.
     pub(crate) fn from_connect_error(error: &RedisError) -> Self {
         match Self::from_redis(error) {
-            Self::Command(message) => Self::Down {
+            Self::Command { message, .. } => Self::Down {
                 cause: format!("failed: {message}"),
                 dropped: false,
             },
@@ -262,6 +271,30 @@ impl Failure {
 fn is_auth_failure(error: &RedisError) -> bool {
     error.kind() == ErrorKind::AuthenticationFailed
         || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+/// What to do about a command the server refused although it works, by error code: the
+/// cache stays up, so every call like it fails until someone acts.
+pub(crate) fn command_fix(code: &str) -> &'static str {
+    match code {
+        "NOPERM" => {
+            "the ACL user lacks a permission the gateway needs: allow PING, GET, SET, DEL and EVAL on its keys, e.g. ACL SETUSER <user> +ping +get +set +del +eval ~<key_prefix>*"
+        }
+        "MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN" | "TRYAGAIN" => {
+            "FLUX_VALKEY__URL names a node of a cluster, and the gateway speaks to one server: point it at a standalone server or a primary with cluster mode off"
+        }
+        "WRONGTYPE" => {
+            "a key under valkey.key_prefix holds a value of another type, written by something else: give the gateway a key_prefix of its own (FLUX_VALKEY__KEY_PREFIX)"
+        }
+        "OOM" => {
+            "Valkey is at maxmemory and evicts nothing (maxmemory-policy noeviction): raise maxmemory or choose volatile-lru or allkeys-lru (every key the gateway writes expires)"
+        }
+        "LOADING" => "Valkey is loading its data set: calls fail until it is done",
+        "BUSY" => {
+            "a script of another client keeps the server busy: see SCRIPT KILL and busy-reply-threshold"
+        }
+        _ => "see the error; check that FLUX_VALKEY__URL names a Valkey or Redis server",
+    }
 }
 
 /// What the operator reads after "Valkey at host:port": the cause and the fix.
@@ -379,6 +412,27 @@ mod tests {
     #[test]
     fn a_type_error_is_a_command_failure() {
         let error = RedisError::from((ErrorKind::UnexpectedReturnType, "not utf-8"));
-        assert!(matches!(Failure::from_redis(&error), Failure::Command(_)));
+        assert!(matches!(
+            Failure::from_redis(&error),
+            Failure::Command { code, .. } if code == "type error"
+        ));
+    }
+
+    #[test]
+    fn a_refused_command_carries_the_server_s_code_and_words() {
+        let error = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::NoPerm),
+            "NoPerm",
+            "this user has no permissions to run the 'eval' command".to_owned(),
+        ));
+        let Failure::Command { code, message } = Failure::from_redis(&error) else {
+            panic!("a refused command leaves the cache up");
+        };
+        assert_eq!(code, "NOPERM");
+        assert_eq!(
+            message,
+            "NOPERM this user has no permissions to run the 'eval' command"
+        );
+        assert!(command_fix(&code).contains("+eval"));
     }
 }

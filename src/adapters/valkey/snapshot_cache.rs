@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bb8::{Pool, RunError};
-use redis::{Cmd, FromRedisValue};
+use redis::{Arg, Cmd, FromRedisValue};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::connection::{ConnectErrors, Connector, Failure};
+use super::connection::{ConnectErrors, Connector, Failure, command_fix};
 use super::settings::{ValkeySettings, describe_addr};
 use crate::ports::{CacheError, SnapshotCache};
 use crate::telemetry::metrics::{CACHE_REQUESTS, CACHE_UP};
+use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -73,6 +74,8 @@ impl Availability {
 /// - A pooled connection found closed (the server restarted) does not degrade the cache: the
 ///   pool is replaced and the call retried once, except `set_unless_same`, which may have run
 ///   and fails instead.
+/// - A command the server refuses while it works (NOPERM, MOVED, WRONGTYPE, OOM) fails that
+///   call only, with a warning naming the code, the command and the fix (throttled per code).
 /// - Metrics: `flux_cache_requests_total{op, result}` (`op` = `get` | `set` |
 ///   `set_unless_same` | `delete_if_same` | `delete`; `result` = `hit` | `miss` for `get`, `ok` for the others, or `error` |
 ///   `timeout`) and the gauge `flux_cache_up` (1 reachable, 0 not yet or not any more).
@@ -95,6 +98,8 @@ struct Shared {
     /// Why the cache is down, for the errors returned while degraded.
     cause: Mutex<String>, // std Mutex: never held across an .await
     probing: AtomicBool,
+    /// Warnings of commands the server refuses while it works, per error code.
+    refusals: LogThrottle<String>,
 }
 
 /// The pool and how many times it was replaced. A call that found a connection dead replaces
@@ -142,6 +147,7 @@ impl ValkeySnapshotCache {
             state: Availability::new(),
             cause: Mutex::new(String::new()),
             probing: AtomicBool::new(false),
+            refusals: LogThrottle::new(LOG_BURST, LOG_PERIOD),
         });
         shared.spawn_probe();
         Ok(Self { shared })
@@ -176,6 +182,14 @@ fn outcome<T>(result: &Result<T, CacheError>) -> &'static str {
         Ok(_) => "ok",
         Err(CacheError::Timeout(_)) => "timeout",
         Err(CacheError::Unavailable(_)) => "error",
+    }
+}
+
+/// The command's name (`GET`, `EVAL`), for logs.
+fn command_name(cmd: &Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(Arg::Simple(name)) => String::from_utf8_lossy(name).to_uppercase(),
+        _ => "a command".into(),
     }
 }
 
@@ -307,7 +321,7 @@ impl Shared {
                         self.host
                     )));
                 }
-                Err(failure) => return Err(self.fail(failure, generation)),
+                Err(failure) => return Err(self.fail(failure, generation, cmd)),
             }
         }
     }
@@ -374,9 +388,9 @@ impl Shared {
         }
     }
 
-    /// Turns a failure of a call on the pool of `generation` into the port's error, going
+    /// Turns a failure of `cmd` on the pool of `generation` into the port's error, going
     /// degraded when the server is unusable.
-    fn fail(self: &Arc<Self>, failure: Failure, generation: u64) -> CacheError {
+    fn fail(self: &Arc<Self>, failure: Failure, generation: u64, cmd: &Cmd) -> CacheError {
         match failure {
             Failure::Timeout => {
                 self.mark_down(
@@ -389,9 +403,26 @@ impl Shared {
                 self.mark_down(cause.clone(), generation);
                 CacheError::Unavailable(format!("Valkey at {} {cause}", self.host))
             }
-            Failure::Command(message) => {
-                tracing::debug!(host = %self.host, error = %message, "valkey command failed");
-                CacheError::Unavailable(format!("Valkey at {}: {message}", self.host))
+            Failure::Command { code, message } => {
+                // Not an outage, so flux_cache_up stays 1, but no fault of a moment either
+                // (an ACL without EVAL, a cluster endpoint, noeviction at maxmemory): every
+                // call like it fails until someone acts, so it must reach the log.
+                let command = command_name(cmd);
+                if let Some(held_back) = self.refusals.admit(&code) {
+                    tracing::warn!(
+                        host = %self.host,
+                        code = %code,
+                        command = %command,
+                        error = %message,
+                        fix = command_fix(&code),
+                        held_back,
+                        "valkey refused a command: the cache counts as up, and every call like it fails"
+                    );
+                }
+                CacheError::Unavailable(format!(
+                    "Valkey at {} refused {command}: {message}",
+                    self.host
+                ))
             }
         }
     }
@@ -495,7 +526,7 @@ async fn probe_loop(weak: Weak<Shared>) {
                 generation,
             ),
             Err(Failure::Down { cause, .. }) => shared.mark_down(cause, generation),
-            Err(Failure::Command(message)) => {
+            Err(Failure::Command { message, .. }) => {
                 shared.mark_down(format!("failed: {message}"), generation);
             }
         }
