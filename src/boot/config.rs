@@ -589,7 +589,9 @@ fn legacy_env(env: &[(String, String)]) -> anyhow::Result<Value> {
                 "invalid configuration: VALKEY_PORT: expected a port number, got {port:?}"
             )
         })?;
-        put("valkey", "url", json!(ValkeySettings::url_for(&host, port)));
+        let url = ValkeySettings::url_for(&host, port)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        put("valkey", "url", json!(url));
     }
     if let Some(pw) = get("VALKEY_PASSWORD") {
         put("valkey", "password", json!(pw));
@@ -836,6 +838,38 @@ mod tests {
             assert_eq!(brokers, ["kafka:9092"]);
             let url: String = c.figment.extract_inner("valkey.url").unwrap();
             assert_eq!(url, "redis://valkey:6379");
+            Ok(())
+        });
+    }
+
+    /// Found by review: `VALKEY_HOST=valkey:6379` was taken for an IPv6 address, became
+    /// `redis://[valkey:6379]:6379`, and the error blamed `valkey.url`, which nobody had set.
+    #[test]
+    fn a_port_or_a_url_in_valkey_host_is_refused_naming_the_variable() {
+        for host in ["valkey:6379", "redis://valkey", "valkey/0"] {
+            let err = Config::from_parts(None, &env(&[("VALKEY_HOST", host)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("VALKEY_HOST"), "{host}: {err}");
+            assert!(err.contains("VALKEY_PORT"), "{host}: {err}");
+            assert!(!err.contains("valkey.url"), "{host}: {err}");
+        }
+        let err = Config::from_parts(None, &env(&[("VALKEY_HOST", "u:secret@valkey")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        // Jail serialises the tests that read the process environment.
+        figment::Jail::expect_with(|_| {
+            for (host, url) in [
+                ("::1", "redis://[::1]:6379"),
+                ("[::1]", "redis://[::1]:6379"),
+                ("10.0.0.7", "redis://10.0.0.7:6379"),
+            ] {
+                let c = Config::from_parts(None, &env(&[("VALKEY_HOST", host)]))
+                    .map_err(|e| e.to_string())?;
+                let got: String = c.figment.extract_inner("valkey.url").unwrap();
+                assert_eq!(got, url);
+            }
             Ok(())
         });
     }

@@ -77,12 +77,27 @@ impl ValkeySettings {
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// `redis://host:port` for the original `VALKEY_HOST` / `VALKEY_PORT` variables.
-    pub fn url_for(host: &str, port: u16) -> String {
-        if host.contains(':') && !host.starts_with('[') {
-            format!("redis://[{host}]:{port}") // a bare IPv6 address
-        } else {
-            format!("redis://{host}:{port}")
+    ///
+    /// # Errors
+    /// `host` is not a host name nor an IP address: it holds a port (`valkey:6379`), a
+    /// URL or a path. The original took `VALKEY_HOST` as a host name only, so that is refused
+    /// naming the variable, rather than turned into a URL whose error blames `valkey.url`.
+    pub fn url_for(host: &str, port: u16) -> Result<String, String> {
+        let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        if let Ok(ip) = bracketed.unwrap_or(host).parse::<std::net::Ipv6Addr>() {
+            return Ok(format!("redis://[{ip}]:{port}"));
         }
+        if host.is_empty()
+            || host.contains(|c: char| {
+                matches!(c, ':' | '/' | '@' | '?' | '#' | '[' | ']') || c.is_whitespace()
+            })
+        {
+            return Err(format!(
+                "VALKEY_HOST: expected a host name or an IP address, got {:?}; put the port in VALKEY_PORT, or a whole redis:// URL in FLUX_VALKEY__URL",
+                redact_url(host)
+            ));
+        }
+        Ok(format!("redis://{host}:{port}"))
     }
 
     /// Checks every field without touching the network or the file system.
@@ -550,9 +565,29 @@ mod tests {
     #[test]
     fn host_and_port_build_a_url() {
         assert_eq!(
-            ValkeySettings::url_for("valkey", 6379),
-            "redis://valkey:6379"
+            ValkeySettings::url_for("valkey", 6379).as_deref(),
+            Ok("redis://valkey:6379")
         );
-        assert_eq!(ValkeySettings::url_for("::1", 6379), "redis://[::1]:6379");
+        assert_eq!(
+            ValkeySettings::url_for("::1", 6379).as_deref(),
+            Ok("redis://[::1]:6379")
+        );
+        assert_eq!(
+            ValkeySettings::url_for("[fd00::7]", 6380).as_deref(),
+            Ok("redis://[fd00::7]:6380")
+        );
+    }
+
+    #[test]
+    fn a_host_with_a_port_is_refused_naming_the_variables() {
+        let err = ValkeySettings::url_for("valkey:6379", 6379).unwrap_err();
+        assert!(err.starts_with("VALKEY_HOST: "), "{err}");
+        assert!(err.contains("\"valkey:6379\""), "{err}");
+        assert!(err.contains("VALKEY_PORT"), "{err}");
+        for host in ["", " valkey", "redis://valkey", "valkey/1"] {
+            assert!(ValkeySettings::url_for(host, 6379).is_err(), "{host:?}");
+        }
+        let err = ValkeySettings::url_for("u:secret@valkey", 6379).unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
     }
 }
