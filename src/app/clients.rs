@@ -744,58 +744,9 @@ mod tests {
         assert!(fanout.delivered().is_empty(), "{:?}", fanout.delivered());
     }
 
-    /// A fanout that lets other tasks run while it reads a socket's rooms, as a transport
-    /// on other threads does.
-    struct YieldingRooms(Arc<RecordingFanout>);
-
-    #[async_trait]
-    impl ClientFanout for YieldingRooms {
-        async fn to_room<'a>(
-            &self,
-            room: &str,
-            event: &str,
-            payload: &Payload,
-            options: EmitOptions<'a>,
-        ) -> Result<(), crate::ports::FanoutError> {
-            self.0.to_room(room, event, payload, options).await
-        }
-
-        async fn to_socket<'a>(
-            &self,
-            socket: &str,
-            event: &str,
-            payload: &Payload,
-            options: EmitOptions<'a>,
-        ) -> Result<(), crate::ports::FanoutError> {
-            self.0.to_socket(socket, event, payload, options).await
-        }
-
-        async fn join(
-            &self,
-            socket: &str,
-            rooms: &[String],
-        ) -> Result<(), crate::ports::FanoutError> {
-            self.0.join(socket, rooms).await
-        }
-
-        async fn leave(
-            &self,
-            socket: &str,
-            rooms: &[String],
-        ) -> Result<(), crate::ports::FanoutError> {
-            self.0.leave(socket, rooms).await
-        }
-
-        async fn rooms_of(&self, socket: &str) -> Result<Vec<String>, crate::ports::FanoutError> {
-            let rooms = self.0.rooms_of(socket).await;
-            tokio::task::yield_now().await;
-            rooms
-        }
-    }
-
     #[tokio::test]
     async fn two_location_updates_of_one_socket_at_once_leave_it_in_one_weather_room() {
-        let recorded = Arc::new(RecordingFanout::default());
+        let recorded = Arc::new(RecordingFanout::interleaving());
         recorded.connect("s1");
         let cache = Arc::new(MemoryCache::default());
         let limits = LimitSettings::default();
@@ -808,7 +759,7 @@ mod tests {
             Arc::default(),
             cache,
             Arc::new(sink),
-            Arc::new(YieldingRooms(recorded.clone())),
+            recorded.clone(),
             health,
             weather,
             &limits,

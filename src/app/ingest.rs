@@ -541,6 +541,26 @@ mod tests {
         ))
     }
 
+    /// [`recording_ingestor`] journaling for recovery ([`test_recovery`]), and its recovery.
+    fn journaling_ingestor(
+        bus: crate::adapters::memory::MemoryBus,
+        conflate_after: Duration,
+    ) -> (
+        Ingestor,
+        Arc<crate::adapters::memory::RecordingFanout>,
+        CancellationToken,
+        Arc<crate::app::recovery::Recovery>,
+    ) {
+        let recovery = test_recovery();
+        let (ingestor, fanout, stop) = recording_ingestor(bus, conflate_after);
+        (
+            ingestor.with_recovery(Some(recovery.clone())),
+            fanout,
+            stop,
+            recovery,
+        )
+    }
+
     fn tick(product: &str, price: u32) -> Record {
         record(
             topics::TICKER_EVENTS,
@@ -688,9 +708,8 @@ mod tests {
                 Some(ticker(price).as_bytes()),
             );
         }
-        let recovery = test_recovery();
-        let (ingestor, fanout, stop) = recording_ingestor(bus.clone(), Duration::from_secs(3600));
-        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        let (ingestor, fanout, stop, recovery) =
+            journaling_ingestor(bus.clone(), Duration::from_secs(3600));
         let mut subscribed = ingestor.subscribed();
         let consumer = tokio::spawn(ingestor.run(stop.clone()));
         subscribed.wait_for(|s| *s).await.unwrap();
@@ -910,12 +929,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_partition_ending_in_records_not_delivered_finishes_the_read_back() {
-        let recovery = test_recovery();
-        let (ingestor, _fanout, stop) = recording_ingestor(
+        let (ingestor, _fanout, stop, recovery) = journaling_ingestor(
             crate::adapters::memory::MemoryBus::new(),
             Duration::from_secs(3600),
         );
-        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
         // Records 8 and 9 are in the window; a commit marker at 10; live reading began at 11.
         ingestor
             .read_back
@@ -971,10 +988,8 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let metrics = recorder.handle();
         let _local = metrics::set_default_local_recorder(&recorder);
-        let recovery = test_recovery();
-        let (ingestor, fanout, stop) =
-            recording_ingestor(crate::adapters::memory::MemoryBus::new(), Duration::ZERO);
-        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
+        let (ingestor, fanout, stop, recovery) =
+            journaling_ingestor(crate::adapters::memory::MemoryBus::new(), Duration::ZERO);
         // Offsets 8 to 12 are in the recovery window; live reading began at 13.
         ingestor
             .read_back
@@ -1028,12 +1043,10 @@ mod tests {
     #[tokio::test]
     async fn a_cut_taken_after_a_marker_recovers_on_a_replica_that_started_past_it() {
         use crate::domain::recovery::{Cut, Journal};
-        let recovery = test_recovery();
-        let (ingestor, fanout, stop) = recording_ingestor(
+        let (ingestor, fanout, stop, recovery) = journaling_ingestor(
             crate::adapters::memory::MemoryBus::new(),
             Duration::from_secs(3600),
         );
-        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
         // Tickers, partition 0: a record at 40, a commit marker at 41, nothing since. Then,
         // read with them, a top-coins record at 5: its emit's offset is the cut a client holds.
         let ticker = Record {
@@ -1111,12 +1124,10 @@ mod tests {
     /// dashboards and recovering clients showed it until the next update.
     #[tokio::test]
     async fn an_older_snapshot_read_after_a_newer_one_is_neither_emitted_nor_journaled() {
-        let recovery = test_recovery();
-        let (ingestor, fanout, stop) = recording_ingestor(
+        let (ingestor, fanout, stop, recovery) = journaling_ingestor(
             crate::adapters::memory::MemoryBus::new(),
             Duration::from_secs(3600),
         );
-        let ingestor = ingestor.with_recovery(Some(recovery.clone()));
         let coins = |n: u32| format!(r#"{{"topCoins":[{{"symbol":"C{n}"}}]}}"#);
         let t = SystemTime::now();
         let newer = stamped(topics::TOPCOINS_EVENTS, &coins(2), 0, 40, t);

@@ -703,20 +703,29 @@ fn a_replica_url_goes_down_once_naming_the_fix_instead_of_flapping_on_every_writ
     assert!(metrics.render().contains("flux_cache_up 0"));
 }
 
+/// Settings for the user `bff` (password `pw`) on `server`, created with the ACL `rules` on
+/// the gateway's keys.
+fn acl_user(server: &RedisServer, rules: &[&str]) -> ValkeySettings {
+    let settings = ValkeySettings {
+        username: Some("bff".into()),
+        password: Some("pw".into()),
+        ..settings_for(server)
+    };
+    let keys = format!("~{}*", settings.key_prefix);
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "bff", "on", ">pw", &keys])
+        .arg(rules)
+        .exec(&mut server.raw())
+        .unwrap();
+    settings
+}
+
 /// `ROLE` is an @admin command: a user without it must still be served (the check is
 /// skipped, not failed).
 #[tokio::test]
 async fn a_user_not_allowed_to_ask_the_role_still_connects() {
     let server = RedisServer::start();
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "bff", "on", ">pw", "~*", "+@all", "-@dangerous"])
-        .exec(&mut server.raw())
-        .unwrap();
-    let settings = ValkeySettings {
-        username: Some("bff".into()),
-        password: Some("pw".into()),
-        ..settings_for(&server)
-    };
+    let settings = acl_user(&server, &["+@all", "-@dangerous"]);
     let cache = connected(&settings).await;
     let key = unique_key("no-role");
     cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();
@@ -730,15 +739,7 @@ async fn a_user_not_allowed_to_ask_the_role_still_connects() {
 fn a_command_the_server_refuses_is_a_warning_naming_the_code_the_command_and_the_fix() {
     // Arrange: a user that may do anything but run scripts.
     let server = RedisServer::start();
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "bff", "on", ">pw", "~*", "+@all", "-eval"])
-        .exec(&mut server.raw())
-        .unwrap();
-    let settings = ValkeySettings {
-        username: Some("bff".into()),
-        password: Some("pw".into()),
-        ..settings_for(&server)
-    };
+    let settings = acl_user(&server, &["+@all", "-eval"]);
     let mut error = None;
     let (logs, _) = with_logs_and_metrics(&server.addr(), |_| async {
         let cache = connected(&settings).await;
@@ -771,17 +772,7 @@ fn a_command_the_server_refuses_is_a_warning_naming_the_code_the_command_and_the
 #[tokio::test]
 async fn the_acl_the_noperm_warning_recommends_is_enough() {
     let server = RedisServer::start();
-    let settings = ValkeySettings {
-        username: Some("bff".into()),
-        password: Some("pw".into()),
-        ..settings_for(&server)
-    };
-    let keys = format!("~{}*", settings.key_prefix);
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "bff", "on", ">pw", &keys])
-        .arg(&["+ping", "+get", "+set", "+del", "+eval"])
-        .exec(&mut server.raw())
-        .unwrap();
+    let settings = acl_user(&server, &["+ping", "+get", "+set", "+del", "+eval"]);
     let cache = connected(&settings).await;
     let key = unique_key("least-privilege");
     cache.set(&key, "v", Duration::from_secs(60)).await.unwrap();

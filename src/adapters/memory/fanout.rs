@@ -36,6 +36,9 @@ pub struct Delivered {
 pub struct RecordingFanout {
     state: Mutex<State>, // std Mutex: never held across an .await
     emitted: Notify,
+    /// Lets other tasks run after reading a socket's rooms, as a transport on other threads
+    /// may ([`RecordingFanout::interleaving`]).
+    interleaving: bool,
 }
 
 #[derive(Default)]
@@ -45,6 +48,15 @@ struct State {
 }
 
 impl RecordingFanout {
+    /// One that lets other tasks run after it reads a socket's rooms: what two event handlers
+    /// of one socket on two threads do, for tests of what they may interleave.
+    pub fn interleaving() -> Self {
+        Self {
+            interleaving: true,
+            ..Self::default()
+        }
+    }
+
     pub fn connect(&self, socket: &str) {
         self.lock().rooms.entry(socket.to_owned()).or_default();
     }
@@ -144,10 +156,15 @@ impl ClientFanout for RecordingFanout {
     }
 
     async fn rooms_of(&self, socket: &str) -> Result<Vec<String>, FanoutError> {
-        let st = self.lock();
-        st.rooms
+        let rooms = self
+            .lock()
+            .rooms
             .get(socket)
             .map(|r| r.iter().cloned().collect())
-            .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()))
+            .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()));
+        if self.interleaving {
+            tokio::task::yield_now().await;
+        }
+        rooms
     }
 }
