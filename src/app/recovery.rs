@@ -185,6 +185,9 @@ pub struct Recovery {
     /// Woken when the journal may have moved on (a writer let it go, or the consumer caught
     /// up): what a handshake waiting to catch up waits for.
     advanced: Notify,
+    /// How many times handshakes looked at the journal, for tests of how often they wake.
+    #[cfg(test)]
+    looks: std::sync::atomic::AtomicUsize,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -253,6 +256,8 @@ impl Recovery {
             budget,
             catch_up: CATCH_UP,
             advanced: Notify::new(),
+            #[cfg(test)]
+            looks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -291,8 +296,8 @@ impl Recovery {
     /// Handshakes waiting for the journal to reach their offset look again once it is let go.
     pub async fn journal(&self) -> Appending<'_> {
         Appending {
-            journal: self.journal.lock().await,
-            advanced: &self.advanced,
+            journal: Some(self.journal.lock().await),
+            recovery: self,
         }
     }
 
@@ -356,6 +361,8 @@ impl Recovery {
             advanced.as_mut().enable();
             {
                 let journal = self.journal.lock().await;
+                #[cfg(test)]
+                self.looks.fetch_add(1, Ordering::Relaxed);
                 match journal.check(cut, &RECOVERED_ROOMS, self.budget, now_ms()) {
                     Err(Refusal::Ahead) => {}
                     Ok(()) if !self.caught_up.load(Ordering::Relaxed) => {}
@@ -375,29 +382,35 @@ impl Recovery {
     }
 }
 
-/// The journal held by a writer; waiting handshakes look again when it is let go.
+/// The journal held by a writer; once the consumer has caught up, waiting handshakes look
+/// again when it is let go (before, none can be answered: [`Recovery::set_caught_up`] wakes
+/// them, and waking them at every batch of the read-back would queue each on the lock the
+/// consumer needs, found by review).
 pub struct Appending<'a> {
-    journal: MutexGuard<'a, Journal>,
-    advanced: &'a Notify,
+    journal: Option<MutexGuard<'a, Journal>>,
+    recovery: &'a Recovery,
 }
 
 impl std::ops::Deref for Appending<'_> {
     type Target = Journal;
 
     fn deref(&self) -> &Journal {
-        &self.journal
+        self.journal.as_deref().expect("held until dropped")
     }
 }
 
 impl std::ops::DerefMut for Appending<'_> {
     fn deref_mut(&mut self) -> &mut Journal {
-        &mut self.journal
+        self.journal.as_deref_mut().expect("held until dropped")
     }
 }
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
-        self.advanced.notify_waiters();
+        drop(self.journal.take()); // let go first: the woken handshakes take it at once
+        if self.recovery.is_caught_up() {
+            self.recovery.advanced.notify_waiters();
+        }
     }
 }
 
@@ -734,6 +747,37 @@ mod tests {
         let admission = r.admit(Some(&handshake(&pid, &offsets[3])), "u1").await;
         assert!(admission.resume.is_some(), "recovered once caught up");
         late.await.unwrap();
+    }
+
+    /// Found by review: the journal's writer woke every waiting handshake at each batch of the
+    /// read-back, when none of them could be answered before it caught up; each then queued
+    /// on the lock the consumer needed.
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_waiting_for_the_read_back_is_not_woken_by_each_batch() {
+        let fanout = Arc::new(RecordingFanout::default());
+        let r = Arc::new(Recovery::new(
+            SECRET.to_vec(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+            100,
+            1000,
+            fanout,
+        ));
+        let offsets = ticks(&r, 0..3).await;
+        let pid = r.issue("u1");
+        let waiting = {
+            let (r, shake) = (r.clone(), handshake(&pid, &offsets[1]));
+            tokio::spawn(async move { r.admit(Some(&shake), "u1").await })
+        };
+        tokio::task::yield_now().await;
+        for i in 3..300 {
+            ticks(&r, i..i + 1).await;
+            tokio::task::yield_now().await;
+        }
+        r.set_caught_up();
+        assert!(waiting.await.unwrap().resume.is_some());
+        let looks = r.looks.load(Ordering::Relaxed);
+        assert!(looks <= 3, "looked {looks} times");
     }
 
     #[tokio::test]

@@ -94,12 +94,13 @@ impl Settings {
         problems.extend(self.limits.problems());
         problems.extend(self.lifecycle.problems());
         problems.extend(self.log.problems());
-        // A replay is pushed to the socket at once: beyond its queue and backlog it overflows,
-        // the connection is closed (D30), and the client reconnects into the same replay.
-        let room = self.socketio.max_buffer + self.socketio.max_backlog;
+        // A replay is pushed to the socket at once, behind its CONNECT packet and
+        // `session:init`: beyond its queue and backlog it overflows, the connection is closed
+        // (D30), and the client reconnects into the same replay.
+        let room = (self.socketio.max_buffer + self.socketio.max_backlog).saturating_sub(2);
         if !self.recovery.recovery_window.is_zero() && self.recovery.replay_budget > room {
             problems.push(format!(
-                "socketio.replay_budget: at most socketio.max_buffer + socketio.max_backlog ({room}), got {}: a larger replay overflows the socket's backlog and closes its connection (raise those too, or lower the budget)",
+                "socketio.replay_budget: at most socketio.max_buffer + socketio.max_backlog - 2 ({room}: the CONNECT packet and session:init go first), got {}: a larger replay overflows the socket's backlog and closes its connection (raise those too, or lower the budget)",
                 self.recovery.replay_budget
             ));
         }
@@ -726,7 +727,7 @@ mod tests {
                     ("FLUX_SOCKETIO__REPLAY_BUDGET", "1000"),
                     ("FLUX_SOCKETIO__MAX_BUFFER", "256"),
                 ][..],
-                "socketio.replay_budget: at most socketio.max_buffer + socketio.max_backlog (512)",
+                "socketio.replay_budget: at most socketio.max_buffer + socketio.max_backlog - 2 (510",
             ),
             (
                 &[
@@ -758,7 +759,7 @@ mod tests {
             jail.create_file("secret", &"s".repeat(32))?;
             jail.set_env("FLUX_SOCKETIO__RECOVERY_SECRET_FILE", "secret");
             jail.set_env("FLUX_SOCKETIO__RECOVERY_WINDOW", "24h");
-            jail.set_env("FLUX_SOCKETIO__REPLAY_BUDGET", "512");
+            jail.set_env("FLUX_SOCKETIO__REPLAY_BUDGET", "510");
             Config::from_parts(None, &[]).map_err(|e| e.to_string())?;
             Ok(())
         });

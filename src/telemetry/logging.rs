@@ -26,8 +26,11 @@ pub const LIBRARY_PERIOD: Duration = Duration::from_secs(10);
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| settings.filter())
+    // `RUST_LOG` wins, with the same holds (found by review: `RUST_LOG=debug` logged tokens).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|level| !level.trim().is_empty())
+        .map_or_else(|| settings.filter(), |level| held(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match settings.format {
         LogFormat::Json => true,
@@ -196,8 +199,27 @@ const HELD_AT: [(&str, &str); 3] = [
     ("engineioxide", "info"),
 ];
 
-/// The level names a directive of `log.level` may be alone.
+/// The level names a directive of `log.level` may be alone (or their numbers, 0 to 5).
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// The filter `directives` stand for, with each library of [`HELD_AT`] held at its level
+/// unless a directive names that library itself (one naming a module of it, such as
+/// `socketioxide::ns=trace`, is more specific and keeps the rest held).
+fn held(directives: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let named = |library: &str| {
+        directives.split(',').any(|d| {
+            let target = d.split(['=', '[']).next().unwrap_or("").trim();
+            target == library
+        })
+    };
+    let mut all = directives.to_owned();
+    for (library, level) in HELD_AT {
+        if !named(library) {
+            all.push_str(&format!(",{library}={level}"));
+        }
+    }
+    EnvFilter::try_new(all)
+}
 
 impl LogSettings {
     /// The filter `log.level` stands for, with the libraries of [`HELD_AT`] it does not name.
@@ -205,13 +227,7 @@ impl LogSettings {
     /// # Errors
     /// When `log.level` is not a tracing filter.
     pub fn filter(&self) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
-        let mut directives = self.level.clone();
-        for (library, level) in HELD_AT {
-            if !self.level.contains(library) {
-                directives.push_str(&format!(",{library}={level}"));
-            }
-        }
-        EnvFilter::try_new(directives)
+        held(&self.level)
     }
 
     /// What is wrong with these settings, one line per problem naming the key. A bare word
@@ -227,7 +243,9 @@ impl LogSettings {
         for word in self.level.split(',').map(str::trim) {
             if !word.is_empty()
                 && !word.contains('=')
-                && !LEVELS.contains(&word.to_ascii_lowercase().as_str())
+                && word
+                    .parse::<tracing_subscriber::filter::LevelFilter>()
+                    .is_err()
             {
                 problems.push(format!(
                     "log.level (FLUX_LOG__LEVEL): `{word}` is not a level (one of {}); a target takes one, as in `{word}=debug`",

@@ -161,12 +161,6 @@ async fn prepare(
         None => identity::accept_guest_id(handshake.as_ref())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     };
-    // Joined only once admitted: a refused handshake's session is still an unjoined one,
-    // counted against `socketio.max_polling_sessions` until it closes (found by review: a
-    // client without a token could open polling sessions counted nowhere).
-    if let Some(on_join) = &inbound.on_join {
-        on_join(parts);
-    }
     let mut resume = None;
     if let Some(recovery) = &inbound.recovery {
         let admission = recovery.admit(handshake.as_ref(), &user_id).await;
@@ -184,6 +178,13 @@ async fn prepare(
         user_id,
         ip,
     });
+    // Joined only once admitted and past recovery's wait: until then the session is an
+    // unjoined one, counted against `socketio.max_polling_sessions` (found by review: a
+    // handshake refused for its token, or waiting up to 5 s for recovery, was counted
+    // nowhere, neither unjoined nor among the sockets the limit recounts).
+    if let Some(on_join) = &inbound.on_join {
+        on_join(parts);
+    }
     tracing::debug!(socket = %who.socket_id, user = %who.user_id, ip = ?who.ip, "client connected");
     metrics::gauge!(SOCKETS_CONNECTED).increment(1.0);
 

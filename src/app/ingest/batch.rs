@@ -237,7 +237,9 @@ fn keep_newer_weather(live: &mut [(&mut domain::Delivery, Option<SystemTime>)]) 
         };
         let produced = produced_at.map_or(now, |at| at.min(now));
         match newest.get_mut(key) {
-            Some(seen) if *seen > produced => delivery.supersede_key = None,
+            // A tie too: the later one is judged against the earlier (clock readings apart by
+            // a hair can make it older), so it must not conflate the earlier one away.
+            Some(seen) if *seen >= produced => delivery.supersede_key = None,
             Some(seen) => *seen = produced,
             None => {
                 newest.insert(key.clone(), produced);
