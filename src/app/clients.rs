@@ -1,13 +1,11 @@
 //! What clients ask for: their location (rooms, hydration, weather command), the four
 //! snapshot requests, and the legacy `getUserId`. Replies go to the asking socket only.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::commands::{self, Reason, Refresh, RefreshThrottle};
@@ -44,9 +42,6 @@ pub struct ClientService {
     throttle: Mutex<RefreshThrottle>, // std Mutex: never held across an .await
     /// "command not sent" lines per topic (every client request fails during an outage).
     failure_log: LogThrottle<String>,
-    /// One location update at a time per socket: two handled at once could each read the
-    /// socket's rooms before the other joined its weather room, and leave it in both.
-    locating: PerSocket,
 }
 
 impl ClientService {
@@ -67,7 +62,6 @@ impl ClientService {
             ),
             throttle: Mutex::new(RefreshThrottle::new(limits.refresh_interval)),
             failure_log: LogThrottle::new(LOG_BURST, LOG_PERIOD),
-            locating: PerSocket::default(),
             local,
             cache,
             sink,
@@ -309,7 +303,6 @@ impl ClientRequests for ClientService {
     /// weather command unless the city's weather is fresh or already asked for, or the
     /// location is invalid, a duplicate within the window, or Kafka is down.
     async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>) {
-        let _turn = self.locating.turn(&who.socket_id).await;
         let intent = location::interpret(arg);
         if !self.switch_rooms(who, &intent.room).await {
             // Gone meanwhile: nothing to hydrate, and no command for a socket that cannot
@@ -384,49 +377,6 @@ impl ClientRequests for ClientService {
             SnapshotRequest::TopCoins | SnapshotRequest::Stocks => {
                 self.reply(who, name, &request.miss(), name, "loading")
                     .await;
-            }
-        }
-    }
-}
-
-/// Turns per socket: whoever holds a socket's turn is the only one at work for it. An entry
-/// lives while a turn is held or awaited, so the map holds no socket that is not busy.
-#[derive(Default)]
-struct PerSocket {
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, // std Mutex: never held across an .await
-}
-
-impl PerSocket {
-    /// Waits for `socket`'s turn (first come, first served); it ends when the guard drops.
-    async fn turn(&self, socket: &str) -> Turn<'_> {
-        let turn = self.lock().entry(socket.to_owned()).or_default().clone();
-        Turn {
-            held: Some(turn.lock_owned().await),
-            of: self,
-            socket: socket.to_owned(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        self.turns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A socket's turn, given back on drop (also when the future holding it is dropped).
-struct Turn<'a> {
-    held: Option<OwnedMutexGuard<()>>,
-    of: &'a PerSocket,
-    socket: String,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let mut turns = self.of.lock();
-        if let Some(held) = self.held.take() {
-            // The map's and this guard's: nobody else waits for the socket (a waiter clones
-            // under the map's lock, held here).
-            if Arc::strong_count(OwnedMutexGuard::mutex(&held)) == 2 {
-                turns.remove(&self.socket);
             }
         }
     }
@@ -742,42 +692,6 @@ mod tests {
         fanout.disconnect("s1");
         svc.location_update(&who(), Some(&pune())).await;
         assert!(fanout.delivered().is_empty(), "{:?}", fanout.delivered());
-    }
-
-    #[tokio::test]
-    async fn two_location_updates_of_one_socket_at_once_leave_it_in_one_weather_room() {
-        let recorded = Arc::new(RecordingFanout::interleaving());
-        recorded.connect("s1");
-        let cache = Arc::new(MemoryCache::default());
-        let limits = LimitSettings::default();
-        let weather = Arc::new(WeatherDesk::new(cache.clone(), &limits));
-        let mut sink = MockCommandSink::new();
-        sink.expect_send().returning(|_| Ok(()));
-        let health = Arc::new(Health::new());
-        health.set_consuming(true);
-        let svc = ClientService::new(
-            Arc::default(),
-            cache,
-            Arc::new(sink),
-            recorded.clone(),
-            health,
-            weather,
-            &limits,
-        );
-        let mut mumbai = pune();
-        mumbai["city"] = json!("Mumbai");
-        let (who, pune) = (who(), pune());
-        tokio::join!(
-            svc.location_update(&who, Some(&pune)),
-            svc.location_update(&who, Some(&mumbai)),
-        );
-        let rooms = recorded.rooms_of("s1").await.unwrap();
-        let weather: Vec<&String> = rooms.iter().filter(|r| r.starts_with("weather.")).collect();
-        assert_eq!(weather.len(), 1, "{rooms:?}");
-        assert!(
-            svc.locating.lock().is_empty(),
-            "a socket's turn outlived its update"
-        );
     }
 
     fn who_else(user: &str) -> ClientIdentity {

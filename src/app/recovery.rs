@@ -537,16 +537,21 @@ mod tests {
 
     /// Recovery that replays through `fanout`, its journal caught up with the log.
     fn recovery_on(window: Duration, fanout: Arc<RecordingFanout>) -> Recovery {
-        let r = Recovery::new(
+        let r = reading_back(window, fanout);
+        r.set_caught_up();
+        r
+    }
+
+    /// Recovery whose consumer still reads its window back.
+    fn reading_back(window: Duration, fanout: Arc<RecordingFanout>) -> Recovery {
+        Recovery::new(
             SECRET.to_vec(),
             window,
             Duration::from_secs(3600),
             100,
             1000,
             fanout,
-        );
-        r.set_caught_up();
-        r
+        )
     }
 
     /// Journals tickers `range` (offsets of partition 0 of the ticker topic, one record each)
@@ -716,14 +721,9 @@ mod tests {
     async fn a_session_waits_for_the_window_read_back_and_is_refused_if_it_takes_too_long() {
         // Found by the chaos soak (issue 19): a client recovering on a replica still reading
         // its window back was replayed what was journaled so far, and missed the rest.
-        let fanout = Arc::new(RecordingFanout::default());
-        let r = Arc::new(Recovery::new(
-            SECRET.to_vec(),
+        let r = Arc::new(reading_back(
             Duration::from_secs(120),
-            Duration::from_secs(3600),
-            100,
-            1000,
-            fanout,
+            Arc::new(RecordingFanout::default()),
         ));
         let offsets = ticks(&r, 0..10).await;
         let pid = r.issue("u1");
@@ -754,14 +754,9 @@ mod tests {
     /// on the lock the consumer needed.
     #[tokio::test(start_paused = true)]
     async fn a_handshake_waiting_for_the_read_back_is_not_woken_by_each_batch() {
-        let fanout = Arc::new(RecordingFanout::default());
-        let r = Arc::new(Recovery::new(
-            SECRET.to_vec(),
+        let r = Arc::new(reading_back(
             Duration::from_secs(120),
-            Duration::from_secs(3600),
-            100,
-            1000,
-            fanout,
+            Arc::new(RecordingFanout::default()),
         ));
         let offsets = ticks(&r, 0..3).await;
         let pid = r.issue("u1");

@@ -20,7 +20,10 @@ pub trait ClientRequests: Send + Sync {
     fn session_init(&self, who: &ClientIdentity) -> (&'static str, Payload);
 
     /// `userLocationUpdate` with its first argument (the legacy second one is ignored).
-    /// Never fails: a bad location is counted and answered as the contract says.
+    /// Never fails: a bad location is counted and answered as the contract says. The adapter
+    /// MUST call it for one client one update at a time, in the order they arrived (it reads
+    /// the socket's rooms, then switches them: two at once could leave it in two weather
+    /// rooms, an older one last in the older city's).
     async fn location_update(&self, who: &ClientIdentity, arg: Option<&Value>);
 
     /// One of the four snapshot requests, answered with a hit, `loading` or `error`.

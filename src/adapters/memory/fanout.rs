@@ -36,9 +36,6 @@ pub struct Delivered {
 pub struct RecordingFanout {
     state: Mutex<State>, // std Mutex: never held across an .await
     emitted: Notify,
-    /// Lets other tasks run after reading a socket's rooms, as a transport on other threads
-    /// may ([`RecordingFanout::interleaving`]).
-    interleaving: bool,
 }
 
 #[derive(Default)]
@@ -48,15 +45,6 @@ struct State {
 }
 
 impl RecordingFanout {
-    /// One that lets other tasks run after it reads a socket's rooms: what two event handlers
-    /// of one socket on two threads do, for tests of what they may interleave.
-    pub fn interleaving() -> Self {
-        Self {
-            interleaving: true,
-            ..Self::default()
-        }
-    }
-
     pub fn connect(&self, socket: &str) {
         self.lock().rooms.entry(socket.to_owned()).or_default();
     }
@@ -156,15 +144,10 @@ impl ClientFanout for RecordingFanout {
     }
 
     async fn rooms_of(&self, socket: &str) -> Result<Vec<String>, FanoutError> {
-        let rooms = self
-            .lock()
-            .rooms
+        let st = self.lock();
+        st.rooms
             .get(socket)
             .map(|r| r.iter().cloned().collect())
-            .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()));
-        if self.interleaving {
-            tokio::task::yield_now().await;
-        }
-        rooms
+            .ok_or_else(|| FanoutError::UnknownSocket(socket.to_owned()))
     }
 }

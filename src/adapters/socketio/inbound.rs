@@ -60,6 +60,8 @@ struct Session {
     resume: Option<Arc<Resume>>,
     /// [`Inbound::handling`].
     handling: TaskTracker,
+    /// The socket's location updates, handled one at a time in the order they arrived.
+    locating: Arc<InOrder>,
 }
 
 /// A recovered session's replay, run once by whichever comes first: the connect handler or
@@ -196,6 +198,7 @@ async fn prepare(
         max_event_name: handlers.max_event_name,
         resume,
         handling: inbound.handling.clone(),
+        locating: Arc::default(),
     });
 
     s.on_fallback(
@@ -206,8 +209,8 @@ async fn prepare(
         |s: SocketRef, Event(event): Event, TryData(data): TryData<Value>| {
             let admitted = admit(&s, &event);
             async move {
-                if let Some((session, _handling)) = admitted {
-                    handle(&s, &session, &event, data.ok()).await;
+                if let Some(admitted) = admitted {
+                    handle(&s, &admitted, &event, data.ok()).await;
                 }
             }
         },
@@ -221,9 +224,9 @@ async fn prepare(
 }
 
 /// As a client event arrives: `session:init` first, then the event counted against the name
-/// length and rate limits, and tracked for the shutdown's wait (D19) from that moment, not
-/// from when its task first runs. `None`: dropped.
-fn admit(s: &SocketRef, event: &str) -> Option<(Session, TaskToken)> {
+/// length and rate limits, tracked for the shutdown's wait (D19) from that moment, not from
+/// when its task first runs, and a location update given its place in line. `None`: dropped.
+fn admit(s: &SocketRef, event: &str) -> Option<Admitted> {
     let session = s.extensions.get::<Session>()?;
     session_init(s, &session);
     if event.len() > session.max_event_name {
@@ -234,13 +237,99 @@ fn admit(s: &SocketRef, event: &str) -> Option<(Session, TaskToken)> {
         Dropped::RateLimited.count();
         return None;
     }
-    let handling = session.handling.token();
-    Some((session, handling))
+    Some(Admitted {
+        _handling: session.handling.token(),
+        in_line: (event == REQ_LOCATION).then(|| InOrder::ticket(&session.locating)),
+        session,
+    })
+}
+
+/// An admitted client event's session, and what it holds until handled.
+struct Admitted {
+    session: Session,
+    _handling: TaskToken,
+    /// A location update's place in line.
+    in_line: Option<Ticket>,
+}
+
+/// Turns taken in the order tickets were issued: socketioxide runs each event in a task of its
+/// own, and tokio often runs the newest first (a spawned task takes the worker's next slot),
+/// so two location updates read together were applied newest first, leaving the socket in
+/// the older city's room (found by review).
+#[derive(Default)]
+struct InOrder {
+    line: std::sync::Mutex<Line>, // std Mutex: never held across an .await
+    turned: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Line {
+    issued: u64,
+    serving: u64,
+    /// Tickets dropped before their turn (their event's task ended early): skipped.
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+impl InOrder {
+    fn ticket(this: &Arc<Self>) -> Ticket {
+        let mut line = this.lock();
+        line.issued += 1;
+        Ticket {
+            of: Arc::clone(this),
+            number: line.issued - 1,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.line.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A place in line; the turn passes to the next ticket when it drops.
+struct Ticket {
+    of: Arc<InOrder>,
+    number: u64,
+}
+
+impl Ticket {
+    /// Waits for this ticket's turn.
+    async fn turn(&self) {
+        loop {
+            let turned = self.of.turned.notified();
+            tokio::pin!(turned);
+            turned.as_mut().enable();
+            if self.of.lock().serving == self.number {
+                return;
+            }
+            turned.await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut line = self.of.lock();
+        if line.serving != self.number {
+            line.abandoned.insert(self.number);
+            return;
+        }
+        let mut next = self.number + 1;
+        while line.abandoned.remove(&next) {
+            next += 1;
+        }
+        line.serving = next;
+        drop(line);
+        self.of.turned.notify_waiters();
+    }
 }
 
 /// Handles an admitted client event, after a recovered session's replay.
-async fn handle(s: &SocketRef, session: &Session, event: &str, data: Option<Value>) {
+async fn handle(s: &SocketRef, admitted: &Admitted, event: &str, data: Option<Value>) {
+    let session = &admitted.session;
     resume(s, session).await;
+    if let Some(ticket) = &admitted.in_line {
+        ticket.turn().await;
+    }
     // Counted under the event's own name (the snapshot requests were under their replies').
     let Some(&name) = topics::CLIENT_EVENTS.iter().find(|&&known| known == event) else {
         Dropped::UnknownEvent.count();
@@ -363,12 +452,101 @@ mod tests {
         }
     }
 
+    /// Records the location updates it is called with, as they start and end, letting other
+    /// tasks run in between.
+    #[derive(Default)]
+    struct Locations(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl ClientRequests for Locations {
+        fn session_init(&self, _: &ClientIdentity) -> (&'static str, Payload) {
+            ("session:init", Payload::new(&json!({})))
+        }
+        async fn location_update(&self, _: &ClientIdentity, arg: Option<&Value>) {
+            let city = arg
+                .and_then(|a| a["city"].as_str())
+                .unwrap_or("?")
+                .to_owned();
+            self.0.lock().unwrap().push(format!("{city} starts"));
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            self.0.lock().unwrap().push(format!("{city} ends"));
+        }
+        async fn snapshot_request(&self, _: &ClientIdentity, _: SnapshotRequest) {}
+        async fn user_id(&self, _: &ClientIdentity) {}
+    }
+
+    /// Found by review: each event runs in a task of its own, and the newest often ran first,
+    /// so of two updates read together the older city was applied last (and before that
+    /// fix, both at once left the socket in two weather rooms).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sockets_location_updates_are_handled_one_at_a_time_in_the_order_they_came() {
+        let (_layer, io) = SocketIo::new_layer();
+        let locations = Arc::new(Locations::default());
+        let handling = TaskTracker::new();
+        register(
+            &io,
+            &SocketIoSettings::default(),
+            Inbound {
+                requests: locations.clone(),
+                auth: None,
+                recovery: None,
+                on_join: None,
+                handling: handling.clone(),
+            },
+        );
+        let (client, _from_server) = io.new_dummy_sock("/", ()).await;
+        let cities = ["Pune", "Mumbai", "Delhi", "Agra", "Goa"];
+        for city in cities {
+            let event = format!(r#"2["userLocationUpdate",{{"city":"{city}"}}]"#);
+            client
+                .send(engineioxide::Packet::Message(event.into()))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handling.close();
+        tokio::time::timeout(Duration::from_secs(5), handling.wait())
+            .await
+            .unwrap();
+        let expected: Vec<String> = cities
+            .iter()
+            .flat_map(|c| [format!("{c} starts"), format!("{c} ends")])
+            .collect();
+        assert_eq!(*locations.0.lock().unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_ticket_dropped_before_its_turn_is_skipped() {
+        let line = Arc::new(super::InOrder::default());
+        let (first, second, third) = (
+            super::InOrder::ticket(&line),
+            super::InOrder::ticket(&line),
+            super::InOrder::ticket(&line),
+        );
+        first.turn().await;
+        drop(second); // its event's task ended before its turn
+        let waiting = tokio::spawn(async move { third.turn().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the first still holds the turn");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the third's turn comes")
+            .unwrap();
+    }
+
     /// Found by review: the name and rate limits were checked after the replay, so every
     /// event a recovered client sent meanwhile waited in a task of its own, unbounded.
     #[tokio::test]
     async fn events_sent_during_a_replay_are_rate_limited_as_they_arrive() {
         let (_layer, io) = SocketIo::new_layer();
-        let settings = SocketIoSettings::default();
+        // One event a second refills: a slow machine's 300 ms adds at most one to the burst.
+        let settings = SocketIoSettings {
+            rate_per_second: 1,
+            ..SocketIoSettings::default()
+        };
         let release = Arc::new(Notify::new());
         let handling = TaskTracker::new();
         register(
