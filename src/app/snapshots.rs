@@ -39,6 +39,21 @@ struct Entry {
     expires: Instant,
     /// When its record was produced, if known.
     produced_at: Option<SystemTime>,
+    /// Read back at start-up ([`LocalSnapshots::warm`]), not consumed live: never emitted.
+    warmed: bool,
+}
+
+/// What [`LocalSnapshots::store`] made of a live snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Kept: the newest.
+    Kept,
+    /// Not kept: one produced after it was read back at start-up (warm-up's pick, the newest
+    /// of the log). The room has not had that one: this one is still owed to it, in order.
+    OlderThanWarmed,
+    /// Not kept: one produced after it was consumed live, and emitted. Emitted after it, this
+    /// one would show in the room until the next update (D24).
+    Older,
 }
 
 impl LocalSnapshots {
@@ -60,22 +75,32 @@ impl LocalSnapshots {
     /// snapshot holds nothing off: neither may keep the next snapshots out. Returns whether
     /// it was kept.
     pub fn put(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
+        self.store(write, produced_at) == Stored::Kept
+    }
+
+    /// [`put`](Self::put), saying why a snapshot was not kept.
+    pub fn store(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> Stored {
         let produced_at = produced_at.map(|at| at.min(SystemTime::now()));
         let mut entries = self.lock();
-        let newer_held = entries.get(write.key.key).is_some_and(|held| {
+        let newer_held = entries.get(write.key.key).filter(|held| {
             Instant::now() < held.expires
                 && matches!((held.produced_at, produced_at), (Some(held), Some(this)) if held > this)
         });
-        if newer_held {
-            return false;
+        if let Some(held) = newer_held {
+            return if held.warmed {
+                Stored::OlderThanWarmed
+            } else {
+                Stored::Older
+            };
         }
         let entry = Entry {
             value: write.value.clone(),
             expires: Instant::now() + write.key.ttl,
             produced_at,
+            warmed: false,
         };
         entries.insert(write.key.key, entry);
-        true
+        Stored::Kept
     }
 
     /// A snapshot read back from the log at start-up, produced at `produced_at` (now when
@@ -99,6 +124,7 @@ impl LocalSnapshots {
             value: write.value,
             expires: Instant::now() + left,
             produced_at,
+            warmed: true,
         };
         entries.insert(write.key.key, entry);
         true
@@ -209,14 +235,17 @@ impl SnapshotWriter {
     /// Keeps the snapshot, produced at `produced_at`, in process at once, and queues its cache
     /// write; when the queue is full (the cache is stalled) the write is dropped and counted,
     /// never waited for. A snapshot older than the one held is neither kept nor written
-    /// (counted as `result="older"`). Returns whether it was kept: an older one must not be
-    /// emitted nor journaled either, or a room would show it after the newer one (D24).
+    /// (counted as `result="older"`). Returns whether it is to be emitted and journaled: not
+    /// one older than a snapshot consumed live, or a room would show it after the newer one
+    /// (D24); one older only than warm-up's pick is (the room never had that one, and is owed
+    /// every snapshot in order: found by review of the first version, which held these back).
     #[must_use = "an older snapshot must not be emitted"]
     pub fn submit(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
-        if !self.local.put(&write, produced_at) {
+        let stored = self.local.store(&write, produced_at);
+        if stored != Stored::Kept {
             metrics::counter!(SNAPSHOT_WRITES, "key" => write.key.key, "result" => "older")
                 .increment(1);
-            return false;
+            return stored == Stored::OlderThanWarmed;
         }
         self.queue(Write {
             key: write.key.key.to_owned(),
@@ -377,6 +406,28 @@ mod tests {
         let too_old = SystemTime::now() - SNAP_TOPCOINS.ttl;
         assert!(!local.warm(write(SNAP_TOPCOINS, "{}"), Some(too_old)));
         assert_eq!(local.get(SNAP_TOPCOINS.key), None);
+    }
+
+    /// A live snapshot older than warm-up's pick is not kept (hydration keeps the newest) but
+    /// is still owed to the room, which never had the warmed one: after a restart, the records
+    /// between where live reading began and warm-up's read come after it, all older.
+    #[tokio::test]
+    async fn a_live_snapshot_older_than_the_warmed_one_is_emitted_but_not_kept() {
+        let cache = Arc::new(crate::adapters::memory::MemoryCache::default());
+        let local = Arc::new(LocalSnapshots::default());
+        let stop = CancellationToken::new();
+        let (writer, task) = SnapshotWriter::spawn_with(cache.clone(), local.clone(), stop.clone());
+        let t = SystemTime::now();
+        assert!(local.warm(write(SNAP_TOPCOINS, "{\"n\":10}"), Some(t)));
+        let older = Some(t - Duration::from_secs(5));
+        assert!(writer.submit(write(SNAP_TOPCOINS, "{\"n\":9}"), older));
+        assert_eq!(local.get(SNAP_TOPCOINS.key).as_deref(), Some("{\"n\":10}"));
+        // Consumed live, the newer one holds the older ones off the room too.
+        assert!(writer.submit(write(SNAP_TOPCOINS, "{\"n\":11}"), Some(t)));
+        assert!(!writer.submit(write(SNAP_TOPCOINS, "{\"n\":8}"), older));
+        drop(writer);
+        stop.cancel();
+        task.await.unwrap();
     }
 
     /// Found by review: a snapshot warmed from a record stamped an hour ahead (its producer's
