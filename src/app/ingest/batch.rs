@@ -71,6 +71,22 @@ impl Ingestor {
         }
     }
 
+    /// Whether a snapshot read back for the journal (never emitted) is older than one read back
+    /// before it (another partition of a keyless topic): journaled after the newer one, a
+    /// client replaying the journal would end on it (found by review; the store judges live
+    /// records). Not judged against the snapshot held: that is warm-up's pick, the newest of
+    /// the log, and a replay owes every snapshot after the client's offset, in order.
+    fn read_back_older(
+        &self,
+        delivery: &domain::Delivery,
+        produced_at: Option<SystemTime>,
+    ) -> bool {
+        delivery
+            .snapshot
+            .as_ref()
+            .is_some_and(|write| self.read_back.older_than_read(write.key.key, produced_at))
+    }
+
     /// Validates records read together and fans them out, in order; when the consumer is
     /// `behind`, a ticker superseded by a newer one of the batch is not emitted.
     /// Never fails: a bad record is counted and logged, and the others go on.
@@ -161,11 +177,17 @@ impl Ingestor {
                 } else {
                     None
                 };
-            if !history && !self.store(&mut delivery, record.timestamp) {
-                // Produced before what is held: a room that got the newer one, and a client
-                // replaying the journal, must not get this one after it (D24). The journal's
-                // head moves past it here, as past a record that emits nothing, so the cuts of
-                // the emits after it name the same place as on a replica that emitted it.
+            let kept = if history {
+                !self.read_back_older(&delivery, record.timestamp)
+            } else {
+                self.store(&mut delivery, record.timestamp)
+            };
+            if !kept {
+                // Produced before what is held (or, read back, before a snapshot read back
+                // already): a room that got the newer one, and a client replaying the journal,
+                // must not get this one after it (D24). The journal's head moves past it here,
+                // as past a record that emits nothing, so the cuts of the emits after it name
+                // the same place as on a replica that emitted it.
                 if let (Some(journal), Some(topic)) = (journal.as_deref_mut(), topic) {
                     journal.advance(topic, record.partition, record.offset);
                 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use crate::domain::recovery::Journal;
 use crate::domain::topics;
@@ -18,7 +19,12 @@ pub(super) struct ReadBack {
 
 /// The partitions being read back.
 #[derive(Debug, Default)]
-pub(super) struct ReadBacks(Mutex<HashMap<(String, i32), ReadBack>>); // std Mutex: never held across an .await
+pub(super) struct ReadBacks(
+    Mutex<HashMap<(String, i32), ReadBack>>, // std Mutex: never held across an .await
+    /// The newest snapshot journaled from the read-back, per snapshot key: when it was
+    /// produced.
+    Mutex<HashMap<&'static str, SystemTime>>,
+);
 
 impl ReadBacks {
     /// Where to start reading each partition of `live` (the live positions), given `back`
@@ -112,6 +118,28 @@ impl ReadBacks {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), ReadBack>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a snapshot of `key` read back, produced at `produced_at`, is older than one
+    /// read back before it (from another partition of a keyless topic: they are read in no
+    /// order between them). Else it is the newest so far. Unknown or future times count as
+    /// now, as the store counts them.
+    pub(super) fn older_than_read(
+        &self,
+        key: &'static str,
+        produced_at: Option<SystemTime>,
+    ) -> bool {
+        let Some(produced) = produced_at.map(|at| at.min(SystemTime::now())) else {
+            return false;
+        };
+        let mut newest = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        match newest.get(key) {
+            Some(read) if *read > produced => true,
+            _ => {
+                newest.insert(key, produced);
+                false
+            }
+        }
     }
 }
 
