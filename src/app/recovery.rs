@@ -119,15 +119,31 @@ impl RecoverySettings {
                 humantime_serde::re::humantime::format_duration(self.recovery_window)
             ));
         }
-        if self.recovery_token_ttl < self.recovery_window {
+        if self.recovery_token_ttl < Duration::from_secs(1) {
             problems.push(format!(
-                "socketio.recovery_token_ttl: must be at least socketio.recovery_window ({}), got {}: a session id would expire before the client it names could recover",
-                humantime_serde::re::humantime::format_duration(self.recovery_window),
+                "socketio.recovery_token_ttl: at least 1s, got {}: every session id would have expired by the time its client reconnects",
                 humantime_serde::re::humantime::format_duration(self.recovery_token_ttl)
             ));
         }
         problems
     }
+}
+
+/// The replay budget a socket of `socket_room` packets (its send queue and backlog) can take:
+/// a replay is pushed at once, behind the CONNECT packet and `session:init`, and beyond the
+/// room it would overflow the backlog, close the connection (D30), and the client would
+/// reconnect into the same replay (found by review). A larger `configured` budget is capped,
+/// said once at start-up.
+fn replay_budget(configured: usize, socket_room: usize) -> usize {
+    let fits = socket_room.saturating_sub(2).max(1);
+    if configured > fits {
+        tracing::warn!(
+            configured,
+            budget = fits,
+            "socketio.replay_budget is above what a socket's queue and backlog hold (socketio.max_buffer + socketio.max_backlog - 2): replays are capped there (raise those to replay more)"
+        );
+    }
+    configured.min(fits)
 }
 
 /// The recovery secret held in `path`, trimmed.
@@ -199,8 +215,9 @@ pub fn now_ms() -> u64 {
 
 impl Recovery {
     /// Recovery as configured, replaying through `fanout`, a handshake waiting to catch up
-    /// within `connect_timeout` ([`Recovery::catching_up_within`]); `None` when
-    /// `socketio.recovery_window` is 0.
+    /// within `connect_timeout` ([`Recovery::catching_up_within`]), a replay fitting in
+    /// `socket_room` packets (a socket's send queue and backlog: [`replay_budget`]); `None`
+    /// when `socketio.recovery_window` is 0.
     ///
     /// # Errors
     /// When `socketio.recovery_secret_file` cannot be read or holds too short a secret (names
@@ -208,11 +225,13 @@ impl Recovery {
     pub fn from_settings(
         settings: &RecoverySettings,
         connect_timeout: Duration,
+        socket_room: usize,
         fanout: Arc<dyn ClientFanout>,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if settings.recovery_window.is_zero() {
             return Ok(None);
         }
+        let budget = replay_budget(settings.replay_budget, socket_room);
         let secret = match (&settings.recovery_secret, &settings.recovery_secret_file) {
             (Some(Secret(secret)), _) => secret.trim().as_bytes().to_vec(),
             (None, Some(path)) => read_secret_file(path).map_err(anyhow::Error::msg)?,
@@ -230,7 +249,7 @@ impl Recovery {
                 secret,
                 settings.recovery_window,
                 settings.recovery_token_ttl,
-                settings.replay_budget,
+                budget,
                 settings.recovery_max_events,
                 fanout,
             )
@@ -668,6 +687,17 @@ mod tests {
             admission.resume.is_none(),
             "an offset older than the window"
         );
+    }
+
+    #[test]
+    fn a_replay_budget_beyond_a_sockets_room_is_capped_to_it() {
+        assert_eq!(replay_budget(200, 512), 200);
+        assert_eq!(
+            replay_budget(200, 20),
+            18,
+            "the CONNECT packet and session:init first"
+        );
+        assert_eq!(replay_budget(5, 1), 1);
     }
 
     /// Found by review: socketioxide closes a session still connecting after

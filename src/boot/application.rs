@@ -81,6 +81,7 @@ impl Application {
         let recovery = Recovery::from_settings(
             &settings.recovery,
             settings.socketio.connect_timeout,
+            settings.socketio.max_buffer + settings.socketio.max_backlog,
             Arc::new(fanout.clone()),
         )?;
         let handling = TaskTracker::new();
