@@ -986,24 +986,11 @@ mod tests {
                 ReadBack { next: 30, live: 50 },
             );
         }
-        let coins = |n: u32| format!(r#"{{"topCoins":[{{"symbol":"C{n}"}}]}}"#);
         let t = SystemTime::now();
-        let newer = stamped(topics::TOPCOINS_EVENTS, &coins(2), 0, 40, t);
-        let older = stamped(
-            topics::TOPCOINS_EVENTS,
-            &coins(1),
-            1,
-            30,
-            t - Duration::from_secs(5),
-        );
+        let (newer, older) = coins_newer_then_older(t);
         ingestor.handle(&[newer], false).await;
         ingestor.handle(&[older], false).await;
-        let journaled: Vec<String> = recovery
-            .journal()
-            .await
-            .entries()
-            .map(|e| e.payload.as_str().to_owned())
-            .collect();
+        let journaled = journaled(&recovery).await;
         assert_eq!(journaled.len(), 1, "{journaled:?}");
         assert!(journaled[0].contains("C2"), "{journaled:?}");
         assert!(
@@ -1172,26 +1159,13 @@ mod tests {
             crate::adapters::memory::MemoryBus::new(),
             Duration::from_secs(3600),
         );
-        let coins = |n: u32| format!(r#"{{"topCoins":[{{"symbol":"C{n}"}}]}}"#);
         let t = SystemTime::now();
-        let newer = stamped(topics::TOPCOINS_EVENTS, &coins(2), 0, 40, t);
-        let older = stamped(
-            topics::TOPCOINS_EVENTS,
-            &coins(1),
-            1,
-            30,
-            t - Duration::from_secs(5),
-        );
+        let (newer, older) = coins_newer_then_older(t);
         ingestor.handle(&[newer, older], false).await;
         let delivered = fanout.delivered();
         assert_eq!(delivered.len(), 1, "{delivered:?}");
         assert!(delivered[0].payload.as_str().contains("C2"));
-        let journaled: Vec<String> = recovery
-            .journal()
-            .await
-            .entries()
-            .map(|e| e.payload.as_str().to_owned())
-            .collect();
+        let journaled = journaled(&recovery).await;
         assert_eq!(journaled.len(), 1, "{journaled:?}");
         assert!(journaled[0].contains("C2"));
         // A later one still goes out, whichever partition it comes from.
@@ -1206,6 +1180,36 @@ mod tests {
         assert_eq!(fanout.delivered().len(), 2);
         assert_eq!(recovery.journal().await.len(), 2);
         stop.cancel();
+    }
+
+    /// A top-coins snapshot whose coin is `C<n>`.
+    fn coins(n: u32) -> String {
+        format!(r#"{{"topCoins":[{{"symbol":"C{n}"}}]}}"#)
+    }
+
+    /// Top-coins snapshots from two partitions: `C2` produced at `t` (partition 0, offset 40),
+    /// `C1` five seconds before (partition 1, offset 30).
+    fn coins_newer_then_older(t: SystemTime) -> (Record, Record) {
+        (
+            stamped(topics::TOPCOINS_EVENTS, &coins(2), 0, 40, t),
+            stamped(
+                topics::TOPCOINS_EVENTS,
+                &coins(1),
+                1,
+                30,
+                t - Duration::from_secs(5),
+            ),
+        )
+    }
+
+    /// The payloads of the journal's entries, in order.
+    async fn journaled(recovery: &crate::app::recovery::Recovery) -> Vec<String> {
+        recovery
+            .journal()
+            .await
+            .entries()
+            .map(|e| e.payload.as_str().to_owned())
+            .collect()
     }
 
     /// A weather room result as the weather service sends it, with the temperature `t`.

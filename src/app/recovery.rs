@@ -216,7 +216,7 @@ pub fn now_ms() -> u64 {
 impl Recovery {
     /// Recovery as configured, replaying through `fanout`, a handshake waiting to catch up
     /// within `connect_timeout` ([`Recovery::catching_up_within`]), a replay fitting in
-    /// `socket_room` packets (a socket's send queue and backlog: [`replay_budget`]); `None`
+    /// `socket_room` packets (a socket's send queue and backlog: `replay_budget`); `None`
     /// when `socketio.recovery_window` is 0.
     ///
     /// # Errors

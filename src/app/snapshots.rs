@@ -67,18 +67,19 @@ impl LocalSnapshots {
         self.gate.read().await
     }
 
+    /// Whether [`store`](Self::store) kept the snapshot (the tests' shorthand).
+    #[cfg(test)]
+    pub fn put(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
+        self.store(write, produced_at) == Stored::Kept
+    }
+
     /// A snapshot consumed live, produced at `produced_at` (unknown: now): it replaces what is
     /// held, unless that was produced later. After an outage a topic's partitions are read
     /// back in no particular order between them, and a keyless snapshot topic spreads its
     /// records over all of them: the last one read is not always the newest. A record stamped
     /// in the future (its producer's clock ahead) counts as produced now, and an expired
     /// snapshot holds nothing off: neither may keep the next snapshots out. Returns whether
-    /// it was kept.
-    pub fn put(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
-        self.store(write, produced_at) == Stored::Kept
-    }
-
-    /// [`put`](Self::put), saying why a snapshot was not kept.
+    /// it was kept, and if not, why.
     pub fn store(&self, write: &SnapshotWrite, produced_at: Option<SystemTime>) -> Stored {
         let produced_at = produced_at.map(|at| at.min(SystemTime::now()));
         let mut entries = self.lock();
@@ -105,7 +106,7 @@ impl LocalSnapshots {
 
     /// A snapshot read back from the log at start-up, produced at `produced_at` (now when
     /// unknown): kept only when nothing was consumed meanwhile and it has not expired yet.
-    /// Stamped in the future, it counts as produced now, as in [`put`](Self::put): else every
+    /// Stamped in the future, it counts as produced now, as in [`store`](Self::store): else every
     /// live snapshot would be refused as older until the producer's skew passed or it expired.
     /// Returns whether it was kept.
     pub fn warm(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) -> bool {

@@ -123,7 +123,8 @@ impl WeatherDesk {
     }
 
     /// [`judge`](Self::judge), keeping only the value to write to the shared cache when the
-    /// result became the latest.
+    /// result became the latest (the tests' shorthand).
+    #[cfg(test)]
     pub fn record(
         &self,
         result: &WeatherResult,
