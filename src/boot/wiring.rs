@@ -70,6 +70,14 @@ impl AdapterSettings {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let wanted = valkey.enabled && (config.is_set("valkey") || kafka.is_enabled());
         let sim: SimSettings = config.section("sim")?;
+        if wanted && !kafka.is_enabled() && sim.enabled {
+            // Most likely the original's variables with the broker's forgotten: the simulator's
+            // made-up prices would reach every gateway that shares the cache.
+            anyhow::bail!(
+                "invalid configuration: Valkey is configured ({}) but no Kafka broker is, so embedded mode would write the simulator's made-up snapshots and weather into that shared cache, where gateways reading Kafka serve them to users: set KAFKA_BROKER_ADDRESS (or FLUX_KAFKA__BROKERS) for real data, or FLUX_SIM__ENABLED=false to run without the simulator, or unset the Valkey settings (VALKEY_*, FLUX_VALKEY__*) for a demo",
+                valkey.server()
+            );
+        }
         Ok(Self {
             kafka,
             valkey: wanted.then_some(valkey),
@@ -140,4 +148,54 @@ async fn cache(adapters: &AdapterSettings) -> anyhow::Result<Arc<dyn SnapshotCac
             Arc::new(MemoryCache::default())
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
+mod tests {
+    use super::*;
+
+    /// The adapter settings from these variables (`FLUX_*` are read from the process
+    /// environment, which `figment::Jail` sets and serialises).
+    fn adapters(pairs: &[(&str, &str)]) -> Result<AdapterSettings, String> {
+        let mut result = Err(String::new());
+        figment::Jail::expect_with(|jail| {
+            let mut env = Vec::new();
+            for (k, v) in pairs {
+                jail.set_env(k, v);
+                env.push(((*k).to_owned(), (*v).to_owned()));
+            }
+            result = Config::from_parts(None, &env)
+                .and_then(|c| AdapterSettings::from_config(&c))
+                .map_err(|e| e.to_string());
+            Ok(())
+        });
+        result
+    }
+
+    #[test]
+    fn embedded_mode_with_a_valkey_and_the_simulator_is_refused_naming_the_fixes() {
+        for valkey in [
+            ("VALKEY_HOST", "cache.internal"),
+            ("FLUX_VALKEY__URL", "redis://cache.internal:6379"),
+        ] {
+            let err = adapters(&[valkey]).unwrap_err();
+            for needle in [
+                "cache.internal:6379",
+                "KAFKA_BROKER_ADDRESS",
+                "FLUX_SIM__ENABLED=false",
+                "unset the Valkey settings",
+            ] {
+                assert!(err.contains(needle), "{valkey:?}: no {needle:?} in {err}");
+            }
+        }
+        // Each way out of it starts.
+        let valkey = ("VALKEY_HOST", "cache.internal");
+        let kafka = adapters(&[valkey, ("KAFKA_BROKER_ADDRESS", "k:9092")]).unwrap();
+        assert!(kafka.kafka.is_enabled() && kafka.valkey.is_some());
+        let no_sim = adapters(&[valkey, ("FLUX_SIM__ENABLED", "false")]).unwrap();
+        assert!(no_sim.valkey.is_some() && !no_sim.kafka.is_enabled());
+        let demo = adapters(&[]).unwrap();
+        assert!(!demo.kafka.is_enabled() && demo.valkey.is_none() && demo.sim.enabled);
+    }
 }

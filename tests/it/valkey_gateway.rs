@@ -197,6 +197,8 @@ async fn a_wrong_password_is_reported_clearly_and_the_gateway_runs_degraded() {
         .env("VALKEY_HOST", "127.0.0.1")
         .env("VALKEY_PORT", server.port().to_string())
         .env("VALKEY_PASSWORD", "wrong-password")
+        // Embedded mode writing simulated data to a shared Valkey is refused.
+        .env("FLUX_SIM__ENABLED", "false")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

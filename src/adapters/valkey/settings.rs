@@ -183,6 +183,14 @@ impl ValkeySettings {
         }
     }
 
+    /// `host:port` of the configured server, for error messages (never the credentials).
+    pub fn server(&self) -> String {
+        self.url.trim().into_connection_info().map_or_else(
+            |_| "the configured server".to_owned(),
+            |info| describe_addr(info.addr()),
+        )
+    }
+
     /// Validates, reads the password file and builds the redis connection description.
     ///
     /// # Errors

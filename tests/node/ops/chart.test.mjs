@@ -331,10 +331,16 @@ describe("Helm chart invariants (helm template)", () => {
       [["--set", "recovery.secret.value=too-short"], /at least 32 characters/],
       [["--set", "lifecycle.terminationMarginSeconds=0"], /terminationMarginSeconds/],
       [["--set", "config.NOT_FLUX=1"], /FLUX_|propertyNames|pattern/],
+      // The gateway itself refuses it (exit 2): the chart says so before any pod crash-loops.
+      [["--set", "valkey.url=redis://valkey:6379"], /kafka.brokers is empty.*simulator/],
     ];
     for (const [args, message] of cases) {
       const err = renderChart(args, { expectFailure: true });
       assert.match(err, message, `helm template ${args.join(" ")}: ${err}`);
+    }
+    // Each way out of it renders.
+    for (const way of [["--set", "kafka.brokers={kafka-0:9092}"], ["--set", "config.FLUX_SIM__ENABLED=false"]]) {
+      renderChart(["--set", "valkey.url=redis://valkey:6379", ...way]);
     }
   });
 });
