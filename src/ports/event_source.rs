@@ -163,6 +163,10 @@ pub trait EventSource: Send + Sync {
     /// - Any other partition that exists when subscribing (a topic `from` does not name) MUST
     ///   start at its latest offset (only records produced after the call are delivered).
     /// - A partition that appears later MUST be read from its beginning.
+    /// - A partition that cannot be read while the brokers answer (it has no leader) MUST NOT
+    ///   stop the others, neither when subscribing nor later: it is read, from where these
+    ///   rules say, once it can be. One that [`latest_positions`](Self::latest_positions)
+    ///   left out for that reason starts at its first record produced since that call.
     /// - Records of one partition MUST be delivered in offset order.
     /// - Records that are not delivered (transaction markers, records of aborted
     ///   transactions, batches that cannot be decoded) MUST be announced by a
@@ -184,6 +188,8 @@ pub trait EventSource: Send + Sync {
     /// The next offset of every partition of `topics` now: where `subscribe` with an empty
     /// `from` would start. Passing it as `from` to the first `subscribe` makes every later
     /// resume exact, also for partitions that delivered nothing before an outage.
+    ///
+    /// A partition that cannot be read while the brokers answer (no leader) is left out.
     ///
     /// # Errors
     /// MUST return [`EventSourceError::Unavailable`] when no broker answers.

@@ -1348,3 +1348,86 @@ async fn a_command_refused_for_too_few_in_sync_replicas_fails_in_time_then_lands
         "the refused one never written, the other once"
     );
 }
+
+/// Produces `values` to `partition` through a client of its own: the test's client may still
+/// hold a connection to a broker that was stopped.
+async fn produce_to(broker: &KafkaBroker, topic: &str, partition: i32, values: &[&str]) {
+    let client = broker.client(DIRECT).await;
+    produce(&client, topic, partition, values).await;
+}
+
+#[tokio::test]
+async fn a_partition_whose_only_broker_is_down_stops_neither_the_others_nor_a_start() {
+    let leader = KafkaBroker::start().await;
+    let mut follower = leader.start_follower().await;
+    let direct = leader.client(DIRECT).await;
+    let topic = unique("leaderless");
+    // Partition 0 on node 2 alone, partition 1 on node 1 alone (replication factor 1, the
+    // brokers' default).
+    leader
+        .topics(&["--create", "--topic", &topic, "--replica-assignment", "2,1"])
+        .await;
+    leader.wait_partitions(&direct, &topic, 2).await;
+    produce(&direct, &topic, 0, &["old"]).await;
+    let source = KafkaEventSource::new(connect(&leader).await);
+
+    // A start while node 2 is down: partition 0 has no leader.
+    follower.stop(false);
+    let positions =
+        tokio::time::timeout(Duration::from_secs(30), source.latest_positions(&[&topic]))
+            .await
+            .expect("the positions of what can be read, in bounded time")
+            .expect("the brokers answer: not an outage");
+    assert_eq!(positions.get(&topic, 1), Some(0));
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    produce_to(&leader, &topic, 1, &["a0"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(values(&got), ["a0"], "partition 1 is read meanwhile");
+
+    // Node 2 is back: partition 0 starts at its log end, not at its start ("old").
+    follower.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce_to(&leader, &topic, 0, &["b0"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(40)).await;
+    assert_eq!(values(&got), ["b0"]);
+
+    // Node 2 crashes under a running subscription: partition 1 reads on.
+    follower.stop(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce_to(&leader, &topic, 1, &["a1"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(15)).await;
+    assert_eq!(values(&got), ["a1"], "the subscription goes on");
+    follower.restart().await;
+    produce_to(&leader, &topic, 0, &["b1"]).await;
+    let got = take(&mut stream, 1, Duration::from_secs(40)).await;
+    assert_eq!(values(&got), ["b1"], "partition 0 reads on where it was");
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_resume_after_retention_removed_the_last_record_handled_loses_nothing() {
+    let broker = KafkaBroker::start().await;
+    let direct = broker.client(DIRECT).await;
+    let topic = unique("retention");
+    broker.create_topic(&direct, &topic, 1).await;
+    // One millisecond for all: resuming by time would skip every record at the position.
+    let at = flux_bff::adapters::kafka::record_timestamp_now();
+    produce_at(&direct, &topic, &stamped("r", 6, |_| at)).await;
+    let source = KafkaEventSource::new(connect(&broker).await);
+    let positions = read_from_start(&source, &topic, 3).await;
+    assert_eq!(positions.get(&topic, 0), Some(3));
+
+    // Retention (here a DeleteRecords) removes the log up to the position: r2, the last
+    // record handled, is gone; r3 is not.
+    direct
+        .partition_client(&topic, 0, UnknownTopicHandling::Retry)
+        .await
+        .unwrap()
+        .delete_records(3, 5_000)
+        .await
+        .unwrap();
+    let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
+    let got = take(&mut stream, 3, Duration::from_secs(10)).await;
+    assert_eq!(values(&got), ["r3", "r4", "r5"]);
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+}

@@ -38,6 +38,17 @@ pub(crate) enum Trouble {
 
 impl Trouble {
     pub(crate) fn from_rskafka(topic: &str, error: &RsError) -> Self {
+        // rskafka retries "no leader", "not the leader" and "unknown topic or partition" until
+        // its deadline, then wraps the last error: when that was the broker's answer, the
+        // brokers can be reached and it is that answer which counts (D31, D33), not a lost
+        // connection.
+        if let Some(answer @ RsError::ServerError { .. }) = last_retried(error) {
+            return match Self::from_rskafka(topic, answer) {
+                Self::Unavailable(_) | Self::Busy(_) => Self::Busy(format!("{topic}: {error}")),
+                Self::UnknownTopic(topic) => Self::UnknownTopic(topic),
+                Self::Refused(_) => Self::Refused(format!("{topic}: {error}")),
+            };
+        }
         match error {
             RsError::ServerError {
                 protocol_error: ProtocolError::UnknownTopicOrPartition,
@@ -52,6 +63,23 @@ impl Trouble {
             e if is_connection_error(e) => Self::Unavailable(format!("{topic}: {e}")),
             e => Self::Refused(format!("{topic}: {e}")),
         }
+    }
+}
+
+impl std::fmt::Display for Trouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable(m) | Self::Busy(m) | Self::Refused(m) => f.write_str(m),
+            Self::UnknownTopic(topic) => write!(f, "{topic}: unknown topic or partition"),
+        }
+    }
+}
+
+/// The last error of the attempts rskafka retried until its deadline, if `error` is that.
+fn last_retried(error: &RsError) -> Option<&RsError> {
+    match error {
+        RsError::RetryFailed(e) => std::error::Error::source(e)?.downcast_ref::<RsError>(),
+        _ => None,
     }
 }
 
@@ -94,5 +122,55 @@ pub(crate) fn is_connection_error(error: &RsError) -> bool {
                 | ProtocolError::KafkaStorageError
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rskafka::BackoffError;
+    use rskafka::client::error::RequestContext;
+
+    use super::*;
+
+    fn answer(protocol_error: ProtocolError) -> RsError {
+        RsError::ServerError {
+            protocol_error,
+            error_message: None,
+            request: RequestContext::Partition("t".into(), 0),
+            response: None,
+            is_virtual: true,
+        }
+    }
+
+    fn retried(last: RsError) -> RsError {
+        RsError::RetryFailed(BackoffError::DeadlineExceded {
+            deadline: Duration::from_secs(5),
+            source: Box::new(last),
+        })
+    }
+
+    #[test]
+    fn a_broker_answer_retried_to_the_deadline_is_that_answer_not_a_lost_broker() {
+        for no_leader in [
+            ProtocolError::LeaderNotAvailable,
+            ProtocolError::NotLeaderOrFollower,
+        ] {
+            let trouble = Trouble::from_rskafka("t", &retried(answer(no_leader)));
+            assert!(
+                matches!(trouble, Trouble::Busy(_)),
+                "{no_leader:?}: {trouble:?}"
+            );
+        }
+        let trouble = Trouble::from_rskafka(
+            "t",
+            &retried(answer(ProtocolError::UnknownTopicOrPartition)),
+        );
+        assert!(matches!(trouble, Trouble::UnknownTopic(_)), "{trouble:?}");
+        // A connection that kept failing is a lost broker.
+        let io = RsError::Request(RequestError::IO(std::io::Error::other("reset")));
+        let trouble = Trouble::from_rskafka("t", &retried(io));
+        assert!(matches!(trouble, Trouble::Unavailable(_)), "{trouble:?}");
     }
 }

@@ -40,11 +40,59 @@ struct PartitionSeen {
     /// When the partition was first opened: where to resume when its log went back before
     /// the caller handled any record of it.
     opened: DateTime<Utc>,
+    /// When [`EventSource::latest_positions`] could not read its log end (no leader): a
+    /// subscription that has no position for it starts it at its first record produced
+    /// since, once it can be read, not at its log start as a partition that appeared since.
+    end_unread: Option<DateTime<Utc>>,
 }
 
 /// The offset and timestamp of the last record handled from a partition (see
 /// [`Positions::last_handled`]), then of the last one its fetch loop sent.
 type Last = Option<(i64, Option<SystemTime>)>;
+
+impl PartitionSeen {
+    fn new(high_watermark: i64) -> Self {
+        Self {
+            high_watermark,
+            opened: record_timestamp_now(),
+            end_unread: None,
+        }
+    }
+}
+
+/// Where a partition's reading starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    At(i64),
+    Earliest,
+    Latest,
+    /// The first record produced at or after this time, else the log end: the log end as it
+    /// was then, for a partition that could not be read then (without a leader nothing is
+    /// appended, and what is appended once it has one is new).
+    Since(DateTime<Utc>),
+}
+
+/// A partition of a subscription: opened at an offset, or to be opened by its fetch loop
+/// once it can be (it had no leader when the subscription began).
+enum Opening {
+    Now(Arc<PartitionClient>, i64),
+    Later {
+        topic: String,
+        partition: i32,
+        start: Start,
+    },
+}
+
+impl Opening {
+    fn partition(&self) -> (&str, i32) {
+        match self {
+            Self::Now(client, _) => (client.topic(), client.partition()),
+            Self::Later {
+                topic, partition, ..
+            } => (topic, *partition),
+        }
+    }
+}
 
 /// Reads event topics from Kafka. Cheap to clone; every subscription has its own fetch loops.
 #[derive(Clone, Debug)]
@@ -73,11 +121,59 @@ impl KafkaEventSource {
     fn saw(&self, topic: &str, partition: i32, high_watermark: i64) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.entry((topic.to_owned(), partition))
-            .or_insert_with(|| PartitionSeen {
-                high_watermark,
-                opened: record_timestamp_now(),
-            })
+            .or_insert_with(|| PartitionSeen::new(high_watermark))
             .high_watermark = high_watermark;
+    }
+
+    /// Notes that the log end of `topic`/`partition` could not be read for the caller.
+    fn end_unread(&self, topic: &str, partition: i32) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.entry((topic.to_owned(), partition))
+            .or_insert_with(|| PartitionSeen::new(0))
+            .end_unread
+            .get_or_insert_with(record_timestamp_now);
+    }
+
+    /// Where a partition that `from` does not list starts: at its first record produced since
+    /// its log end was left unread, if it was; else at its log start when `from` names its
+    /// topic (it appeared since the caller last read it), else at its log end.
+    fn start_of(&self, topic: &str, partition: i32, from: &Positions) -> Start {
+        if let Some(offset) = from.get(topic, partition) {
+            return Start::At(offset);
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let unread = seen
+            .get(&(topic.to_owned(), partition))
+            .and_then(|s| s.end_unread);
+        match unread {
+            Some(at) => Start::Since(at),
+            None if from.names_topic(topic) => Start::Earliest,
+            None => Start::Latest,
+        }
+    }
+
+    /// Whether any broker answers a metadata request within `request_timeout`: a partition
+    /// whose leader cannot be reached while this holds is that partition's trouble alone.
+    async fn cluster_answers(&self) -> bool {
+        let limit = self.client.settings().request_timeout;
+        matches!(
+            tokio::time::timeout(limit, self.client.partition_counts()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Whether `trouble` reading one partition ends the whole subscription: the brokers are
+    /// lost (the consumer re-subscribes with back-off and every partition resumes) or the
+    /// topic is gone. Anything else concerns this partition alone and is retried on it alone:
+    /// its data (a response this client cannot read), or its leader (none elected, or not
+    /// reachable while another broker answers, as when the only broker holding it is down):
+    /// the other partitions read on (D31).
+    async fn ends_subscription(&self, trouble: &Trouble) -> bool {
+        match trouble {
+            Trouble::Refused(_) | Trouble::Busy(_) => false,
+            Trouble::UnknownTopic(_) => true,
+            Trouble::Unavailable(_) => !self.cluster_answers().await,
+        }
     }
 
     /// Where to resume `topic`/`partition` by time if its log went back: after `last`, the
@@ -102,14 +198,33 @@ impl KafkaEventSource {
             .map_err(to_port_error)
     }
 
-    /// Opens every partition of `topics`, each at its position in `from`; a partition `from`
-    /// does not list starts at its log start when `from` names its topic (it appeared since
-    /// the caller last read it), else at its log end.
+    /// A client for `topic`/`partition` and the offset `start` names there.
+    async fn open_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: Start,
+    ) -> Result<(Arc<PartitionClient>, i64), Trouble> {
+        let client = self.client.partition_client(topic, partition).await?;
+        let limit = self.client.settings().request_timeout * 2;
+        let offset = match start {
+            Start::At(offset) => Ok(offset),
+            Start::Earliest => bounded(limit, client.get_offset(OffsetAt::Earliest)).await,
+            Start::Latest => latest(&client, limit).await,
+            Start::Since(at) => first_since(&client, at, limit).await,
+        }
+        .map_err(|e| Trouble::from_rskafka(topic, &e))?;
+        Ok((client, offset))
+    }
+
+    /// Opens every partition of `topics`, each where [`start_of`](Self::start_of) says. A
+    /// partition that cannot be opened while the brokers answer (no leader) is left to its
+    /// fetch loop ([`Opening::Later`]); one the brokers do not answer for fails it all.
     async fn open_all(
         &self,
         topics: &[&str],
         from: &Positions,
-    ) -> Result<(HashMap<String, i32>, Vec<(Arc<PartitionClient>, i64)>), EventSourceError> {
+    ) -> Result<(HashMap<String, i32>, Vec<Opening>), EventSourceError> {
         let counts = topics::create_missing(&self.client, topics)
             .await
             .map_err(|e| match e {
@@ -126,25 +241,37 @@ impl KafkaEventSource {
                 .get(*topic)
                 .ok_or_else(|| EventSourceError::UnknownTopic((*topic).to_owned()))?;
             known.insert((*topic).to_owned(), count);
-            let resumed = from.names_topic(topic);
-            wanted.extend((0..count).map(|p| (*topic, p, from.get(topic, p), resumed)));
+            wanted.extend((0..count).map(|p| (*topic, p, self.start_of(topic, p, from))));
         }
-        let settings = self.client.settings();
         let opened = futures::future::try_join_all(wanted.into_iter().map(
-            |(topic, partition, from, resumed)| async move {
-                let client = self.open(topic, partition).await?;
-                let limit = settings.request_timeout * 2;
-                let offset = match from {
-                    Some(offset) => offset,
-                    None if resumed => bounded(limit, client.get_offset(OffsetAt::Earliest))
-                        .await
-                        .map_err(|e| to_source_error(topic, partition, &e))?,
-                    None => latest(&client, limit)
-                        .await
-                        .map_err(|e| to_source_error(topic, partition, &e))?,
-                };
-                tracing::debug!(topic, partition, offset, "starting partition");
-                Ok::<_, EventSourceError>((client, offset))
+            |(topic, partition, start)| async move {
+                match self.open_at(topic, partition, start).await {
+                    Ok((client, offset)) => {
+                        tracing::debug!(topic, partition, offset, "starting partition");
+                        Ok(Opening::Now(client, offset))
+                    }
+                    Err(trouble) if self.ends_subscription(&trouble).await => {
+                        Err(to_port_error(trouble))
+                    }
+                    Err(trouble) => {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            reason = %trouble,
+                            "kafka partition cannot be read now (the brokers answer); the other partitions start, this one when it can be read"
+                        );
+                        // Its log end, as it is now, whenever it is read.
+                        let start = match start {
+                            Start::Latest => Start::Since(record_timestamp_now()),
+                            start => start,
+                        };
+                        Ok(Opening::Later {
+                            topic: topic.to_owned(),
+                            partition,
+                            start,
+                        })
+                    }
+                }
             },
         ))
         .await?;
@@ -173,11 +300,17 @@ impl EventSource for KafkaEventSource {
         }
         let opened = opened
             .into_iter()
-            .map(|(client, offset)| {
+            .map(|opening| {
+                let (topic, partition) = opening.partition();
                 let last = from
-                    .last_handled(client.topic(), client.partition())
-                    .filter(|(last, _)| *last < offset);
-                (client, offset, last)
+                    .last_handled(topic, partition)
+                    .filter(|(last, _)| match &opening {
+                        Opening::Now(_, offset) => last < offset,
+                        Opening::Later { start, .. } => {
+                            matches!(start, Start::At(offset) if last < offset)
+                        }
+                    });
+                (opening, last)
             })
             .collect();
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -192,8 +325,15 @@ impl EventSource for KafkaEventSource {
     async fn latest_positions(&self, topics: &[&str]) -> Result<Positions, EventSourceError> {
         let (_, opened) = self.open_all(topics, &Positions::default()).await?;
         let mut positions = Positions::default();
-        for (client, offset) in opened {
-            positions.set(client.topic(), client.partition(), offset);
+        for opening in opened {
+            match opening {
+                Opening::Now(client, offset) => {
+                    positions.set(client.topic(), client.partition(), offset);
+                }
+                Opening::Later {
+                    topic, partition, ..
+                } => self.end_unread(&topic, partition),
+            }
         }
         Ok(positions)
     }
@@ -212,18 +352,15 @@ impl EventSource for KafkaEventSource {
         let since = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
         let limit = self.client.settings().request_timeout * 2;
         let mut positions = Positions::default();
+        // A partition that cannot be read now has nothing to read back either: it starts
+        // where the positions of the caller's first subscription say.
+        let opened = opened.into_iter().filter_map(|opening| match opening {
+            Opening::Now(client, end) => Some((client, end)),
+            Opening::Later { .. } => None,
+        });
         for (client, end) in opened {
             let (topic, partition) = (client.topic(), client.partition());
-            let first = async {
-                let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
-                let at = bounded(limit, client.get_offset(OffsetAt::Timestamp(since))).await?;
-                Ok::<_, RsError>(if (earliest..end).contains(&at) {
-                    at
-                } else {
-                    end
-                })
-            };
-            let offset = first
+            let offset = first_since_before(&client, since, end, limit)
                 .await
                 .map_err(|e| to_source_error(topic, partition, &e))?;
             positions.set(topic, partition, offset);
@@ -284,6 +421,34 @@ impl EventSource for KafkaEventSource {
 /// high watermark for a consumer).
 async fn latest(client: &PartitionClient, limit: Duration) -> Result<i64, RsError> {
     bounded(limit, client.get_offset(OffsetAt::Latest)).await
+}
+
+/// The offset of the first record produced at or after `since`, kept within the log: the log
+/// end when no record is that new.
+async fn first_since(
+    client: &PartitionClient,
+    since: DateTime<Utc>,
+    limit: Duration,
+) -> Result<i64, RsError> {
+    let end = latest(client, limit).await?;
+    first_since_before(client, since, end, limit).await
+}
+
+/// [`first_since`], with the log end read already.
+async fn first_since_before(
+    client: &PartitionClient,
+    since: DateTime<Utc>,
+    end: i64,
+    limit: Duration,
+) -> Result<i64, RsError> {
+    let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
+    let at = bounded(limit, client.get_offset(OffsetAt::Timestamp(since))).await?;
+    // Kafka answers -1 when no record is that new.
+    Ok(if (earliest..end).contains(&at) {
+        at
+    } else {
+        end
+    })
 }
 
 /// Records read back per step by [`partition_tail`] at first; each step doubles, up to
@@ -362,13 +527,13 @@ async fn partition_tail(
 async fn supervise(
     source: KafkaEventSource,
     mut known: HashMap<String, i32>,
-    opened: Vec<(Arc<PartitionClient>, i64, Last)>,
+    opened: Vec<(Opening, Last)>,
     tx: mpsc::Sender<Item>,
 ) {
     let settings = source.client.settings().clone();
     let mut loops = JoinSet::new();
-    for (client, offset, last) in opened {
-        loops.spawn(fetch_loop(source.clone(), client, offset, last, tx.clone()));
+    for (opening, last) in opened {
+        loops.spawn(fetch_loop(source.clone(), opening, last, tx.clone()));
     }
     let mut tick = tokio::time::interval(settings.metadata_refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,14 +576,18 @@ async fn pick_up_new_partitions(
     for (topic, count) in known.iter_mut() {
         let now = counts.get(topic).copied().unwrap_or(0);
         for partition in *count..now {
-            let client = source.open(topic, partition).await?;
             tracing::info!(
                 topic,
                 partition,
                 "new partition, reading it from its beginning"
             );
             // Offset 0: if retention already removed it, the fetch loop moves to the earliest.
-            loops.spawn(fetch_loop(source.clone(), client, 0, None, tx.clone()));
+            let opening = Opening::Later {
+                topic: topic.clone(),
+                partition,
+                start: Start::At(0),
+            };
+            loops.spawn(fetch_loop(source.clone(), opening, None, tx.clone()));
         }
         *count = (*count).max(now);
     }
@@ -432,16 +601,18 @@ const PARTITION_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Fetches one partition from `offset` on, in order, until the broker is lost or the stream
 /// is dropped. `last` is the last record the caller handled there, if it is known. A fetch
-/// that fails for another reason (a response this client cannot read) is retried on this
-/// partition alone, with back-off; the other partitions read on.
+/// that fails for another reason ([`ends_subscription`]) is retried on this partition alone,
+/// with back-off; the other partitions read on.
 async fn fetch_loop(
     source: KafkaEventSource,
-    client: Arc<PartitionClient>,
-    mut offset: i64,
+    opening: Opening,
     mut last: Last,
     tx: mpsc::Sender<Item>,
 ) {
     let settings = source.client.settings().clone();
+    let Some((client, mut offset)) = opened(&source, opening, &tx).await else {
+        return;
+    };
     let topic: Arc<str> = Arc::from(client.topic());
     let partition = client.partition();
     let max_wait_ms = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
@@ -481,15 +652,17 @@ async fn fetch_loop(
                     return;
                 }
             },
-            Err(e) if ends_subscription(&topic, &e) => {
+            Err(e)
+                if source
+                    .ends_subscription(&Trouble::from_rskafka(&topic, &e))
+                    .await =>
+            {
                 fail(&tx, &topic, partition, &e).await;
                 return;
             }
             Err(e) => {
                 failures += 1;
-                let retry_in = PARTITION_RETRY
-                    .saturating_mul(1 << (failures - 1).min(16))
-                    .min(PARTITION_RETRY_MAX);
+                let retry_in = partition_retry(failures);
                 let retry_at = tokio::time::Instant::now() + retry_in;
                 metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_string(), "outcome" => "retried")
                     .increment(1);
@@ -501,7 +674,7 @@ async fn fetch_loop(
                         error = %e,
                         failures,
                         ?retry_in,
-                        "kafka fetch of one partition failed; retrying it alone with back-off"
+                        "kafka fetch of one partition failed (the brokers answer); retrying it alone with back-off"
                     );
                 }
                 // No fetch answers a high watermark while this lasts: read the log end
@@ -555,11 +728,77 @@ async fn fetch_loop(
     }
 }
 
-/// Whether a failed fetch ends the whole subscription: the broker is lost (the consumer
-/// re-subscribes with back-off and every partition resumes) or the topic is gone. Anything
-/// else concerns this partition's data and is retried on it alone.
-fn ends_subscription(topic: &str, error: &RsError) -> bool {
-    !matches!(Trouble::from_rskafka(topic, error), Trouble::Refused(_))
+/// The wait before trying a partition again after `failures` failures in a row.
+fn partition_retry(failures: u32) -> Duration {
+    PARTITION_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(PARTITION_RETRY_MAX)
+}
+
+/// The client and start offset of `opening`: opened at once, or retried alone with back-off
+/// until it can be (the brokers answer, the partition has no leader). `None` when the
+/// subscription ends meanwhile: the brokers are lost (its error is sent) or it was dropped.
+async fn opened(
+    source: &KafkaEventSource,
+    opening: Opening,
+    tx: &mpsc::Sender<Item>,
+) -> Option<(Arc<PartitionClient>, i64)> {
+    let (topic, partition, start) = match opening {
+        Opening::Now(client, offset) => return Some((client, offset)),
+        Opening::Later {
+            topic,
+            partition,
+            start,
+        } => (topic, partition, start),
+    };
+    let mut failures = 0u32;
+    loop {
+        let trouble = match source.open_at(&topic, partition, start).await {
+            Ok((client, offset)) => {
+                if failures > 0 {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        offset,
+                        "kafka partition can be read again"
+                    );
+                }
+                return Some((client, offset));
+            }
+            Err(trouble) => trouble,
+        };
+        if source.ends_subscription(&trouble).await {
+            metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.clone(), "outcome" => "ended")
+                .increment(1);
+            tracing::warn!(topic, partition, reason = %trouble, "kafka partition cannot be opened, ending the subscription");
+            let error = match to_port_error(trouble) {
+                EventSourceError::Unavailable(m) => {
+                    EventSourceError::Unavailable(format!("{m} (partition {partition})"))
+                }
+                e => e,
+            };
+            let _ = tx.send(Err(error)).await;
+            return None;
+        }
+        failures += 1;
+        let retry_in = partition_retry(failures);
+        metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.clone(), "outcome" => "retried")
+            .increment(1);
+        if failures.is_power_of_two() {
+            tracing::warn!(
+                topic,
+                partition,
+                reason = %trouble,
+                failures,
+                ?retry_in,
+                "kafka partition cannot be opened (the brokers answer; no leader?); retrying it alone with back-off"
+            );
+        }
+        tokio::select! {
+            () = tx.closed() => return None,
+            () = tokio::time::sleep(retry_in) => {}
+        }
+    }
 }
 
 /// Counts and logs a batch read past because its records cannot be decoded.
@@ -606,20 +845,25 @@ async fn resume_check(
     let limit = source.client.settings().request_timeout * 2;
     match bounded(limit, client.fetch(last_offset, 1..64 * 1024, 0)).await {
         Ok(fetched) => {
-            let same = fetched
-                .records
-                .iter()
-                .find(|r| r.offset == last_offset)
-                .is_some_and(|r| record_time(r.record.timestamp) == at);
-            if same {
-                return None;
+            match fetched.records.iter().find(|r| r.offset == last_offset) {
+                Some(r) if record_time(r.record.timestamp) == at => return None,
+                // Not visible yet (a new leader's high watermark can sit below it for a
+                // moment): nothing tells the log was replaced. A log that was is met by the
+                // fetch loop as one that went back.
+                None if fetched.high_watermark <= last_offset => return None,
+                _ => {}
             }
             resume_by_time(client, since, limit).await.ok()
         }
         Err(RsError::ServerError {
             protocol_error: ProtocolError::OffsetOutOfRange,
             ..
-        }) => out_of_range(client, offset, since, limit).await.ok(),
+        }) => match bounded(limit, client.get_offset(OffsetAt::Earliest)).await {
+            // Retention (or a DeleteRecords) removed the last record handled, not the next
+            // one: the log is the one read, and reading goes on where it was.
+            Ok(earliest) if last_offset < earliest && earliest <= offset => None,
+            _ => out_of_range(client, offset, since, limit).await.ok(),
+        },
         Err(_) => None,
     }
 }
@@ -649,16 +893,15 @@ async fn resume_by_time(
     since: DateTime<Utc>,
     limit: Duration,
 ) -> Result<i64, RsError> {
-    let earliest = bounded(limit, client.get_offset(OffsetAt::Earliest)).await?;
-    let end = latest(client, limit).await?;
-    let after = since + chrono::TimeDelta::milliseconds(1);
-    let newer = bounded(limit, client.get_offset(OffsetAt::Timestamp(after))).await?;
-    // Kafka answers -1 when no record is that new.
-    Ok(if (earliest..end).contains(&newer) {
-        newer
-    } else {
-        end
-    })
+    match just_after(since) {
+        Some(after) => first_since(client, after, limit).await,
+        None => latest(client, limit).await,
+    }
+}
+
+/// The first record time after `at`; none after the latest time a record can carry.
+fn just_after(at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    at.checked_add_signed(chrono::TimeDelta::milliseconds(1))
 }
 
 /// An rskafka record as the port's [`Record`].
@@ -749,5 +992,21 @@ impl Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.supervisor.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_record_time_has_nothing_after_it_instead_of_a_panic() {
+        // A record may carry it: resuming by time after it must not overflow.
+        let latest =
+            DateTime::<Utc>::from_timestamp_millis(DateTime::<Utc>::MAX_UTC.timestamp_millis())
+                .unwrap();
+        assert_eq!(just_after(latest), None);
+        let at = DateTime::<Utc>::from_timestamp_millis(1_000).unwrap();
+        assert_eq!(just_after(at).map(|t| t.timestamp_millis()), Some(1_001));
     }
 }
