@@ -1,6 +1,7 @@
 //! What clients ask for: their location (rooms, hydration, weather command), the four
 //! snapshot requests, and the legacy `getUserId`. Replies go to the asking socket only.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -186,16 +187,25 @@ impl ClientService {
     }
 
     /// Sends the four start-up refreshes in order (D12), retrying each with back-off (reusing
-    /// its idempotency key) until it is accepted or `stop` fires.
+    /// its idempotency key) until it is accepted or `stop` fires. One the broker refuses (its
+    /// topic not allowed, or missing with topic creation off) is tried again after the others,
+    /// so that it holds none of them back.
     pub async fn send_startup_refreshes(&self, stop: CancellationToken, max_backoff: Duration) {
-        for command in commands::startup_refreshes(SystemTime::now()) {
-            let mut delays = reconnect_backoff(max_backoff);
-            while self.send(command.clone()).await.is_err() {
-                let delay = delays.next().unwrap_or(max_backoff);
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+        let mut pending: VecDeque<Command> = commands::startup_refreshes(SystemTime::now()).into();
+        let mut delays = reconnect_backoff(max_backoff);
+        while let Some(command) = pending.pop_front() {
+            match self.send(command.clone()).await {
+                Ok(()) => {
+                    delays = reconnect_backoff(max_backoff);
+                    continue;
                 }
+                Err(CommandSinkError::Rejected(_)) => pending.push_back(command),
+                Err(_) => pending.push_front(command),
+            }
+            let delay = delays.next().unwrap_or(max_backoff);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
             }
         }
         tracing::info!("start-up refresh commands sent");
@@ -415,6 +425,42 @@ mod tests {
             .times(1)
             .returning(|_| Err(CommandSinkError::Unavailable("broker down".into())));
         sink
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_up_refresh_the_broker_refuses_holds_none_of_the_others_back() {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sink = MockCommandSink::new();
+        let log = sent.clone();
+        let mut refusals = 2;
+        sink.expect_send().returning(move |command| {
+            let topic = command.topic.clone();
+            log.lock().unwrap().push(topic.clone());
+            if topic == crate::domain::topics::TOPCOINS_REFRESH && refusals > 0 {
+                refusals -= 1;
+                return Err(CommandSinkError::Rejected(format!(
+                    "{topic}: not authorized"
+                )));
+            }
+            Ok(())
+        });
+        let (svc, _) = service(Arc::new(MemoryCache::default()), sink);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            svc.send_startup_refreshes(CancellationToken::new(), Duration::from_secs(1)),
+        )
+        .await
+        .expect("all sent, the refused one after the others");
+        let order: Vec<String> = commands::startup_refreshes(SystemTime::now())
+            .into_iter()
+            .map(|c| c.topic)
+            .collect();
+        let refused = crate::domain::topics::TOPCOINS_REFRESH.to_owned();
+        assert_eq!(order[0], refused, "the first of D12's order");
+        let mut expected = order.clone();
+        expected.push(refused.clone());
+        expected.push(refused);
+        assert_eq!(*sent.lock().unwrap(), expected);
     }
 
     fn service(
