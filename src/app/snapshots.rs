@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{self, SnapshotWrite, topics};
-use crate::ports::{EventSource, Record, SnapshotCache};
+use crate::ports::{EventSource, EventSourceError, Record, SnapshotCache};
 
 use crate::telemetry::metrics::{SNAPSHOT_WARMUPS, SNAPSHOT_WRITES};
 
@@ -164,6 +164,7 @@ pub async fn warm_up(
         async move {
             let accept = move |r: &Record| snapshot_of(topic, r).is_some();
             let mut delays = super::retry::reconnect_backoff(max_backoff);
+            let mut failures = 0u32;
             loop {
                 let outcome = match source.last_accepted(topic, &accept).await {
                     Ok(Some(record)) => {
@@ -173,7 +174,20 @@ pub async fn warm_up(
                     }
                     Ok(None) => "none",
                     Err(e) => {
-                        tracing::debug!(topic, error = %e, "snapshot warm-up failed; retrying");
+                        failures += 1;
+                        // A lost broker is reported by the consumer; anything else (a partition
+                        // without a leader, a batch that cannot be read) only here.
+                        let quiet = matches!(e, EventSourceError::Unavailable(_));
+                        if !quiet && failures.is_power_of_two() {
+                            tracing::warn!(
+                                topic,
+                                error = %e,
+                                failures,
+                                "snapshot warm-up of this topic failed (the brokers answer); retrying with back-off: joining clients get its snapshot from the shared cache or the next live record meanwhile"
+                            );
+                        } else {
+                            tracing::debug!(topic, error = %e, "snapshot warm-up failed; retrying");
+                        }
                         let delay = delays.next().unwrap_or(max_backoff);
                         tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -321,6 +335,103 @@ mod tests {
             key,
             value: value.into(),
         }
+    }
+
+    /// A source whose warm-up reads fail with `error`, counting them.
+    struct FailingTail(EventSourceError, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl EventSource for FailingTail {
+        async fn subscribe(
+            &self,
+            _: &[&str],
+            _: &crate::ports::Positions,
+        ) -> Result<crate::ports::RecordStream, EventSourceError> {
+            unreachable!("warm-up only reads tails")
+        }
+        async fn latest_positions(
+            &self,
+            _: &[&str],
+        ) -> Result<crate::ports::Positions, EventSourceError> {
+            unreachable!("warm-up only reads tails")
+        }
+        async fn last_accepted(
+            &self,
+            _: &str,
+            _: crate::ports::Accept<'_>,
+        ) -> Result<Option<Record>, EventSourceError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(self.0.clone())
+        }
+        async fn lag(&self, _: &crate::ports::Positions) -> Vec<(String, i32, i64)> {
+            Vec::new()
+        }
+    }
+
+    /// What `warm_up` over a source failing with `error` logs at warn, in 60 s of its retries.
+    fn warm_up_warnings(error: EventSourceError) -> (String, usize) {
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Writer(writer.clone()))
+            .finish();
+        let source = Arc::new(FailingTail(error, Default::default()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                let stop = CancellationToken::new();
+                let warming = warm_up(
+                    source.clone(),
+                    Arc::new(LocalSnapshots::default()),
+                    Duration::from_secs(1),
+                    stop.clone(),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(60), warming).await;
+            });
+        });
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        (text, source.1.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    #[derive(Clone)]
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_warm_up_that_keeps_failing_while_the_brokers_answer_is_a_warning_not_silence() {
+        let (text, reads) = warm_up_warnings(EventSourceError::Other(
+            "crypto.topcoins.event.updated: Leader not available (partition 0)".into(),
+        ));
+        let warnings = text
+            .lines()
+            .filter(|l| l.contains("snapshot warm-up"))
+            .count();
+        assert!(reads > 4 * 16, "retried for each topic: {reads}");
+        // Per topic, at failures 1, 2, 4, 8, … only.
+        let topics = topics::SNAPSHOT_TOPICS.len();
+        assert!(
+            (topics..=topics * 8).contains(&warnings),
+            "{warnings} warnings over {reads} reads:\n{text}"
+        );
+        assert!(text.contains("Leader not available"), "{text}");
+        // A lost broker is the consumer's to report.
+        let (text, _) = warm_up_warnings(EventSourceError::Unavailable("no broker".into()));
+        assert!(text.is_empty(), "{text}");
     }
 
     #[tokio::test(start_paused = true)]
