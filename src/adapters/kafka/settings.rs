@@ -175,17 +175,39 @@ impl KafkaSettings {
                 self.fetch_max_bytes
             ));
         }
-        for (name, value) in [
-            ("request_timeout", self.request_timeout),
-            ("send_timeout", self.send_timeout),
-            ("metadata_refresh", self.metadata_refresh),
+        // Below these, a connection or a metadata round trip on an ordinary network fails every
+        // time, or the whole cluster's metadata is read many times a second per subscription.
+        for (name, value, floor) in [
+            (
+                "request_timeout",
+                self.request_timeout,
+                Duration::from_millis(100),
+            ),
+            (
+                "send_timeout",
+                self.send_timeout,
+                Duration::from_millis(100),
+            ),
+            (
+                "metadata_refresh",
+                self.metadata_refresh,
+                Duration::from_millis(500),
+            ),
         ] {
-            if value < Duration::from_millis(10) {
+            if value < floor {
                 return Err(format!(
-                    "kafka.{name}: must be at least 10ms, got {}",
+                    "kafka.{name}: must be at least {}, got {}",
+                    humantime::format_duration(floor),
                     humantime::format_duration(value)
                 ));
             }
+        }
+        if self.send_timeout < self.request_timeout {
+            return Err(format!(
+                "kafka.send_timeout: must be at least kafka.request_timeout ({}), or every send is cut before its first attempt can fail or succeed, got {}",
+                humantime::format_duration(self.request_timeout),
+                humantime::format_duration(self.send_timeout)
+            ));
         }
         if let Some(tls) = &self.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()
@@ -282,6 +304,28 @@ mod tests {
                     ..Default::default()
                 },
                 "kafka.sasl.username",
+            ),
+            (
+                KafkaSettings {
+                    request_timeout: Duration::from_millis(10),
+                    ..Default::default()
+                },
+                "kafka.request_timeout",
+            ),
+            (
+                KafkaSettings {
+                    metadata_refresh: Duration::from_millis(10),
+                    ..Default::default()
+                },
+                "kafka.metadata_refresh",
+            ),
+            (
+                KafkaSettings {
+                    send_timeout: Duration::from_secs(2),
+                    request_timeout: Duration::from_secs(5),
+                    ..Default::default()
+                },
+                "kafka.send_timeout",
             ),
         ];
         for (settings, field) in bad {
