@@ -14,7 +14,7 @@ use errors::{Trouble, bounded};
 
 pub use client::{KafkaClient, connect};
 pub use command_sink::{KafkaCommandSink, record_timestamp_now};
-pub use errors::KafkaError;
+pub use errors::{KafkaError, fix_for};
 pub use event_source::KafkaEventSource;
 pub use settings::{KafkaSettings, SaslMechanism, SaslSettings, TlsSettings};
 pub use topics::ensure_topics;

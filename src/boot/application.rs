@@ -308,9 +308,15 @@ fn startup_failure(
         ),
         cause => {
             let cause = cause.map_or_else(|| "no answer".to_owned(), ToString::to_string);
-            format!(
-                "Kafka unreachable: no answer from {source} within {deadline:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE"
-            )
+            let fix = crate::adapters::kafka::fix_for(&cause);
+            if fix.starts_with("check kafka.brokers") {
+                format!(
+                    "Kafka unreachable: no answer from {source} within {deadline:?} ({cause}); check FLUX_KAFKA__BROKERS / KAFKA_BROKER_ADDRESS and that the brokers are up, or raise FLUX_LIFECYCLE__STARTUP_DEADLINE"
+                )
+            } else {
+                // The brokers were reached and refused the handshake: the address is right.
+                format!("Kafka refused the connection: {source} within {deadline:?} ({cause})")
+            }
         }
     }
 }
@@ -349,5 +355,11 @@ mod tests {
                 "{lost}"
             );
         }
+        // A refused TLS handshake: the address is right, the certificate is not.
+        let tls = fails(Some(EventSourceError::Unavailable(
+            "no Kafka broker answered within 10s (tried b1:9093): invalid peer certificate: UnknownIssuer; check kafka.tls: …".into(),
+        )));
+        assert!(tls.starts_with("Kafka refused the connection"), "{tls}");
+        assert!(!tls.contains("FLUX_KAFKA__BROKERS"), "{tls}");
     }
 }

@@ -107,10 +107,12 @@ impl KafkaClient {
     }
 
     pub(super) fn unreachable(&self, error: &RsError) -> KafkaError {
+        let reason = error.to_string();
         KafkaError::Unreachable {
             brokers: self.settings.brokers.join(","),
             timeout: humantime::format_duration(self.settings.request_timeout * 2).to_string(),
-            reason: error.to_string(),
+            fix: super::errors::fix_for(&reason),
+            reason,
         }
     }
 

@@ -8,13 +8,13 @@ use rskafka::client::error::{Error as RsError, ProtocolError, RequestError};
 /// Errors of the set-up calls ([`connect`], [`ensure_topics`]); the ports have their own.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
-    #[error(
-        "no Kafka broker answered within {timeout} (tried {brokers}): {reason}; check kafka.brokers and that the brokers are up"
-    )]
+    #[error("no Kafka broker answered within {timeout} (tried {brokers}): {reason}; {fix}")]
     Unreachable {
         brokers: String,
         timeout: String,
         reason: String,
+        /// What to check, from the reason ([`fix_for`]).
+        fix: &'static str,
     },
     #[error("invalid Kafka settings: {0}")]
     Settings(String),
@@ -94,6 +94,23 @@ impl From<KafkaError> for Trouble {
     }
 }
 
+/// What to check when no broker could be talked to, from the error's text (rskafka nests the
+/// TLS and SASL causes in strings and boxed errors): a refused handshake is not a wrong
+/// address.
+pub fn fix_for(reason: &str) -> &'static str {
+    let reason = reason.to_ascii_lowercase();
+    if reason.contains("sasl") {
+        "check kafka.sasl (mechanism, username, password) against the brokers' listener"
+    } else if ["tls", "certificate", "handshake"]
+        .iter()
+        .any(|word| reason.contains(word))
+    {
+        "check kafka.tls: ca_file must hold the CA that signed the brokers' certificates, each address in kafka.brokers must match its broker's certificate, and the listener must speak TLS"
+    } else {
+        "check kafka.brokers and that the brokers are up"
+    }
+}
+
 /// Runs `fut` with a deadline; a timeout becomes rskafka's `Timeout` error.
 pub(crate) async fn bounded<T>(
     limit: Duration,
@@ -149,6 +166,16 @@ mod tests {
             deadline: Duration::from_secs(5),
             source: Box::new(last),
         })
+    }
+
+    #[test]
+    fn an_unreachable_broker_names_the_setting_its_reason_points_at() {
+        let sasl = "error connecting to broker \"k:9093\": Sasl handshake failed: API error: SaslAuthenticationFailed";
+        assert!(fix_for(sasl).contains("kafka.sasl"));
+        let tls = "error connecting to broker \"k:9093\": TLS error: invalid peer certificate: UnknownIssuer";
+        assert!(fix_for(tls).contains("kafka.tls"));
+        let refused = "error connecting to broker \"k:9092\": Connection refused (os error 111)";
+        assert!(fix_for(refused).contains("kafka.brokers"));
     }
 
     #[test]
