@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::topics;
 use crate::ports::{ClientFanout, EventSource, EventSourceError, Fetched, Positions, RecordStream};
-use crate::telemetry::metrics::KAFKA_LAG;
+use crate::telemetry::metrics::{KAFKA_LAG, LAST_RECORD_TIMESTAMP};
 use crate::telemetry::throttle::{LOG_BURST, LOG_PERIOD, LogThrottle};
 
 use super::health::Health;
@@ -162,6 +162,12 @@ impl Ingestor {
 
     /// Consumes until `shutdown`, re-subscribing with back-off and jitter after every loss.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Each topic counts as read at start: one that stays silent from the start (its
+        // producer down through a rolling deploy) shows as silent from then, not as no series.
+        let started = batch::epoch_seconds(std::time::SystemTime::now());
+        for topic in topics::EVENT_TOPICS {
+            metrics::gauge!(LAST_RECORD_TIMESTAMP, "topic" => topic).set(started);
+        }
         let mut positions = Positions::default();
         let mut delays = self.backoff();
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
@@ -1139,6 +1145,69 @@ mod tests {
             "a client of the fresh replica recovers on the long-running one"
         );
         stop.cancel();
+    }
+
+    /// Found by review: the ticker-silence alert read the producer's clock, and had no series
+    /// on a replica that read no ticker since its start, so it could not fire then.
+    #[test]
+    fn a_topic_counts_as_read_when_read_and_at_start_not_at_its_records_time() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let read_at = |topic: &str| -> f64 {
+            let text = handle.render();
+            let series = format!("flux_kafka_last_record_timestamp_seconds{{topic=\"{topic}\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&series));
+            line.unwrap_or_else(|| panic!("no {series}in\n{text}"))[series.len()..]
+                .parse()
+                .unwrap()
+        };
+        let now = || crate::app::ingest::batch::epoch_seconds(SystemTime::now());
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                // A ticker produced an hour ago (a producer's clock behind), read now.
+                let (ingestor, _fanout, stop) = recording_ingestor(
+                    crate::adapters::memory::MemoryBus::new(),
+                    Duration::from_millis(50),
+                );
+                let ticker = include_str!("../../fixtures/crypto.ticker.event.updated.json");
+                let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+                ingestor
+                    .handle(
+                        &[stamped(topics::TICKER_EVENTS, ticker, 0, 1, hour_ago)],
+                        false,
+                    )
+                    .await;
+                stop.cancel();
+                assert!((now() - read_at(topics::TICKER_EVENTS)).abs() < 5.0);
+                assert!(
+                    text_has_no(&handle.render(), topics::NEWS_EVENTS),
+                    "nothing of a topic not read yet"
+                );
+
+                // A consumer starting: every topic counts as read from now.
+                let (ingestor, _fanout, stop) = recording_ingestor(
+                    crate::adapters::memory::MemoryBus::new(),
+                    Duration::from_millis(50),
+                );
+                let running = tokio::spawn(ingestor.run(stop.clone()));
+                tokio::task::yield_now().await;
+                stop.cancel();
+                running.await.unwrap();
+                for topic in topics::EVENT_TOPICS {
+                    assert!((now() - read_at(topic)).abs() < 5.0, "{topic}");
+                }
+            });
+        });
+    }
+
+    fn text_has_no(text: &str, topic: &str) -> bool {
+        !text.contains(&format!(
+            "flux_kafka_last_record_timestamp_seconds{{topic=\"{topic}\"}}"
+        ))
     }
 
     /// A record of `topic` on `partition` at `offset`, produced at `at`.

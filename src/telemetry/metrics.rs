@@ -306,7 +306,7 @@ fn describe() {
     describe_gauge!(
         LAST_RECORD_TIMESTAMP,
         metrics::Unit::Seconds,
-        "Unix time of the newest record read, by event topic (time() minus it: how long the topic has been silent)."
+        "Unix time (the gateway's clock) when a live record of each event topic was last read, the consumer's start until one is (time() minus it: how long the topic has been silent)."
     );
     describe_counter!(
         LOG_LINES_HELD_BACK,

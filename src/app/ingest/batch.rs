@@ -100,9 +100,12 @@ impl Ingestor {
         let mut streams = Vec::with_capacity(records.len());
         let mut deliveries = Vec::with_capacity(records.len());
         let mut origins = Vec::with_capacity(records.len());
+        // Whether each record was read back (asked once: the read-back moves on as it answers).
+        let mut histories = Vec::with_capacity(records.len());
         for (index, record) in records.iter().enumerate() {
             let stream = topics::stream_name(&record.topic);
             let history = self.read_back.is_history(record);
+            histories.push(history);
             match domain::route(&record.topic, record.value.as_deref()) {
                 Ok(delivery) => {
                     if !history {
@@ -226,7 +229,7 @@ impl Ingestor {
                 metrics::histogram!(EVENT_AGE, "stream" => stream).record(age.as_secs_f64());
             }
         }
-        export_last_record_times(records);
+        export_last_record_times(records, &histories);
         self.mark_caught_up();
         if let Some(journal) = journal.as_deref_mut() {
             for pass in passes {
@@ -270,24 +273,29 @@ fn keep_newer_weather(live: &mut [(&mut domain::Delivery, Option<SystemTime>)]) 
     }
 }
 
-/// `flux_kafka_last_record_timestamp_seconds{topic}`: the newest record time of each topic of
-/// the batch (once per topic, not per record).
-fn export_last_record_times(records: &[Record]) {
-    let mut newest: Vec<(&str, SystemTime)> = Vec::new();
-    for record in records {
-        let Some(at) = record.timestamp else {
-            continue;
-        };
-        match newest.iter_mut().find(|(t, _)| *t == &*record.topic) {
-            Some((_, seen)) => *seen = (*seen).max(at),
-            None => newest.push((&record.topic, at)),
+/// `flux_kafka_last_record_timestamp_seconds{topic}`: when a live record of each topic of the
+/// batch was last read (once per topic, not per record). The wall clock at the read, not the
+/// record's timestamp: a producer whose clock is behind must not look silent, and records
+/// read back at start-up tell nothing of whether the topic is alive.
+fn export_last_record_times(records: &[Record], histories: &[bool]) {
+    let mut read: Vec<&str> = Vec::new();
+    for (record, history) in records.iter().zip(histories) {
+        if !history && !read.contains(&&*record.topic) {
+            read.push(&record.topic);
         }
     }
-    for (topic, at) in newest {
-        let seconds = at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        metrics::gauge!(LAST_RECORD_TIMESTAMP, "topic" => topic.to_owned()).set(seconds);
+    if read.is_empty() {
+        return;
     }
+    let now = epoch_seconds(SystemTime::now());
+    for topic in read {
+        metrics::gauge!(LAST_RECORD_TIMESTAMP, "topic" => topic.to_owned()).set(now);
+    }
+}
+
+/// A time as Unix seconds.
+pub(super) fn epoch_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
