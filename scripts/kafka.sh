@@ -46,6 +46,21 @@ fetch() {
     echo "$LIBS"
     return
   fi
+  # Tests start brokers in parallel: one fetch at a time, the others wait for it and find the
+  # jars there (a second fetch would remove them under the brokers already running). The lock
+  # is held by a subshell, so no broker started afterwards inherits it.
+  mkdir -p "$FLUX_KAFKA_HOME"
+  (
+    command -v flock >/dev/null && flock 9
+    if [ -f "$LIBS/.complete" ]; then
+      echo "$LIBS"
+    else
+      fetch_now
+    fi
+  ) 9>"$FLUX_KAFKA_HOME/fetch.lock" || exit $?
+}
+
+fetch_now() {
   command -v mvn >/dev/null || die "mvn (Maven) is not on PATH: install it (apt-get install -y maven) to fetch the Kafka broker's jars"
   command -v "$JAVA" >/dev/null || die "java is not on PATH: install a JDK 17+ (apt-get install -y openjdk-17-jre-headless) or set JAVA"
   echo "kafka.sh: fetching Apache Kafka $KAFKA_VERSION broker jars from Maven Central into $LIBS" >&2
