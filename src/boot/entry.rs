@@ -73,6 +73,9 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
     };
     telemetry::logging::init(&config.settings.log);
     warn_unknown_keys(&config);
+    if let Some(limit) = raise_open_files_limit() {
+        warn_if_too_few_files(limit, config.settings.http.max_connections);
+    }
     let _ = telemetry::metrics::handle();
     match run(config, adapters).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,6 +92,45 @@ pub async fn main_entry(cli: Cli) -> ExitCode {
 fn warn_unknown_keys(config: &Config) {
     for line in config.unknown_keys(&super::config::known_sections()) {
         tracing::warn!("unknown setting: {line}");
+    }
+}
+
+/// Descriptors a replica holds besides its clients' connections: standard streams, the
+/// listener, the runtime's, Kafka's and Valkey's connections, files it reads, and connections
+/// accepted over `http.max_connections` until they are closed.
+const FD_HEADROOM: u64 = 512;
+
+/// Raises the open-files soft limit to the hard one, as Node.js, Go and the JVM do at start-up
+/// and Rust does not: containerd 2 and Docker 29 start containers with a soft limit of 1024,
+/// and a replica that runs out of descriptors stops accepting clients, then fails its own
+/// probes. The limit in effect, unless it could not be read.
+fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::info!(limit, "open-files limit");
+            Some(limit)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open-files limit to its hard limit");
+            None
+        }
+    }
+}
+
+/// A warning naming the fix when `limit` cannot hold `max_connections` clients.
+fn warn_if_too_few_files(limit: u64, max_connections: usize) {
+    let needed = (max_connections as u64).saturating_add(FD_HEADROOM);
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            max_connections,
+            needed,
+            "open-files limit below http.max_connections plus headroom: the gateway stops \
+             accepting clients when it runs out; raise the nofile hard limit of the container or \
+             host (the container runtime's default, `ulimits: nofile` in compose, \
+             `--ulimit nofile=` for docker run, LimitNOFILE for systemd) or lower \
+             http.max_connections"
+        );
     }
 }
 
@@ -136,6 +178,7 @@ pub async fn sim_entry(cli: Cli) -> ExitCode {
     };
     telemetry::logging::init(&config.settings.log);
     warn_unknown_keys(&config);
+    raise_open_files_limit();
     let deadline = config.settings.lifecycle.startup_deadline;
     let client = match tokio::time::timeout(deadline, kafka::connect(&kafka_settings)).await {
         Ok(Ok(client)) => client,

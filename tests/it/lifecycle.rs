@@ -1,5 +1,6 @@
 //! The real binary: `--help`, configuration errors (exit 2), unknown settings (a warning),
-//! SIGTERM (exit 0 within the deadline, after the clients were disconnected).
+//! SIGTERM (exit 0 within the deadline, after the clients were disconnected), the open-files
+//! limit (raised to the hard limit, a warning when that is too low).
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -482,4 +483,99 @@ async fn sigterm_before_the_consumers_subscribe_exits_0_without_a_panic() {
     let (exit, logs) = terminate(child).await;
     assert!(!logs.contains("panicked"), "{logs}");
     assert_eq!(exit.code(), Some(0), "{logs}");
+}
+
+/// `gateway(port)` started with an open-files limit of `soft` and `hard` (`None`: this
+/// process's hard limit), as containerd 2 and Docker 29 start containers (soft 1024).
+fn gateway_with_open_files(port: u16, soft: u64, hard: Option<u64>) -> (Command, u64) {
+    use std::os::unix::process::CommandExt;
+    let (_, own_hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    let hard = hard.unwrap_or(own_hard);
+    let mut cmd = gateway(port);
+    // SAFETY: between fork and exec the closure only calls setrlimit (async-signal-safe) and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard));
+    }
+    (cmd, hard)
+}
+
+/// The `Max open files` soft and hard limits of a running process.
+fn open_files_limits(pid: u32) -> (Option<u64>, Option<u64>) {
+    let limits = rlimit::ProcLimits::read_process(pid as i32).unwrap();
+    let files = limits
+        .max_open_files
+        .expect("Max open files in /proc/<pid>/limits");
+    (files.soft_limit, files.hard_limit)
+}
+
+/// The gateway lifts its open-files soft limit to the hard one (Rust does not; a container
+/// started at soft 1024 stopped accepting near 1000 clients) and logs the limit in effect.
+#[tokio::test]
+async fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+    // Arrange: soft 256, the hard limit left as it is.
+    let port = free_port();
+    let (mut cmd, hard) = gateway_with_open_files(port, 256, None);
+    assert!(
+        hard >= 2048,
+        "this test needs a hard open-files limit of at least 2048, not {hard}"
+    );
+    cmd.env("FLUX_SIM__ENABLED", "false")
+        .env("FLUX_HTTP__MAX_CONNECTIONS", "1000");
+
+    // Act
+    let child = cmd.spawn().unwrap();
+    wait_healthy(port).await;
+    let (soft_now, hard_now) = open_files_limits(child.id());
+    let (status, logs) = terminate(child).await;
+
+    // Assert
+    assert_eq!(hard_now, Some(hard), "the hard limit is left alone");
+    assert_eq!(
+        soft_now,
+        Some(hard),
+        "the soft limit is the hard one:\n{logs}"
+    );
+    assert!(status.success(), "{status:?}\n{logs}");
+    let logged: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"open-files limit\""))
+        .collect();
+    assert_eq!(logged.len(), 1, "{logs}");
+    assert!(logged[0].contains("\"INFO\""), "{}", logged[0]);
+    assert!(
+        logged[0].contains(&format!("\"limit\":{hard}")),
+        "{}",
+        logged[0]
+    );
+    assert!(
+        !logs.contains("below http.max_connections"),
+        "1000 connections fit in {hard}:\n{logs}"
+    );
+}
+
+/// A hard limit below `http.max_connections` (plus headroom) is named in a warning that says
+/// how to fix it; the gateway still starts.
+#[tokio::test]
+async fn an_open_files_limit_below_max_connections_is_named_in_a_warning() {
+    let port = free_port();
+    let (mut cmd, _) = gateway_with_open_files(port, 256, Some(1024));
+    cmd.env("FLUX_SIM__ENABLED", "false")
+        .env("FLUX_HTTP__MAX_CONNECTIONS", "20000");
+    let child = cmd.spawn().unwrap();
+    wait_healthy(port).await;
+    let (status, logs) = terminate(child).await;
+    assert!(status.success(), "{status:?}\n{logs}");
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") && l.contains("below http.max_connections"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    for needle in [
+        "\"limit\":1024",
+        "\"max_connections\":20000",
+        "nofile hard limit",
+    ] {
+        assert!(warnings[0].contains(needle), "{needle}: {}", warnings[0]);
+    }
 }
