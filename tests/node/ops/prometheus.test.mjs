@@ -22,7 +22,7 @@ import { parse as parseYaml } from "yaml";
 import { TICKER_TOPIC, startKafka, startProducer, tickerStream } from "../support/kafka.mjs";
 import { connect, fixture, location, sleep, startServer, waitReady } from "../support/server.mjs";
 import { startRedis } from "../support/redis.mjs";
-import { dashboardFile, dashboardPanels, metricNames, rulesFile, startPrometheus, substitute } from "./support.mjs";
+import { dashboardFile, dashboardPanels, durationSeconds, metricNames, rulesFile, startPrometheus, substitute } from "./support.mjs";
 
 const SECRET = "flux-ops-test-recovery-secret-0123456789abcdef";
 const NEWS_TOPIC = "news.service.event.updated";
@@ -96,6 +96,37 @@ async function waitTargetsUp(count, timeout = 20_000) {
  * 127.0.0.1 becomes 127\\.0\\.0\\.1 in the query text).
  */
 const allRegex = (values) => `(${values.map((v) => v.replace(/[.*+?^${}()|[\]\\]/g, "\\\\$&")).join("|")})`;
+
+/** Prometheus' default scrape interval, in seconds. */
+const DEFAULT_SCRAPE_SECONDS = 60;
+/** The range windows of a PromQL text (`[5m]`, the range of `[5m:1m]`); label values left out. */
+const windows = (expr) => [...String(expr ?? "").replace(/"(?:[^"\\]|\\.)*"/g, '""').matchAll(/\[([^\]:]+)(?::[^\]]*)?\]/g)].map((m) => m[1]);
+
+describe("range windows", () => {
+  // A window with fewer than two samples yields nothing: rate()/increase() over a 1m window
+  // at Prometheus' default 1m scrape never returned a value, and the alert never fired.
+  it("every range window of the rules spans at least four default scrapes", () => {
+    const short = [];
+    for (const r of rules.groups.flatMap((g) => g.rules)) {
+      for (const window of windows(r.expr)) {
+        if (durationSeconds(window) < 4 * DEFAULT_SCRAPE_SECONDS) short.push(`${r.alert ?? r.record}: [${window}]`);
+      }
+    }
+    assert.deepEqual(short, [], `windows under ${4 * DEFAULT_SCRAPE_SECONDS} s`);
+  });
+
+  it("every range window of the dashboard is $__rate_interval (four scrapes of its data source)", () => {
+    const fixed = [];
+    for (const p of dashboardPanels(dashboard)) {
+      for (const t of p.targets ?? []) {
+        for (const window of windows(t.expr)) {
+          if (window !== "$__rate_interval") fixed.push(`"${p.title}" [${t.refId}]: [${window}]`);
+        }
+      }
+    }
+    assert.deepEqual(fixed, [], "fixed windows in panels");
+  });
+});
 
 describe("dashboard and alert rules on a real Prometheus", { timeout: 300_000 }, () => {
   before(async () => {
