@@ -10,7 +10,9 @@
 // - numbers from a values file (float64 in Helm) render in plain decimal, which the binary takes;
 // - extraVolumes and extraVolumeMounts reach the pod, beside the recovery secret's volume;
 // - the PodDisruptionBudget lets an unready pod be evicted (AlwaysAllow, Kubernetes >= 1.27);
-// - the ServiceMonitor's job matches FluxBffDown's job selector, even with fullnameOverride.
+// - the ServiceMonitor's job matches FluxBffDown's job selector, even with fullnameOverride;
+// - without valkey.url the pods use the in-process cache, never the gateway's default Valkey
+//   on 127.0.0.1 (a cache down forever), and NOTES say each replica has its own.
 // Each holds for the defaults and for the other shapes of the values (secret as a file, an
 // existing Secret, another deadline, Kafka brokers). Needs Helm (FLUX_HELM, or the copy
 // scripts/ops-check.sh installs) and the binary (FLUX_BFF_BIN or target/debug/flux-bff).
@@ -21,10 +23,10 @@ import os from "node:os";
 import path from "node:path";
 import { describe, it } from "node:test";
 
-import { startServer } from "../support/server.mjs";
+import { freePort, sleep, startServer } from "../support/server.mjs";
 import yaml from "yaml";
 
-import { durationSeconds, renderChart, rulesFile } from "./support.mjs";
+import { durationSeconds, renderChart, renderNotes, rulesFile } from "./support.mjs";
 
 const RECOVERY_ENV = "FLUX_SOCKETIO__RECOVERY_SECRET";
 const RECOVERY_FILE_ENV = "FLUX_SOCKETIO__RECOVERY_SECRET_FILE";
@@ -274,6 +276,36 @@ describe("Helm chart invariants (helm template)", () => {
     assert.equal(r.deployment.spec.replicas, 3);
   });
 
+  it("Kafka mode without valkey.url: each replica's in-process cache, not a Valkey on 127.0.0.1", async () => {
+    // Found by review: no FLUX_VALKEY__URL left the gateway's Kafka-mode default,
+    // redis://127.0.0.1:6379, which no pod has: the cache was down forever and
+    // FluxBffValkeyDown fired on every replica.
+    const kafka = ["--set", "kafka.brokers={kafka-0:9092}"];
+    const r = checkRender(renderChart(kafka));
+    assert.equal(r.env.FLUX_VALKEY__URL, undefined);
+    assert.equal(r.env.FLUX_VALKEY__ENABLED?.value, "false", "without valkey.url, Valkey must be turned off");
+    assert.match(renderNotes(kafka), /valkey\.url is empty, so each replica keeps its own in-process cache/);
+
+    // The binary on that environment (its broker a closed port: not ready) reports its cache up.
+    r.env.FLUX_KAFKA__BROKERS = { name: "FLUX_KAFKA__BROKERS", value: JSON.stringify([`127.0.0.1:${await freePort()}`]) };
+    const { server, stop } = await startRendered(r);
+    try {
+      await sleep(500);
+      const res = await fetch(`${server.url}/readyz`);
+      const body = await res.json();
+      assert.equal(body.cache, true, `/readyz: ${JSON.stringify(body)}\n${server.logs()}`);
+    } finally {
+      await stop();
+    }
+
+    // With valkey.url: that Valkey, nothing turned off, nothing said.
+    const withUrl = [...kafka, "--set", "valkey.url=redis://valkey:6379"];
+    const v = checkRender(renderChart(withUrl));
+    assert.equal(v.env.FLUX_VALKEY__URL?.value, "redis://valkey:6379");
+    assert.equal(v.env.FLUX_VALKEY__ENABLED, undefined);
+    assert.doesNotMatch(renderNotes(withUrl), /in-process cache/);
+  });
+
   it("the PodDisruptionBudget lets an unready replica be evicted, so drains do not hang on it", () => {
     // Readiness follows Kafka (D17/D18): with the default IfHealthyBudget, one unready replica
     // takes the whole maxUnavailable 1 and every eviction (every node drain) is refused.
@@ -310,16 +342,19 @@ describe("Helm chart invariants (helm template)", () => {
   it("refuses in config every variable the chart sets itself", () => {
     // Found by review: only some were refused; the others rendered a second env entry, and
     // the later one (config's) silently won over the chart value that names it.
-    const everything = ["--set", "kafka.brokers={kafka-0:9092}", "--set", "kafka.topicPartitions=3",
-      "--set", "valkey.url=redis://valkey:6379", "--set", "valkey.existingSecret=valkey"];
-    for (const asFile of ["false", "true"]) {
-      const objects = renderChart([...everything, "--set", `recovery.secret.asFile=${asFile}`]);
-      const container = one(objects, "Deployment").spec.template.spec.containers.find((c) => c.name === "flux-bff");
-      const names = container.env.map((e) => e.name);
-      assert.equal(new Set(names).size, names.length, `an env entry twice: ${names}`);
-      for (const name of names) {
-        const err = renderChart([...everything, "--set", `config.${name}=1`], { expectFailure: true });
-        assert.match(err, /set by the chart/, `config.${name}: ${err}`);
+    const kafka = ["--set", "kafka.brokers={kafka-0:9092}", "--set", "kafka.topicPartitions=3"];
+    const valkey = ["--set", "valkey.url=redis://valkey:6379", "--set", "valkey.existingSecret=valkey"];
+    // With a Valkey and without (FLUX_VALKEY__ENABLED), the secret as a variable and as a file.
+    for (const everything of [[...kafka, ...valkey], kafka]) {
+      for (const asFile of ["false", "true"]) {
+        const objects = renderChart([...everything, "--set", `recovery.secret.asFile=${asFile}`]);
+        const container = one(objects, "Deployment").spec.template.spec.containers.find((c) => c.name === "flux-bff");
+        const names = container.env.map((e) => e.name);
+        assert.equal(new Set(names).size, names.length, `an env entry twice: ${names}`);
+        for (const name of names) {
+          const err = renderChart([...everything, "--set", `config.${name}=1`], { expectFailure: true });
+          assert.match(err, /set by the chart/, `config.${name}: ${err}`);
+        }
       }
     }
   });
@@ -333,6 +368,8 @@ describe("Helm chart invariants (helm template)", () => {
       [["--set", "config.NOT_FLUX=1"], /FLUX_|propertyNames|pattern/],
       // The gateway itself refuses it (exit 2): the chart says so before any pod crash-loops.
       [["--set", "valkey.url=redis://valkey:6379"], /kafka.brokers is empty.*simulator/],
+      // A password for no Valkey: the pods would silently not use it.
+      [["--set", "kafka.brokers={kafka-0:9092}", "--set", "valkey.existingSecret=valkey"], /valkey.existingSecret is set but valkey.url is empty/],
     ];
     for (const [args, message] of cases) {
       const err = renderChart(args, { expectFailure: true });

@@ -54,6 +54,19 @@ export function renderChart(args = [], { expectFailure = false } = {}) {
   return objects;
 }
 
+/**
+ * The chart's NOTES.txt as `helm install --dry-run=client` prints them with `args` (`helm
+ * template` does not render NOTES; a client dry run reads no cluster).
+ */
+export function renderNotes(args = []) {
+  const helm = helmBinary();
+  const r = spawnSync(helm, ["install", "flux", chartDir, "--namespace", "flux", "--dry-run=client", ...args], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`helm install --dry-run=client ${args.join(" ")} failed (exit ${r.status}):\n${r.stderr}`);
+  const at = r.stdout.indexOf("\nNOTES:\n");
+  if (at < 0) throw new Error(`no NOTES in the dry run's output:\n${r.stdout}`);
+  return r.stdout.slice(at + "\nNOTES:\n".length);
+}
+
 /** Parses a Go/humantime duration as the gateway takes it ("10s", "1m30s", "500ms"); seconds. */
 export function durationSeconds(text) {
   const units = { ms: 0.001, s: 1, m: 60, h: 3600 };
