@@ -12,12 +12,14 @@
 // - the PodDisruptionBudget lets an unready pod be evicted (AlwaysAllow, Kubernetes >= 1.27);
 // - the ServiceMonitor's job matches FluxBffDown's job selector, even with fullnameOverride;
 // - without valkey.url the pods use the in-process cache, never the gateway's default Valkey
-//   on 127.0.0.1 (a cache down forever), and NOTES say each replica has its own.
+//   on 127.0.0.1 (a cache down forever), and NOTES say each replica has its own;
+// - a new value of the chart's recovery Secret changes the pod template (a rollout).
 // Each holds for the defaults and for the other shapes of the values (secret as a file, an
 // existing Secret, another deadline, Kafka brokers). Needs Helm (FLUX_HELM, or the copy
 // scripts/ops-check.sh installs) and the binary (FLUX_BFF_BIN or target/debug/flux-bff).
 
 import assert from "node:assert/strict";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -274,6 +276,29 @@ describe("Helm chart invariants (helm template)", () => {
     assert.deepEqual(JSON.parse(r.env.FLUX_KAFKA__BROKERS.value), ["kafka-0:9092", "kafka-1:9092"]);
     assert.equal(r.env.FLUX_KAFKA__CLIENT_ID.valueFrom.fieldRef.fieldPath, "metadata.name");
     assert.equal(r.deployment.spec.replicas, 3);
+  });
+
+  it("a new recovery secret value changes the pod template, so helm upgrade restarts every pod", () => {
+    // The gateway reads the secret only at start-up. Found by review: rotating it with
+    // `helm upgrade --set recovery.secret.value=...` changed the Secret and restarted no pod,
+    // and old and new pods refused each other's recoveries (bad_signature) until restarted.
+    const template = (args) => one(renderChart(args), "Deployment").spec.template.metadata.annotations ?? {};
+    const [a, b] = ["a", "b"].map((c) => `${c}${"0123456789abcdef".repeat(4)}`);
+    const first = template(["--set", `recovery.secret.value=${a}`]);
+    const rotated = template(["--set", `recovery.secret.value=${b}`]);
+    assert.notDeepEqual(rotated, first, "another recovery.secret.value renders the same pod-template annotations");
+    assert.deepEqual(template(["--set", `recovery.secret.value=${a}`]), first, "the same value must not roll the pods");
+
+    // The checksum is that of the value the rendered Secret holds, a generated one included
+    // (rendered once for the Secret and the pod template).
+    const sha256 = (text) => crypto.createHash("sha256").update(text).digest("hex");
+    for (const args of [["--set", `recovery.secret.value=${a}`], []]) {
+      const r = checkRender(renderChart(args));
+      assert.equal(r.deployment.spec.template.metadata.annotations["checksum/recovery-secret"], sha256(r.secret), `checksum of the Secret's value (${args.join(" ") || "generated"})`);
+    }
+    // A Secret the chart does not render: nothing of it in the template (its owner restarts the pods).
+    const existing = renderChart(["--set", "recovery.secret.existingSecret=my-recovery"]);
+    assert.equal(one(existing, "Deployment").spec.template.metadata.annotations["checksum/recovery-secret"], undefined);
   });
 
   it("Kafka mode without valkey.url: each replica's in-process cache, not a Valkey on 127.0.0.1", async () => {

@@ -50,6 +50,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+The recovery secret the chart's own Secret holds (recovery.secret.existingSecret empty):
+recovery.secret.value, else the one the cluster already holds (kept across upgrades), else a
+new random one. Resolved once per render and kept beside the values, so that the Secret and
+the pod template's checksum of it (deployment.yaml) see the same random value, whichever of
+the two templates renders first.
+*/}}
+{{- define "flux-bff.recoverySecretValue" -}}
+{{- $rs := .Values.recovery.secret }}
+{{- if not (hasKey $rs "resolvedValue") }}
+{{- $value := $rs.value }}
+{{- if not $value }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "flux-bff.recoverySecretName" .) }}
+{{- if and $existing $existing.data (hasKey $existing.data $rs.key) }}
+{{- $value = index $existing.data $rs.key | b64dec }}
+{{- else }}
+{{- $value = randAlphaNum 64 }}
+{{- end }}
+{{- end }}
+{{- $_ := set $rs "resolvedValue" $value }}
+{{- end }}
+{{- $rs.resolvedValue }}
+{{- end }}
+
 {{/* Seconds Kubernetes waits after SIGTERM is due: above the preStop sleep plus the gateway's own deadline. */}}
 {{- define "flux-bff.terminationGracePeriodSeconds" -}}
 {{- $l := .Values.lifecycle }}
