@@ -18,7 +18,7 @@ import { after, afterEach, before, describe, it } from "node:test";
 import { TICKER_TOPIC, startKafka, startProducer, tickerSeq, tickerStream } from "./support/kafka.mjs";
 import { scrape, sumBy } from "./support/metrics.mjs";
 import { startProxy } from "./support/proxy.mjs";
-import { connect, location, sleep, startServer, waitReady } from "./support/server.mjs";
+import { connect, location, settleAll, sleep, startServer, waitReady } from "./support/server.mjs";
 
 const SECRET = "flux-recovery-test-secret-0123456789abcdef";
 
@@ -183,7 +183,8 @@ describe("connection-state recovery through Kafka", { timeout: 240_000 }, () => 
   before(async () => {
     kafka = await startKafka();
     const t = Date.now();
-    [producer] = await Promise.all([startProducer(kafka), kafka.createTopic(TICKER_TOPIC)]);
+    // The producer is assigned as soon as it is up: after() stops it if the topic fails.
+    await settleAll([startProducer(kafka).then((p) => (producer = p)), kafka.createTopic(TICKER_TOPIC)]);
     console.log(`kafka: producer and topic ${TICKER_TOPIC} in ${Date.now() - t} ms`);
   });
 
@@ -238,7 +239,7 @@ describe("connection-state recovery through Kafka", { timeout: 240_000 }, () => 
   });
 
   it("recovers across replicas sharing the secret: cut on A, reconnect lands on B", async () => {
-    const [ga, gb] = await Promise.all([gateway({ FLUX_KAFKA__CLIENT_ID: "bff-a" }), gateway({ FLUX_KAFKA__CLIENT_ID: "bff-b" })]);
+    const [ga, gb] = await settleAll([gateway({ FLUX_KAFKA__CLIENT_ID: "bff-a" }), gateway({ FLUX_KAFKA__CLIENT_ID: "bff-b" })]);
     const p = await proxy([ga.port]);
     const s = stream();
     const c = client(p, "cross");
@@ -356,7 +357,7 @@ describe("connection-state recovery through Kafka", { timeout: 240_000 }, () => 
   });
 
   it("survives a rolling restart of two replicas with 10 clients: nothing lost, nothing twice", async () => {
-    let [ga, gb] = await Promise.all([gateway({ FLUX_KAFKA__CLIENT_ID: "bff-a" }), gateway({ FLUX_KAFKA__CLIENT_ID: "bff-b" })]);
+    let [ga, gb] = await settleAll([gateway({ FLUX_KAFKA__CLIENT_ID: "bff-a" }), gateway({ FLUX_KAFKA__CLIENT_ID: "bff-b" })]);
     const p = await proxy([ga.port, gb.port]);
     const s = stream();
     const clients = Array.from({ length: 10 }, (_, i) => client(p, `rolling-${i}`));

@@ -40,7 +40,7 @@ import { io } from "socket.io-client";
 import { startKafka, startProducer } from "../support/kafka.mjs";
 import { startProxy } from "../support/proxy.mjs";
 import { startRedis } from "../support/redis.mjs";
-import { binary, fixture, freePort, repo, sleep, startServer } from "../support/server.mjs";
+import { binary, fixture, freePort, repo, settleAll, sleep, startServer } from "../support/server.mjs";
 import { scrape as scrapeMetrics, sumBy } from "../support/metrics.mjs";
 import { asRanges, checkClient, checkCommands, isTickerStream, offsetTime, scanLog, streamOf } from "./invariants.mjs";
 import { CHAOS_TOPICS, FAULT_KINDS, describeFault, makeSchedule, prng, scheduleDigest } from "./schedule.mjs";
@@ -215,13 +215,15 @@ export async function runChaos(options = {}) {
       });
       return now() - t;
     }
-    await Promise.all(replicas.map(startReplica));
-    proxy = await startProxy(replicas.map((r) => r.port));
-    cleanup.push(() => proxy.close());
+    // Registered before the replicas start (startReplica sets r.server as soon as one is up),
+    // so that a replica that fails to start does not leave the other running.
     cleanup.push(async () => {
       stopping = true;
       for (const r of replicas) await r.server?.kill("SIGKILL");
     });
+    await settleAll(replicas.map(startReplica));
+    proxy = await startProxy(replicas.map((r) => r.port));
+    cleanup.push(() => proxy.close());
     note(`replicas ${replicas.map((r) => `${r.name} on ${r.port}`).join(", ")}; proxy on ${proxy.port}`);
 
     // --- readiness, metrics, RSS -----------------------------------------------------------
@@ -310,7 +312,10 @@ export async function runChaos(options = {}) {
       producers[topic].p = await startProducer(kafka, topic, producerOptions);
       producers[topic].restarting = false;
     }
-    await Promise.all([TICKER_TOPIC, NEWS_TOPIC, STOCK_TOPIC].map(openProducer));
+    // openProducer sets producers[topic].p as soon as one is up; stopping one already stopped
+    // (the settle phase below) returns at once.
+    cleanup.push(() => Promise.all(Object.values(producers).map((slot) => slot.p?.stop())));
+    await settleAll([TICKER_TOPIC, NEWS_TOPIC, STOCK_TOPIC].map(openProducer));
     const seqs = {};
     const sendAt = {};
     const tickerTemplate = fixture("crypto.ticker.event.updated.json");

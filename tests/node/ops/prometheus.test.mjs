@@ -20,7 +20,7 @@ import { after, before, describe, it } from "node:test";
 import { parse as parseYaml } from "yaml";
 
 import { TICKER_TOPIC, startKafka, startProducer, tickerStream } from "../support/kafka.mjs";
-import { connect, fixture, location, sleep, startServer, waitReady } from "../support/server.mjs";
+import { connect, fixture, location, settleAll, sleep, startServer, waitReady } from "../support/server.mjs";
 import { startRedis } from "../support/redis.mjs";
 import { dashboardFile, dashboardPanels, durationSeconds, metricNames, rulesFile, startPrometheus, substitute } from "./support.mjs";
 
@@ -131,12 +131,13 @@ describe("range windows", () => {
 describe("dashboard and alert rules on a real Prometheus", { timeout: 300_000 }, () => {
   before(async () => {
     log("starting Apache Kafka (scripts/kafka.sh) and redis-server");
-    [kafka, redis] = await Promise.all([startKafka(), startRedis()]);
+    // Each server is assigned as soon as it is up, so that after() stops it even when the
+    // other one failed to start.
+    await settleAll([startKafka().then((k) => (kafka = k)), startRedis().then((r) => (redis = r))]);
     log("starting two flux-bff replicas in Kafka mode");
-    const [ga, gb] = await Promise.all([gateway("bff-a"), gateway("bff-b")]);
+    const [ga, gb] = await settleAll([gateway("bff-a"), gateway("bff-b")]);
     log("starting console producers (tickers, news, stocks)");
-    producers.push(...(await Promise.all([TICKER_TOPIC, NEWS_TOPIC, STOCKS_TOPIC].map((t) => startProducer(kafka, t)))));
-    const [tickers, news, stocks] = producers;
+    const [tickers, news, stocks] = await settleAll([TICKER_TOPIC, NEWS_TOPIC, STOCKS_TOPIC].map((t) => startProducer(kafka, t).then((p) => (producers.push(p), p))));
     log("starting Prometheus (1 s scrapes, the rule file loaded)");
     prom = await startPrometheus({ targets: gateways.map((g) => `127.0.0.1:${g.port}`), ruleFiles: [rulesFile] });
     await waitTargetsUp(2);

@@ -15,6 +15,21 @@ export const binary = process.env.FLUX_BFF_BIN || path.join(repo, "target/debug/
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Promise.all for starting servers side by side: resolves their values in order, but when one
+ * start fails it waits for the others to settle before it throws the first failure. With
+ * Promise.all a failed start returned while the others were still coming up, so a server that
+ * came up afterwards was never assigned, or registered only after the cleanup hooks had run,
+ * and outlived the test. Register each server as soon as it is up (in its own `.then`, or
+ * inside the start helper), so that cleanup finds everything that started.
+ */
+export async function settleAll(promises) {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
+  return results.map((r) => r.value);
+}
+
 /** A TCP port that was free a moment ago on 127.0.0.1. */
 export function freePort() {
   return new Promise((resolve, reject) => {
