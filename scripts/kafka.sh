@@ -11,7 +11,7 @@
 #       DIR keeps the data: a broker restart), and execs the broker in the foreground on
 #       127.0.0.1:PORT (its controller on a free port). ADVERTISED (host:port, default
 #       127.0.0.1:PORT) is what it tells clients to connect to, e.g. a proxy in front of it.
-#       Used by the gateway's Kafka tests (tests/support/kafka_broker.rs) and by
+#       Used by the gateway's Kafka tests (tests/it/support/kafka_broker.rs) and by
 #       `flux-loadgen --spawn-kafka` (tools/flux-loadgen; its own tests use that option),
 #       which own the process. A second node joins with KAFKA_NODE_ID=2
 #       KAFKA_JOIN=127.0.0.1:<DIR1/controller.port>
