@@ -367,7 +367,7 @@ impl ClientRequests for ClientService {
                 self.reply(who, name, &request.miss(), name, "loading")
                     .await;
                 if let Err(e) = self.refresh(Refresh::TopMovers, Reason::Startup).await {
-                    let payload = request.error(&e.to_string());
+                    let payload = request.error(client_cause(&e));
                     self.reply(who, name, &payload, name, "error").await;
                 }
             }
@@ -379,7 +379,7 @@ impl ClientRequests for ClientService {
                             .await;
                     }
                     Err(e) => {
-                        let payload = request.error(&e.to_string());
+                        let payload = request.error(client_cause(&e));
                         self.reply(who, name, &payload, name, "error").await;
                     }
                 }
@@ -389,6 +389,15 @@ impl ClientRequests for ClientService {
                     .await;
             }
         }
+    }
+}
+
+/// The `error` of a reply whose refresh command failed: its class only (D35). The adapter's
+/// text names brokers, topics and what to check in the configuration: the log has it.
+fn client_cause(error: &CommandSinkError) -> &'static str {
+    match error {
+        CommandSinkError::Unavailable(_) => "command sink unavailable",
+        CommandSinkError::Rejected(_) => "command rejected",
     }
 }
 
@@ -649,7 +658,8 @@ mod tests {
         let payload = got[0].payload.to_value();
         assert_eq!(payload["status"], "error");
         assert_eq!(payload["message"], "Failed to fetch news");
-        assert_eq!(payload["error"], "command sink unavailable: broker down");
+        // The class only: the sink's text ("broker down" here) names brokers and topics.
+        assert_eq!(payload["error"], "command sink unavailable");
     }
 
     #[tokio::test]
@@ -674,7 +684,7 @@ mod tests {
             json!({
                 "status": "error",
                 "message": "Failed to fetch top movers",
-                "error": "command sink unavailable: broker down"
+                "error": "command sink unavailable"
             })
         );
     }
