@@ -557,8 +557,8 @@ mod tests {
     #[tokio::test]
     async fn warm_up_keeps_the_newest_valid_snapshot_of_each_topic_and_never_a_bad_one() {
         let bus = crate::adapters::memory::MemoryBus::new();
-        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[1]}"#));
-        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[2]}"#));
+        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[{"n":1}]}"#));
+        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[{"n":2}]}"#));
         bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[]}"#));
         bus.publish(topics::TOPCOINS_EVENTS, None, Some(b"not json"));
         bus.publish(topics::NEWS_EVENTS, None, Some(b"not json"));
@@ -572,7 +572,7 @@ mod tests {
         .await;
         assert_eq!(
             local.get(SNAP_TOPCOINS.key).as_deref(),
-            Some(r#"{"topCoins":[2]}"#)
+            Some(r#"{"topCoins":[{"n":2}]}"#)
         );
         assert_eq!(local.get(SNAP_NEWS.key), None);
     }

@@ -191,6 +191,15 @@ fn movers(obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     if !has_array_data(obj.get("topGainers")) || !has_array_data(obj.get("topLosers")) {
         return Err("side_without_data");
     }
+    // The dashboard upper-cases each mover's `symbol` (contract §d.3): one without a string
+    // there throws in the movers panel, and the snapshot would replace a good one.
+    let mut movers = ["topGainers", "topLosers"]
+        .iter()
+        .filter_map(|side| obj[*side]["data"].as_array())
+        .flatten();
+    if !movers.all(|m| m.get("symbol").is_some_and(Value::is_string)) {
+        return Err("invalid_mover");
+    }
     let snapshot = serde_json::to_string(&obj).expect("JSON value");
     let payload = json!({
         "status": "success",
@@ -212,6 +221,10 @@ fn topcoins(obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     match obj.get("topCoins") {
         None | Some(Value::Null) => return Err("missing_top_coins"),
         Some(Value::Array(a)) if a.is_empty() => return Err("empty_top_coins"),
+        // The dashboard reads `symbol` and `name` of each (contract §d.3).
+        Some(Value::Array(a)) if !a.iter().all(Value::is_object) => {
+            return Err("invalid_coin");
+        }
         Some(Value::Array(_)) => {}
         Some(_) => return Err("top_coins_not_an_array"),
     }
@@ -251,6 +264,10 @@ fn news(mut obj: Map<String, Value>) -> Result<Delivery, &'static str> {
     let articles = match obj.get_mut("payload") {
         Some(Value::Object(p)) => match p.remove("data") {
             Some(Value::Array(a)) if a.is_empty() => return Err("empty_articles"),
+            // The news card reads each article's fields (contract §d.3).
+            Some(Value::Array(a)) if !a.iter().all(Value::is_object) => {
+                return Err("invalid_article");
+            }
             Some(Value::Array(a)) => a,
             Some(Value::Null) | None => return Err("missing_articles"),
             Some(_) => return Err("articles_not_an_array"),
@@ -813,6 +830,46 @@ mod tests {
         assert_eq!(
             route(STOCK_EVENTS, Some(&compact(&v))).unwrap_err().reason,
             "invalid_performers"
+        );
+    }
+
+    /// Found by review: list items the dashboard dereferences passed unchecked (only stocks'
+    /// performers were), and would have replaced a good snapshot with one it cannot render.
+    #[test]
+    fn movers_coins_and_articles_the_dashboard_cannot_render_are_rejected() {
+        for (side, symbol) in [
+            ("topGainers", Value::Null),
+            ("topLosers", json!(42)),
+            ("topGainers", json!("")),
+        ] {
+            let mut v = fixture("crypto.movers.event.updated.json");
+            v[side]["data"][0]["symbol"] = symbol.clone();
+            let got = route(MOVERS_EVENTS, Some(&compact(&v)));
+            if symbol == json!("") {
+                assert!(got.is_ok(), "an empty symbol renders as nothing");
+            } else {
+                assert_eq!(got.unwrap_err().reason, "invalid_mover", "{side} {symbol}");
+            }
+        }
+        let mut v = fixture("crypto.movers.event.updated.json");
+        v["topLosers"]["data"][0] = Value::Null;
+        assert_eq!(
+            route(MOVERS_EVENTS, Some(&compact(&v))).unwrap_err().reason,
+            "invalid_mover"
+        );
+        let mut v = fixture("crypto.topcoins.event.updated.json");
+        v["topCoins"][1] = json!("ETH-USD");
+        assert_eq!(
+            route(TOPCOINS_EVENTS, Some(&compact(&v)))
+                .unwrap_err()
+                .reason,
+            "invalid_coin"
+        );
+        let mut v = fixture("news.service.event.updated.json");
+        v["payload"]["data"][2] = Value::Null;
+        assert_eq!(
+            route(NEWS_EVENTS, Some(&compact(&v))).unwrap_err().reason,
+            "invalid_article"
         );
     }
 
