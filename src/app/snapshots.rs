@@ -557,8 +557,16 @@ mod tests {
     #[tokio::test]
     async fn warm_up_keeps_the_newest_valid_snapshot_of_each_topic_and_never_a_bad_one() {
         let bus = crate::adapters::memory::MemoryBus::new();
-        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[{"n":1}]}"#));
-        bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[{"n":2}]}"#));
+        bus.publish(
+            topics::TOPCOINS_EVENTS,
+            None,
+            Some(br#"{"topCoins":[{"n":1}]}"#),
+        );
+        bus.publish(
+            topics::TOPCOINS_EVENTS,
+            None,
+            Some(br#"{"topCoins":[{"n":2}]}"#),
+        );
         bus.publish(topics::TOPCOINS_EVENTS, None, Some(br#"{"topCoins":[]}"#));
         bus.publish(topics::TOPCOINS_EVENTS, None, Some(b"not json"));
         bus.publish(topics::NEWS_EVENTS, None, Some(b"not json"));
