@@ -41,7 +41,6 @@ impl Cut {
         self.at_ms
     }
 
-    /// Whether the event at `pos` is on the delivered side of the cut.
     /// The cut covering what either covers: per partition the further mark, the later time.
     /// A replayed event's own cut can be behind the client's on partitions it has nothing to
     /// do with (the client's came from a replica further ahead there); sent as it is, it would
@@ -59,6 +58,7 @@ impl Cut {
         }
     }
 
+    /// Whether the event at `pos` is on the delivered side of the cut.
     pub fn covers(&self, pos: &Position) -> bool {
         self.marks
             .get(&(pos.topic, pos.partition))

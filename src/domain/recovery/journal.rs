@@ -192,8 +192,6 @@ impl Journal {
         offset
     }
 
-    /// `name` as a shared string: one allocation per distinct room or event name (up to
-    /// [`MAX_NAMES`]), not one per entry.
     /// Appends every emit of `delivery`, caused by the record at `offset` of `partition` of
     /// event topic `topic` (its index in [`EVENT_TOPICS`](crate::domain::topics::EVENT_TOPICS)),
     /// and returns their offset strings, in order.
@@ -230,6 +228,8 @@ impl Journal {
             .collect()
     }
 
+    /// `name` as a shared string: one allocation per distinct room or event name (up to
+    /// [`MAX_NAMES`]), not one per entry.
     fn name(&mut self, name: &str) -> Arc<str> {
         if let Some(shared) = self.names.get(name) {
             return Arc::clone(shared);
