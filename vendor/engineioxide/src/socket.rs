@@ -444,6 +444,14 @@ where
         if self.is_upgrading() || now_ms < hb.next_ping_ms.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // flux-bff patch: the ping is noted as sent before it is queued. Queuing it wakes the
+        // writer, which may send it, read the client's pong and clear `ping_sent_ms` before
+        // this thread runs again: noted after, the ping would count as unanswered and the
+        // socket be closed `timeout` later (found by review). (The reader's clear comes after
+        // this store in the variable's order: over a WebSocket, the queue's lock and then the
+        // connection's lock order them. A ping that cannot be queued closes the socket.)
+        hb.ping_sent_ms.store(now_ms.max(1), Ordering::Relaxed);
+        hb.next_ping_ms.store(now_ms + interval, Ordering::Relaxed);
         // flux-bff patch: one slot past the queue's bound when it is full. Upstream closed the
         // socket at once when its queue was full at ping time, so a slow client (its queue
         // kept full by the gateway's backlog drainer) was dropped as a heartbeat timeout with
@@ -453,8 +461,6 @@ where
         self.internal_tx
             .send_past_bound(smallvec![Packet::Ping])
             .map_err(|_| Error::HeartbeatTimeout)?;
-        hb.ping_sent_ms.store(now_ms.max(1), Ordering::Relaxed);
-        hb.next_ping_ms.store(now_ms + interval, Ordering::Relaxed);
         Ok(())
     }
 
@@ -865,6 +871,34 @@ mod tests {
         assert!(
             socket.heartbeat_check(26_000, interval, timeout).is_err(),
             "the ping before is still queued: no second one past the bound"
+        );
+    }
+
+    /// flux-bff patch: the writer may send the ping, and the reading task take the client's
+    /// pong, before the heartbeat thread runs again after queuing it. Here the pong "arrives"
+    /// as the ping is queued: the queue wakes the writer's waker, which takes it.
+    #[test]
+    fn a_pong_read_before_the_ping_is_noted_answers_it() {
+        struct PongOnWake(Arc<Socket<()>>, u64);
+        impl std::task::Wake for PongOnWake {
+            fn wake(self: Arc<Self>) {
+                self.0.heartbeat_received(self.1);
+            }
+        }
+        let socket = socket();
+        let (interval, timeout) = (Duration::from_secs(25), Duration::from_secs(20));
+        let waker = std::task::Waker::from(Arc::new(PongOnWake(socket.clone(), 1_001)));
+        socket
+            .internal_rx
+            .try_lock()
+            .unwrap()
+            .buffered_rx
+            .register(&mut Context::from_waker(&waker));
+        socket.heartbeat_start(1_000);
+        assert!(socket.heartbeat_check(1_000, interval, timeout).is_ok());
+        assert!(
+            socket.heartbeat_check(21_000, interval, timeout).is_ok(),
+            "the ping was answered"
         );
     }
 
