@@ -76,7 +76,8 @@ impl<T> Shared<T> {
     /// Gives `n` slots back.
     fn release(&self, n: usize) {
         if n > 0 {
-            self.used.fetch_sub(n, Ordering::AcqRel);
+            // SeqCst: see `notify_changed` (on x86 the same locked instruction as AcqRel).
+            self.used.fetch_sub(n, Ordering::SeqCst);
             self.notify_changed();
         }
     }
@@ -93,6 +94,17 @@ impl<T> Shared<T> {
         self.rx_waker.wake();
     }
 
+    /// Wakes the senders waiting in [`Self::wait_until`], if any, after a change of `used` or
+    /// `closed`.
+    ///
+    /// flux-bff patch: a waiter counts itself in `waiting` and then reads `used` (or `closed`);
+    /// a change writes `used` (or `closed`) and then reads `waiting`. Unless both sides are
+    /// sequentially consistent, each may read the other's old value (store buffering: allowed
+    /// on weakly ordered CPUs), and a waiter that saw a full queue sleeps through the only
+    /// release that would wake it. So the change is a SeqCst write followed by this SeqCst
+    /// read, and the waiter puts a SeqCst fence between its count and its read (its reads
+    /// are the senders' own, Relaxed or Acquire, on the hot path): one of the two sees the
+    /// other.
     fn notify_changed(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.changed.notify_waiters();
@@ -101,18 +113,37 @@ impl<T> Shared<T> {
 
     /// Waits for `changed` until `done` returns a value.
     async fn wait_until<R>(&self, mut done: impl FnMut() -> Option<R>) -> R {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let out = loop {
+        // flux-bff patch: counted out when the wait ends or is dropped (a timed-out upgrade
+        // drops its send, a shutdown its wait for the close): a count left behind made every
+        // later release of the queue notify.
+        let _waiting = Waiting::count(&self.waiting);
+        std::sync::atomic::fence(Ordering::SeqCst); // see `notify_changed`
+        loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if let Some(out) = done() {
-                break out;
+                return out;
             }
             changed.await;
-        };
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        out
+        }
+    }
+}
+
+/// One sender waiting in [`Shared::wait_until`], counted in its `waiting` while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // A release that still sees the count notifies no one: harmless.
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -364,7 +395,8 @@ impl<T> Receiver<T> {
 
     /// Closes the queue: no more sends; what is queued can still be received.
     pub fn close(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
+        // SeqCst: see `Shared::notify_changed`.
+        self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.notify_changed();
     }
 }
@@ -479,6 +511,19 @@ mod tests {
             0,
             "an idle socket holds no queue memory"
         );
+    }
+
+    /// flux-bff patch: a wait that is dropped (a timed-out upgrade's send, a shutdown's wait
+    /// for the close) is no longer counted: releases stop notifying.
+    #[test]
+    fn a_dropped_wait_is_counted_out() {
+        use futures_util::FutureExt;
+        let (tx, mut rx) = channel::<u32>(1);
+        tx.try_send(0).unwrap();
+        assert!(tx.send(1).now_or_never().is_none(), "no room: it waits");
+        assert!(tx.closed().now_or_never().is_none(), "open: it waits");
+        assert_eq!(tx.shared.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(rx.try_recv(), Ok(0));
     }
 
     #[tokio::test]
