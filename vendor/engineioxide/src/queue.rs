@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -32,11 +32,20 @@ pub use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 /// burst's) is freed.
 const REUSED_SLOTS: usize = 8;
 
+/// [`Shared::state`]: sends are taken.
+const OPEN: u8 = 0;
+/// flux-bff patch: sends fail as if the queue were closed, what is queued is still received,
+/// but the senders are not told the queue is closed ([`Receiver::seal`]).
+const SEALED: u8 = 1;
+/// Closed by the receiver ([`Receiver::close`]).
+const CLOSED: u8 = 2;
+
 struct Shared<T> {
     items: Mutex<VecDeque<T>>,
     /// Items queued (here or in the receiver's batch) plus slots reserved by [`Permit`]s.
     used: AtomicUsize,
-    closed: AtomicBool,
+    /// [`OPEN`], [`SEALED`] or [`CLOSED`].
+    state: AtomicU8,
     cap: usize,
     /// The receiver, waiting for an item.
     rx_waker: AtomicWaker,
@@ -51,9 +60,9 @@ impl<T> Shared<T> {
         crate::lock(&self.items)
     }
 
-    /// Takes a slot, unless the queue is closed or full.
+    /// Takes a slot, unless the queue is closed (or sealed) or full.
     fn reserve(&self) -> Result<(), TrySendError<()>> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.state.load(Ordering::Acquire) != OPEN {
             return Err(TrySendError::Closed(()));
         }
         let mut used = self.used.load(Ordering::Relaxed);
@@ -84,7 +93,7 @@ impl<T> Shared<T> {
 
     /// Queues an item in a reserved slot.
     fn push(&self, item: T) {
-        if self.closed.load(Ordering::Acquire) {
+        if self.state.load(Ordering::Acquire) != OPEN {
             // A closed queue drops what is sent to it, as tokio's does.
             drop(item);
             self.release(1);
@@ -95,10 +104,10 @@ impl<T> Shared<T> {
     }
 
     /// Wakes the senders waiting in [`Self::wait_until`], if any, after a change of `used` or
-    /// `closed`.
+    /// `state`.
     ///
-    /// flux-bff patch: a waiter counts itself in `waiting` and then reads `used` (or `closed`);
-    /// a change writes `used` (or `closed`) and then reads `waiting`. Unless both sides are
+    /// flux-bff patch: a waiter counts itself in `waiting` and then reads `used` (or `state`);
+    /// a change writes `used` (or `state`) and then reads `waiting`. Unless both sides are
     /// sequentially consistent, each may read the other's old value (store buffering: allowed
     /// on weakly ordered CPUs), and a waiter that saw a full queue sleeps through the only
     /// release that would wake it. So the change is a SeqCst write followed by this SeqCst
@@ -153,7 +162,7 @@ pub fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         items: Mutex::new(VecDeque::new()),
         used: AtomicUsize::new(0),
-        closed: AtomicBool::new(false),
+        state: AtomicU8::new(OPEN),
         cap,
         rx_waker: AtomicWaker::new(),
         changed: Notify::new(),
@@ -220,7 +229,7 @@ impl<T> Sender<T> {
     /// be asked for its pong, behind what it has not read yet; a client that reads nothing
     /// (and sends pongs unasked) finds the slot taken at its next ping.
     pub fn send_past_bound(&self, item: T) -> Result<(), TrySendError<T>> {
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.shared.state.load(Ordering::Acquire) != OPEN {
             return Err(TrySendError::Closed(item));
         }
         let past = self.shared.cap + 1;
@@ -274,7 +283,7 @@ impl<T> Sender<T> {
 
     /// Whether the receiver closed the queue.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.state.load(Ordering::Acquire) == CLOSED
     }
 
     /// Waits until the receiver closes the queue.
@@ -360,7 +369,7 @@ impl<T> Receiver<T> {
         self.shared.rx_waker.register(cx.waker());
     }
 
-    /// Polls for the next item; `None` once the queue is closed and empty.
+    /// Polls for the next item; `None` once the queue is closed (or sealed) and empty.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if let Some(item) = self.pop() {
             return Poll::Ready(Some(item));
@@ -370,7 +379,7 @@ impl<T> Receiver<T> {
         if let Some(item) = self.pop() {
             return Poll::Ready(Some(item));
         }
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.shared.state.load(Ordering::Acquire) != OPEN {
             return Poll::Ready(None);
         }
         Poll::Pending
@@ -388,7 +397,9 @@ impl<T> Receiver<T> {
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         match self.pop() {
             Some(item) => Ok(item),
-            None if self.shared.closed.load(Ordering::Acquire) => Err(TryRecvError::Disconnected),
+            None if self.shared.state.load(Ordering::Acquire) != OPEN => {
+                Err(TryRecvError::Disconnected)
+            }
             None => Err(TryRecvError::Empty),
         }
     }
@@ -396,8 +407,23 @@ impl<T> Receiver<T> {
     /// Closes the queue: no more sends; what is queued can still be received.
     pub fn close(&mut self) {
         // SeqCst: see `Shared::notify_changed`.
-        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.state.store(CLOSED, Ordering::SeqCst);
         self.shared.notify_changed();
+    }
+
+    /// flux-bff patch: takes no more sends (they fail as if the queue were closed) while what
+    /// is queued is still handed out; [`Self::poll_recv`] returns `None` once it is. Unlike
+    /// [`Self::close`], the senders are not told the queue is closed ([`Sender::is_closed`],
+    /// [`Sender::closed`]): the session's close does that once its transport has let go.
+    pub fn seal(&mut self) {
+        // SeqCst: see `Shared::notify_changed` (a sender waiting for room fails now).
+        let sealed =
+            self.shared
+                .state
+                .compare_exchange(OPEN, SEALED, Ordering::SeqCst, Ordering::Relaxed);
+        if sealed.is_ok() {
+            self.shared.notify_changed();
+        }
     }
 }
 
@@ -524,6 +550,34 @@ mod tests {
         assert!(tx.closed().now_or_never().is_none(), "open: it waits");
         assert_eq!(tx.shared.waiting.load(Ordering::Relaxed), 0);
         assert_eq!(rx.try_recv(), Ok(0));
+    }
+
+    #[tokio::test]
+    async fn a_sealed_queue_hands_out_what_it_holds_and_takes_nothing_more() {
+        let (tx, mut rx) = channel::<u32>(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        let waiting = tokio::spawn({
+            let tx = Arc::new(tx);
+            let waiting = tx.clone();
+            async move { (waiting.send(3).await, tx) }
+        });
+        tokio::task::yield_now().await; // it waits for room
+        rx.seal();
+        let (sent, tx) = waiting.await.unwrap();
+        assert!(
+            matches!(sent, Err(TrySendError::Closed(3))),
+            "the waiting send fails"
+        );
+        assert!(matches!(tx.try_send(4), Err(TrySendError::Closed(4))));
+        assert!(!tx.is_closed(), "the senders are not told it is closed");
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(2));
+        assert_eq!(rx.recv().await, None);
+        rx.close();
+        assert!(tx.is_closed());
+        rx.seal();
+        assert!(tx.is_closed(), "sealing does not reopen a closed queue");
     }
 
     #[tokio::test]

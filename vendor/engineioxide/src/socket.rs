@@ -219,7 +219,8 @@ impl InternalRx {
 }
 
 /// flux-bff patch: the next packets for a WebSocket writer: what is queued first, then the
-/// latest volatile packets; `None` once the queue is closed or the socket cancelled.
+/// latest volatile packets; `None` once the queue is closed, or the socket cancelled and what
+/// was queued before the cancellation handed out.
 ///
 /// The writer waits on the queue's one waker alone: a volatile send and the socket's
 /// cancellation ([`Socket::cancel`]) wake it through the queue. Upstream's writer built a
@@ -233,15 +234,24 @@ pub(crate) fn poll_ws_packets(
     cx: &mut Context<'_>,
 ) -> Poll<Option<PacketBuf>> {
     loop {
+        // A flag, not `CancellationToken::is_cancelled`: that takes the token's mutex, and
+        // this runs at every write (2.7 % of the gateway's samples at 1000 × 50/s).
+        // Checked at every call, not only when the queue is empty: senders that keep the
+        // queue filled (a lagging client's backlog, broadcasts) kept a cancelled writer going
+        // while its client read, and the session's close, which waits for the queue, with it
+        // (found by review). The sealed queue hands out what was queued before (the close
+        // packet that `Socket::close` queues just before cancelling among it), takes no more,
+        // and then returns `None`.
+        if cancelled.load(Ordering::Acquire) {
+            buffered_rx.seal();
+        }
         if let Poll::Ready(packets) = buffered_rx.poll_recv(cx) {
             return Poll::Ready(packets);
         }
         // The waker is registered: a cancellation or a volatile send after these checks wakes
         // this task again.
-        // A flag, not `CancellationToken::is_cancelled`: that takes the token's mutex, and
-        // this runs at every write (2.7 % of the gateway's samples at 1000 × 50/s).
         if cancelled.load(Ordering::Acquire) {
-            return Poll::Ready(None);
+            continue; // cancelled since the check above: sealed now, then drained
         }
         if !volatile_rx.has_changed().unwrap_or(false) {
             return Poll::Pending;

@@ -1277,6 +1277,102 @@ mod tests {
             .unwrap();
     }
 
+    /// A client that reads everything at once (kept in `read`); each write to it queues one
+    /// more message on `socket` (until `LIMIT`), as senders that keep a socket's queue filled
+    /// do.
+    struct Refilling {
+        socket: Arc<Socket<()>>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+        read: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Refilling {
+        const LIMIT: usize = 10_000;
+    }
+
+    impl AsyncWrite for Refilling {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.writes.fetch_add(1, Ordering::Relaxed) < Self::LIMIT {
+                self.socket.emit(Str::from("more")).ok();
+            }
+            self.read.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Refilling {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(())) // the end of the stream: no answer to the close to wait for
+        }
+    }
+
+    /// flux-bff patch: a cancelled writer whose queue is refilled as fast as it writes (a
+    /// client that reads, senders that keep its queue full) still stops: it writes what was
+    /// queued before the cancellation and lets go of the queue, which the session's close
+    /// waits for. It checked the cancellation only when the queue was empty, and wrote on.
+    #[tokio::test]
+    async fn a_cancelled_writer_stops_while_its_queue_is_refilled() {
+        let socket = socket();
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let read = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = Refilling {
+            socket: socket.clone(),
+            writes: writes.clone(),
+            read: read.clone(),
+        };
+        // Every message goes to the client as it is fed (no write buffer): one refill each.
+        let config = WebSocketConfig::default().write_buffer_size(0);
+        let ws = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
+        let [_reading, writing] = WsConn::open(ws, ProtocolVersion::V4, None, direct_off());
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            writing,
+            TIMEOUT,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await; // the writer waits for packets
+
+        socket.emit(Str::from("before the close")).unwrap();
+        socket.cancel();
+        let queue = tokio::time::timeout(TIMEOUT, socket.internal_rx.lock()).await;
+        assert!(queue.is_ok(), "the writer lets go of the queue");
+        drop(queue);
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer ends")
+            .unwrap();
+        let writes = writes.load(Ordering::Relaxed);
+        assert!(
+            writes <= 2,
+            "what was queued before the cancellation and the close frame, not {writes} writes"
+        );
+        let read = read.lock().unwrap();
+        assert!(
+            read.windows(17).any(|w| w == b"4before the close"),
+            "what was queued before the cancellation is written"
+        );
+        assert!(
+            matches!(
+                socket.reserve(),
+                Err(crate::queue::TrySendError::Closed(()))
+            ),
+            "nothing is queued after"
+        );
+    }
+
     #[tokio::test]
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let socket = socket();
