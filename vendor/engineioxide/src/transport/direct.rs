@@ -77,6 +77,32 @@ impl DirectPolicy {
         Direct::Refused(packets)
     }
 
+    /// flux-bff patch: whether [`Self::take_budget`] at `now` would take budget, without
+    /// counting anything (a direct write builds its messages only then).
+    pub(crate) fn has_budget(&self, now: u64) -> bool {
+        let w = Self::window_at(WINDOW.get(), now);
+        w.allowed && w.written < self.per_window
+    }
+
+    /// The window `w` is at `now`: itself, or a new one once it is over.
+    fn window_at(w: Window, now: u64) -> Window {
+        // (A window begun on another engine's clock is over too.)
+        if now
+            .checked_sub(w.start)
+            .is_none_or(|e| e >= Self::WINDOW_NS)
+        {
+            Window {
+                start: now,
+                written: 0,
+                sends: 0,
+                busy: 0,
+                allowed: w.busy.saturating_mul(Self::BUSY_ONE_IN) <= w.sends,
+            }
+        } else {
+            w
+        }
+    }
+
     /// Whether this thread may write directly at `now` to a socket found idle: at most
     /// `per_window` times in a window of [`Self::WINDOW_NS`], and only if at most one in
     /// [`Self::BUSY_ONE_IN`] of the sends of its previous window (the counts since the window
@@ -92,20 +118,7 @@ impl DirectPolicy {
     /// allowed, a run's p99 went to 121 ms: BENCHMARKS.md "Direct writes").
     pub(crate) fn take_budget(&self, now: u64) -> bool {
         WINDOW.with(|window| {
-            let mut w = window.get();
-            // (A window begun on another engine's clock is over too.)
-            if now
-                .checked_sub(w.start)
-                .is_none_or(|e| e >= Self::WINDOW_NS)
-            {
-                w = Window {
-                    start: now,
-                    written: 0,
-                    sends: 0,
-                    busy: 0,
-                    allowed: w.busy.saturating_mul(Self::BUSY_ONE_IN) <= w.sends,
-                };
-            }
+            let mut w = Self::window_at(window.get(), now);
             w.sends = w.sends.saturating_add(1);
             let take = w.allowed && w.written < self.per_window;
             w.written += u32::from(take);
@@ -185,6 +198,30 @@ mod tests {
         assert!(
             policy.take_budget(after + DirectPolicy::WINDOW_NS),
             "the refused window's sends were idle"
+        );
+    }
+
+    /// flux-bff patch: `has_budget` answers what `take_budget` would, and counts nothing.
+    #[test]
+    fn has_budget_answers_as_take_budget_would() {
+        let policy = policy(200); // 2 per window
+        let start = 9 * DirectPolicy::WINDOW_NS;
+        for _ in 0..2 {
+            assert!(policy.has_budget(start));
+            assert!(policy.has_budget(start), "asking takes nothing");
+            assert!(policy.take_budget(start));
+        }
+        assert!(!policy.has_budget(start));
+        assert!(!policy.take_budget(start));
+        // A busy window: the next is refused, as `take_budget` refuses it.
+        let next = start + DirectPolicy::WINDOW_NS;
+        (0..3).for_each(|_| drop(policy.refuse_busy(PacketBuf::new())));
+        assert!(!policy.has_budget(next));
+        assert!(!policy.take_budget(next));
+        assert!(policy.has_budget(next + DirectPolicy::WINDOW_NS));
+        assert!(
+            !DirectPolicy::new(0, Clock::start()).has_budget(next),
+            "none when off"
         );
     }
 

@@ -52,11 +52,19 @@ thread_local! {
     };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: called as each message is built on this thread (what is locked meanwhile).
+    pub(crate) static ON_BUILD: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+}
+
 /// The WebSocket message of Engine.IO message `msg` (`4` followed by `msg`): with
 /// `compress_from` (permessage-deflate negotiated, and its threshold), a compressed (RSV1)
 /// text frame when the message is at least that long and deflate makes it smaller; plain
 /// text otherwise.
 pub(crate) fn message(msg: Str, compress_from: Option<usize>) -> Message {
+    #[cfg(test)]
+    ON_BUILD.with_borrow(|hook| hook.as_ref().map(|hook| hook()));
     let compress = compress_from.is_some_and(|min| msg.len() + 1 >= min);
     if !compress && msg.len() < MIN_SHARED {
         return Message::Text(build(&msg));

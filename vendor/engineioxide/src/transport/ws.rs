@@ -407,10 +407,15 @@ fn inflated(frame: Frame, max_payload: u64) -> Result<Message, Error> {
 /// before.
 ///
 /// Order: the writer task takes packets from the queue only while it holds this lock, and
-/// feeds them to the connection (or to `held`) before letting go; a direct write happens only
-/// under the same lock, with nothing queued, nothing held and nothing unflushed. So a
+/// marks them `taken` until it has fed them to the connection (or to `held`); a direct write
+/// happens only under the same lock, with nothing queued, taken, held or unflushed. So a
 /// direct write never overtakes a queued packet. (Volatile packets, which bypass the queue
 /// and are unordered by contract, are not counted as queued.)
+///
+/// Messages are built (and compressed: a large message's deflate takes a while) outside the
+/// lock, by the writer task between taking packets and feeding them, by a direct write before
+/// it takes the lock: under it, the reading task waited for a whole deflate, parked on the
+/// mutex, and other threads' direct writes were refused (flux-bff patch, found by review).
 struct WsConn<S> {
     /// `None` once both of the connection's tasks have let go of it ([`TaskHold`]): the
     /// stream is dropped then, and the connection closed, although the socket keeps this
@@ -435,6 +440,9 @@ struct WsConnState<S> {
     held: VecDeque<Message>,
     /// Messages fed since the last completed flush.
     unflushed: bool,
+    /// The writer task has taken packets from the queue and builds their messages outside the
+    /// lock: a direct write now would overtake them.
+    taken: bool,
     /// A flush was begun and the connection could not take all of it: the writer takes no
     /// more packets from the queue until it is done, so that a client that stops reading
     /// fills the socket's queue (where the gateway sees it lag) rather than the WebSocket's
@@ -497,6 +505,7 @@ where
                 closed: false,
                 held: VecDeque::new(),
                 unflushed: false,
+                taken: false,
                 flushing: false,
                 holds: 2,
             })),
@@ -627,7 +636,7 @@ where
         crate::hint::prefetch(self);
     }
 
-    fn try_write(&self, mut packets: PacketBuf, queued_ahead: bool) -> Direct {
+    fn try_write(&self, packets: PacketBuf, queued_ahead: bool) -> Direct {
         // Reached only when direct writes are on: the writer gives the socket this
         // connection only then.
         let policy = self.direct;
@@ -639,6 +648,16 @@ where
         if policy.written_recently(self.last_fed.load(Ordering::Relaxed), now) {
             return policy.refuse_busy(packets); // more may follow: the writer task batches them
         }
+        // The messages are built before the lock is taken (see `WsConn`), but only while
+        // this thread has budget left: past it, a broadcast's sends build nothing here.
+        // (What `take_budget` answers below, with nothing in between that changes this
+        // thread's window.)
+        let build = |packets: &PacketBuf| {
+            (packets.iter().cloned())
+                .filter_map(|packet| ws_message(self.protocol, packet, self.compression))
+                .collect::<smallvec::SmallVec<[Message; 2]>>()
+        };
+        let messages = policy.has_budget(now).then(|| build(&packets));
         // Held by the writer task (it is writing), the reading task or another sender: queue.
         let Ok(mut state) = self.state.try_lock() else {
             return policy.refuse_busy(packets);
@@ -646,12 +665,14 @@ where
         let Some(state) = state.as_mut().filter(|state| !state.closed) else {
             return Direct::Refused(packets); // the writer task has closed the connection
         };
-        if state.unflushed || !state.held.is_empty() {
+        if state.unflushed || state.taken || !state.held.is_empty() {
             return policy.refuse_busy(packets); // the writer task has its own to write first
         }
         if !policy.take_budget(now) {
             return Direct::Refused(packets); // this thread's share is spent: the tasks write
         }
+        // (Built already: `has_budget` said so. Were it ever wrong, they are built here.)
+        let mut messages = messages.unwrap_or_else(|| build(&packets));
         // Nothing waits on this context: whatever is left to write is the writer task's,
         // which the caller wakes on `Unflushed`, and which polls the connection with its own waker.
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -661,10 +682,8 @@ where
         // pretend the connection is full (the writer tasks would do them after all).
         let mut write = std::pin::pin!(tokio::task::coop::unconstrained(std::future::poll_fn(
             |cx| {
-                for packet in std::mem::take(&mut packets) {
-                    if let Some(msg) = ws_message(self.protocol, packet, self.compression) {
-                        state.feed(msg, &mut sent, cx);
-                    }
+                for msg in std::mem::take(&mut messages) {
+                    state.feed(msg, &mut sent, cx);
                 }
                 if state.held.is_empty() {
                     state.poll_flush(cx)
@@ -725,13 +744,14 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     }
 
     // Wait for packets, feed them and everything queued behind them, flush once the queue
-    // is drained; until the queue closes or the socket is cancelled. The lock is taken per
-    // batch, so that the reading task waits for one batch at the most.
+    // is drained; until the queue closes or the socket is cancelled. The lock is let go while
+    // a batch's messages are built, so that the reading task waits for one batch's feeding
+    // at the most.
     std::future::poll_fn(|cx| {
         let mut sent = (0, 0);
+        let mut guard = conn.lock();
         let poll = loop {
-            let mut state = conn.lock();
-            let Some(state) = state.as_mut() else {
+            let Some(state) = guard.as_mut() else {
                 break Poll::Ready(());
             };
             state.feed_held(&mut sent, cx);
@@ -748,10 +768,20 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             }
             match crate::socket::poll_ws_packets(buffered_rx, volatile_rx, &socket.cancelled, cx) {
                 Poll::Ready(Some(packets)) => {
-                    for packet in packets {
-                        if let Some(msg) = ws_message(conn.protocol, packet, conn.compression) {
-                            state.feed(msg, &mut sent, cx);
-                        }
+                    // Taken under the lock (a direct write cannot overtake them), built
+                    // outside it (see `WsConn`), fed under it again.
+                    state.taken = true;
+                    drop(guard);
+                    let messages = (packets.into_iter())
+                        .filter_map(|packet| ws_message(conn.protocol, packet, conn.compression))
+                        .collect::<smallvec::SmallVec<[Message; 2]>>();
+                    guard = conn.lock();
+                    let Some(state) = guard.as_mut() else {
+                        break Poll::Ready(());
+                    };
+                    state.taken = false;
+                    for msg in messages {
+                        state.feed(msg, &mut sent, cx);
                     }
                 }
                 Poll::Ready(None) => break Poll::Ready(()),
@@ -765,6 +795,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             }
         };
+        drop(guard);
         if sent.0 > 0 {
             conn.fed_now();
             crate::stats::add_ws_sent(sent.0, sent.1);
@@ -1175,6 +1206,102 @@ mod tests {
             conn.lock().is_none(),
             "the stream is dropped, the struct lives on"
         );
+    }
+
+    /// flux-bff patch: messages are built (a large one compressed) outside the connection's
+    /// lock, by the writer task and by a direct write: under it, the reading task waited for
+    /// the whole deflate, parked on the mutex, and other threads' direct writes were refused.
+    #[tokio::test]
+    async fn messages_are_built_outside_the_connection_lock() {
+        // The writer task runs on this thread (a current-thread runtime): so does the hook.
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let direct = DirectPolicy::new(1_000_000, crate::engine::Clock::start());
+        let [reading, writing] = WsConn::open(server, socket.protocol, None, direct);
+        let locked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        super::super::frames::ON_BUILD.set(Some(Box::new({
+            let (conn, locked) = (reading.0.clone(), locked.clone());
+            move || locked.lock().unwrap().push(conn.state.try_lock().is_err())
+        })));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            writing,
+            TIMEOUT,
+        ));
+        socket.emit(Str::from("queued")).unwrap(); // the writer task writes it
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert_eq!(msg.unwrap().unwrap().unwrap(), Message::text("4queued"));
+
+        tokio::time::sleep(Duration::from_millis(20)).await; // idle for longer than 15 ms
+        let packets = smallvec![Packet::Message(Str::from("direct"))];
+        assert!(matches!(reading.try_write(packets, false), Direct::Written));
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert_eq!(msg.unwrap().unwrap().unwrap(), Message::text("4direct"));
+
+        super::super::frames::ON_BUILD.set(None);
+        assert_eq!(
+            *locked.lock().unwrap(),
+            [false, false],
+            "was the connection locked while each message was built?"
+        );
+        socket.cancel();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert!(matches!(msg.unwrap().unwrap().unwrap(), Message::Close(_)));
+        client.flush().await.unwrap(); // the client's answer, which the writer reads
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// flux-bff patch: while the writer task builds the messages of packets it has taken, out
+    /// of the connection's lock, a direct write is refused: it would overtake them.
+    #[tokio::test]
+    async fn a_direct_write_while_the_writer_builds_goes_behind_its_packets() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let direct = DirectPolicy::new(1_000_000, crate::engine::Clock::start());
+        let [reading, writing] = WsConn::open(server, socket.protocol, None, direct);
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            writing,
+            TIMEOUT,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await; // idle for longer than 15 ms
+        // As the writer task builds "taken", another sender finds the queue empty (the writer
+        // took its packet) and the socket idle, and tries a direct write.
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        super::super::frames::ON_BUILD.set(Some(Box::new({
+            let (conn, refused) = (reading.0.clone(), refused.clone());
+            let once = std::sync::atomic::AtomicBool::new(false);
+            move || {
+                if !once.swap(true, Ordering::Relaxed) {
+                    let packets = smallvec![Packet::Message(Str::from("second"))];
+                    *refused.lock().unwrap() = match conn.try_write(packets, false) {
+                        Direct::Refused(packets) => Some(packets),
+                        _ => None,
+                    };
+                }
+            }
+        })));
+        socket.emit(Str::from("taken")).unwrap();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        super::super::frames::ON_BUILD.set(None);
+        assert_eq!(msg.unwrap().unwrap().unwrap(), Message::text("4taken"));
+        let refused = refused.lock().unwrap().take();
+        let packets = refused.expect("the direct write is refused while the writer builds");
+        socket.internal_tx.try_send(packets).unwrap(); // queued, as `Permit` does
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert_eq!(msg.unwrap().unwrap().unwrap(), Message::text("4second"));
+
+        socket.cancel();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await;
+        assert!(matches!(msg.unwrap().unwrap().unwrap(), Message::Close(_)));
+        client.flush().await.unwrap(); // the client's answer, which the writer reads
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     /// flux-bff patch: the writer closes the connection only once the client has answered
