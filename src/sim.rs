@@ -32,6 +32,30 @@ use crate::telemetry::metrics::{SIM_COMMANDS, SIM_EVENTS_PUBLISHED, SIM_PUBLISH_
 
 pub use market::max_products;
 
+/// `event` as JSON the way the domain services' `JSON.stringify` writes it: an integral number
+/// without a fraction (`9`, not serde's `9.0`), so that the simulated records are the real
+/// ones' bytes, not only their shape.
+fn js_json<T: serde::Serialize>(event: &T) -> Option<Vec<u8>> {
+    fn integral(value: &mut Value) {
+        match value {
+            Value::Number(n) => {
+                // Within ±2^53 an f64 is an integer exactly when it has no fraction.
+                if let Some(x) = n.as_f64().filter(|x| n.is_f64() && x.fract() == 0.0)
+                    && x.abs() < 9_007_199_254_740_992.0
+                {
+                    *n = serde_json::Number::from(x as i64);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(integral),
+            Value::Object(fields) => fields.values_mut().for_each(integral),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(event).ok()?;
+    integral(&mut value);
+    serde_json::to_vec(&value).ok()
+}
+
 /// How the simulator behaves. A zero interval turns that periodic publication off (the stream
 /// is then published at start and on its refresh command only).
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]

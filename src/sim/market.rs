@@ -325,7 +325,7 @@ impl Market {
                         best_ask_quantity: format!("{:.8}", rng.random_range(0.0001..2.0)),
                     },
                 };
-                Some((product.to_owned(), serde_json::to_vec(&event).ok()?))
+                Some((product.to_owned(), super::js_json(&event)?))
             })
             .collect()
     }
@@ -349,7 +349,7 @@ impl Market {
                 })
             })
             .collect();
-        serde_json::to_vec(&TopCoinsEvent { top_coins }).unwrap_or_default()
+        super::js_json(&TopCoinsEvent { top_coins }).unwrap_or_default()
     }
 
     /// The top movers value: the ten best and ten worst coins by 1 h change (rounded to 0.1,
@@ -402,7 +402,7 @@ impl Market {
             top_gainers: side(gainers, 19),
             top_losers: side(losers, 0),
         };
-        serde_json::to_vec(&event).unwrap_or_default()
+        super::js_json(&event).unwrap_or_default()
     }
 }
 

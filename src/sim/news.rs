@@ -183,7 +183,7 @@ pub fn news(trigger: Trigger, now: SystemTime, rng: &mut impl Rng) -> Vec<u8> {
         timestamp: epoch_ms(now),
         source: trigger.as_str(),
     };
-    serde_json::to_vec(&event).unwrap_or_default()
+    super::js_json(&event).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ impl Stocks {
                 top_losers,
             },
         };
-        serde_json::to_vec(&event).unwrap_or_default()
+        super::js_json(&event).unwrap_or_default()
     }
 }
 

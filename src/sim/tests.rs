@@ -73,6 +73,12 @@ fn check_event(command: &Command) {
         &fixture(&command.topic),
         stream_name(&command.topic),
     );
+    let mut floats = Vec::new();
+    integral_floats(&value, stream_name(&command.topic), &mut floats);
+    assert!(
+        floats.is_empty(),
+        "written as JSON.stringify would not (`9.0` for 9): {floats:?}"
+    );
     let delivery = route(&command.topic, Some(&command.value))
         .unwrap_or_else(|r| panic!("gateway rejects {}: {r}\n{value}", command.topic));
     assert_eq!(delivery.emits.len(), 1);
@@ -83,6 +89,26 @@ fn check_event(command: &Command) {
         }
         NEWS_EVENTS => assert_eq!(command.key.as_deref(), Some("globalnews")),
         _ => assert_eq!(command.key, None, "{}", command.topic),
+    }
+}
+
+/// The paths of numbers written with a fraction that is zero (`9.0`).
+fn integral_floats(v: &Value, path: &str, found: &mut Vec<String>) {
+    match v {
+        Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|x| x.fract() == 0.0) => {
+            found.push(format!("{path} = {n}"));
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                integral_floats(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        Value::Object(fields) => {
+            for (k, item) in fields {
+                integral_floats(item, &format!("{path}.{k}"), found);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -224,7 +224,7 @@ pub fn weather(command: &Value, now: SystemTime, rng: &mut impl Rng) -> Option<V
         },
         timestamp: now_ms.saturating_sub(rng.random_range(100..900)),
     };
-    serde_json::to_vec(&event).ok()
+    super::js_json(&event)
 }
 
 #[cfg(test)]
