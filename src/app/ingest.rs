@@ -1151,56 +1151,49 @@ mod tests {
     /// on a replica that read no ticker since its start, so it could not fire then.
     #[test]
     fn a_topic_counts_as_read_when_read_and_at_start_not_at_its_records_time() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let read_at = |topic: &str| -> f64 {
-            let text = handle.render();
-            let series = format!("flux_kafka_last_record_timestamp_seconds{{topic=\"{topic}\"}} ");
-            let line = text.lines().find(|l| l.starts_with(&series));
-            line.unwrap_or_else(|| panic!("no {series}in\n{text}"))[series.len()..]
-                .parse()
-                .unwrap()
-        };
-        let now = || crate::app::ingest::batch::epoch_seconds(SystemTime::now());
-        metrics::with_local_recorder(&recorder, || {
-            runtime.block_on(async {
-                // A ticker produced an hour ago (a producer's clock behind), read now.
-                let (ingestor, _fanout, stop) = recording_ingestor(
-                    crate::adapters::memory::MemoryBus::new(),
-                    Duration::from_millis(50),
-                );
-                let ticker = include_str!("../../fixtures/crypto.ticker.event.updated.json");
-                let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-                ingestor
-                    .handle(
-                        &[stamped(topics::TICKER_EVENTS, ticker, 0, 1, hour_ago)],
-                        false,
-                    )
-                    .await;
-                stop.cancel();
-                assert!((now() - read_at(topics::TICKER_EVENTS)).abs() < 5.0);
-                assert!(
-                    text_has_no(&handle.render(), topics::NEWS_EVENTS),
-                    "nothing of a topic not read yet"
-                );
+        crate::telemetry::metrics::testing::with_own_metrics(|handle| async move {
+            let read_at = |topic: &str| -> f64 {
+                let text = handle.render();
+                let series =
+                    format!("flux_kafka_last_record_timestamp_seconds{{topic=\"{topic}\"}} ");
+                let line = text.lines().find(|l| l.starts_with(&series));
+                line.unwrap_or_else(|| panic!("no {series}in\n{text}"))[series.len()..]
+                    .parse()
+                    .unwrap()
+            };
+            let now = || crate::app::ingest::batch::epoch_seconds(SystemTime::now());
+            // A ticker produced an hour ago (a producer's clock behind), read now.
+            let (ingestor, _fanout, stop) = recording_ingestor(
+                crate::adapters::memory::MemoryBus::new(),
+                Duration::from_millis(50),
+            );
+            let ticker = include_str!("../../fixtures/crypto.ticker.event.updated.json");
+            let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+            ingestor
+                .handle(
+                    &[stamped(topics::TICKER_EVENTS, ticker, 0, 1, hour_ago)],
+                    false,
+                )
+                .await;
+            stop.cancel();
+            assert!((now() - read_at(topics::TICKER_EVENTS)).abs() < 5.0);
+            assert!(
+                text_has_no(&handle.render(), topics::NEWS_EVENTS),
+                "nothing of a topic not read yet"
+            );
 
-                // A consumer starting: every topic counts as read from now.
-                let (ingestor, _fanout, stop) = recording_ingestor(
-                    crate::adapters::memory::MemoryBus::new(),
-                    Duration::from_millis(50),
-                );
-                let running = tokio::spawn(ingestor.run(stop.clone()));
-                tokio::task::yield_now().await;
-                stop.cancel();
-                running.await.unwrap();
-                for topic in topics::EVENT_TOPICS {
-                    assert!((now() - read_at(topic)).abs() < 5.0, "{topic}");
-                }
-            });
+            // A consumer starting: every topic counts as read from now.
+            let (ingestor, _fanout, stop) = recording_ingestor(
+                crate::adapters::memory::MemoryBus::new(),
+                Duration::from_millis(50),
+            );
+            let running = tokio::spawn(ingestor.run(stop.clone()));
+            tokio::task::yield_now().await;
+            stop.cancel();
+            running.await.unwrap();
+            for topic in topics::EVENT_TOPICS {
+                assert!((now() - read_at(topic)).abs() < 5.0, "{topic}");
+            }
         });
     }
 

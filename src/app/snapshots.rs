@@ -370,12 +370,12 @@ mod tests {
 
     /// What `warm_up` over a source failing with `error` logs at warn, in 60 s of its retries.
     fn warm_up_warnings(error: EventSourceError) -> (String, usize) {
-        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let lines = crate::telemetry::logging::testing::Lines::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)
             .with_ansi(false)
-            .with_writer(move || Writer(writer.clone()))
+            .with_writer(move || writer.clone())
             .finish();
         let source = Arc::new(FailingTail(error, Default::default()));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -395,21 +395,10 @@ mod tests {
                 let _ = tokio::time::timeout(Duration::from_secs(60), warming).await;
             });
         });
-        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
-        (text, source.1.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    #[derive(Clone)]
-    struct Writer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Writer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        (
+            lines.text(),
+            source.1.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     #[test]

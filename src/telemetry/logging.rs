@@ -266,16 +266,24 @@ impl Default for LogSettings {
     }
 }
 
+/// What tests capture of the logs.
 #[cfg(test)]
-mod tests {
-    use std::io::Write;
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
 
-    use super::*;
-
+    /// A log writer keeping every line written, for a subscriber's `with_writer(move ||
+    /// lines.clone())`.
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Lines(Arc<Mutex<Vec<u8>>>);
 
-    impl Write for Lines {
+    impl Lines {
+        /// Everything written so far.
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for Lines {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
@@ -284,6 +292,12 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Lines;
+    use super::*;
 
     #[test]
     fn a_flood_of_library_warnings_shows_a_burst_then_one_counted_summary() {
@@ -307,7 +321,7 @@ mod tests {
             library.summarize();
             library.summarize(); // nothing held back since: no line
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let text = lines.text();
         let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
         assert_eq!(count("Failed to connect to broker"), 3 + 1, "{text}"); // + the summary's `last`
         assert_eq!(count("consumer lost the broker"), 10);
@@ -341,7 +355,7 @@ mod tests {
             tracing::debug!(target: "flux_bff::app::clients", "our own debug line");
             tracing::info!(target: "socketioxide::client", "an info line");
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let text = lines.text();
         assert!(!text.contains("SECRET"), "{text}");
         assert!(text.contains("our own debug line"), "{text}");
         assert!(text.contains("an info line"), "{text}");

@@ -337,3 +337,25 @@ fn describe() {
          (inflates past socketio.max_payload: a deflate bomb) or corrupt."
     );
 }
+
+/// Metrics of one test, apart from every other's.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+    /// Runs `test` on a runtime of this thread alone with a recorder of its own: what it and
+    /// the tasks it spawns count is in the handle it is given, and nowhere else.
+    pub(crate) fn with_own_metrics<F: Future>(
+        test: impl FnOnce(PrometheusHandle) -> F,
+    ) -> F::Output {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a test runtime");
+        metrics::with_local_recorder(&recorder, || runtime.block_on(test(handle)))
+    }
+}

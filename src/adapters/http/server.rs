@@ -365,46 +365,37 @@ mod tests {
 
     #[test]
     fn an_idle_keep_alive_connection_closed_by_the_header_timer_is_not_counted() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        // One thread: the server's tasks count into this thread's recorder.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        metrics::with_local_recorder(&recorder, || {
-            runtime.block_on(async {
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                let stop = CancellationToken::new();
-                let app = Router::new().route("/peer", get(peer));
-                let settings = HttpSettings {
-                    header_timeout: Duration::from_millis(300),
-                    ..HttpSettings::default()
-                };
-                let server = tokio::spawn(serve_with(listener, app, stop.clone(), settings));
-                // Idle after a request (keep-alive), idle from the start, and a head that
-                // never ends: all three are closed after the timeout; the last two, which
-                // never sent a whole request (slowloris holds connections so), are counted.
-                let mut kept_alive = TcpStream::connect(addr).await.unwrap();
-                ask(&mut kept_alive, false).await;
-                let mut silent = TcpStream::connect(addr).await.unwrap();
-                let mut slow = TcpStream::connect(addr).await.unwrap();
-                slow.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n")
-                    .await
-                    .unwrap();
-                for tcp in [&mut kept_alive, &mut silent, &mut slow] {
-                    let mut rest = Vec::new();
-                    let closed =
-                        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
-                            .await;
-                    assert!(closed.is_ok(), "closed by the header timer");
-                }
-                stop.cancel();
-                server.await.unwrap();
-            });
+        // One thread: the server's tasks count into this test's recorder.
+        let text = crate::telemetry::metrics::testing::with_own_metrics(|handle| async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = CancellationToken::new();
+            let app = Router::new().route("/peer", get(peer));
+            let settings = HttpSettings {
+                header_timeout: Duration::from_millis(300),
+                ..HttpSettings::default()
+            };
+            let server = tokio::spawn(serve_with(listener, app, stop.clone(), settings));
+            // Idle after a request (keep-alive), idle from the start, and a head that
+            // never ends: all three are closed after the timeout; the last two, which
+            // never sent a whole request (slowloris holds connections so), are counted.
+            let mut kept_alive = TcpStream::connect(addr).await.unwrap();
+            ask(&mut kept_alive, false).await;
+            let mut silent = TcpStream::connect(addr).await.unwrap();
+            let mut slow = TcpStream::connect(addr).await.unwrap();
+            slow.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+            for tcp in [&mut kept_alive, &mut silent, &mut slow] {
+                let mut rest = Vec::new();
+                let closed =
+                    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+                assert!(closed.is_ok(), "closed by the header timer");
+            }
+            stop.cancel();
+            server.await.unwrap();
+            handle.render()
         });
-        let text = handle.render();
         let counted: Vec<&str> = text
             .lines()
             .filter(|l| {
