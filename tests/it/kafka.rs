@@ -1097,8 +1097,18 @@ type Stamp = rskafka::chrono::DateTime<rskafka::chrono::Utc>;
 
 /// Produces `values` to partition 0 with their record timestamps.
 async fn produce_at(client: &Client, topic: &str, values: &[(impl AsRef<str>, Stamp)]) {
+    produce_stamped(client, topic, 0, values).await;
+}
+
+/// Produces `values` to `partition` with their record timestamps.
+async fn produce_stamped(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    values: &[(impl AsRef<str>, Stamp)],
+) {
     let partition_client = client
-        .partition_client(topic, 0, UnknownTopicHandling::Retry)
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
         .await
         .expect("partition client");
     let records = values
@@ -1353,21 +1363,9 @@ async fn a_command_refused_for_too_few_in_sync_replicas_fails_in_time_then_lands
 /// of its own: the test's client may still hold a connection to a broker that was stopped.
 async fn produce_to(broker: &KafkaBroker, topic: &str, partition: i32, values: &[&str]) {
     let client = broker.client(DIRECT).await;
-    let partition_client = client
-        .partition_client(topic, partition, UnknownTopicHandling::Retry)
-        .await
-        .expect("partition client");
-    let records = values
-        .iter()
-        .map(|v| KafkaRecord {
-            timestamp: flux_bff::adapters::kafka::record_timestamp_now(),
-            ..record(None, Some(v.as_bytes()))
-        })
-        .collect();
-    partition_client
-        .produce(records, Compression::NoCompression)
-        .await
-        .expect("produce");
+    let now = flux_bff::adapters::kafka::record_timestamp_now();
+    let stamped: Vec<(&str, Stamp)> = values.iter().map(|v| (*v, now)).collect();
+    produce_stamped(&client, topic, partition, &stamped).await;
 }
 
 #[tokio::test]

@@ -771,13 +771,7 @@ async fn opened(
             metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.clone(), "outcome" => "ended")
                 .increment(1);
             tracing::warn!(topic, partition, reason = %trouble, "kafka partition cannot be opened, ending the subscription");
-            let error = match to_port_error(trouble) {
-                EventSourceError::Unavailable(m) => {
-                    EventSourceError::Unavailable(format!("{m} (partition {partition})"))
-                }
-                e => e,
-            };
-            let _ = tx.send(Err(error)).await;
+            let _ = tx.send(Err(partition_error(trouble, partition))).await;
             return None;
         }
         failures += 1;
@@ -939,7 +933,12 @@ async fn fail(tx: &mpsc::Sender<Item>, topic: &str, partition: i32, error: &RsEr
 }
 
 fn to_source_error(topic: &str, partition: i32, error: &RsError) -> EventSourceError {
-    match Trouble::from_rskafka(topic, error) {
+    partition_error(Trouble::from_rskafka(topic, error), partition)
+}
+
+/// The port's error for `trouble` with one partition, naming it.
+fn partition_error(trouble: Trouble, partition: i32) -> EventSourceError {
+    match trouble {
         Trouble::Unavailable(m) | Trouble::Busy(m) => {
             EventSourceError::Unavailable(format!("{m} (partition {partition})"))
         }
