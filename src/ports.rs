@@ -20,7 +20,7 @@ pub use client_fanout::{ClientFanout, EmitOptions, FanoutError};
 pub use command_sink::{CommandSink, CommandSinkError};
 pub use event_publisher::EventPublisher;
 pub use event_source::{
-    Accept, EventSource, EventSourceError, Fetched, Positions, Record, RecordStream,
+    Accept, EventSource, EventSourceError, Fetched, Next, Positions, Record, RecordStream,
 };
 pub use inbound::{
     Admission, AuthRefusal, Authenticate, ClientRequests, Readiness, ReadinessReport,

@@ -24,15 +24,26 @@ pub struct Record {
 /// Tells a usable record from one to read past, for [`EventSource::last_accepted`].
 pub type Accept<'a> = &'a (dyn Fn(&Record) -> bool + Send + Sync);
 
-/// The next offset to read, per topic partition, and the last record handled there.
+/// Where to read next, per topic partition, and the last record handled there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Positions(BTreeMap<(String, i32), Position>);
 
-/// Where one partition is: the next offset to read, and the offset and timestamp of the last
+/// Where reading of one partition starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The next offset to read.
+    Offset(i64),
+    /// The first record produced at or after this time, else the log end: the partition's log
+    /// end as it was then, when the source could not read it then (a partition without a
+    /// leader appends nothing, so what it holds once it has one again is newer).
+    ProducedSince(SystemTime),
+}
+
+/// Where one partition is: where to read next, and the offset and timestamp of the last
 /// record handled (a source tells by reading it again whether the log is still the one read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Position {
-    next: i64,
+    next: Next,
     last: Option<(i64, Option<SystemTime>)>,
 }
 
@@ -43,7 +54,7 @@ impl Positions {
         self.0.insert(
             (record.topic.to_string(), record.partition),
             Position {
-                next: record.offset + 1,
+                next: Next::Offset(record.offset + 1),
                 last: Some((record.offset, record.timestamp)),
             },
         );
@@ -54,15 +65,24 @@ impl Positions {
     pub fn pass(&mut self, topic: &str, partition: i32, next_offset: i64) {
         self.0
             .entry((topic.to_owned(), partition))
-            .and_modify(|p| p.next = next_offset)
+            .and_modify(|p| p.next = Next::Offset(next_offset))
             .or_insert(Position {
-                next: next_offset,
+                next: Next::Offset(next_offset),
                 last: None,
             });
     }
 
+    /// The next offset to read from `topic`/`partition`, when it is known by offset.
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.0.get(&(topic.to_owned(), partition)).map(|p| p.next)
+        match self.next(topic, partition)? {
+            Next::Offset(offset) => Some(offset),
+            Next::ProducedSince(_) => None,
+        }
+    }
+
+    /// Where to read next from `topic`/`partition`, when this lists it.
+    pub fn next(&self, topic: &str, partition: i32) -> Option<Next> {
+        Some(self.0.get(&(topic.to_owned(), partition))?.next)
     }
 
     /// The offset and timestamp of the last record handled from `topic`/`partition`, when one
@@ -73,23 +93,27 @@ impl Positions {
 
     /// Sets the next offset to read, with no record handled yet.
     pub fn set(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.0.insert(
-            (topic.to_owned(), partition),
-            Position {
-                next: next_offset,
-                last: None,
-            },
-        );
+        self.set_next(topic, partition, Next::Offset(next_offset));
     }
 
+    /// Sets where to read next, with no record handled yet.
+    pub fn set_next(&mut self, topic: &str, partition: i32, next: Next) {
+        self.0
+            .insert((topic.to_owned(), partition), Position { next, last: None });
+    }
+
+    /// The partitions known by offset, with the next offset to read from each.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
-        self.0.iter().map(|((t, p), o)| (t.as_str(), *p, o.next))
+        self.0.iter().filter_map(|((t, p), o)| match o.next {
+            Next::Offset(next) => Some((t.as_str(), *p, next)),
+            Next::ProducedSince(_) => None,
+        })
     }
 
     /// Whether any partition of `topic` has a position: the topic is resumed, and a
     /// partition of it that has none appeared since (read from its beginning).
     pub fn names_topic(&self, topic: &str) -> bool {
-        self.iter().any(|(t, _, _)| t == topic)
+        self.0.keys().any(|(t, _)| t == topic)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,8 +189,9 @@ pub trait EventSource: Send + Sync {
     /// - A partition that appears later MUST be read from its beginning.
     /// - A partition that cannot be read while the brokers answer (it has no leader) MUST NOT
     ///   stop the others, neither when subscribing nor later: it is read, from where these
-    ///   rules say, once it can be. One that [`latest_positions`](Self::latest_positions)
-    ///   left out for that reason starts at its first record produced since that call.
+    ///   rules say, once it can be.
+    /// - A partition that `from` lists by time ([`Next::ProducedSince`]) MUST start at its
+    ///   first record produced at or after that time, else at its log end.
     /// - Records of one partition MUST be delivered in offset order.
     /// - Records that are not delivered (transaction markers, records of aborted
     ///   transactions, batches that cannot be decoded) MUST be announced by a
@@ -189,7 +214,9 @@ pub trait EventSource: Send + Sync {
     /// `from` would start. Passing it as `from` to the first `subscribe` makes every later
     /// resume exact, also for partitions that delivered nothing before an outage.
     ///
-    /// A partition that cannot be read while the brokers answer (no leader) is left out.
+    /// A partition whose log end cannot be read while the brokers answer (no leader) is
+    /// listed by time ([`Next::ProducedSince`] now): nothing is appended to it until it has a
+    /// leader again, and what is appended then is read.
     ///
     /// # Errors
     /// MUST return [`EventSourceError::Unavailable`] when no broker answers.
@@ -276,5 +303,21 @@ mod tests {
         assert_eq!(positions.last_handled("t", 0), None);
         positions.pass("u", 1, 2);
         assert_eq!(positions.get("u", 1), Some(2));
+    }
+
+    #[test]
+    fn a_partition_listed_by_time_names_its_topic_until_a_record_of_it_is_handled() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5);
+        let mut positions = Positions::default();
+        positions.set("t", 1, 3);
+        positions.set_next("t", 0, Next::ProducedSince(at));
+        assert_eq!(positions.get("t", 0), None);
+        assert_eq!(positions.next("t", 0), Some(Next::ProducedSince(at)));
+        assert_eq!(positions.iter().collect::<Vec<_>>(), [("t", 1, 3)]);
+        positions.advance(&record(7));
+        assert_eq!(positions.next("t", 0), Some(Next::Offset(8)));
+        let mut by_time = Positions::default();
+        by_time.set_next("u", 0, Next::ProducedSince(at));
+        assert!(by_time.names_topic("u"));
     }
 }

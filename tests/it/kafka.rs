@@ -13,7 +13,7 @@ use flux_bff::adapters::kafka::{
 use flux_bff::domain::Command;
 use flux_bff::domain::partitioner::{legacy_partition, murmur2_legacy};
 use flux_bff::ports::{
-    CommandSink, CommandSinkError, EventSource, EventSourceError, Fetched, Positions, Record,
+    CommandSink, CommandSinkError, EventSource, EventSourceError, Fetched, Next, Positions, Record,
     RecordStream,
 };
 use futures::StreamExt;
@@ -1391,6 +1391,12 @@ async fn a_partition_whose_only_broker_is_down_stops_neither_the_others_nor_a_st
             .expect("the positions of what can be read, in bounded time")
             .expect("the brokers answer: not an outage");
     assert_eq!(positions.get(&topic, 1), Some(0));
+    assert!(
+        matches!(positions.next(&topic, 0), Some(Next::ProducedSince(_))),
+        "partition 0 is listed by time"
+    );
+    // The positions carry that start, not the source that read them.
+    let source = KafkaEventSource::new(connect(&leader).await);
     let mut stream = source.subscribe(&[&topic], &positions).await.unwrap();
     produce_to(&leader, &topic, 1, &["a0"]).await;
     let got = take(&mut stream, 1, Duration::from_secs(10)).await;

@@ -20,7 +20,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::{KafkaClient, KafkaError, Trouble, bounded, record_timestamp_now, topics};
 use crate::ports::{
-    Accept, EventSource, EventSourceError, Fetched, Positions, Record, RecordStream,
+    Accept, EventSource, EventSourceError, Fetched, Next, Positions, Record, RecordStream,
 };
 use crate::telemetry::metrics::{
     KAFKA_FETCH_ERRORS, KAFKA_OFFSET_RESETS, KAFKA_UNDECODABLE_BATCHES,
@@ -40,10 +40,6 @@ struct PartitionSeen {
     /// When the partition was first opened: where to resume when its log went back before
     /// the caller handled any record of it.
     opened: DateTime<Utc>,
-    /// When [`EventSource::latest_positions`] could not read its log end (no leader): a
-    /// subscription that has no position for it starts it at its first record produced
-    /// since, once it can be read, not at its log start as a partition that appeared since.
-    end_unread: Option<DateTime<Utc>>,
 }
 
 /// The offset and timestamp of the last record handled from a partition (see
@@ -55,7 +51,6 @@ impl PartitionSeen {
         Self {
             high_watermark,
             opened: record_timestamp_now(),
-            end_unread: None,
         }
     }
 }
@@ -125,28 +120,12 @@ impl KafkaEventSource {
             .high_watermark = high_watermark;
     }
 
-    /// Notes that the log end of `topic`/`partition` could not be read for the caller.
-    fn end_unread(&self, topic: &str, partition: i32) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.entry((topic.to_owned(), partition))
-            .or_insert_with(|| PartitionSeen::new(0))
-            .end_unread
-            .get_or_insert_with(record_timestamp_now);
-    }
-
-    /// Where a partition that `from` does not list starts: at its first record produced since
-    /// its log end was left unread, if it was; else at its log start when `from` names its
-    /// topic (it appeared since the caller last read it), else at its log end.
-    fn start_of(&self, topic: &str, partition: i32, from: &Positions) -> Start {
-        if let Some(offset) = from.get(topic, partition) {
-            return Start::At(offset);
-        }
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let unread = seen
-            .get(&(topic.to_owned(), partition))
-            .and_then(|s| s.end_unread);
-        match unread {
-            Some(at) => Start::Since(at),
+    /// Where a partition starts: where `from` lists it, else at its log start when `from`
+    /// names its topic (it appeared since the caller last read it), else at its log end.
+    fn start_of(topic: &str, partition: i32, from: &Positions) -> Start {
+        match from.next(topic, partition) {
+            Some(Next::Offset(offset)) => Start::At(offset),
+            Some(Next::ProducedSince(at)) => Start::Since(date_time(at)),
             None if from.names_topic(topic) => Start::Earliest,
             None => Start::Latest,
         }
@@ -241,7 +220,7 @@ impl KafkaEventSource {
                 .get(*topic)
                 .ok_or_else(|| EventSourceError::UnknownTopic((*topic).to_owned()))?;
             known.insert((*topic).to_owned(), count);
-            wanted.extend((0..count).map(|p| (*topic, p, self.start_of(topic, p, from))));
+            wanted.extend((0..count).map(|p| (*topic, p, Self::start_of(topic, p, from))));
         }
         let opened = futures::future::try_join_all(wanted.into_iter().map(
             |(topic, partition, start)| async move {
@@ -332,7 +311,7 @@ impl EventSource for KafkaEventSource {
                 }
                 Opening::Later {
                     topic, partition, ..
-                } => self.end_unread(&topic, partition),
+                } => positions.set_next(&topic, partition, Next::ProducedSince(SystemTime::now())),
             }
         }
         Ok(positions)

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::domain::Command;
 use crate::ports::{
     Accept, CommandSink, CommandSinkError, EventPublisher, EventSource, EventSourceError, Fetched,
-    Positions, Record, RecordStream,
+    Next, Positions, Record, RecordStream,
 };
 
 /// Records kept per partition; older ones are dropped (like Kafka retention), offsets go on.
@@ -49,6 +49,15 @@ struct Partition {
 impl Partition {
     fn end(&self) -> i64 {
         self.base + self.records.len() as i64
+    }
+
+    /// The offset of the first record appended at or after `since`, else the log end.
+    fn first_since(&self, since: std::time::SystemTime) -> i64 {
+        let newer = self
+            .records
+            .iter()
+            .position(|r| r.timestamp.is_some_and(|at| at >= since));
+        newer.map_or(self.end(), |n| self.base + n as i64)
     }
 }
 
@@ -233,9 +242,13 @@ impl EventSource for MemoryBus {
                 // A partition of a resumed topic that `from` does not list appeared since.
                 let resumed = from.names_topic(topic);
                 for (i, p) in parts.iter().enumerate() {
-                    if positions.get(topic, i as i32).is_none() {
-                        positions.set(topic, i as i32, if resumed { p.base } else { p.end() });
-                    }
+                    let start = match from.next(topic, i as i32) {
+                        Some(Next::Offset(_)) => continue,
+                        Some(Next::ProducedSince(at)) => p.first_since(at),
+                        None if resumed => p.base,
+                        None => p.end(),
+                    };
+                    positions.set(topic, i as i32, start);
                 }
             }
         }
@@ -272,13 +285,7 @@ impl EventSource for MemoryBus {
         let st = self.lock();
         for topic in topics {
             for (i, part) in st.topics.get(*topic).into_iter().flatten().enumerate() {
-                let newer = part
-                    .records
-                    .iter()
-                    .position(|r| r.timestamp.is_some_and(|at| at >= since));
-                if let Some(n) = newer {
-                    positions.set(topic, i as i32, part.base + n as i64);
-                }
+                positions.set(topic, i as i32, part.first_since(since));
             }
         }
         Ok(positions)
@@ -381,4 +388,37 @@ fn record_stream(bus: MemoryBus, topics: Vec<String>, positions: Positions) -> R
             }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_partition_listed_by_time_starts_at_its_first_record_appended_since() {
+        let bus = MemoryBus::new();
+        bus.publish("t", None, Some(b"before"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let since = SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        bus.publish("t", None, Some(b"after"));
+        let mut from = Positions::default();
+        from.set_next("t", 0, Next::ProducedSince(since));
+        let mut stream = bus.subscribe(&["t"], &from).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap().into_record().unwrap();
+        assert_eq!(first.value.as_deref(), Some(&b"after"[..]));
+        assert_eq!(first.offset, 1);
+
+        // Nothing appended since: the log end.
+        let mut from = Positions::default();
+        from.set_next("t", 0, Next::ProducedSince(SystemTime::now()));
+        let mut stream = bus.subscribe(&["t"], &from).await.unwrap();
+        bus.publish("t", None, Some(b"later"));
+        let first = stream.next().await.unwrap().unwrap().into_record().unwrap();
+        assert_eq!(first.offset, 2);
+    }
 }

@@ -39,7 +39,8 @@ impl ReadBacks {
         journal: &mut Journal,
     ) -> Positions {
         let mut read_back = self.lock();
-        let mut from = Positions::default();
+        // Partitions listed by time (their log end could not be read) start as listed.
+        let mut from = live.clone();
         // `back` is the first record stamped at or after the window's start, so one record
         // stamped far ahead (a producer clock hours fast, microseconds written as
         // milliseconds) puts it days of the partition back. The journal keeps at most
@@ -146,6 +147,7 @@ impl ReadBacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Next;
 
     fn record(offset: i64) -> Record {
         Record {
@@ -179,6 +181,23 @@ mod tests {
         // The records before the bound are not history: read-back ends at the live position.
         assert!(read_backs.is_history(&record(999_900)));
         assert!(!read_backs.is_history(&record(1_000_000)));
+    }
+
+    #[test]
+    fn a_partition_whose_log_end_was_not_read_keeps_its_start_by_time() {
+        let read_backs = ReadBacks::default();
+        let mut journal = Journal::new(100, 120_000);
+        let at = SystemTime::now();
+        let mut live = Positions::default();
+        live.set(topics::TICKER_EVENTS, 0, 40);
+        live.set_next(topics::TICKER_EVENTS, 1, Next::ProducedSince(at));
+        let from = read_backs.plan(&live, &Positions::default(), &mut journal);
+        assert_eq!(from.get(topics::TICKER_EVENTS, 0), Some(40));
+        // Left out, the partition of a listed topic would be read from its log start.
+        assert_eq!(
+            from.next(topics::TICKER_EVENTS, 1),
+            Some(Next::ProducedSince(at))
+        );
     }
 
     #[test]
