@@ -95,6 +95,34 @@ pub struct KafkaEventSource {
     client: KafkaClient,
     // std Mutex: never held across an .await
     seen: Seen,
+    probe: Arc<SharedProbe>,
+}
+
+/// Whether the brokers answer, asked once for the failures seen together: when the brokers
+/// are lost every partition's fetch fails at once, and each must know whether any broker
+/// still answers before it ends the subscription or is retried alone. A probe that began
+/// after a failure was seen answers for that failure; one that began before it does not.
+#[derive(Debug, Default)]
+struct SharedProbe(tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>);
+
+impl SharedProbe {
+    /// The answer of a probe that began at or after `failed_at`: the last one if it did,
+    /// else `probe`'s, run now (callers meanwhile wait for it and share it).
+    async fn answer<F>(&self, failed_at: tokio::time::Instant, probe: impl FnOnce() -> F) -> bool
+    where
+        F: Future<Output = bool>,
+    {
+        let mut last = self.0.lock().await;
+        if let Some((began, answered)) = *last
+            && began >= failed_at
+        {
+            return answered;
+        }
+        let began = tokio::time::Instant::now();
+        let answered = probe().await;
+        *last = Some((began, answered));
+        answered
+    }
 }
 
 impl KafkaClient {
@@ -109,6 +137,7 @@ impl KafkaEventSource {
         Self {
             client,
             seen: Arc::default(),
+            probe: Arc::default(),
         }
     }
 
@@ -131,14 +160,18 @@ impl KafkaEventSource {
         }
     }
 
-    /// Whether any broker answers a metadata request within `request_timeout`: a partition
-    /// whose leader cannot be reached while this holds is that partition's trouble alone.
-    async fn cluster_answers(&self) -> bool {
+    /// Whether any broker answers a metadata request within `request_timeout`, asked after
+    /// a failure seen at `failed_at` ([`SharedProbe`]): a partition whose leader cannot be
+    /// reached while this holds is that partition's trouble alone.
+    async fn cluster_answers(&self, failed_at: tokio::time::Instant) -> bool {
         let limit = self.client.settings().request_timeout;
-        matches!(
-            tokio::time::timeout(limit, self.client.partition_counts()).await,
-            Ok(Ok(_))
-        )
+        let ask = || async {
+            matches!(
+                tokio::time::timeout(limit, self.client.partition_counts()).await,
+                Ok(Ok(_))
+            )
+        };
+        self.probe.answer(failed_at, ask).await
     }
 
     /// Whether `trouble` reading one partition ends the whole subscription: the brokers are
@@ -151,7 +184,7 @@ impl KafkaEventSource {
         match trouble {
             Trouble::Refused(_) | Trouble::Busy(_) => false,
             Trouble::UnknownTopic(_) => true,
-            Trouble::Unavailable(_) => !self.cluster_answers().await,
+            Trouble::Unavailable(_) => !self.cluster_answers(tokio::time::Instant::now()).await,
         }
     }
 
@@ -601,7 +634,7 @@ async fn fetch_loop(
         reset(&topic, partition, offset, moved);
         offset = moved;
     }
-    let mut failures = 0u32;
+    let mut retries = RetriedAlone::new(&topic, partition);
     loop {
         let fetched = bounded(
             settings.fetch_timeout(),
@@ -640,22 +673,8 @@ async fn fetch_loop(
                 return;
             }
             Err(e) => {
-                failures += 1;
-                let retry_in = partition_retry(failures);
-                let retry_at = tokio::time::Instant::now() + retry_in;
-                metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.to_string(), "outcome" => "retried")
-                    .increment(1);
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(
-                        topic = %topic,
-                        partition,
-                        offset,
-                        error = %e,
-                        failures,
-                        ?retry_in,
-                        "kafka fetch of one partition failed (the brokers answer); retrying it alone with back-off"
-                    );
-                }
+                let what = format!("kafka fetch of one partition at offset {offset} failed");
+                let retry_at = tokio::time::Instant::now() + retries.failed(&what, &e);
                 // No fetch answers a high watermark while this lasts: read the log end
                 // within the back-off, so that the partition's lag keeps growing (and its
                 // alert fires) instead of staying at its last value.
@@ -672,7 +691,7 @@ async fn fetch_loop(
                 }
             }
         };
-        failures = 0;
+        retries.failures = 0;
         for batch in &fetched.undecodable {
             undecodable(&topic, partition, batch);
         }
@@ -707,6 +726,44 @@ async fn fetch_loop(
     }
 }
 
+/// A partition retried alone while the brokers answer: its failures in a row, the back-off
+/// they give, and one warning at 1, 2, 4, … of them.
+struct RetriedAlone<'a> {
+    topic: &'a str,
+    partition: i32,
+    failures: u32,
+}
+
+impl<'a> RetriedAlone<'a> {
+    fn new(topic: &'a str, partition: i32) -> Self {
+        Self {
+            topic,
+            partition,
+            failures: 0,
+        }
+    }
+
+    /// Counts one more failure (`what` failed, for `reason`) and gives the wait before the
+    /// next try.
+    fn failed(&mut self, what: &str, reason: &dyn std::fmt::Display) -> Duration {
+        self.failures += 1;
+        let retry_in = partition_retry(self.failures);
+        metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => self.topic.to_owned(), "outcome" => "retried")
+            .increment(1);
+        if self.failures.is_power_of_two() {
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                reason = %reason,
+                failures = self.failures,
+                ?retry_in,
+                "{what} (the brokers answer); retrying it alone with back-off"
+            );
+        }
+        retry_in
+    }
+}
+
 /// The wait before trying a partition again after `failures` failures in a row.
 fn partition_retry(failures: u32) -> Duration {
     PARTITION_RETRY
@@ -730,11 +787,11 @@ async fn opened(
             start,
         } => (topic, partition, start),
     };
-    let mut failures = 0u32;
+    let mut retries = RetriedAlone::new(&topic, partition);
     loop {
         let trouble = match source.open_at(&topic, partition, start).await {
             Ok((client, offset)) => {
-                if failures > 0 {
+                if retries.failures > 0 {
                     tracing::info!(
                         topic,
                         partition,
@@ -753,20 +810,7 @@ async fn opened(
             let _ = tx.send(Err(partition_error(trouble, partition))).await;
             return None;
         }
-        failures += 1;
-        let retry_in = partition_retry(failures);
-        metrics::counter!(KAFKA_FETCH_ERRORS, "topic" => topic.clone(), "outcome" => "retried")
-            .increment(1);
-        if failures.is_power_of_two() {
-            tracing::warn!(
-                topic,
-                partition,
-                reason = %trouble,
-                failures,
-                ?retry_in,
-                "kafka partition cannot be opened (the brokers answer; no leader?); retrying it alone with back-off"
-            );
-        }
+        let retry_in = retries.failed("kafka partition cannot be opened (no leader?)", &trouble);
         tokio::select! {
             () = tx.closed() => return None,
             () = tokio::time::sleep(retry_in) => {}
@@ -975,7 +1019,27 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_seen_together_share_one_probe_and_a_later_one_asks_again() {
+        let probe = SharedProbe::default();
+        let asked = AtomicU32::new(0);
+        let ask = || async {
+            asked.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            false
+        };
+        let failed_at = tokio::time::Instant::now();
+        let answers = futures::future::join_all((0..8).map(|_| probe.answer(failed_at, ask))).await;
+        assert_eq!(answers, [false; 8]);
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "eight failures, one probe");
+        // A failure seen after that probe began is not answered by it.
+        probe.answer(tokio::time::Instant::now(), ask).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn the_latest_record_time_has_nothing_after_it_instead_of_a_panic() {
