@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -153,12 +153,27 @@ impl LocalSnapshots {
 /// Warms `local` from the end of each snapshot topic: the newest record that is a valid
 /// snapshot (a bad record is read past, never kept). Retries a topic with back-off while the
 /// source is unavailable, until `shutdown`.
+///
+/// Reads only once `consuming` holds (the consumer took its start positions): a snapshot
+/// produced before them is then the newest of the log here, and one produced after them is
+/// consumed live. Read before them, one produced in between would be neither, and this
+/// replica would serve the older one until the next (found by review: the two retry on
+/// their own back-offs while the brokers are away at start).
 pub async fn warm_up(
     source: Arc<dyn EventSource>,
     local: Arc<LocalSnapshots>,
     max_backoff: Duration,
+    mut consuming: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        started = consuming.wait_for(|started| *started) => {
+            if started.is_err() {
+                return; // no consumer: nothing would be read live either
+            }
+        }
+    }
     let warm_one = |topic: &'static str| {
         let (source, local, shutdown) = (source.clone(), local.clone(), shutdown.clone());
         async move {
@@ -390,6 +405,7 @@ mod tests {
                     source.clone(),
                     Arc::new(LocalSnapshots::default()),
                     Duration::from_secs(1),
+                    watch::channel(true).1,
                     stop.clone(),
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(60), warming).await;
@@ -564,6 +580,7 @@ mod tests {
             Arc::new(bus),
             local.clone(),
             Duration::from_secs(1),
+            watch::channel(true).1,
             CancellationToken::new(),
         )
         .await;
@@ -572,5 +589,30 @@ mod tests {
             Some(r#"{"topCoins":[{"n":2}]}"#)
         );
         assert_eq!(local.get(SNAP_NEWS.key), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_reads_the_log_only_once_the_consumer_took_its_start_positions() {
+        let source = Arc::new(FailingTail(
+            EventSourceError::Unavailable("no broker".into()),
+            Default::default(),
+        ));
+        let (started, consuming) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let warming = tokio::spawn(warm_up(
+            source.clone(),
+            Arc::new(LocalSnapshots::default()),
+            Duration::from_secs(1),
+            consuming,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let reads = || source.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reads(), 0, "nothing read before the consumer's start");
+        started.send_replace(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(reads() >= topics::SNAPSHOT_TOPICS.len(), "{}", reads());
+        stop.cancel();
+        warming.await.unwrap();
     }
 }

@@ -165,13 +165,6 @@ impl Application {
         tokio::spawn(crate::telemetry::metrics::run_upkeep(background.clone()));
         let (writes, writer) =
             SnapshotWriter::spawn_with(ports.cache.clone(), local.clone(), background.clone());
-        // The in-process tier first hears of each snapshot from the end of its topic (D24).
-        tokio::spawn(snapshots::warm_up(
-            ports.source.clone(),
-            local,
-            settings.lifecycle.max_backoff,
-            background.clone(),
-        ));
         tokio::spawn(fanout.clone().run_drainer(background.clone()));
         tokio::spawn(socketio::count_polling(
             io.clone(),
@@ -190,6 +183,15 @@ impl Application {
         .with_recovery(recovery);
         let mut subscribed = ingestor.subscribed();
         let last_error = ingestor.last_error();
+        // The in-process tier first hears of each snapshot from the end of its topic (D24),
+        // read once the consumer took its start positions.
+        tokio::spawn(snapshots::warm_up(
+            ports.source.clone(),
+            local,
+            settings.lifecycle.max_backoff,
+            ingestor.subscribed(),
+            background.clone(),
+        ));
         // The consumers stop first at shutdown, before the Socket.IO server closes.
         let consuming = background.child_token();
         let consumers = tokio::spawn(ingestor.run(consuming.clone()));
