@@ -17,42 +17,39 @@ pub struct Health {
 }
 
 impl Health {
+    /// Flags all down (consumers and producer not started yet), exported so: `flux_degraded`
+    /// names a dependency down from the start, not only once it was up and went down (found
+    /// by review: a producer whose first sends failed showed 0).
     pub fn new() -> Self {
         let health = Self::default();
-        health.export_ready();
+        health.export();
         health
     }
 
     pub fn set_consuming(&self, up: bool) {
         if self.consuming.swap(up, Ordering::SeqCst) != up {
-            metrics::gauge!(DEGRADED, "dependency" => "kafka_consumer").set(if up {
-                0.0
-            } else {
-                1.0
-            });
-            self.export_ready();
+            self.export();
         }
     }
 
     pub fn set_producing(&self, up: bool) {
         if self.producing.swap(up, Ordering::SeqCst) != up {
-            metrics::gauge!(DEGRADED, "dependency" => "kafka_producer").set(if up {
-                0.0
-            } else {
-                1.0
-            });
-            self.export_ready();
+            self.export();
         }
     }
 
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        self.export_ready();
+        self.export();
     }
 
-    /// `flux_ready`: what `/readyz` answers, for dashboards and alerts; set when a flag
-    /// changes (every sent command reports the producer up).
-    fn export_ready(&self) {
+    /// `flux_degraded` per dependency and `flux_ready` (what `/readyz` answers), for
+    /// dashboards and alerts; set when a flag changes (every sent command reports the
+    /// producer up).
+    fn export(&self) {
+        let degraded = |up: bool| if up { 0.0 } else { 1.0 };
+        metrics::gauge!(DEGRADED, "dependency" => "kafka_consumer").set(degraded(self.consuming()));
+        metrics::gauge!(DEGRADED, "dependency" => "kafka_producer").set(degraded(self.producing()));
         metrics::gauge!(READY).set(if self.ready() { 1.0 } else { 0.0 });
     }
 
@@ -99,5 +96,33 @@ impl Readiness for Status {
             kafka_producer: self.health.producing(),
             cache: self.cache.is_available(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exported value of `flux_degraded{dependency="…"}`.
+    fn degraded(text: &str, dependency: &str) -> Option<f64> {
+        let series = format!("flux_degraded{{dependency=\"{dependency}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    #[test]
+    fn a_dependency_down_from_the_start_is_reported_degraded() {
+        let text = crate::telemetry::metrics::testing::with_own_metrics(|handle| async move {
+            declare_metrics();
+            let health = Health::new();
+            health.set_consuming(true);
+            // The producer's first sends fail: it never was up.
+            health.set_producing(false);
+            handle.render()
+        });
+        assert_eq!(degraded(&text, "kafka_producer"), Some(1.0), "{text}");
+        assert_eq!(degraded(&text, "kafka_consumer"), Some(0.0), "{text}");
+        assert!(text.contains("flux_ready 0"), "{text}");
     }
 }
