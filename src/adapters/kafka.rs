@@ -17,4 +17,5 @@ pub use command_sink::{KafkaCommandSink, record_timestamp_now};
 pub use errors::{KafkaError, fix_for};
 pub use event_source::KafkaEventSource;
 pub use settings::{KafkaSettings, SaslMechanism, SaslSettings, TlsSettings};
+pub use tls::read_files;
 pub use topics::ensure_topics;

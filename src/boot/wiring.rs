@@ -63,12 +63,22 @@ impl AdapterSettings {
         let kafka: KafkaSettings = config.section("kafka")?;
         kafka
             .validate()
+            .and_then(|()| match kafka.is_enabled() {
+                true => crate::adapters::kafka::read_files(&kafka),
+                false => Ok(()),
+            })
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let valkey: ValkeySettings = config.section("valkey")?;
         valkey
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let wanted = valkey.enabled && (config.is_set("valkey") || kafka.is_enabled());
+        if wanted {
+            // A password file that cannot be read is bad configuration (exit 2), told now.
+            valkey
+                .resolve_password()
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {e:#}"))?;
+        }
         let sim: SimSettings = config.section("sim")?;
         if wanted && !kafka.is_enabled() && sim.enabled {
             // Most likely the original's variables with the broker's forgotten: the simulator's
@@ -197,5 +207,36 @@ mod tests {
         assert!(no_sim.valkey.is_some() && !no_sim.kafka.is_enabled());
         let demo = adapters(&[]).unwrap();
         assert!(!demo.kafka.is_enabled() && demo.valkey.is_none() && demo.sim.enabled);
+    }
+
+    #[test]
+    fn a_file_the_settings_name_that_cannot_be_read_is_bad_configuration() {
+        let kafka = ("KAFKA_BROKER_ADDRESS", "k:9092");
+        let err =
+            adapters(&[kafka, ("FLUX_KAFKA__TLS__CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(
+            err.starts_with("invalid configuration: kafka.tls.ca_file"),
+            "{err}"
+        );
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let err = adapters(&[
+            kafka,
+            ("VALKEY_HOST", "cache.internal"),
+            ("VALKEY_PASSWORD_FILE", "/nonexistent/valkey-password"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.starts_with("invalid configuration: valkey.password_file"),
+            "{err}"
+        );
+        assert!(err.contains("/nonexistent/valkey-password"), "{err}");
+        // Not read where they are not used: Valkey off.
+        adapters(&[
+            kafka,
+            ("VALKEY_HOST", "cache.internal"),
+            ("VALKEY_PASSWORD_FILE", "/nonexistent/valkey-password"),
+            ("FLUX_VALKEY__ENABLED", "false"),
+        ])
+        .unwrap();
     }
 }

@@ -7,10 +7,22 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::settings::TlsSettings;
+use super::settings::{KafkaSettings, TlsSettings};
 
 /// The Debian/Ubuntu system bundle, used when `kafka.tls.ca_file` is not set.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Reads the files `settings` name for TLS (the CA bundle, the client identity), so that a
+/// missing or unreadable one is told as bad configuration at start, not as a failed start.
+///
+/// # Errors
+/// Names the setting and the file.
+pub fn read_files(settings: &KafkaSettings) -> Result<(), String> {
+    match &settings.tls {
+        Some(tls) => client_config(tls).map(drop),
+        None => Ok(()),
+    }
+}
 
 pub(super) fn client_config(tls: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
     let ca_file = tls
