@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -228,8 +228,60 @@ fn snapshot_of(topic: &str, record: &Record) -> Option<SnapshotWrite> {
 /// Hands snapshot writes to the background writer.
 #[derive(Clone)]
 pub struct SnapshotWriter {
-    tx: mpsc::Sender<Write>,
+    queue: Arc<WriteQueue>,
     local: Arc<LocalSnapshots>,
+}
+
+/// Weather keys the cache writes wait for at most (the snapshot keys, a fixed few, always
+/// have a place): beyond them a stalled cache drops new cities' results, counted.
+const WEATHER_WRITES_QUEUED: usize = 256;
+
+/// The writes waiting for the writer task, the newest per key: a newer value replaces one
+/// still queued for the same key, so that a full queue never keeps the older one and drops
+/// the newer (found by review: with a channel, a stalled cache dropped the newest write of a
+/// key while an older one of it waited, and wrote the older).
+#[derive(Default)]
+struct WriteQueue {
+    // std Mutex: never held across an .await
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    writes: HashMap<String, Write>,
+    weather: usize,
+    closed: bool,
+}
+
+impl WriteQueue {
+    /// Queues `write`, replacing one queued for its key; `false` when it is dropped (the
+    /// writer stopped, or too many cities' weather waits).
+    fn push(&self, write: Write) -> bool {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let is_weather = write.label == "weather";
+            let known = pending.writes.contains_key(&write.key);
+            if pending.closed || (is_weather && !known && pending.weather >= WEATHER_WRITES_QUEUED)
+            {
+                return false;
+            }
+            if is_weather && !known {
+                pending.weather += 1;
+            }
+            pending.writes.insert(write.key.clone(), write);
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// Everything queued, leaving the queue empty (and closed to new writes if `close`).
+    fn take(&self, close: bool) -> HashMap<String, Write> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.closed |= close;
+        pending.weather = 0;
+        std::mem::take(&mut pending.writes)
+    }
 }
 
 /// One queued write: the key (relative to the cache prefix), the value, its expiry, and the
@@ -242,8 +294,8 @@ struct Write {
 }
 
 impl SnapshotWriter {
-    /// Starts the writer task; it drains what is queued and stops when `shutdown` fires and
-    /// every handle was dropped.
+    /// Starts the writer task; when `shutdown` fires it writes what is queued and stops
+    /// (later writes are dropped, counted).
     pub fn spawn(
         cache: Arc<dyn SnapshotCache>,
         shutdown: CancellationToken,
@@ -257,14 +309,13 @@ impl SnapshotWriter {
         local: Arc<LocalSnapshots>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(run(cache, rx, shutdown));
-        (Self { tx, local }, task)
+        let queue = Arc::new(WriteQueue::default());
+        let task = tokio::spawn(run(cache, queue.clone(), shutdown));
+        (Self { queue, local }, task)
     }
 
     /// Keeps the snapshot, produced at `produced_at`, in process at once, and queues its cache
-    /// write; when the queue is full (the cache is stalled) the write is dropped and counted,
-    /// never waited for. A snapshot older than the one held is neither kept nor written
+    /// write (replacing one of its key still queued), never waited for. A snapshot older than the one held is neither kept nor written
     /// (counted as `result="older"`). Returns whether it is to be emitted and journaled: not
     /// one older than a snapshot consumed live, or a room would show it after the newer one
     /// (D24); one older only than warm-up's pick is (the room never had that one, and is owed
@@ -286,7 +337,9 @@ impl SnapshotWriter {
         true
     }
 
-    /// Queues a city's latest weather result (D23), as [`SnapshotWriter::submit`].
+    /// Queues a city's latest weather result (D23), as [`SnapshotWriter::submit`]; dropped
+    /// and counted when [`WEATHER_WRITES_QUEUED`] other cities' results wait (the cache is
+    /// stalled).
     pub fn submit_weather(&self, city: &str, value: String) {
         self.queue(Write {
             key: crate::domain::weather::cache_key(city),
@@ -302,32 +355,21 @@ impl SnapshotWriter {
     }
 
     fn queue(&self, write: Write) {
-        if self.tx.try_send(write).is_err() {
+        if !self.queue.push(write) {
             metrics::counter!(SNAPSHOT_WRITES, "result" => "dropped").increment(1);
         }
     }
 }
 
-async fn run(
-    cache: Arc<dyn SnapshotCache>,
-    mut rx: mpsc::Receiver<Write>,
-    shutdown: CancellationToken,
-) {
-    let mut pending: HashMap<String, Write> = HashMap::new();
+/// Writes what is queued, the newest value per key, until `shutdown`; then what is queued
+/// by then, and nothing after.
+async fn run(cache: Arc<dyn SnapshotCache>, queue: Arc<WriteQueue>, shutdown: CancellationToken) {
     loop {
-        let first = tokio::select! {
-            w = rx.recv() => w,
-            () = shutdown.cancelled() => {
-                rx.close();
-                rx.recv().await
-            }
+        let stopping = tokio::select! {
+            () = queue.wake.notified() => false,
+            () = shutdown.cancelled() => true,
         };
-        let Some(first) = first else { break };
-        pending.insert(first.key.clone(), first);
-        while let Ok(w) = rx.try_recv() {
-            pending.insert(w.key.clone(), w);
-        }
-        for (_, w) in pending.drain() {
+        for (_, w) in queue.take(stopping) {
             let result = match cache.set(&w.key, &w.value, w.ttl).await {
                 Ok(()) => "ok",
                 Err(e) => {
@@ -336,6 +378,9 @@ async fn run(
                 }
             };
             metrics::counter!(SNAPSHOT_WRITES, "key" => w.label, "result" => result).increment(1);
+        }
+        if stopping {
+            return;
         }
     }
 }
@@ -614,5 +659,84 @@ mod tests {
         assert!(reads() >= topics::SNAPSHOT_TOPICS.len(), "{}", reads());
         stop.cancel();
         warming.await.unwrap();
+    }
+
+    /// A cache whose writes wait for permits of `gate`, as a stalled Valkey's do.
+    struct Stalled {
+        inner: crate::adapters::memory::MemoryCache,
+        gate: tokio::sync::Semaphore,
+        writing: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl SnapshotCache for Stalled {
+        async fn get(&self, key: &str) -> Result<Option<String>, crate::ports::CacheError> {
+            self.inner.get(key).await
+        }
+        async fn set(
+            &self,
+            key: &str,
+            value: &str,
+            ttl: Duration,
+        ) -> Result<(), crate::ports::CacheError> {
+            self.writing.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.set(key, value, ttl).await
+        }
+        async fn set_unless_same(
+            &self,
+            _: &str,
+            _: &str,
+            _: Duration,
+        ) -> Result<bool, crate::ports::CacheError> {
+            unreachable!("the writer only sets")
+        }
+        async fn delete_if_same(&self, _: &str, _: &str) -> Result<(), crate::ports::CacheError> {
+            unreachable!("the writer only sets")
+        }
+        async fn delete(&self, _: &str) -> Result<(), crate::ports::CacheError> {
+            unreachable!("the writer only sets")
+        }
+    }
+
+    /// Found by review: with a channel, a full queue dropped a key's newest write while an
+    /// older one of it waited, and the cache kept the older.
+    #[tokio::test]
+    async fn a_stalled_cache_is_written_the_newest_value_of_each_key_queued() {
+        use crate::domain::weather::cache_key;
+        let cache = Arc::new(Stalled {
+            inner: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            writing: Default::default(),
+        });
+        let stop = CancellationToken::new();
+        let (writer, task) = SnapshotWriter::spawn(cache.clone(), stop.clone());
+        writer.submit_weather("Mumbai", "\"m\"".into());
+        cache.writing.notified().await; // the writer stalls on it
+        writer.submit_weather("Pune", "\"old\"".into());
+        for i in 1..WEATHER_WRITES_QUEUED {
+            writer.submit_weather(&format!("City{i}"), "\"x\"".into());
+        }
+        writer.submit_weather("Late", "\"x\"".into()); // past the bound: dropped
+        writer.submit_weather("Pune", "\"new\"".into());
+        assert!(
+            writer.submit(write(SNAP_NEWS, "[1]"), None),
+            "snapshots always have a place"
+        );
+        cache.gate.add_permits(usize::MAX >> 4);
+        drop(writer);
+        stop.cancel();
+        task.await.unwrap();
+        let cached = |key: String| {
+            let cache = cache.clone();
+            async move { cache.inner.get(&key).await.unwrap() }
+        };
+        assert_eq!(cached(cache_key("Pune")).await.as_deref(), Some("\"new\""));
+        assert_eq!(cached(cache_key("Mumbai")).await.as_deref(), Some("\"m\""));
+        assert_eq!(cached(cache_key("Late")).await, None);
+        assert_eq!(
+            cached(SNAP_NEWS.key.to_owned()).await.as_deref(),
+            Some("[1]")
+        );
     }
 }
