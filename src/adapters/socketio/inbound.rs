@@ -255,7 +255,11 @@ struct Admitted {
 /// Turns taken in the order tickets were issued: socketioxide runs each event in a task of its
 /// own, and tokio often runs the newest first (a spawned task takes the worker's next slot),
 /// so two location updates read together were applied newest first, leaving the socket in
-/// the older city's room (found by review).
+/// the older city's room (found by review). A ticket still waiting when a newer one is
+/// issued is superseded (D10): at most one update runs and one waits, each holding its
+/// parsed argument, however slowly one is handled (a refusing broker takes
+/// `kafka.send_timeout`): a line of every update the rate limit let through held up to a
+/// megabyte each (found by review).
 #[derive(Default)]
 struct InOrder {
     line: std::sync::Mutex<Line>, // std Mutex: never held across an .await
@@ -272,11 +276,16 @@ struct Line {
 
 impl InOrder {
     fn ticket(this: &Arc<Self>) -> Ticket {
-        let mut line = this.lock();
-        line.issued += 1;
+        let number = {
+            let mut line = this.lock();
+            line.issued += 1;
+            line.issued - 1
+        };
+        // The ticket waiting before this one is superseded: it is told to look.
+        this.turned.notify_waiters();
         Ticket {
             of: Arc::clone(this),
-            number: line.issued - 1,
+            number,
         }
     }
 
@@ -292,14 +301,21 @@ struct Ticket {
 }
 
 impl Ticket {
-    /// Waits for this ticket's turn.
-    async fn turn(&self) {
+    /// Waits for this ticket's turn: `true` when it comes, `false` as soon as a newer ticket
+    /// is issued while this one waits (it is superseded; dropping it passes the turn on).
+    async fn turn(&self) -> bool {
         loop {
             let turned = self.of.turned.notified();
             tokio::pin!(turned);
             turned.as_mut().enable();
-            if self.of.lock().serving == self.number {
-                return;
+            {
+                let line = self.of.lock();
+                if line.serving == self.number {
+                    return true;
+                }
+                if self.number + 1 < line.issued {
+                    return false;
+                }
             }
             turned.await;
         }
@@ -327,8 +343,11 @@ impl Drop for Ticket {
 async fn handle(s: &SocketRef, admitted: &Admitted, event: &str, data: Option<Value>) {
     let session = &admitted.session;
     resume(s, session).await;
-    if let Some(ticket) = &admitted.in_line {
-        ticket.turn().await;
+    if let Some(ticket) = &admitted.in_line
+        && !ticket.turn().await
+    {
+        Dropped::Superseded.count();
+        return;
     }
     // Counted under the event's own name (the snapshot requests were under their replies').
     let Some(&name) = topics::CLIENT_EVENTS.iter().find(|&&known| known == event) else {
@@ -353,13 +372,16 @@ pub(super) enum Dropped {
     EventNameTooLong,
     RateLimited,
     UnknownEvent,
+    /// A location update that waited behind another while a newer one came (D10).
+    Superseded,
 }
 
 impl Dropped {
-    pub(super) const ALL: [Self; 3] = [
+    pub(super) const ALL: [Self; 4] = [
         Self::EventNameTooLong,
         Self::RateLimited,
         Self::UnknownEvent,
+        Self::Superseded,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -367,6 +389,7 @@ impl Dropped {
             Self::EventNameTooLong => "event_name_too_long",
             Self::RateLimited => "rate_limited",
             Self::UnknownEvent => "unknown_event",
+            Self::Superseded => "superseded",
         }
     }
 
@@ -479,7 +502,8 @@ mod tests {
 
     /// Found by review: each event runs in a task of its own, and the newest often ran first,
     /// so of two updates read together the older city was applied last (and before that
-    /// fix, both at once left the socket in two weather rooms).
+    /// fix, both at once left the socket in two weather rooms). Those that waited while a
+    /// newer one came are superseded; the last is always handled.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sockets_location_updates_are_handled_one_at_a_time_in_the_order_they_came() {
         let (_layer, io) = SocketIo::new_layer();
@@ -510,11 +534,92 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), handling.wait())
             .await
             .unwrap();
-        let expected: Vec<String> = cities
+        let seen = locations.0.lock().unwrap().clone();
+        let handled: Vec<&str> = seen
+            .iter()
+            .filter_map(|l| l.strip_suffix(" starts"))
+            .collect();
+        let expected: Vec<String> = handled
             .iter()
             .flat_map(|c| [format!("{c} starts"), format!("{c} ends")])
             .collect();
-        assert_eq!(*locations.0.lock().unwrap(), expected);
+        assert_eq!(seen, expected, "one at a time");
+        let order = |c: &&str| cities.iter().position(|k| k == c);
+        assert!(handled.is_sorted_by_key(order), "in order: {handled:?}");
+        assert_eq!(handled.last(), Some(&"Goa"), "the last is handled");
+    }
+
+    /// Holds each location update until `release` is notified, recording the cities.
+    #[derive(Default)]
+    struct HeldLocations {
+        release: Notify,
+        cities: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ClientRequests for HeldLocations {
+        fn session_init(&self, _: &ClientIdentity) -> (&'static str, Payload) {
+            ("session:init", Payload::new(&json!({})))
+        }
+        async fn location_update(&self, _: &ClientIdentity, arg: Option<&Value>) {
+            let city = arg.and_then(|a| a["city"].as_str()).unwrap_or("?");
+            self.cities.lock().unwrap().push(city.to_owned());
+            self.release.notified().await;
+        }
+        async fn snapshot_request(&self, _: &ClientIdentity, _: SnapshotRequest) {}
+        async fn user_id(&self, _: &ClientIdentity) {}
+    }
+
+    /// Found by review: every admitted update waited in line with its parsed argument (up to
+    /// a megabyte from a 64 KiB packet) for as long as the one ahead took: 252 of 300 were
+    /// held while one was slow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn location_updates_waiting_behind_a_slow_one_are_superseded_by_the_newest() {
+        let (_layer, io) = SocketIo::new_layer();
+        let settings = SocketIoSettings {
+            rate_per_second: 1000,
+            burst: 1000,
+            ..SocketIoSettings::default()
+        };
+        let requests = Arc::new(HeldLocations::default());
+        let handling = TaskTracker::new();
+        register(
+            &io,
+            &settings,
+            Inbound {
+                requests: requests.clone(),
+                auth: None,
+                recovery: None,
+                on_join: None,
+                handling: handling.clone(),
+            },
+        );
+        let (client, _from_server) = io.new_dummy_sock("/", ()).await;
+        let send = |city: String| {
+            let event = format!(r#"2["userLocationUpdate",{{"city":"{city}"}}]"#);
+            client.send(engineioxide::Packet::Message(event.into()))
+        };
+        send("First".into()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while requests.cities.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never handled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for i in 0..300 {
+            send(format!("City{i}")).await.unwrap();
+        }
+        send("Last".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waiting = handling.len();
+        assert!(waiting <= 2, "{waiting} location updates held");
+        handling.close();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !handling.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never done");
+            requests.release.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*requests.cities.lock().unwrap(), ["First", "Last"]);
     }
 
     #[tokio::test]
@@ -525,9 +630,9 @@ mod tests {
             super::InOrder::ticket(&line),
             super::InOrder::ticket(&line),
         );
-        first.turn().await;
+        assert!(first.turn().await);
         drop(second); // its event's task ended before its turn
-        let waiting = tokio::spawn(async move { third.turn().await });
+        let waiting = tokio::spawn(async move { assert!(third.turn().await) });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "the first still holds the turn");
         drop(first);
