@@ -443,6 +443,25 @@ mod tests {
     use crate::domain::replies::SnapshotRequest;
     use crate::ports::{Admission, ClientRequests, SessionRecovery};
 
+    /// Registers the handlers on `io` with `requests` (no authentication, no recovery);
+    /// returns the tracker of the events' tasks.
+    fn registered(
+        io: &SocketIo,
+        settings: &SocketIoSettings,
+        requests: Arc<dyn ClientRequests>,
+    ) -> TaskTracker {
+        let handling = TaskTracker::new();
+        let inbound = Inbound {
+            requests,
+            auth: None,
+            recovery: None,
+            on_join: None,
+            handling: handling.clone(),
+        };
+        register(io, settings, inbound);
+        handling
+    }
+
     /// Answers nothing.
     struct Quiet;
 
@@ -508,18 +527,7 @@ mod tests {
     async fn a_sockets_location_updates_are_handled_one_at_a_time_in_the_order_they_came() {
         let (_layer, io) = SocketIo::new_layer();
         let locations = Arc::new(Locations::default());
-        let handling = TaskTracker::new();
-        register(
-            &io,
-            &SocketIoSettings::default(),
-            Inbound {
-                requests: locations.clone(),
-                auth: None,
-                recovery: None,
-                on_join: None,
-                handling: handling.clone(),
-            },
-        );
+        let handling = registered(&io, &SocketIoSettings::default(), locations.clone());
         let (client, _from_server) = io.new_dummy_sock("/", ()).await;
         let cities = ["Pune", "Mumbai", "Delhi", "Agra", "Goa"];
         for city in cities {
@@ -582,18 +590,7 @@ mod tests {
             ..SocketIoSettings::default()
         };
         let requests = Arc::new(HeldLocations::default());
-        let handling = TaskTracker::new();
-        register(
-            &io,
-            &settings,
-            Inbound {
-                requests: requests.clone(),
-                auth: None,
-                recovery: None,
-                on_join: None,
-                handling: handling.clone(),
-            },
-        );
+        let handling = registered(&io, &settings, requests.clone());
         let (client, _from_server) = io.new_dummy_sock("/", ()).await;
         let send = |city: String| {
             let event = format!(r#"2["userLocationUpdate",{{"city":"{city}"}}]"#);
