@@ -808,6 +808,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_room_emit_is_logged_and_the_snapshot_is_still_written() {
+        // This test's own recorder: the process-wide one is shared with the tests beside it.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
         let mut fanout = MockClientFanout::new();
         fanout
             .expect_to_room()
@@ -830,6 +834,12 @@ mod tests {
             )
             .await;
         assert_eq!(rx.recv().await.as_deref(), Some("crypto:top-coins"));
+        // Found by review: counted as an emit made.
+        let text = metrics.render();
+        assert!(
+            !text.contains("flux_room_emits_total{"),
+            "a failed emit is no emit made:\n{text}"
+        );
         stop.cancel();
         let _ = Payload::new(&1);
     }

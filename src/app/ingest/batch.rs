@@ -213,7 +213,7 @@ impl Ingestor {
                     .to_room(&emit.room, &emit.event, &emit.payload, options)
                     .await;
                 match sent {
-                    Ok(()) => {}
+                    Ok(()) => metrics::counter!(DELIVERIES, "stream" => stream).increment(1),
                     // Shutting down: the consumer stops before the transport closes, so
                     // this is at most the end of a batch.
                     Err(FanoutError::Closed) => {
@@ -221,7 +221,6 @@ impl Ingestor {
                     }
                     Err(e) => tracing::warn!(room = %emit.room, error = %e, "room emit failed"),
                 }
-                metrics::counter!(DELIVERIES, "stream" => stream).increment(1);
             }
             // The staleness a user sees: from the record's production to its emit.
             if let Some(at) = record.timestamp {
