@@ -69,7 +69,7 @@ pub fn route(topic: &str, value: Option<&[u8]>) -> Result<Delivery, Rejection> {
         Some(b) if !b.iter().all(u8::is_ascii_whitespace) => b,
         _ => return Err(reject("tombstone")),
     };
-    let parsed: Value = serde_json::from_slice(bytes).map_err(|_| reject("invalid_json"))?;
+    let parsed = parse_json(bytes).map_err(|_| reject("invalid_json"))?;
     let Value::Object(obj) = parsed else {
         return Err(reject("not_an_object"));
     };
@@ -85,6 +85,53 @@ pub fn route(topic: &str, value: Option<&[u8]>) -> Result<Delivery, Rejection> {
     .map_err(reject)
 }
 
+/// Parses JSON as JavaScript's `JSON.parse` does, which the original BFF read with: an
+/// unpaired UTF-16 surrogate escape (`"\ud83d"`, which `JSON.stringify` writes for an emoji
+/// cut in half) is taken as U+FFFD, where serde_json refuses the whole value (a Rust string
+/// cannot hold it; found by review: a news title cut mid-emoji lost the whole update).
+fn parse_json(bytes: &[u8]) -> serde_json::Result<Value> {
+    serde_json::from_slice(bytes).or_else(|error| match replace_lone_surrogates(bytes) {
+        Some(replaced) => serde_json::from_slice(&replaced),
+        None => Err(error),
+    })
+}
+
+/// `bytes` with every `\u` escape of an unpaired surrogate replaced by `\uFFFD` (as long:
+/// nothing else moves), or `None` when there is none.
+fn replace_lone_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The code unit of the `\uXXXX` escape at `at`, if there is one.
+    fn unit(bytes: &[u8], at: usize) -> Option<u16> {
+        let escape = bytes.get(at..at + 6)?;
+        if escape[0] != b'\\' || escape[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
+    }
+    let (high, low) = (0xD800..=0xDBFF, 0xDC00..=0xDFFF);
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(u) = unit(bytes, i) else {
+            i += 2; // another escape (`\\` among them): its second byte is not a `\`
+            continue;
+        };
+        let paired = high.contains(&u) && unit(bytes, i + 6).is_some_and(|v| low.contains(&v));
+        if paired {
+            i += 12;
+        } else if high.contains(&u) || low.contains(&u) {
+            out.get_or_insert_with(|| bytes.to_vec())[i..i + 6].copy_from_slice(b"\\uFFFD");
+            i += 6;
+        } else {
+            i += 6;
+        }
+    }
+    out
+}
+
 /// The validation of one stream's record value (a JSON object).
 type Validator = fn(Map<String, Value>) -> Result<Delivery, &'static str>;
 
@@ -93,7 +140,7 @@ type Validator = fn(Map<String, Value>) -> Result<Delivery, &'static str>;
 /// may come from another writer (the original BFF caches values it never validated, contract
 /// e.9: a movers side `unavailable`, stocks as `[]`), and is served only if it passes (D9).
 pub fn valid_snapshot(key: SnapshotKey, cached: &str) -> bool {
-    let Ok(value) = serde_json::from_str::<Value>(cached) else {
+    let Ok(value) = parse_json(cached.as_bytes()) else {
         return false;
     };
     let (record, validate): (Value, Validator) = match key {
@@ -889,5 +936,34 @@ mod tests {
                 "invalid_meta"
             );
         }
+    }
+
+    #[test]
+    fn an_unpaired_surrogate_escape_is_read_as_javascript_reads_it() {
+        let news = |title: &str| {
+            format!(
+                r#"{{"payload":{{"data":[{{"id":"1","title":"{title}","description":"d"}}]}}}}"#
+            )
+        };
+        // Cut mid-emoji, a lone low one, a lone high one before a pair: each is U+FFFD.
+        for (title, read) in [
+            (r"a \ud83d", "a \u{fffd}"),
+            (r"\ude00b", "\u{fffd}b"),
+            (r"\ud83d\ud83d\ude00", "\u{fffd}\u{1f600}"),
+        ] {
+            let delivery = route(NEWS_EVENTS, Some(news(title).as_bytes()))
+                .unwrap_or_else(|e| panic!("{title}: {e:?}"));
+            let value = delivery.emits[0].payload.to_value();
+            assert_eq!(value["data"][0]["title"], read, "{title}");
+        }
+        // A pair stays a pair; an escaped backslash before `u` is no escape.
+        assert_eq!(replace_lone_surrogates(br#""\ud83d\ude00""#), None);
+        assert_eq!(replace_lone_surrogates(br#""\\ud83d""#), None);
+        assert_eq!(
+            replace_lone_surrogates(br#""\\\ud83d""#).as_deref(),
+            Some(&br#""\\\uFFFD""#[..])
+        );
+        // Still invalid JSON otherwise.
+        assert!(route(NEWS_EVENTS, Some(br#"{"payload": \ud83d}"#)).is_err());
     }
 }
