@@ -219,17 +219,24 @@ async fn cold_movers_and_news_requests_send_at_most_one_refresh_per_window() {
 #[tokio::test]
 async fn missing_null_and_garbage_arguments_crash_nothing() {
     let app = TestApp::spawn().await;
+    // One client per argument: updates sent back to back supersede those still waiting
+    // (D10), and each of these must be handled.
+    let arguments = [
+        Value::Null,
+        json!("garbage"),
+        json!([1, {"city": 5}]),
+        json!({"city": {"nested": true}, "lat": "NaN"}),
+    ];
+    for (i, argument) in arguments.into_iter().enumerate() {
+        let c = TestClient::connect(&app, Some(&format!("ivan-{i}"))).await;
+        c.wait_for("session:init").await;
+        c.emit("userLocationUpdate", argument.clone()).await;
+        c.wait_in_room(&app, "Delhi").await;
+        assert!(app.records(WEATHER_FETCH).is_empty(), "{argument}");
+    }
     let c = TestClient::connect(&app, Some("ivan")).await;
     c.wait_for("session:init").await;
     c.emit_empty("userLocationUpdate").await;
-    c.emit("userLocationUpdate", Value::Null).await;
-    c.emit("userLocationUpdate", json!("garbage")).await;
-    c.emit("userLocationUpdate", json!([1, {"city": 5}])).await;
-    c.emit(
-        "userLocationUpdate",
-        json!({"city": {"nested": true}, "lat": "NaN"}),
-    )
-    .await;
     c.emit("cryptoTopCoinsRequest", json!({"unexpected": "argument"}))
         .await;
     c.emit("noSuchEvent", json!(1)).await;
@@ -286,34 +293,44 @@ async fn floods_are_rate_limited_and_counted() {
     assert!(after - before >= 25.0, "dropped {}", after - before);
 }
 
-#[tokio::test]
-async fn an_oversized_packet_closes_the_connection_and_is_counted() {
-    let mut settings = Settings::default();
-    settings.socketio.max_payload = 4096;
-    let app = TestApp::spawn_with(settings).await;
-    let c = TestClient::connect(&app, Some("kim")).await;
-    c.wait_for("session:init").await;
-    let before = counter(&app.metrics().await, "flux_socket_disconnects_total", &[]);
-    c.emit("userLocationUpdate", json!({"city": "x".repeat(10_000)}))
-        .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while counter(&app.metrics().await, "flux_socket_disconnects_total", &[]) <= before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the oversized packet was not refused"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // That socket is gone: its requests get no reply.
-    let _ = c
-        .client
-        .emit(REQ_TOPCOINS, rust_socketio::Payload::Text(vec![]))
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(c.count(EV_TOPCOINS), 0);
-    // Others are unaffected.
-    let d = TestClient::connect(&app, Some("lee")).await;
-    d.wait_for("session:init").await;
+/// Its metrics are this test's own: the tests beside it disconnect sockets too.
+#[test]
+fn an_oversized_packet_closes_the_connection_and_is_counted() {
+    with_own_metrics(|handle| async move {
+        let mut settings = Settings::default();
+        settings.socketio.max_payload = 4096;
+        let app = TestApp::spawn_with(settings).await;
+        let c = TestClient::connect(&app, Some("kim")).await;
+        c.wait_for("session:init").await;
+        let refused = |m: &str| {
+            counter(
+                m,
+                "flux_socket_disconnects_total",
+                &["reason=\"transport_error\""],
+            )
+        };
+        let before = refused(&handle.render());
+        c.emit("userLocationUpdate", json!({"city": "x".repeat(10_000)}))
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while refused(&handle.render()) <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the oversized packet was not refused"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // That socket is gone: its requests get no reply.
+        let _ = c
+            .client
+            .emit(REQ_TOPCOINS, rust_socketio::Payload::Text(vec![]))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(c.count(EV_TOPCOINS), 0);
+        // Others are unaffected.
+        let d = TestClient::connect(&app, Some("lee")).await;
+        d.wait_for("session:init").await;
+    });
 }
 
 #[tokio::test]
@@ -356,21 +373,28 @@ async fn the_four_startup_refreshes_go_out_once_in_order() {
     );
 }
 
-#[tokio::test]
-async fn live_pushes_skip_rejected_events_and_the_consumer_goes_on() {
-    let app = TestApp::spawn().await;
-    let c = TestClient::connect(&app, Some("mia")).await;
-    c.locate(&app, pune(), "Pune").await;
-    c.clear();
-    app.bus.publish(NEWS_EVENTS, None, Some(b"not json"));
-    app.bus.publish(NEWS_EVENTS, None, None);
-    app.publish(NEWS_EVENTS, None, &json!({"payload": {"data": []}}));
-    app.publish_fixture(NEWS_EVENTS).await;
-    let news = c.wait_for(EV_NEWS).await;
-    assert_eq!(news["status"], "success");
-    assert_eq!(c.count(EV_NEWS), 1);
-    let m = app.metrics().await;
-    assert!(counter(&m, "flux_events_rejected_total", &["stream=\"news\""]) >= 3.0);
+/// Its metrics are this test's own: the tests beside it reject news too.
+#[test]
+fn live_pushes_skip_rejected_events_and_the_consumer_goes_on() {
+    with_own_metrics(|handle| async move {
+        let app = TestApp::spawn().await;
+        let c = TestClient::connect(&app, Some("mia")).await;
+        c.locate(&app, pune(), "Pune").await;
+        c.clear();
+        app.bus.publish(NEWS_EVENTS, None, Some(b"not json"));
+        app.bus.publish(NEWS_EVENTS, None, None);
+        app.publish(NEWS_EVENTS, None, &json!({"payload": {"data": []}}));
+        app.publish_fixture(NEWS_EVENTS).await;
+        let news = c.wait_for(EV_NEWS).await;
+        assert_eq!(news["status"], "success");
+        assert_eq!(c.count(EV_NEWS), 1);
+        let m = handle.render();
+        assert_eq!(
+            counter(&m, "flux_events_rejected_total", &["stream=\"news\""]),
+            3.0,
+            "{m}"
+        );
+    });
 }
 
 #[tokio::test]
