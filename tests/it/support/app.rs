@@ -112,7 +112,7 @@ impl TestApp {
             .publish(topic, key, Some(value.to_string().as_bytes()));
     }
 
-    /// Publishes the fixture of `topic` and waits until its snapshot is cached (if any).
+    /// Publishes the fixture of `topic` (not waiting for anything) and returns it.
     pub async fn publish_fixture(&self, topic: &str) -> Value {
         let value = fixture(&format!("{topic}.json"));
         self.publish(topic, None, &value);
