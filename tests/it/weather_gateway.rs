@@ -172,40 +172,69 @@ async fn a_replica_that_never_saw_a_result_serves_it_from_the_shared_cache() {
     assert!(b.records(WEATHER_FETCH).is_empty(), "no command on b");
 }
 
-#[tokio::test]
-async fn a_corrupt_or_failed_result_changes_nothing_else() {
-    let cache = Arc::new(MemoryCache::default());
-    let app = TestApp::spawn_on(Settings::default(), MemoryBus::new(), cache.clone()).await;
-    // Garbage in the cache is a miss: the join sends its command.
-    cache
-        .set("weather:Surat", "{not json", Duration::from_secs(60))
-        .await
-        .unwrap();
-    let c = TestClient::connect(&app, Some("corrupt")).await;
-    c.emit("userLocationUpdate", location("Surat")).await;
-    app.wait_records(WEATHER_FETCH, 1).await;
+/// Its metrics are this test's own: the tests beside it reject records too.
+#[test]
+fn a_corrupt_or_failed_result_changes_nothing_else() {
+    with_own_metrics(|handle| async move {
+        let cache = Arc::new(MemoryCache::default());
+        let app = TestApp::spawn_on(Settings::default(), MemoryBus::new(), cache.clone()).await;
+        // Garbage in the cache is a miss: the join sends its command.
+        cache
+            .set("weather:Surat", "{not json", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let c = TestClient::connect(&app, Some("corrupt")).await;
+        c.emit("userLocationUpdate", location("Surat")).await;
+        app.wait_records(WEATHER_FETCH, 1).await;
 
-    // A good result, then an unavailable one and a rejected one: the good one stays latest.
-    app.publish(WEATHER, None, &weather("Surat"));
-    c.wait_for(EVENT).await;
-    app.wait_cached("weather:Surat").await;
-    app.publish(
-        WEATHER,
-        None,
-        &json!({"status": "unavailable", "reason": "timeout", "data": {"city": "Surat"}}),
-    );
-    app.publish(
-        WEATHER,
-        None,
-        &json!({"status": "success", "data": {"city": 7}}),
-    );
-    let unavailable = c.wait_nth(EVENT, 2, WAIT).await.unwrap();
-    assert_eq!(unavailable["status"], "unavailable");
-    let late = TestClient::connect(&app, Some("corrupt-late")).await;
-    late.emit("userLocationUpdate", location("Surat")).await;
-    assert_eq!(late.wait_for(EVENT).await, room_payload("Surat"));
-    let cached = cache.get("weather:Surat").await.unwrap().unwrap();
-    let cached: Value = serde_json::from_str(&cached).unwrap();
-    assert_eq!(cached["payload"], room_payload("Surat"));
-    assert_eq!(app.records(WEATHER_FETCH).len(), 1);
+        // A good result, then an unavailable one and a rejected one: the good one stays latest.
+        app.publish(WEATHER, None, &weather("Surat"));
+        c.wait_for(EVENT).await;
+        // The garbage seeded above is there from the start: wait for the good result itself.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let held = cache
+                .get("weather:Surat")
+                .await
+                .unwrap()
+                .unwrap_or_default();
+            if serde_json::from_str::<Value>(&held)
+                .is_ok_and(|v| v["payload"] == room_payload("Surat"))
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never cached: {held}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        app.publish(
+            WEATHER,
+            None,
+            &json!({"status": "unavailable", "reason": "timeout", "data": {"city": "Surat"}}),
+        );
+        app.publish(
+            WEATHER,
+            None,
+            &json!({"status": "success", "data": {"city": 7}}),
+        );
+        let unavailable = c.wait_nth(EVENT, 2, WAIT).await.unwrap();
+        assert_eq!(unavailable["status"], "unavailable");
+        let late = TestClient::connect(&app, Some("corrupt-late")).await;
+        late.emit("userLocationUpdate", location("Surat")).await;
+        assert_eq!(late.wait_for(EVENT).await, room_payload("Surat"));
+        let cached = cache.get("weather:Surat").await.unwrap().unwrap();
+        let cached: Value = serde_json::from_str(&cached).unwrap();
+        assert_eq!(cached["payload"], room_payload("Surat"));
+        assert_eq!(app.records(WEATHER_FETCH).len(), 1);
+        // The rejected one was read, counted, and kept nowhere.
+        let m = handle.render();
+        assert_eq!(
+            counter(&m, "flux_events_rejected_total", &["stream=\"weather\""]),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(cache.get("weather:7").await.unwrap(), None);
+    });
 }
