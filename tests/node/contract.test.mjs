@@ -140,6 +140,11 @@ describe("flux-bff contract, live simulator", () => {
       c.socket.emit("getUserId");
       await c.next("userUniqueId", { after: at });
       assert.ok(c.socket.connected);
+      // In weather.Delhi: another client's Delhi location brings the room its weather.
+      const other = open({ auth: { guestId: randomUUID() } });
+      await other.next("session:init");
+      other.socket.emit("userLocationUpdate", location("Delhi", { lat: 28.61, lon: 77.21 }));
+      await c.next("weather.Delhi.update", { after: at });
     });
   });
 
