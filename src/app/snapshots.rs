@@ -236,6 +236,9 @@ pub struct SnapshotWriter {
 /// have a place): beyond them a stalled cache drops new cities' results, counted.
 const WEATHER_WRITES_QUEUED: usize = 256;
 
+/// The `key` label of every city's weather write (the keys are client-chosen).
+const WEATHER_LABEL: &str = "weather";
+
 /// The writes waiting for the writer task, the newest per key: a newer value replaces one
 /// still queued for the same key, so that a full queue never keeps the older one and drops
 /// the newer (found by review: with a channel, a stalled cache dropped the newest write of a
@@ -260,7 +263,7 @@ impl WriteQueue {
     fn push(&self, write: Write) -> bool {
         {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let is_weather = write.label == "weather";
+            let is_weather = write.label == WEATHER_LABEL;
             let known = pending.writes.contains_key(&write.key);
             if pending.closed || (is_weather && !known && pending.weather >= WEATHER_WRITES_QUEUED)
             {
@@ -315,11 +318,12 @@ impl SnapshotWriter {
     }
 
     /// Keeps the snapshot, produced at `produced_at`, in process at once, and queues its cache
-    /// write (replacing one of its key still queued), never waited for. A snapshot older than the one held is neither kept nor written
-    /// (counted as `result="older"`). Returns whether it is to be emitted and journaled: not
-    /// one older than a snapshot consumed live, or a room would show it after the newer one
-    /// (D24); one older only than warm-up's pick is (the room never had that one, and is owed
-    /// every snapshot in order: found by review of the first version, which held these back).
+    /// write (replacing one of its key still queued), never waited for. A snapshot older than
+    /// the one held is neither kept nor written (counted as `result="older"`). Returns whether
+    /// it is to be emitted and journaled: not one older than a snapshot consumed live, or a
+    /// room would show it after the newer one (D24); one older only than warm-up's pick is (the
+    /// room never had that one, and is owed every snapshot in order: found by review of the
+    /// first version, which held these back).
     #[must_use = "an older snapshot must not be emitted"]
     pub fn submit(&self, write: SnapshotWrite, produced_at: Option<SystemTime>) -> bool {
         let stored = self.local.store(&write, produced_at);
@@ -343,7 +347,7 @@ impl SnapshotWriter {
     pub fn submit_weather(&self, city: &str, value: String) {
         self.queue(Write {
             key: crate::domain::weather::cache_key(city),
-            label: "weather",
+            label: WEATHER_LABEL,
             value,
             ttl: crate::domain::weather::WEATHER_TTL,
         });
