@@ -68,14 +68,6 @@ impl Health {
     }
 }
 
-/// Declares `flux_degraded` at zero for both Kafka dependencies (`flux_ready` is set by
-/// [`Health::new`]).
-pub fn declare_metrics() {
-    for dependency in ["kafka_consumer", "kafka_producer"] {
-        metrics::gauge!(DEGRADED, "dependency" => dependency).increment(0.0);
-    }
-}
-
 /// What `/readyz` reports: the health flags and whether the cache answers.
 pub struct Status {
     health: Arc<Health>,
@@ -114,7 +106,6 @@ mod tests {
     #[test]
     fn a_dependency_down_from_the_start_is_reported_degraded() {
         let text = crate::telemetry::metrics::testing::with_own_metrics(|handle| async move {
-            declare_metrics();
             let health = Health::new();
             health.set_consuming(true);
             // The producer's first sends fail: it never was up.

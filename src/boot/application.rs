@@ -288,7 +288,6 @@ fn declare_metrics() {
     crate::app::clients::declare_metrics();
     crate::app::auth::declare_metrics();
     crate::app::recovery::declare_metrics();
-    crate::app::health::declare_metrics();
     socketio::declare_metrics();
     http::declare_metrics();
 }

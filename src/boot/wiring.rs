@@ -63,9 +63,12 @@ impl AdapterSettings {
         let kafka: KafkaSettings = config.section("kafka")?;
         kafka
             .validate()
-            .and_then(|()| match kafka.is_enabled() {
-                true => crate::adapters::kafka::read_files(&kafka),
-                false => Ok(()),
+            .and_then(|()| {
+                if kafka.is_enabled() {
+                    crate::adapters::kafka::read_files(&kafka)
+                } else {
+                    Ok(())
+                }
             })
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let valkey: ValkeySettings = config.section("valkey")?;
